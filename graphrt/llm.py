@@ -1,0 +1,101 @@
+"""Qwen2 decoder over packed tokens with a static KV cache; logits only for the rows asked for."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention.plan import AttentionPlan
+from .config import TextConfig
+from .kv_cache import KVCache
+from .layers import Linear, RMSNorm
+
+LMAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionPlan], torch.Tensor]
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float, device=None):
+        super().__init__()
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+        self.register_buffer("inv_freq", 1.0 / (theta**exponent), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D]; cos/sin [T, D] (rotate-half convention of Qwen2)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class Qwen2Layer(nn.Module):
+    def __init__(self, cfg: TextConfig, dtype, device=None):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+        self.q_size, self.kv_size = self.num_heads * hd, self.num_kv_heads * hd
+        self.input_layernorm = RMSNorm(d, cfg.rms_norm_eps, dtype, device)
+        self.qkv_proj = Linear(d, self.q_size + 2 * self.kv_size, True, dtype, device)  # q/k/v fused
+        self.o_proj = Linear(self.q_size, d, False, dtype, device)
+        self.post_attention_layernorm = RMSNorm(d, cfg.rms_norm_eps, dtype, device)
+        self.gate_up_proj = Linear(d, 2 * cfg.intermediate_size, False, dtype, device)  # gate/up fused
+        self.down_proj = Linear(cfg.intermediate_size, d, False, dtype, device)
+
+    def forward(self, x, cos, sin, layer_idx: int, plan: AttentionPlan, cache: KVCache, attend: LMAttention):
+        t = x.shape[0]
+        qkv = self.qkv_proj(self.input_layernorm(x))
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rope(q.view(t, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)
+        cache.write(layer_idx, plan.token_rows, plan.token_slots, k, v.view(t, self.num_kv_heads, self.head_dim))
+        attn = attend(q, cache.k[layer_idx], cache.v[layer_idx], plan)
+        x = x + self.o_proj(attn.reshape(t, self.q_size))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        return x + self.down_proj(F.silu(gate) * up)
+
+
+class Qwen2(nn.Module):
+    def __init__(self, cfg: TextConfig, dtype, device=None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(Qwen2Layer(cfg, dtype, device) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, device)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device)
+
+    def new_cache(self, rows: int, slots: int, device=None) -> KVCache:
+        c, w = self.cfg, self.embed_tokens.weight
+        return KVCache(c.num_hidden_layers, rows, slots, c.num_key_value_heads, c.head_dim, w.dtype, device or w.device)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(ids)
+
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        plan: AttentionPlan,
+        cache: KVCache,
+        attend: LMAttention,
+        logits_index: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """embeds [T, D] -> logits [len(logits_index), V] (None when no index is given)."""
+        cos, sin = self.rotary(plan.positions, embeds.dtype)
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, plan, cache, attend)
+        if logits_index is None:
+            return None
+        return self.logits(self.norm(x[logits_index]))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, head)

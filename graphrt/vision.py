@@ -1,0 +1,124 @@
+"""MoonViT over a packed batch of images: patch embed + interpolated 2D position embedding,
+2D RoPE attention inside each image (block-diagonal), final LayerNorm, 2x2 patch merge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VisionConfig
+from .layers import LayerNorm, Linear, empty_param
+
+VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
+
+
+@dataclass
+class VisionGeometry:
+    """Everything about a batch of images that depends only on their patch grids."""
+
+    grids: list[tuple[int, int]]
+    seqlens: list[int]  # patches per image
+    cos: torch.Tensor  # [N, head_dim/2] fp32, 2D RoPE
+    sin: torch.Tensor
+    merge_index: torch.Tensor  # [N] gather order that puts each 2x2 group in 4 consecutive rows
+
+    @property
+    def num_patches(self) -> int:
+        return sum(self.seqlens)
+
+
+def vision_geometry(grids: list[tuple[int, int]], cfg: VisionConfig, device) -> VisionGeometry:
+    kh, kw = cfg.merge_kernel_size
+    d = cfg.head_dim
+    freqs = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 4, device=device)[: d // 4].float() / d))
+    angles, merge, offset = [], [], 0
+    for h, w in grids:
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        # Interleaved pairs: pair 2i turns by x*f_i, pair 2i+1 by y*f_i.
+        a = torch.stack((xs.reshape(-1, 1).float() * freqs, ys.reshape(-1, 1).float() * freqs), dim=-1)
+        angles.append(a.reshape(h * w, d // 2))
+        order = torch.arange(h * w, device=device).view(h // kh, kh, w // kw, kw).permute(0, 2, 1, 3)
+        merge.append(order.reshape(-1) + offset)
+        offset += h * w
+    angles_t = torch.cat(angles)
+    return VisionGeometry(
+        grids=list(grids),
+        seqlens=[h * w for h, w in grids],
+        cos=angles_t.cos(),
+        sin=angles_t.sin(),
+        merge_index=torch.cat(merge),
+    )
+
+
+def apply_rope_2d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D] rotated pairwise (complex multiply in fp32, as the reference does)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    a, b = xf[..., 0], xf[..., 1]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
+
+
+class MoonViTBlock(nn.Module):
+    def __init__(self, cfg: VisionConfig, dtype, device=None):
+        super().__init__()
+        h = cfg.hidden_size
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.norm0 = LayerNorm(h, cfg.layer_norm_eps, dtype, device)
+        self.wqkv = Linear(h, 3 * h, True, dtype, device)
+        self.wo = Linear(h, h, True, dtype, device)
+        self.norm1 = LayerNorm(h, cfg.layer_norm_eps, dtype, device)
+        self.fc0 = Linear(h, cfg.intermediate_size, True, dtype, device)
+        self.fc1 = Linear(cfg.intermediate_size, h, True, dtype, device)
+
+    def forward(self, x: torch.Tensor, geo: VisionGeometry, attend: VisionAttention) -> torch.Tensor:
+        n = x.shape[0]
+        qkv = self.wqkv(self.norm0(x)).view(n, 3, self.num_heads, self.head_dim)
+        q = apply_rope_2d(qkv[:, 0], geo.cos, geo.sin)
+        k = apply_rope_2d(qkv[:, 1], geo.cos, geo.sin)
+        x = x + self.wo(attend(q, k, qkv[:, 2], geo.seqlens).reshape(n, -1))
+        return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
+
+
+class MoonViT(nn.Module):
+    def __init__(self, cfg: VisionConfig, dtype, device=None):
+        super().__init__()
+        self.cfg = cfg
+        h, p = cfg.hidden_size, cfg.patch_size
+        # The patch conv (kernel = stride = patch) is a linear map of each flattened patch.
+        self.patch_weight = empty_param(h, 3, p, p, dtype=dtype, device=device)
+        self.patch_bias = empty_param(h, dtype=dtype, device=device)
+        self.pos_emb = empty_param(cfg.init_pos_emb_height, cfg.init_pos_emb_width, h, dtype=dtype, device=device)
+        self.blocks = nn.ModuleList(MoonViTBlock(cfg, dtype, device) for _ in range(cfg.num_hidden_layers))
+        self.final_layernorm = LayerNorm(h, cfg.layer_norm_eps, dtype, device)
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (cached per grid)."""
+        if grid not in self._pos_cache:
+            table = self.pos_emb
+            if tuple(grid) != tuple(table.shape[:2]):
+                src = table.permute(2, 0, 1)[None]
+                try:
+                    table = F.interpolate(src, size=grid, mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+                except RuntimeError:  # some CPU builds lack bicubic for bf16
+                    table = F.interpolate(src.float(), size=grid, mode="bicubic", align_corners=False)[0]
+                    table = table.permute(1, 2, 0).to(self.pos_emb.dtype)
+            self._pos_cache[tuple(grid)] = table.reshape(-1, table.shape[-1]).contiguous()
+        return self._pos_cache[tuple(grid)]
+
+    def clear_cache(self) -> None:
+        self._pos_cache.clear()
+
+    def forward(self, pixels: torch.Tensor, geo: VisionGeometry, attend: VisionAttention) -> torch.Tensor:
+        """pixels [N, 3, p, p] (all images packed) -> merged features [N/4, 4*C] in image order."""
+        x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
+        x = x + torch.cat([self.position_embedding(g) for g in geo.grids])
+        for block in self.blocks:
+            x = block(x, geo, attend)
+        x = self.final_layernorm(x)
+        kh, kw = self.cfg.merge_kernel_size
+        return x[geo.merge_index].reshape(-1, kh * kw * x.shape[-1])
