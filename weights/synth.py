@@ -51,12 +51,19 @@ def write_checkpoint(
 def write_random_weights(cfg: ModelConfig, out: Path, seed: int, max_shard_bytes: int, progress: bool,
                          device: str = "cpu") -> None:
     dtype = _DTYPES[cfg.torch_dtype]
-    entries = [e for e in weight_spec(cfg) if e.required]
+    # The release stores the tied lm_head too (3.83B tensors in the files); so do we, as a copy.
+    entries = weight_spec(cfg)
     gen = torch.Generator(device=device).manual_seed(seed)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
+    embed = None
     for entry in tqdm(entries, desc="random weights", unit="tensor", disable=not progress, leave=False):
-        tensor = _random_tensor(entry, dtype, gen, device).cpu()
+        if entry.name == "language_model.lm_head.weight" and entry.param is None:
+            tensor = embed.clone()
+        else:
+            tensor = _random_tensor(entry, dtype, gen, device).cpu()
+        if entry.name == "language_model.model.embed_tokens.weight":
+            embed = tensor
         nbytes = tensor.numel() * tensor.element_size()
         if size and size + nbytes > max_shard_bytes:
             shards.append({})

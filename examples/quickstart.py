@@ -1,0 +1,63 @@
+"""Locate objects in an image with graphrt.
+
+    python examples/quickstart.py                       # built-in tiny random checkpoint (boxes meaningless)
+    python examples/quickstart.py --checkpoint DIR --image street.jpg --query "person</c>car"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from graphrt import Engine, EngineOptions, GraphrtError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="LocateAnything checkpoint directory (official HF layout); "
+                                             "omitted: a tiny random checkpoint is written and used")
+    parser.add_argument("--image", help="image file; omitted: a generated test image")
+    parser.add_argument("--query", default="person</c>car", help="phrase, or categories joined by </c>")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="graphrt-quickstart-"))
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from weights.synth import write_preset
+
+        checkpoint = write_preset("tiny", work / "tiny-checkpoint", progress=False)
+        print(f"No --checkpoint given: wrote a tiny RANDOM checkpoint to {checkpoint}.")
+        print("Its weights are random, so the tokens and boxes below are meaningless; they show the pipeline runs.\n")
+    image = args.image
+    if image is None:
+        image = work / "image.png"
+        Image.fromarray((np.random.RandomState(0).rand(480, 640, 3) * 255).astype(np.uint8)).save(image)
+
+    try:
+        engine = Engine.from_pretrained(checkpoint, EngineOptions(device=args.device))
+        result = engine.locate(image, args.query, max_new_tokens=args.max_new_tokens)
+    except GraphrtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    w, h = result.image_size
+    print(f"image {w}x{h}: {result.image_patches} patches -> {result.image_tokens} image tokens; "
+          f"prompt {result.prompt_tokens} tokens")
+    print(f"generated {len(result.tokens)} tokens in {result.steps} MTP steps (stop: {result.stop_reason})")
+    print(f"timings ms: {result.timings_ms}")
+    print(f"raw text: {result.text[:200]!r}{'...' if len(result.text) > 200 else ''}")
+    for d in result.detections:
+        print(f"  {d.label or '-'}: {d.kind} px={tuple(round(v, 1) for v in d.box)} norm={d.box_norm}")
+    if not result.detections:
+        print("  no detections")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures. Checkpoints here are random: their tokens are random, and tests never read
+meaning into them; they compare paths and references on identical weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graphrt import Engine, EngineOptions
+from weights.synth import write_preset
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    return write_preset("tiny", tmp_path_factory.mktemp("tiny"), seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_ckpt):
+    return Engine.from_pretrained(tiny_ckpt, EngineOptions(device="cpu", dtype="float32", progress=False))
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)
+
+
+def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    arr = (np.random.RandomState(seed).rand(height, width, 3) * 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
