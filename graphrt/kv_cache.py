@@ -23,8 +23,3 @@ class KVCache:
         """k/v [T, kv_heads, head_dim] go to (rows[t], slots[t])."""
         self.k[layer].index_put_((rows, slots), k)
         self.v[layer].index_put_((rows, slots), v)
-
-    def copy_row(self, src: int, dst: int, length: int) -> None:
-        """Share a prefix: row dst starts with the first `length` slots of row src."""
-        self.k[:, dst, :length] = self.k[:, src, :length]
-        self.v[:, dst, :length] = self.v[:, src, :length]
