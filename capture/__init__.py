@@ -1,2 +1,6 @@
-"""CUDA-graph capture per bucket (vision encode, prefill, MTP steps): not implemented yet (issue 3).
-Until then graphrt runs the eager path of graphrt/generate.py."""
+"""CUDA-graph runtime: buckets, static buffers, captured vision / prefill / MTP-step stages."""
+
+from .buckets import Buckets
+from .runtime import GraphRuntime
+
+__all__ = ["Buckets", "GraphRuntime"]

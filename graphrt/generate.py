@@ -43,6 +43,7 @@ class RowRequest:
     image_embeds: torch.Tensor  # [image tokens, D], scattered over the prompt's image placeholders
     image_start: int
     temperature: float | None = None  # None: the config's temperature
+    max_new_tokens: int | None = None  # None: the config's max_new_tokens
 
 
 @dataclass
@@ -82,7 +83,7 @@ def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig) -
     cfg, ids, device = model.cfg, model.cfg.tokens, model.device
     block, vocab = cfg.text.block_size, cfg.text.vocab_size
     n = len(requests)
-    budgets = [context_budget(cfg, len(r.prompt), gen.max_new_tokens) for r in requests]
+    budgets = [context_budget(cfg, len(r.prompt), r.max_new_tokens or gen.max_new_tokens) for r in requests]
     cache = model.llm.new_cache(n, max(len(r.prompt) + b + 2 * block for r, b in zip(requests, budgets)))
 
     # Prefill all but the last prompt token: the first step then forwards [last | window], which is

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention.plan import AttentionPlan
 from .config import TextConfig
 from .kv_cache import KVCache
 from .layers import Linear, RMSNorm
 
-LMAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionPlan], torch.Tensor]
+# attend(layer, q, k, v, cache, plan) -> [T, Hq, D]: writes this step's K/V into the cache and
+# attends; backends own the write so that each can order it as its kernels need.
+LMAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, KVCache, object], torch.Tensor]
 
 
 class RotaryEmbedding(nn.Module):
@@ -48,14 +49,13 @@ class Qwen2Layer(nn.Module):
         self.gate_up_proj = Linear(d, 2 * cfg.intermediate_size, False, dtype, device)  # gate/up fused
         self.down_proj = Linear(cfg.intermediate_size, d, False, dtype, device)
 
-    def forward(self, x, cos, sin, layer_idx: int, plan: AttentionPlan, cache: KVCache, attend: LMAttention):
+    def forward(self, x, cos, sin, layer_idx: int, plan, cache: KVCache, attend: LMAttention):
         t = x.shape[0]
         qkv = self.qkv_proj(self.input_layernorm(x))
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = apply_rope(q.view(t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)
-        cache.write(layer_idx, plan.token_rows, plan.token_slots, k, v.view(t, self.num_kv_heads, self.head_dim))
-        attn = attend(q, cache.k[layer_idx], cache.v[layer_idx], plan)
+        attn = attend(layer_idx, q, k, v.view(t, self.num_kv_heads, self.head_dim), cache, plan)
         x = x + self.o_proj(attn.reshape(t, self.q_size))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
@@ -82,7 +82,7 @@ class Qwen2(nn.Module):
     def forward(
         self,
         embeds: torch.Tensor,
-        plan: AttentionPlan,
+        plan,  # AttentionPlan for the dense path, or a graph-path plan; only .positions is read here
         cache: KVCache,
         attend: LMAttention,
         logits_index: torch.Tensor | None = None,

@@ -30,4 +30,4 @@ class LocateAnything(nn.Module):
 
     def encode_images(self, pixels: torch.Tensor, geo: VisionGeometry, attend: VisionAttention) -> torch.Tensor:
         """Packed patches of several images -> LM-width image embeddings [tokens, D], image by image."""
-        return self.projector(self.vision(pixels, geo, attend))
+        return self.projector(self.vision(pixels, self.vision.positions(geo.grids), geo, attend))

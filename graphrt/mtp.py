@@ -64,8 +64,9 @@ def propose(probs: torch.Tensor, x0: torch.Tensor, ids: TokenIds, mode: str, cfg
         & (p[:, 3, ids.null] > cfg.empty_null_thresh)
         & (p[:, 4, ids.null] > cfg.empty_null_thresh)
     )
-    enders = torch.tensor([ids.box_end, ids.null, ids.im_end], device=p.device)
-    legal = ~empty & (p[:, 5].index_select(-1, enders).sum(-1) >= cfg.legal_end_thresh)
+    # Stack then sum, as the reference sums probs[5, [</box>, null, im_end]] (one rounding in bf16).
+    enders = torch.stack([p[:, 5, ids.box_end], p[:, 5, ids.null], p[:, 5, ids.im_end]], dim=-1)
+    legal = ~empty & (enders.sum(-1) >= cfg.legal_end_thresh)
 
     top_p, top_i = torch.topk(p[:, 1:5], cfg.keep_k, dim=-1)  # [B, 4, k]
     coord_ok = _is_coord(top_i, ids)

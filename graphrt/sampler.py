@@ -65,10 +65,14 @@ def probabilities(logits: torch.Tensor, seen: torch.Tensor | None, temperature: 
     return torch.softmax(logits, dim=-1)
 
 
-def choose(probs: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Argmax for greedy rows; a categorical draw (exponential race, graph-safe) for the others."""
+def choose(probs: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None,
+           sample: bool | None = None) -> torch.Tensor:
+    """Argmax for greedy rows; a categorical draw (exponential race, graph-safe) for the others.
+    `sample` says whether any row may sample; None asks the device (a host sync: eager only)."""
     greedy = probs.argmax(dim=-1)
-    if generator is None and not bool((temperature > 0).any()):
+    if sample is None:
+        sample = bool((temperature > 0).any())
+    if not sample:
         return greedy
     noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
     drawn = (probs.float() / noise).argmax(dim=-1)

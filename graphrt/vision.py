@@ -13,7 +13,8 @@ from torch import nn
 from .config import VisionConfig
 from .layers import LayerNorm, Linear, empty_param
 
-VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
+# attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
+VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
 @dataclass
@@ -79,7 +80,7 @@ class MoonViTBlock(nn.Module):
         qkv = self.wqkv(self.norm0(x)).view(n, 3, self.num_heads, self.head_dim)
         q = apply_rope_2d(qkv[:, 0], geo.cos, geo.sin)
         k = apply_rope_2d(qkv[:, 1], geo.cos, geo.sin)
-        x = x + self.wo(attend(q, k, qkv[:, 2], geo.seqlens).reshape(n, -1))
+        x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
 
@@ -113,10 +114,14 @@ class MoonViT(nn.Module):
     def clear_cache(self) -> None:
         self._pos_cache.clear()
 
-    def forward(self, pixels: torch.Tensor, geo: VisionGeometry, attend: VisionAttention) -> torch.Tensor:
-        """pixels [N, 3, p, p] (all images packed) -> merged features [N/4, 4*C] in image order."""
+    def positions(self, grids: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.cat([self.position_embedding(g) for g in grids])
+
+    def forward(self, pixels: torch.Tensor, pos: torch.Tensor, geo, attend: VisionAttention) -> torch.Tensor:
+        """pixels [N, 3, p, p] (all images packed), pos [N, C] -> merged features [N/4, 4*C].
+        `geo` carries cos/sin [N, head_dim/2] and merge_index [N] (VisionGeometry or static buffers)."""
         x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
-        x = x + torch.cat([self.position_embedding(g) for g in geo.grids])
+        x = x + pos
         for block in self.blocks:
             x = block(x, geo, attend)
         x = self.final_layernorm(x)

@@ -47,7 +47,9 @@ def test_position_table_used_as_is_at_native_grid(tiny_engine):
 
 
 def test_vision_attention_is_block_diagonal():
+    from types import SimpleNamespace
+
     q = torch.randn(10, 2, 8)
-    out = vision_attention(q, q, q, [4, 6])
-    out2 = vision_attention(q[4:], q[4:], q[4:], [6])
+    out = vision_attention(q, q, q, SimpleNamespace(seqlens=[4, 6]))
+    out2 = vision_attention(q[4:], q[4:], q[4:], SimpleNamespace(seqlens=[6]))
     torch.testing.assert_close(out[4:], out2)

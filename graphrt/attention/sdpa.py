@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from .plan import AttentionPlan, dense_mask
 
 
-def lm_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
-    """q [T, Hq, D]; k/v_cache [rows, slots, Hkv, D] (this step's keys already written). Returns [T, Hq, D]."""
+def lm_attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache, plan: AttentionPlan) -> torch.Tensor:
+    """Write this call's K/V at (token_rows, token_slots), then attend under the plan's rule. q [T, Hq, D]."""
+    cache.write(layer, plan.token_rows, plan.token_slots, k, v)
+    k_cache, v_cache = cache.k[layer], cache.v[layer]
     out = torch.empty_like(q)
     for row, q0, q1, kv_len in plan.segments:
         mask = dense_mask(plan.q_hi[q0:q1], plan.q_blocked[q0:q1], kv_len)
@@ -17,11 +19,11 @@ def lm_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     return out
 
 
-def vision_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
+def vision_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geo) -> torch.Tensor:
     """Full attention inside each image of a packed batch (block-diagonal). q/k/v [N, H, D]."""
     out = torch.empty_like(q)
     start = 0
-    for n in seqlens:
+    for n in geo.seqlens:
         out[start : start + n] = _attend(q[start : start + n], k[start : start + n], v[start : start + n], None)
         start += n
     return out

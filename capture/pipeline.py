@@ -1,0 +1,170 @@
+"""Static buffers, allocated once for the largest bucket, and the three stage bodies graphs capture.
+
+Each body reads only these buffers and writes only these buffers, with shapes fixed by its bucket:
+
+    vision(B, P)   pixels/pos/rope of B image slots of P patches  -> vision_out
+    prefill(B, T)  right-aligned prompts + image rows of vision_out -> KV cache, step state
+    step(B)        one MTP step of B rows: window forward, sampler, proposal, accept, state update
+
+All per-row facts (cache length, accepted tokens, counts, finished flags, temperatures) live in
+device tensors; the host fills small input buffers before a replay and reads `all_done` after.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from graphrt.attention.ranges import PrefillRanges, StepRanges, VisionRanges
+from graphrt.attention.varlen import VarlenKernel
+from graphrt.mtp import MTPConfig, StepKind, accept, propose
+from graphrt.sampler import SamplingConfig, choose, probabilities
+
+from .buckets import Buckets
+
+
+class StaticPipeline:
+    def __init__(self, model, buckets: Buckets, kernel: VarlenKernel, sampling: SamplingConfig, mtp: MTPConfig,
+                 sample: bool):
+        cfg = model.cfg
+        self.model, self.buckets, self.kernel = model, buckets, kernel
+        self.sampling, self.mtp, self.sample = sampling, mtp, sample
+        self.ids = cfg.tokens
+        self.block = blk = cfg.text.block_size
+        self.vocab = cfg.text.vocab_size
+        dev, dt = model.device, model.dtype
+        bm, pm, tm = buckets.max_batch, buckets.max_patches, buckets.max_prefill
+        self.slots = s = buckets.cache_slots(blk)
+        self.dead = s - 1
+        self.cache = model.llm.new_cache(bm, s)
+        z = lambda *shape, dtype=torch.long: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
+
+        # vision inputs / output
+        p, c, hd = cfg.vision.patch_size, cfg.vision.hidden_size, cfg.vision.head_dim
+        self.pixels = z(bm * pm, 3 * p * p, dtype=dt)
+        self.pos = z(bm * pm, c, dtype=dt)
+        self.cos = z(bm * pm, hd // 2, dtype=torch.float32)
+        self.sin = z(bm * pm, hd // 2, dtype=torch.float32)
+        self.merge_index = z(bm * pm)
+        self.v_seqused = torch.full((bm,), pm, dtype=torch.int32, device=dev)
+        self.vision_out = z(bm * pm // 4, cfg.text.hidden_size, dtype=dt)
+
+        # prefill inputs (prompt[:-1] right-aligned per row) and step-state seeds
+        self.p_ids = z(bm * tm)
+        self.p_is_image = z(bm * tm, dtype=torch.bool)
+        self.p_image_row = z(bm * tm)
+        self.p_positions = z(bm * tm)
+        self.p_rows = torch.arange(bm, device=dev).repeat_interleave(tm)
+        self.p_slots = torch.full((bm * tm,), self.dead, dtype=torch.long, device=dev)
+        self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
+        self.p_seen = torch.full((bm, tm + 1), self.vocab, dtype=torch.long, device=dev)  # prompt ids, pad = V
+        self.p_last = z(bm)
+        self.p_budget = torch.ones(bm, dtype=torch.long, device=dev)
+        self.p_padding_row = z(bm, dtype=torch.bool)
+        self.p_temperature = z(bm, dtype=torch.float32)
+
+        # step state
+        self.pending = z(bm, blk)
+        self.pending_count = torch.ones(bm, dtype=torch.long, device=dev)
+        self.cache_len = torch.ones(bm, dtype=torch.long, device=dev)
+        self.n_gen = z(bm)
+        self.budget = torch.ones(bm, dtype=torch.long, device=dev)
+        self.finished = torch.ones(bm, dtype=torch.bool, device=dev)
+        self.ended = z(bm, dtype=torch.bool)  # finished by an end token (not the budget)
+        self.steps = z(bm)
+        self.temperature = z(bm, dtype=torch.float32)
+        self.seen = z(bm, self.vocab + 1, dtype=torch.bool)  # column V absorbs padding
+        self.out_tokens = z(bm, buckets.max_new_tokens + 2 * blk + 1)
+        self.trash_col = self.out_tokens.shape[1] - 1
+        self.all_done = z((), dtype=torch.bool)
+
+        # constants
+        self.arange_blk = torch.arange(blk, device=dev)
+        self.rows = torch.arange(bm, device=dev)
+        self.rows_blk = self.rows.repeat_interleave(blk)
+        self.mask_ids = torch.full((bm, blk - 1), self.ids.text_mask, dtype=torch.long, device=dev)
+        self.window_index = (self.rows[:, None] * 2 * blk + blk + self.arange_blk[None]).reshape(-1)
+        self.cu: dict[int, torch.Tensor] = {}
+        for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
+            self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
+
+    def reset_state(self) -> None:
+        """Safe values for warm-up runs: one cached token, every row already finished."""
+        for t, v in ((self.pending_count, 1), (self.cache_len, 1), (self.n_gen, 0), (self.budget, 1),
+                     (self.finished, True), (self.ended, False), (self.steps, 0), (self.p_seqused, 1)):
+            t.fill_(v)
+        self.v_seqused.fill_(self.buckets.max_patches)
+        self.p_slots.fill_(self.dead)
+
+    # ------------------------------------------------------------------ stage bodies
+
+    def vision(self, b: int, p: int) -> None:
+        n = b * p
+        geo = SimpleNamespace(cos=self.cos[:n], sin=self.sin[:n], merge_index=self.merge_index[:n])
+        attend = VisionRanges(self.kernel, p, self.cu[p][: b + 1], self.v_seqused[:b])
+        feats = self.model.vision(self.pixels[:n], self.pos[:n], geo, attend)
+        self.vision_out[: n // 4].copy_(self.model.projector(feats))
+
+    def prefill(self, b: int, t: int) -> None:
+        n, llm = b * t, self.model.llm
+        emb = llm.embed(self.p_ids[:n])
+        emb = torch.where(self.p_is_image[:n, None], self.vision_out[self.p_image_row[:n]], emb)
+        ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], self.p_rows[:n], self.p_slots[:n],
+                               self.cu[t][: b + 1], self.cu[self.slots][: b + 1], self.p_seqused[:b])
+        llm(emb, ranges, self.cache, ranges)
+        # Seed the step state: the last prompt token is the first step's accepted token.
+        self.pending[:b].copy_(self.p_last[:b, None].expand(b, self.block))
+        self.pending_count[:b].fill_(1)
+        self.cache_len[:b].copy_(self.p_seqused[:b])
+        self.n_gen[:b].zero_()
+        self.steps[:b].zero_()
+        self.budget[:b].copy_(self.p_budget[:b])
+        self.finished[:b].copy_(self.p_padding_row[:b])
+        self.ended[:b].zero_()
+        self.temperature[:b].copy_(self.p_temperature[:b])
+        self.seen[:b].zero_()
+        self.seen[:b].scatter_(1, self.p_seen[:b], True)
+        self.all_done.copy_(self.finished[:b].all())
+
+    def step(self, b: int) -> None:
+        blk, llm = self.block, self.model.llm
+        pend, k, c, fin = self.pending[:b], self.pending_count[:b], self.cache_len[:b], self.finished[:b]
+        j = self.arange_blk[None]
+        first_real = (blk - k)[:, None]
+        real = j >= first_real
+        acc_slots = torch.where(real, c[:, None] + j - first_real, self.dead)
+        w0 = c + k  # first window slot; the window is written one slot to the left (see ranges.py)
+        win_slots = w0[:, None] - 1 + j  # also the window's RoPE positions
+        positions = torch.cat([torch.where(real, acc_slots, 0), win_slots], dim=1).reshape(-1)
+        ids = torch.cat([pend, pend[:, -1:], self.mask_ids[:b]], dim=1).reshape(-1)
+        ranges = StepRanges(
+            self.kernel, blk, self.slots, positions,
+            acc_rows=self.rows_blk[: b * blk], acc_slots=acc_slots.reshape(-1),
+            win_rows=self.rows_blk[: b * blk], win_slots=win_slots.reshape(-1),
+            last_rows=self.rows[:b], last_slots=w0 - 1,
+            cu_q=self.cu[blk][: b + 1], cu_k=self.cu[self.slots][: b + 1],
+            seqused_acc=w0.to(torch.int32), seqused_win=(w0 + blk - 1).to(torch.int32),
+        )
+        logits = llm(llm.embed(ids), ranges, self.cache, ranges, self.window_index[: b * blk]).view(b, blk, -1)
+
+        temp = self.temperature[:b]
+        probs = probabilities(logits, self.seen[:b, : self.vocab], temp, self.sampling)
+        x0 = choose(probs, temp, None, sample=self.sample)
+        tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
+
+        active = ~fin
+        keep = (j < count[:, None]) & active[:, None]
+        self.out_tokens[:b].scatter_(1, torch.where(keep, self.n_gen[:b, None] + j, self.trash_col), tokens)
+        self.seen[:b].scatter_(1, torch.where(keep, tokens, self.vocab), True)
+        new_pending = tokens.gather(1, (j - (blk - count)[:, None]).clamp(min=0))  # right-aligned
+        new_n = self.n_gen[:b] + count
+        end = active & (kind == int(StepKind.FINISH))
+        self.pending[:b].copy_(torch.where(active[:, None], new_pending, pend))
+        self.pending_count[:b].copy_(torch.where(active, count, k))
+        self.cache_len[:b].copy_(torch.where(active, w0, c))
+        self.n_gen[:b].copy_(torch.where(active, new_n, self.n_gen[:b]))
+        self.steps[:b].add_(active.long())
+        self.ended[:b].logical_or_(end)
+        self.finished[:b].copy_(fin | end | (active & (new_n >= self.budget[:b])))
+        self.all_done.copy_(self.finished[:b].all())

@@ -1,0 +1,92 @@
+"""Attention of the three stages as key ranges for a varlen kernel: no [B, H, Q, K] mask.
+
+Fixed layouts per bucket (each row owns a fixed slice of the packed axis), so cu_seqlens stay
+the same across replays and only `seqused_k` and the write slots change:
+
+- vision: image i owns patches [i*P, (i+1)*P); full attention over its first n_i patches;
+- prefill: row b owns queries [b*T, (b+1)*T), prompt right-aligned; causal (bottom-right) over
+  the row's cache slots [0, n_b);
+- MTP step: row b owns 2*6 queries: 6 accepted slots (right-aligned, k real) then the 6-slot
+  window. Accepted queries are causal over [0, c+k). The window must see [0, c+k-1) and its own
+  6 keys, but not slot c+k-1. So its K/V is written one slot to the left, over that slot, making
+  the key set contiguous: [0, c+k+5). The accepted token's K/V is then written back. Three small
+  scatters and two varlen calls per layer ("shifted window").
+
+Pad queries write to the row's dead slot (the last one), which no range ever reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .varlen import VarlenKernel
+
+
+@dataclass
+class VisionRanges:
+    kernel: VarlenKernel
+    patches: int  # P, per image slot
+    cu: torch.Tensor  # [B+1] int32 = arange * P
+    seqused: torch.Tensor  # [B] int32 real patches per image
+
+    def __call__(self, q, k, v, geo=None):
+        return self.kernel(q, k, v, self.cu, self.cu, self.patches, self.patches, self.seqused, False)
+
+
+@dataclass
+class PrefillRanges:
+    kernel: VarlenKernel
+    length: int  # T, query slots per row
+    slots: int  # S, cache slots per row
+    positions: torch.Tensor  # [B*T]
+    rows: torch.Tensor  # [B*T] cache row of each query slot
+    write_slots: torch.Tensor  # [B*T] cache slot (dead slot for pads)
+    cu_q: torch.Tensor  # [B+1] int32 = arange * T
+    cu_k: torch.Tensor  # [B+1] int32 = arange * S
+    seqused: torch.Tensor  # [B] int32 real prompt tokens
+
+    def __call__(self, layer, q, k, v, cache, plan=None):
+        cache.write(layer, self.rows, self.write_slots, k, v)
+        b = self.seqused.shape[0]
+        kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
+        return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+
+
+@dataclass
+class StepRanges:
+    kernel: VarlenKernel
+    block: int  # 6: accepted slots = window slots
+    slots: int  # S
+    positions: torch.Tensor  # [B*2*block]
+    acc_rows: torch.Tensor  # [B*block]
+    acc_slots: torch.Tensor  # [B*block] (dead slot for pads)
+    win_rows: torch.Tensor  # [B*block]
+    win_slots: torch.Tensor  # [B*block] = c+k-1 .. c+k+4 (shifted one to the left)
+    last_rows: torch.Tensor  # [B]
+    last_slots: torch.Tensor  # [B] = c+k-1, the last accepted token
+    cu_q: torch.Tensor  # [B+1] int32 = arange * block
+    cu_k: torch.Tensor  # [B+1] int32 = arange * S
+    seqused_acc: torch.Tensor  # [B] int32 = c+k
+    seqused_win: torch.Tensor  # [B] int32 = c+k+5
+
+    def __call__(self, layer, q, k, v, cache, plan=None):
+        b, a = self.seqused_acc.shape[0], self.block
+        split = lambda t: (t.view(b, 2 * a, *t.shape[1:])[:, :a], t.view(b, 2 * a, *t.shape[1:])[:, a:])  # noqa: E731
+        qa, qw = split(q)
+        ka, kw = split(k)
+        va, vw = split(v)
+        flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
+        kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
+        cache.write(layer, self.acc_rows, self.acc_slots, flat(ka), flat(va))
+        oa = self.kernel(flat(qa), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
+        cache.write(layer, self.win_rows, self.win_slots, flat(kw), flat(vw))
+        ow = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_win, False)
+        cache.write(layer, self.last_rows, self.last_slots, ka[:, -1], va[:, -1])
+        return torch.cat([oa.view(b, a, *oa.shape[1:]), ow.view(b, a, *ow.shape[1:])], dim=1).reshape(q.shape)
+
+
+def _flat(cache_layer: torch.Tensor, rows: int) -> torch.Tensor:
+    """[rows_all, S, H, D] -> [rows*S, H, D] view of the first `rows` rows."""
+    return cache_layer[:rows].view(-1, *cache_layer.shape[2:])
