@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from .processor import ImageProcessor, ProcessedImage
 from .prompt import PromptBuilder, load_chat_template, load_tokenizer
 from .vision import vision_geometry
 
+log = logging.getLogger(__name__)
+
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "float32": torch.float32, "fp32": torch.float32}
 
@@ -33,7 +36,12 @@ class EngineOptions:
     dtype: str = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
     task: str = "detect"  # detect | ground_multi | ground_single (the model card's instructions)
     generation: GenerationConfig = GenerationConfig()
-    progress: bool = True  # progress bars on long work (loading)
+    progress: bool = True  # progress bars on long work (loading, graph capture)
+    graphs: str = "auto"  # auto: CUDA graphs on a GPU, eager on CPU | on | off
+    buckets: object = None  # capture.Buckets; None: the defaults
+    attention: str = "auto"  # varlen kernel of the graph path: auto | flash_attn | torch-fa2 | emulated
+    strict: bool = False  # refuse fallbacks (another attention kernel, eager for a batch beyond the buckets)
+    sampling_graphs: bool = False  # also capture the sampling branch (needed for temperature > 0 on graphs)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -79,6 +87,16 @@ class Engine:
         self.options = options
         self.processor = ImageProcessor(preprocessor)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
+        self.runtime = None
+        if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda"):
+            from capture import Buckets, GraphRuntime
+
+            self.runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,
+                                        options.strict, use_graphs=model.device.type == "cuda",
+                                        sampling_graphs=options.sampling_graphs)
+            self.runtime.warmup(progress=options.progress)
+        elif options.graphs not in ("auto", "off"):
+            raise ValueError("graphs must be auto, on or off")
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":
@@ -111,19 +129,24 @@ class Engine:
         if not pairs:
             return []
         gen = dataclasses.replace(self.options.generation, **generation)
-        clock = _Clock(self.model.device)
-        images = [self.processor(image) for image, _ in pairs]
-        merge = self.cfg.vision.merge_kernel_size
-        prompts = [self.prompts.build(q, im.num_tokens(merge)) for (_, q), im in zip(pairs, images)]
-        clock.lap("preprocess")
-        embeds = self.encode_images(images)
-        clock.lap("vision")
         temps = temperatures or [None] * len(pairs)
         if len(temps) != len(pairs):
             raise InputError("temperatures must have one entry per pair")
-        requests = [RowRequest(p.ids, e, p.image_start, t) for p, e, t in zip(prompts, embeds, temps)]
-        rows = generate(self.model, sdpa.lm_attention, requests, gen)
+        clock = _Clock(self.model.device)
+        images, image_of = self._unique_images([image for image, _ in pairs])
+        merge = self.cfg.vision.merge_kernel_size
+        prompts = [self.prompts.build(q, images[i].num_tokens(merge)) for (_, q), i in zip(pairs, image_of)]
+        clock.lap("preprocess")
+        rows = self._run_graphs(images, image_of, prompts, temps, gen) if self.runtime else None
+        if rows is not None:
+            clock.laps.update(self.runtime.last_timings_ms)
+        else:
+            embeds = self.encode_images(images)
+            clock.lap("vision")
+            requests = [RowRequest(p.ids, embeds[i], p.image_start, t) for p, i, t in zip(prompts, image_of, temps)]
+            rows = generate(self.model, sdpa.lm_attention, requests, gen)
         clock.lap("generate")
+        images = [images[i] for i in image_of]
         results = []
         for image, prompt, row in zip(images, prompts, rows):
             parsed = parse_detections(row.tokens, self.cfg.tokens, self.prompts.decode, image.size)
@@ -134,6 +157,30 @@ class Engine:
                 empty_frames=parsed.empty_frames, malformed=parsed.malformed, timings_ms=dict(clock.laps),
             ))
         return results
+
+    def _unique_images(self, sources) -> tuple[list[ProcessedImage], list[int]]:
+        """Process each distinct image once (same path or same object), so it is encoded once."""
+        images, index, image_of = [], {}, []
+        for src in sources:
+            key = str(src) if isinstance(src, (str, Path)) else id(src)
+            if key not in index:
+                index[key] = len(images)
+                images.append(self.processor(src))
+            image_of.append(index[key])
+        return images, image_of
+
+    def _run_graphs(self, images, image_of, prompts, temps, gen):
+        """Rows from the CUDA graphs, or None (with the reason logged) when the batch does not fit."""
+        from capture.runtime import GraphRow
+
+        rows = [GraphRow(p, i, t) for p, i, t in zip(prompts, image_of, temps)]
+        reason = self.runtime.unsupported(images, rows, gen)
+        if reason is None:
+            return self.runtime.run(images, rows, gen)
+        if self.options.strict:
+            raise InputError(f"batch does not fit the captured graphs: {reason}")
+        log.warning("running eager: %s", reason)
+        return None
 
     @torch.no_grad()
     def encode_images(self, images: list[ProcessedImage]) -> list[torch.Tensor]:
@@ -152,8 +199,11 @@ class Engine:
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "parameters": params,
-            "attention": "sdpa (dense mask, eager)",
-            "graphs": False,
+            "attention": self.runtime.kernel_name if self.runtime else "sdpa (dense mask, eager)",
+            "graphs": len(self.runtime.graphs) if self.runtime else 0,
+            "capture_s": round(self.runtime.capture_seconds, 1) if self.runtime else 0.0,
+            "graph_pool_mib": round(self.runtime.pool_bytes / 2**20, 1) if self.runtime else 0.0,
+            "buckets": dataclasses.asdict(self.runtime.buckets) if self.runtime else None,
             "generation": dataclasses.asdict(self.options.generation),
         }
 

@@ -79,7 +79,8 @@ def context_budget(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> in
 
 
 @torch.no_grad()
-def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig) -> list[RowResult]:
+def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig, on_stage=None) -> list[RowResult]:
+    """`on_stage(name)`, when given, is called after the prefill ("prefill") and after each step ("step")."""
     cfg, ids, device = model.cfg, model.cfg.tokens, model.device
     block, vocab = cfg.text.block_size, cfg.text.vocab_size
     n = len(requests)
@@ -93,6 +94,8 @@ def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig) -
         plan.add_causal(row, 0, len(r.prompt) - 1)
     embeds = torch.cat([embed_prompt(model, r, len(r.prompt) - 1) for r in requests])
     model.llm(embeds, plan.build(device), cache, attend)
+    if on_stage:
+        on_stage("prefill")
 
     cached = [len(r.prompt) - 1 for r in requests]
     pending = [[r.prompt[-1]] for r in requests]
@@ -152,4 +155,6 @@ def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig) -
             else:
                 still.append(row)
         active = still
+        if on_stage:
+            on_stage("step")
     return results
