@@ -55,7 +55,6 @@ class StaticPipeline:
         self.p_is_image = z(bm * tm, dtype=torch.bool)
         self.p_image_row = z(bm * tm)
         self.p_positions = z(bm * tm)
-        self.p_rows = torch.arange(bm, device=dev).repeat_interleave(tm)
         self.p_slots = torch.full((bm * tm,), self.dead, dtype=torch.long, device=dev)
         self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
         self.p_seen = torch.full((bm, tm + 1), self.vocab, dtype=torch.long, device=dev)  # prompt ids, pad = V
@@ -88,6 +87,8 @@ class StaticPipeline:
         self.cu: dict[int, torch.Tensor] = {}
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
+        # Cache row of each packed prefill token, per prefill length (row b owns [b*T, (b+1)*T)).
+        self.p_rows = {t: self.rows.repeat_interleave(t) for t in buckets.prefill_lengths}
 
     def reset_state(self) -> None:
         """Safe values for warm-up runs: one cached token, every row already finished."""
@@ -110,7 +111,7 @@ class StaticPipeline:
         n, llm = b * t, self.model.llm
         emb = llm.embed(self.p_ids[:n])
         emb = torch.where(self.p_is_image[:n, None], self.vision_out[self.p_image_row[:n]], emb)
-        ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], self.p_rows[:n], self.p_slots[:n],
+        ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], self.p_rows[t][:n], self.p_slots[:n],
                                self.cu[t][: b + 1], self.cu[self.slots][: b + 1], self.p_seqused[:b])
         llm(emb, ranges, self.cache, ranges)
         # Seed the step state: the last prompt token is the first step's accepted token.

@@ -85,6 +85,15 @@ def test_padded_bucket_equals_exact_bucket(tiny_engine):
     assert static_tokens(tiny_engine, images, rows, exact)[0] == static_tokens(tiny_engine, images, rows, padded)[0]
 
 
+def test_small_prefill_bucket_with_several_rows(tiny_engine):
+    """Rows in a prefill bucket shorter than the largest one (each row owns T, not max T, slots)."""
+    images, rows = prepare(tiny_engine, CASES["ragged five"])
+    longest = max(len(r.prompt.ids) - 1 for r in rows)
+    buckets = Buckets(batch_sizes=(8,), patch_budgets=(256,), prefill_lengths=(longest, longest + 100),
+                      max_new_tokens=40)
+    assert static_tokens(tiny_engine, images, rows, buckets)[0] == eager_tokens(tiny_engine, images, rows)
+
+
 def test_runtime_is_reusable_across_batches(tiny_engine):
     runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
     for name in ("ragged five", "single", "identical rows"):
