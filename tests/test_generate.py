@@ -100,3 +100,12 @@ def test_bad_inputs_leave_the_engine_usable(tiny_engine, tmp_path):
     with pytest.raises(InputError):
         tiny_engine.locate(random_image(64, 64), "  ")
     assert tiny_engine.locate(random_image(64, 64), "cat", max_new_tokens=4).tokens
+
+
+def test_random_test_model_depends_on_its_context(tiny_engine):
+    """Guards the test checkpoints themselves: if the answer ignored image and query, the
+    equivalence tests could not see a broken KV cache."""
+    a, b = random_image(130, 96, seed=1), random_image(130, 96, seed=2)
+    cat_a = tiny_engine.locate(a, "cat", max_new_tokens=12).tokens
+    assert cat_a != tiny_engine.locate(a, "a dog", max_new_tokens=12).tokens
+    assert cat_a != tiny_engine.locate(b, "cat", max_new_tokens=12).tokens

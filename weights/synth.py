@@ -86,10 +86,22 @@ def write_random_weights(cfg: ModelConfig, out: Path, seed: int, max_shard_bytes
 
 
 def _random_tensor(entry: WeightEntry, dtype, gen: torch.Generator, device: str) -> torch.Tensor:
+    """Fan-in scaled noise: every layer's output is O(1), so attention is sharp and the model's
+    answer depends on its context. (A flat 0.02 init made attention near-uniform and the random
+    model echo its input, and then a test cannot tell a correct KV cache from a broken one.)"""
     noise = torch.randn(entry.shape, generator=gen, device=device, dtype=torch.float32)
     if entry.init == "norm":
         return (1.0 + 0.1 * noise).to(dtype)
-    return (0.02 * noise).to(dtype)
+    if entry.init == "bias":
+        return (0.1 * noise).to(dtype)
+    if entry.name.endswith("embed_tokens.weight"):
+        # Below the layers' unit-scale updates, so that (with the tied head) a row's logits are not
+        # dominated by its own input token, which made random models echo their input.
+        return (0.3 * noise).to(dtype)
+    if len(entry.shape) == 1 or entry.name.endswith("pos_emb.weight"):
+        return noise.to(dtype)
+    fan_in = int(torch.tensor(entry.shape[1:]).prod())
+    return (noise / fan_in**0.5).to(dtype)
 
 
 # ---------------------------------------------------------------- tokenizer
