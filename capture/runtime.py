@@ -40,8 +40,11 @@ class GraphRuntime:
     def __init__(self, model, buckets: Buckets, generation: GenerationConfig, attention: str = "auto",
                  strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False):
         self.model, self.buckets, self.generation = model, buckets, generation
-        self.kernel_name, kernel = select_kernel(attention, model.device, strict)
+        self.kernel_name, kernel = select_kernel(attention, model.device, strict, model.dtype)
         self.use_graphs = (model.device.type == "cuda") if use_graphs is None else use_graphs
+        if self.use_graphs and self.kernel_name == "emulated":
+            raise ValueError("the emulated attention kernel cannot be captured in CUDA graphs (it reads lengths "
+                             "on the host); use fp16/bf16 on CUDA, or use_graphs=False")
         sample = sampling_graphs or generation.sampling.temperature > 0
         self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample)
         self.graphs = GraphSet()

@@ -37,7 +37,7 @@ class EngineOptions:
     task: str = "detect"  # detect | ground_multi | ground_single (the model card's instructions)
     generation: GenerationConfig = GenerationConfig()
     progress: bool = True  # progress bars on long work (loading, graph capture)
-    graphs: str = "auto"  # auto: CUDA graphs on a GPU, eager on CPU | on | off
+    graphs: str = "auto"  # auto: CUDA graphs on a GPU in fp16/bf16, else eager | on | off
     buckets: object = None  # capture.Buckets; None: the defaults
     attention: str = "auto"  # varlen kernel of the graph path: auto | flash_attn | torch-fa2 | emulated
     strict: bool = False  # refuse fallbacks (another attention kernel, eager for a batch beyond the buckets)
@@ -88,7 +88,8 @@ class Engine:
         self.processor = ImageProcessor(preprocessor)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
         self.runtime = None
-        if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda"):
+        half = model.dtype in (torch.float16, torch.bfloat16)
+        if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda" and half):
             from capture import Buckets, GraphRuntime
 
             self.runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,

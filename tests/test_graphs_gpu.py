@@ -24,13 +24,14 @@ MID_BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), patch_budgets=(128, 256), prefil
                       max_new_tokens=40)
 
 
-def engine_on_gpu(ckpt):
-    return Engine.from_pretrained(ckpt, EngineOptions(device="cuda", dtype="bfloat16", graphs="off", progress=False))
+def engine_on_gpu(ckpt, dtype="bfloat16"):
+    return Engine.from_pretrained(ckpt, EngineOptions(device="cuda", dtype=dtype, graphs="off", progress=False))
 
 
 @pytest.fixture(scope="module")
 def tiny_gpu(tiny_ckpt):
-    return engine_on_gpu(tiny_ckpt)
+    # fp16: with bf16, FA2 and dense SDPA round one near-tie of the tiny model differently (token 18 of 24).
+    return engine_on_gpu(tiny_ckpt, "float16")
 
 
 @pytest.fixture(scope="module")

@@ -73,8 +73,9 @@ def _flash_attn_kernel() -> VarlenKernel | None:
     return kernel
 
 
-def select_kernel(name: str = "auto", device: torch.device | str = "cuda", strict: bool = False) -> tuple[str, VarlenKernel]:
-    """Pick a kernel: auto = flash_attn, then torch-fa2 (CUDA only), then emulated.
+def select_kernel(name: str = "auto", device: torch.device | str = "cuda", strict: bool = False,
+                  dtype: torch.dtype = torch.bfloat16) -> tuple[str, VarlenKernel]:
+    """Pick a kernel: auto = flash_attn, then torch-fa2 (CUDA, fp16/bf16 only), then emulated.
     With strict, a requested kernel that cannot run raises instead of falling back."""
     device = torch.device(device)
     order = ["flash_attn", "torch-fa2", "emulated"] if name == "auto" else [name]
@@ -84,6 +85,8 @@ def select_kernel(name: str = "auto", device: torch.device | str = "cuda", stric
             return candidate, emulated
         if device.type != "cuda":
             reasons.append(f"{candidate}: needs CUDA")
+        elif dtype not in (torch.float16, torch.bfloat16):
+            reasons.append(f"{candidate}: needs fp16 or bf16, not {dtype}")
         elif candidate == "flash_attn":
             kernel = _flash_attn_kernel()
             if kernel is not None:
