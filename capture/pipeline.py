@@ -47,7 +47,7 @@ class StaticPipeline:
         self.cos = z(bm * pm, hd // 2, dtype=torch.float32)
         self.sin = z(bm * pm, hd // 2, dtype=torch.float32)
         self.merge_index = z(bm * pm)
-        self.v_seqused = torch.full((bm,), pm, dtype=torch.int32, device=dev)
+        self.v_seqused = torch.full((bm,), 4, dtype=torch.int32, device=dev)  # never above a bucket's P
         self.vision_out = z(bm * pm // 4, cfg.text.hidden_size, dtype=dt)
 
         # prefill inputs (prompt[:-1] right-aligned per row) and step-state seeds
@@ -91,12 +91,11 @@ class StaticPipeline:
         self.p_rows = {t: self.rows.repeat_interleave(t) for t in buckets.prefill_lengths}
 
     def reset_state(self) -> None:
-        """Safe values for warm-up runs: one cached token, every row already finished."""
+        """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
         for t, v in ((self.pending_count, 1), (self.cache_len, 1), (self.n_gen, 0), (self.budget, 1),
-                     (self.finished, True), (self.ended, False), (self.steps, 0), (self.p_seqused, 1)):
+                     (self.finished, True), (self.ended, False), (self.steps, 0), (self.p_seqused, 1),
+                     (self.v_seqused, 4), (self.p_slots, self.dead)):
             t.fill_(v)
-        self.v_seqused.fill_(self.buckets.max_patches)
-        self.p_slots.fill_(self.dead)
 
     # ------------------------------------------------------------------ stage bodies
 

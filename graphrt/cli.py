@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     loc.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     loc.add_argument("--device", default="auto")
     loc.add_argument("--dtype", default="auto", help="bfloat16 | float16 | float32 | auto")
+    loc.add_argument("--graphs", choices=["auto", "on", "off"], default="off",
+                     help="CUDA graphs: capture costs seconds, worth it for many requests, not for one image "
+                          "(default off here; the Python Engine defaults to auto)")
 
     args = parser.parse_args(argv)
     try:
@@ -73,7 +76,7 @@ def _locate(args) -> int:
     gen = GenerationConfig(mode=args.mode, max_new_tokens=args.max_new_tokens,
                            sampling=SamplingConfig(temperature=args.temperature))
     opts = EngineOptions(device=args.device, dtype=args.dtype, task=args.task, generation=gen,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), graphs=args.graphs)
     engine = Engine.from_pretrained(args.checkpoint, opts)
     result = engine.locate(args.image, args.query)
     if args.json:

@@ -132,3 +132,13 @@ def test_emulated_kernel_bottom_right_causal_and_empty_rows():
     # Row 1 has one key: its first two queries see nothing (zeros), the last sees key 10.
     assert torch.all(out[3:5] == 0)
     torch.testing.assert_close(out[5], k[10].expand(2, 8))
+
+
+def test_kernel_selection_rules():
+    from graphrt.attention.varlen import select_kernel
+
+    assert select_kernel("auto", "cpu")[0] == "emulated"
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        select_kernel("torch-fa2", "cpu")
+    with pytest.raises(RuntimeError, match="no attention kernel"):
+        select_kernel("auto", "cpu", strict=True)

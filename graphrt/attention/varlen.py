@@ -98,8 +98,8 @@ def select_kernel(name: str = "auto", device: torch.device | str = "cuda", stric
             reasons.append("torch-fa2: this torch build has no _flash_attention_forward")
         else:
             raise ValueError(f"unknown attention kernel {candidate!r}")
-        if strict or name != "auto":
-            break
+        if name != "auto" or (strict and candidate == "torch-fa2"):
+            break  # strict: never fall back to the emulated kernel
     message = "no attention kernel: " + "; ".join(reasons)
     if strict or name != "auto":
         raise RuntimeError(message)
