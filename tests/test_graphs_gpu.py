@@ -18,7 +18,7 @@ from weights.synth import write_preset
 pytestmark = pytest.mark.gpu
 
 GEN = GenerationConfig(max_new_tokens=24)
-TINY_BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), patch_budgets=(64, 128, 256), prefill_lengths=(96, 160, 256),
+TINY_BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), patch_budgets=(64, 128, 2048), prefill_lengths=(96, 160, 256),
                        max_new_tokens=40)
 MID_BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), patch_budgets=(128, 256), prefill_lengths=(192, 320),
                       max_new_tokens=40)
