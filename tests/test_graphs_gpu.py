@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+import itertools
+from unittest.mock import patch
+
+import graphrt.generate as G
 from capture import Buckets, GraphRuntime
+from graphrt.attention.sdpa import lm_attention
+from graphrt.generate import RowRequest, generate
+from graphrt.sampler import probabilities
 from graphrt import Engine, EngineOptions, GenerationConfig
 from graphrt.attention.varlen import emulated, select_kernel
 from test_static_path import CASES, eager_tokens, prepare
@@ -65,6 +72,30 @@ def test_varlen_kernel_matches_dense_reference(causal, head_dim):
     assert (got[live] - want[live]).abs().max().item() < 2e-2
 
 
+def near_tie_or_fail(engine, images, rows, r, got, want, half):
+    """Tokens of row r diverge at index d: pass only when the fp32 reference's top-2 logits of the
+    slot that produced token d are closer than a few half-precision steps (a near-tie that fp16/bf16
+    cannot resolve); anything else is a real mismatch."""
+    d = next(i for i, (a, b) in enumerate(zip(got + [-1], want + [-2])) if a != b)
+    model = engine.model.float()
+    try:
+        seen = []
+        spy = lambda logits, *a, **k: (seen.append(logits[0].clone()), probabilities(logits, *a, **k))[1]  # noqa
+        with patch.object(G, "probabilities", spy):
+            embeds = engine.encode_images(images)
+            req = RowRequest(rows[r].prompt.ids, embeds[rows[r].image], rows[r].prompt.image_start)
+            ref = generate(model, lm_attention, [req], GEN)[0]
+    finally:
+        model.to(torch.float16 if half == "float16" else torch.bfloat16)
+    assert ref.tokens[:d] == want[:d], "fp32 reference leaves the half-precision path before the divergence"
+    step = next(i for i, c in enumerate(itertools.accumulate(ref.accepted)) if c > d)
+    slot = d - (sum(ref.accepted[:step]))
+    top = seen[step][slot].float().topk(2).values
+    resolution = (2.0**-10 if half == "float16" else 2.0**-7) * float(top[0].abs())
+    assert float(top[0] - top[1]) < 4 * resolution, f"row {r} diverges at token {d} without a near-tie"
+    return float(top[0] - top[1])
+
+
 @pytest.mark.parametrize("which", ["tiny", "mid"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_graph_replay_equals_eager(request, which, name):
@@ -76,8 +107,12 @@ def test_graph_replay_equals_eager(request, which, name):
     graphs.warmup(progress=False)
     replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
     uncaptured = GraphRuntime(engine.model, buckets, GEN, attention="torch-fa2", strict=True, use_graphs=False)
-    assert replayed == [r.tokens for r in uncaptured.run(images, rows, GEN)]
-    assert replayed == eager_tokens(engine, images, rows, GEN)
+    assert replayed == [r.tokens for r in uncaptured.run(images, rows, GEN)]  # capture changes nothing
+    eager = eager_tokens(engine, images, rows, GEN)
+    half = "float16" if which == "tiny" else "bfloat16"
+    ties = [near_tie_or_fail(engine, images, rows, r, got, want, half)
+            for r, (got, want) in enumerate(zip(replayed, eager)) if got != want]
+    assert len(ties) <= 1, f"several rows diverge: {ties}"
 
 
 def test_padded_bucket_equals_exact_on_graphs(tiny_gpu):
