@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from graphrt.attention.ranges import PrefillRanges, StepRanges, VisionRanges
+from graphrt.attention.ranges import PrefillRanges, StepRanges, StepRangesLSE, VisionRanges
 from graphrt.attention.varlen import VarlenKernel
 from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities
@@ -26,7 +26,10 @@ from .buckets import Buckets
 
 class StaticPipeline:
     def __init__(self, model, buckets: Buckets, kernel: VarlenKernel, sampling: SamplingConfig, mtp: MTPConfig,
-                 sample: bool):
+                 sample: bool, window_plan: str = "shifted"):
+        if window_plan not in ("shifted", "lse"):
+            raise ValueError("window_plan must be 'shifted' or 'lse'")
+        self.window_plan = window_plan
         cfg = model.cfg
         self.model, self.buckets, self.kernel = model, buckets, kernel
         self.sampling, self.mtp, self.sample = sampling, mtp, sample
@@ -82,6 +85,7 @@ class StaticPipeline:
         self.arange_blk = torch.arange(blk, device=dev)
         self.rows = torch.arange(bm, device=dev)
         self.rows_blk = self.rows.repeat_interleave(blk)
+        self.window_len = torch.full((bm,), blk, dtype=torch.int32, device=dev)
         self.mask_ids = torch.full((bm, blk - 1), self.ids.text_mask, dtype=torch.long, device=dev)
         self.window_index = (self.rows[:, None] * 2 * blk + blk + self.arange_blk[None]).reshape(-1)
         self.cu: dict[int, torch.Tensor] = {}
@@ -134,18 +138,22 @@ class StaticPipeline:
         first_real = (blk - k)[:, None]
         real = j >= first_real
         acc_slots = torch.where(real, c[:, None] + j - first_real, self.dead)
-        w0 = c + k  # first window slot; the window is written one slot to the left (see ranges.py)
-        win_slots = w0[:, None] - 1 + j  # also the window's RoPE positions
-        positions = torch.cat([torch.where(real, acc_slots, 0), win_slots], dim=1).reshape(-1)
+        w0 = c + k  # first window slot
+        win_pos = w0[:, None] - 1 + j  # slot 0 shares the last accepted token's position
+        positions = torch.cat([torch.where(real, acc_slots, 0), win_pos], dim=1).reshape(-1)
         ids = torch.cat([pend, pend[:, -1:], self.mask_ids[:b]], dim=1).reshape(-1)
-        ranges = StepRanges(
-            self.kernel, blk, self.slots, positions,
-            acc_rows=self.rows_blk[: b * blk], acc_slots=acc_slots.reshape(-1),
-            win_rows=self.rows_blk[: b * blk], win_slots=win_slots.reshape(-1),
-            last_rows=self.rows[:b], last_slots=w0 - 1,
-            cu_q=self.cu[blk][: b + 1], cu_k=self.cu[self.slots][: b + 1],
-            seqused_acc=w0.to(torch.int32), seqused_win=(w0 + blk - 1).to(torch.int32),
-        )
+        common = dict(acc_rows=self.rows_blk[: b * blk], acc_slots=acc_slots.reshape(-1),
+                      win_rows=self.rows_blk[: b * blk], cu_q=self.cu[blk][: b + 1],
+                      cu_k=self.cu[self.slots][: b + 1], seqused_acc=w0.to(torch.int32))
+        if self.window_plan == "shifted":  # window K/V one slot to the left (see ranges.py)
+            ranges = StepRanges(self.kernel, blk, self.slots, positions, win_slots=win_pos.reshape(-1),
+                                last_rows=self.rows[:b], last_slots=w0 - 1,
+                                seqused_win=(w0 + blk - 1).to(torch.int32), **common)
+        else:
+            cu_window = torch.cat([self.rows[:b] * self.slots + w0, self.cu[self.slots][b : b + 1].long()])
+            ranges = StepRangesLSE(self.kernel, blk, self.slots, positions, win_slots=(win_pos + 1).reshape(-1),
+                                   cu_k_window=cu_window.to(torch.int32), seqused_prefix=(w0 - 1).to(torch.int32),
+                                   seqused_window=self.window_len[:b], **common)
         logits = llm(llm.embed(ids), ranges, self.cache, ranges, self.window_index[: b * blk]).view(b, blk, -1)
 
         temp = self.temperature[:b]

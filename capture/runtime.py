@@ -38,7 +38,8 @@ class GraphRow:
 
 class GraphRuntime:
     def __init__(self, model, buckets: Buckets, generation: GenerationConfig, attention: str = "auto",
-                 strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False):
+                 strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False,
+                 window_plan: str = "shifted"):
         self.model, self.buckets, self.generation = model, buckets, generation
         self.kernel_name, kernel = select_kernel(attention, model.device, strict, model.dtype)
         self.use_graphs = (model.device.type == "cuda") if use_graphs is None else use_graphs
@@ -46,7 +47,7 @@ class GraphRuntime:
             raise ValueError("the emulated attention kernel cannot be captured in CUDA graphs (it reads lengths "
                              "on the host); use fp16/bf16 on CUDA, or use_graphs=False")
         sample = sampling_graphs or generation.sampling.temperature > 0
-        self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample)
+        self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan)
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
         self.pool_bytes = 0

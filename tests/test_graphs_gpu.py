@@ -152,3 +152,35 @@ def test_engine_uses_graphs_and_falls_back_with_reason(tiny_ckpt, caplog):
     assert "decode_ms" in res.timings_ms
     res = engine.locate(img, q, mode="hybrid")
     assert "decode_ms" not in res.timings_ms and "running eager" in caplog.text
+
+
+def test_varlen_lse_matches_reference():
+    _, kernel = select_kernel("torch-fa2", "cuda", strict=True)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rows, slots, nq = 3, 64, 6
+    used = torch.tensor([1, 6, 60], dtype=torch.int32, device="cuda")
+    q = torch.randn(rows * nq, 16, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k = torch.randn(rows * slots, 2, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    cu_q = (torch.arange(rows + 1, device="cuda") * nq).int()
+    cu_k = (torch.arange(rows + 1, device="cuda") * slots).int()
+    _, lse = kernel(q, k, k, cu_q, cu_k, nq, slots, used, False, return_lse=True)
+    _, want = emulated(q.float(), k.float(), k.float(), cu_q, cu_k, nq, slots, used, False, return_lse=True)
+    assert (lse.float() - want).abs().max().item() < 5e-2
+
+
+@pytest.mark.parametrize("which, name", [("tiny", "single"), ("mid", "ragged five")])
+def test_lse_window_plan_on_graphs(request, which, name):
+    engine = request.getfixturevalue(f"{which}_gpu")
+    buckets = TINY_BUCKETS if which == "tiny" else MID_BUCKETS
+    pairs = [(img.resize((min(img.width, 160), min(img.height, 160))), q) for img, q in CASES[name]]
+    images, rows = prepare(engine, pairs)
+    out = {}
+    for plan in ("shifted", "lse"):
+        rt = GraphRuntime(engine.model, buckets, GEN, attention="torch-fa2", strict=True, window_plan=plan)
+        rt.warmup(progress=False)
+        out[plan] = [r.tokens for r in rt.run(images, rows, GEN)]
+    eager = eager_tokens(engine, images, rows, GEN)
+    half = "float16" if which == "tiny" else "bfloat16"
+    for r, (got, want) in enumerate(zip(out["lse"], eager)):
+        if got != want:
+            near_tie_or_fail(engine, images, rows, r, got, want, half)

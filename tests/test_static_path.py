@@ -40,8 +40,9 @@ def eager_tokens(engine, images, rows, gen=GEN):
     return [r.tokens for r in generate(engine.model, lm_attention, reqs, gen)]
 
 
-def static_tokens(engine, images, rows, buckets=BUCKETS, gen=GEN, runtime=None):
-    runtime = runtime or GraphRuntime(engine.model, buckets, gen, attention="emulated", use_graphs=False)
+def static_tokens(engine, images, rows, buckets=BUCKETS, gen=GEN, runtime=None, window_plan="shifted"):
+    runtime = runtime or GraphRuntime(engine.model, buckets, gen, attention="emulated", use_graphs=False,
+                                      window_plan=window_plan)
     return [r.tokens for r in runtime.run(images, rows, gen)], runtime
 
 
@@ -58,10 +59,11 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("window_plan", ["shifted", "lse"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_static_path_equals_eager(tiny_engine, name):
+def test_static_path_equals_eager(tiny_engine, name, window_plan):
     images, rows = prepare(tiny_engine, CASES[name])
-    got, runtime = static_tokens(tiny_engine, images, rows)
+    got, runtime = static_tokens(tiny_engine, images, rows, window_plan=window_plan)
     assert got == eager_tokens(tiny_engine, images, rows)
     assert all(len(t) >= GEN.max_new_tokens for t in got)  # random weights: rows stop on the budget
 

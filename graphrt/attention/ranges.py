@@ -12,6 +12,10 @@ the same across replays and only `seqused_k` and the write slots change:
   the key set contiguous: [0, c+k+5). The accepted token's K/V is then written back. Three small
   scatters and two varlen calls per layer ("shifted window").
 
+The alternative kept for comparison (`StepRangesLSE`, window_plan="lse"): the window's K/V stays
+at its own slots; the window attends [0, c+k-1) and its 6 keys in two non-causal calls, and the
+two results are merged by their log-sum-exp. No write-back, one more kernel and the merge.
+
 Pad queries write to the row's dead slot (the last one), which no range ever reads.
 """
 
@@ -84,6 +88,43 @@ class StepRanges:
         cache.write(layer, self.win_rows, self.win_slots, flat(kw), flat(vw))
         ow = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_win, False)
         cache.write(layer, self.last_rows, self.last_slots, ka[:, -1], va[:, -1])
+        return torch.cat([oa.view(b, a, *oa.shape[1:]), ow.view(b, a, *ow.shape[1:])], dim=1).reshape(q.shape)
+
+
+@dataclass
+class StepRangesLSE:
+    kernel: VarlenKernel
+    block: int
+    slots: int
+    positions: torch.Tensor  # [B*2*block]
+    acc_rows: torch.Tensor
+    acc_slots: torch.Tensor
+    win_rows: torch.Tensor
+    win_slots: torch.Tensor  # [B*block] = c+k .. c+k+5 (the window's own slots)
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    cu_k_window: torch.Tensor  # [B+1] int32 = row*S + c+k: each row's window keys
+    seqused_acc: torch.Tensor  # c+k
+    seqused_prefix: torch.Tensor  # c+k-1: every key before the window but the last accepted one
+    seqused_window: torch.Tensor  # 6
+
+    def __call__(self, layer, q, k, v, cache, plan=None):
+        b, a = self.seqused_acc.shape[0], self.block
+        split = lambda t: (t.view(b, 2 * a, *t.shape[1:])[:, :a], t.view(b, 2 * a, *t.shape[1:])[:, a:])  # noqa: E731
+        flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
+        (qa, qw), (ka, kw), (va, vw) = split(q), split(k), split(v)
+        kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
+        cache.write(layer, self.acc_rows, self.acc_slots, flat(ka), flat(va))
+        oa = self.kernel(flat(qa), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
+        cache.write(layer, self.win_rows, self.win_slots, flat(kw), flat(vw))
+        o1, l1 = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_prefix, False,
+                             return_lse=True)
+        o2, l2 = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k_window, a, a, self.seqused_window, False,
+                             return_lse=True)
+        l1, l2 = l1.t()[..., None], l2.t()[..., None]  # [B*block, H, 1]
+        top = torch.maximum(l1, l2)
+        w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
+        ow = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
         return torch.cat([oa.view(b, a, *oa.shape[1:]), ow.view(b, a, *ow.shape[1:])], dim=1).reshape(q.shape)
 
 

@@ -1,6 +1,7 @@
 """Variable-length attention kernels with one contract, so graph code does not care which runs.
 
     out = kernel(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal)
+    out, lse = kernel(..., return_lse=True)   # lse [Hq, total_q] fp32, -inf where no key is seen
 
 q [total_q, Hq, D]; k/v [total_k, Hkv, D] (GQA when Hkv < Hq). Segment b has queries
 q[cu_q[b]:cu_q[b+1]] and keys k[cu_k[b] : cu_k[b] + seqused_k[b]]. `causal` aligns the mask to
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 VarlenKernel = Callable[..., torch.Tensor]
 
 
-def emulated(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None):
+def emulated(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False):
     out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     groups = q.shape[1] // k.shape[1]
     bounds = torch.stack([cu_q[:-1], cu_q[1:], cu_k[:-1], seqused_k]).tolist()
     for q0, q1, k0, used in zip(*bounds):
@@ -47,13 +49,23 @@ def emulated(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None):
         o = F.scaled_dot_product_attention(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
                                            attn_mask=None if mask is None else mask[None, None], scale=scale)
         out[q0:q1] = torch.where(live[:, None, None], o[0].transpose(0, 1), 0.0)
-    return out
+        if return_lse:
+            scores = torch.einsum("qhd,khd->hqk", qs.float(), ks.float()) * (scale or qs.shape[-1] ** -0.5)
+            if mask is not None:
+                scores = scores.masked_fill(~mask[None], float("-inf"))
+            lse[:, q0:q1] = torch.logsumexp(scores, dim=-1)
+    return (out, lse) if return_lse else out
 
 
-def torch_fa2(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None):
+def torch_fa2(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False):
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=seqused_k)
-    return out[0]
+    if not return_lse:
+        return out[0]
+    lse = out[1]
+    if lse.dim() == 3:  # [B, H, max_q] in some builds; our layouts give every segment max_q queries
+        lse = lse.permute(1, 0, 2).reshape(lse.shape[1], -1)
+    return out[0], lse
 
 
 def _flash_attn_kernel() -> VarlenKernel | None:
@@ -65,7 +77,9 @@ def _flash_attn_kernel() -> VarlenKernel | None:
         log.info("flash_attn is installed but its varlen function takes no seqused_k; not used")
         return None
 
-    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None):
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False):
+        if return_lse:
+            raise NotImplementedError("the log-sum-exp window plan is built on torch-fa2 only")
         out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k=seqused_k,
                                      softmax_scale=scale, causal=causal)
         return out[0] if isinstance(out, tuple) else out
