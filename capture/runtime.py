@@ -18,6 +18,7 @@ from tqdm import tqdm
 from graphrt.attention.varlen import select_kernel
 from graphrt.generate import GenerationConfig, RowResult, context_budget
 from graphrt.processor import ProcessedImage
+from graphrt.timing import StageClock
 from graphrt.prompt import Prompt
 from graphrt.vision import vision_geometry
 
@@ -122,20 +123,20 @@ class GraphRuntime:
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
 
-        timer = _StageTimer(self.model.device)
+        timer = StageClock(self.model.device)
         self._fill_vision(images, bv, p)
-        timer.mark("vision_input")
+        timer.lap("vision_input_ms")
         self._run(("vision", bv, p))
-        timer.mark("vision")
+        timer.lap("vision_ms")
         self._fill_prefill(rows, bb, t, p, budgets, gen)
-        timer.mark("prefill_input")
+        timer.lap("prefill_input_ms")
         self._run(("prefill", bb, t))
-        timer.mark("prefill")
+        timer.lap("prefill_ms")
         steps = 0
         while not bool(self.pipe.all_done):  # the one device->host read per step
             self._run(("step", bb))
             steps += 1
-        timer.mark("decode")
+        timer.lap("decode_ms")
         self.last_timings_ms = dict(timer.laps, steps=steps, bucket_vision=(bv, p), bucket_prefill=(bb, t))
 
         n = len(rows)
@@ -211,22 +212,3 @@ class GraphRuntime:
         for buf, arr in ((pipe.p_seqused, seqused), (pipe.p_last, last), (pipe.p_budget, budget),
                          (pipe.p_padding_row, padding), (pipe.p_temperature, temps)):
             buf[:bb].copy_(torch.from_numpy(arr))
-
-
-class _StageTimer:
-    """Wall time between marks, synchronizing CUDA so each lap holds its own GPU work."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.laps: dict[str, float] = {}
-        self.t = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def mark(self, name: str) -> None:
-        now = self._now()
-        self.laps[name + "_ms"] = round((now - self.t) * 1000.0, 3)
-        self.t = now

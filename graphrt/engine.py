@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .generate import GenerationConfig, RowRequest, generate
 from .model import LocateAnything
 from .processor import ImageProcessor, ProcessedImage
 from .prompt import PromptBuilder, load_chat_template, load_tokenizer
+from .timing import StageClock
 from .vision import vision_geometry
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Engine:
         temps = temperatures or [None] * len(pairs)
         if len(temps) != len(pairs):
             raise InputError("temperatures must have one entry per pair")
-        clock = _Clock(self.model.device)
+        clock = StageClock(self.model.device)
         images, image_of = self._unique_images([image for image, _ in pairs])
         merge = self.cfg.vision.merge_kernel_size
         prompts = [self.prompts.build(q, images[i].num_tokens(merge)) for (_, q), i in zip(pairs, image_of)]
@@ -207,20 +207,3 @@ class Engine:
             "buckets": dataclasses.asdict(self.runtime.buckets) if self.runtime else None,
             "generation": dataclasses.asdict(self.options.generation),
         }
-
-
-class _Clock:
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.laps: dict[str, float] = {}
-        self.t = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name] = round((now - self.t) * 1000.0, 3)
-        self.t = now
