@@ -18,8 +18,8 @@ from tqdm import tqdm
 from graphrt.attention.varlen import select_kernel
 from graphrt.generate import GenerationConfig, RowResult, context_budget
 from graphrt.processor import ProcessedImage
-from graphrt.timing import StageClock
 from graphrt.prompt import Prompt
+from graphrt.timing import StageClock
 from graphrt.vision import vision_geometry
 
 from .buckets import Buckets
