@@ -53,7 +53,7 @@ def main() -> int:
     print(f"timings ms: {result.timings_ms}")
     print(f"raw text: {result.text[:200]!r}{'...' if len(result.text) > 200 else ''}")
     for d in result.detections:
-        print(f"  {d.label or '-'}: {d.kind} px={tuple(round(v, 1) for v in d.box)} norm={d.box_norm}")
+        print(f"  {d.describe()}")
     if not result.detections:
         print("  no detections")
     return 0

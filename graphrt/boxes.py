@@ -20,6 +20,11 @@ class Detection:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for people: label, kind, pixel box, normalized box."""
+        pixels = ", ".join(f"{v:.1f}" for v in self.box)
+        return f"{self.label or '-'}: {self.kind} ({pixels}) px  norm {list(self.box_norm)}"
+
 
 @dataclass(frozen=True)
 class ParsedAnswer:

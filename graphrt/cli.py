@@ -86,8 +86,7 @@ def _locate(args) -> int:
     print(f"{args.image}: {w}x{h}, {result.image_tokens} image tokens, {result.steps} steps, "
           f"{len(result.tokens)} tokens, stop: {result.stop_reason}")
     for d in result.detections:
-        coords = ", ".join(f"{v:.1f}" for v in d.box)
-        print(f"  {d.label or '-'}: {d.kind} ({coords}) px  norm {list(d.box_norm)}")
+        print(f"  {d.describe()}")
     if not result.detections:
         print("  no detections")
     return 0

@@ -42,4 +42,5 @@ def test_parse_boxes_points_and_labels(tiny_engine):
     assert [(d.label, d.kind, d.box_norm) for d in parsed.detections] == [
         ("cat", "box", (100, 200, 500, 1000)), ("cat", "point", (10, 20))]
     assert parsed.detections[0].box == (20.0, 20.0, 100.0, 100.0)
+    assert parsed.detections[0].describe() == "cat: box (20.0, 20.0, 100.0, 100.0) px  norm [100, 200, 500, 1000]"
     assert parsed.empty_frames == 1 and parsed.malformed == 1

@@ -77,18 +77,15 @@ class StepRanges:
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         b, a = self.seqused_acc.shape[0], self.block
-        split = lambda t: (t.view(b, 2 * a, *t.shape[1:])[:, :a], t.view(b, 2 * a, *t.shape[1:])[:, a:])  # noqa: E731
-        qa, qw = split(q)
-        ka, kw = split(k)
-        va, vw = split(v)
-        flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
+        (qa, qw), (ka, kw), (va, vw) = (_halves(t, b, a) for t in (q, k, v))
         kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
-        cache.write(layer, self.acc_rows, self.acc_slots, flat(ka), flat(va))
-        oa = self.kernel(flat(qa), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
-        cache.write(layer, self.win_rows, self.win_slots, flat(kw), flat(vw))
-        ow = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_win, False)
-        cache.write(layer, self.last_rows, self.last_slots, ka[:, -1], va[:, -1])
-        return torch.cat([oa.view(b, a, *oa.shape[1:]), ow.view(b, a, *ow.shape[1:])], dim=1).reshape(q.shape)
+        cache.write(layer, self.acc_rows, self.acc_slots, ka, va)
+        oa = self.kernel(qa, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
+        cache.write(layer, self.win_rows, self.win_slots, kw, vw)
+        ow = self.kernel(qw, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_win, False)
+        last = slice(a - 1, None, a)  # each row's last accepted slot
+        cache.write(layer, self.last_rows, self.last_slots, ka[last], va[last])
+        return _join(oa, ow, b, a, q.shape)
 
 
 @dataclass
@@ -110,22 +107,31 @@ class StepRangesLSE:
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         b, a = self.seqused_acc.shape[0], self.block
-        split = lambda t: (t.view(b, 2 * a, *t.shape[1:])[:, :a], t.view(b, 2 * a, *t.shape[1:])[:, a:])  # noqa: E731
-        flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731
-        (qa, qw), (ka, kw), (va, vw) = split(q), split(k), split(v)
+        (qa, qw), (ka, kw), (va, vw) = (_halves(t, b, a) for t in (q, k, v))
         kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
-        cache.write(layer, self.acc_rows, self.acc_slots, flat(ka), flat(va))
-        oa = self.kernel(flat(qa), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
-        cache.write(layer, self.win_rows, self.win_slots, flat(kw), flat(vw))
-        o1, l1 = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_prefix, False,
+        cache.write(layer, self.acc_rows, self.acc_slots, ka, va)
+        oa = self.kernel(qa, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
+        cache.write(layer, self.win_rows, self.win_slots, kw, vw)
+        o1, l1 = self.kernel(qw, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_prefix, False,
                              return_lse=True)
-        o2, l2 = self.kernel(flat(qw), kf, vf, self.cu_q, self.cu_k_window, a, a, self.seqused_window, False,
+        o2, l2 = self.kernel(qw, kf, vf, self.cu_q, self.cu_k_window, a, a, self.seqused_window, False,
                              return_lse=True)
         l1, l2 = l1.t()[..., None], l2.t()[..., None]  # [B*block, H, 1]
         top = torch.maximum(l1, l2)
         w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
         ow = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
-        return torch.cat([oa.view(b, a, *oa.shape[1:]), ow.view(b, a, *ow.shape[1:])], dim=1).reshape(q.shape)
+        return _join(oa, ow, b, a, q.shape)
+
+
+def _halves(t: torch.Tensor, b: int, a: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed step tokens [b*2a, H, D] -> (accepted [b*a, H, D], window [b*a, H, D]), each contiguous."""
+    rows = t.view(b, 2 * a, *t.shape[1:])
+    return rows[:, :a].reshape(-1, *t.shape[1:]), rows[:, a:].reshape(-1, *t.shape[1:])
+
+
+def _join(accepted: torch.Tensor, window: torch.Tensor, b: int, a: int, shape) -> torch.Tensor:
+    """Inverse of _halves."""
+    return torch.cat([accepted.view(b, a, *accepted.shape[1:]), window.view(b, a, *window.shape[1:])], 1).reshape(shape)
 
 
 def _flat(cache_layer: torch.Tensor, rows: int) -> torch.Tensor:
