@@ -3,8 +3,10 @@
 Each body reads only these buffers and writes only these buffers, with shapes fixed by its bucket:
 
     vision(B, P)   pixels/pos/rope of B image slots of P patches  -> vision_out
-    prefill(B, T)  right-aligned prompts + image rows of vision_out -> KV cache, step state
-    step(B)        one MTP step of B rows: window forward, sampler, proposal, accept, state update
+    prefill(B, T)  B right-aligned prompt segments + image rows of vision_out -> KV cache rows
+                   p_target[:B] (any rows: fresh batches, refills of finished rows, shared-prefix
+                   tails after a cached prefix), and the step state of those rows
+    step(B)        one MTP step of rows [0, B): window forward, sampler, proposal, accept, state update
 
 All per-row facts (cache length, accepted tokens, counts, finished flags, temperatures) live in
 device tensors; the host fills small input buffers before a replay and reads `all_done` after.
@@ -65,6 +67,9 @@ class StaticPipeline:
         self.p_budget = torch.ones(bm, dtype=torch.long, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
         self.p_temperature = z(bm, dtype=torch.float32)
+        self.p_target = z(bm)  # cache row of each prefill segment
+        self.p_step_limit = torch.full((bm,), 1 << 30, dtype=torch.long, device=dev)
+        self.p_ignore_end = z(bm, dtype=torch.bool)
 
         # step state
         self.pending = z(bm, blk)
@@ -76,6 +81,8 @@ class StaticPipeline:
         self.ended = z(bm, dtype=torch.bool)  # finished by an end token (not the budget)
         self.steps = z(bm)
         self.temperature = z(bm, dtype=torch.float32)
+        self.step_limit = torch.full((bm,), 1 << 30, dtype=torch.long, device=dev)  # fixed-step benchmarks
+        self.ignore_end = z(bm, dtype=torch.bool)
         self.seen = z(bm, self.vocab + 1, dtype=torch.bool)  # column V absorbs padding
         self.out_tokens = z(bm, buckets.max_new_tokens + 2 * blk + 1)
         self.trash_col = self.out_tokens.shape[1] - 1
@@ -91,15 +98,15 @@ class StaticPipeline:
         self.cu: dict[int, torch.Tensor] = {}
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
-        # Cache row of each packed prefill token, per prefill length (row b owns [b*T, (b+1)*T)).
-        self.p_rows = {t: self.rows.repeat_interleave(t) for t in buckets.prefill_lengths}
+        self.end_k = torch.full((1,), bm * s, dtype=torch.long, device=dev)  # unread last cu_k entry
 
     def reset_state(self) -> None:
         """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
         for t, v in ((self.pending_count, 1), (self.cache_len, 1), (self.n_gen, 0), (self.budget, 1),
                      (self.finished, True), (self.ended, False), (self.steps, 0), (self.p_seqused, 1),
-                     (self.v_seqused, 4), (self.p_slots, self.dead)):
+                     (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True)):
             t.fill_(v)
+        self.p_target.copy_(self.rows)
 
     # ------------------------------------------------------------------ stage bodies
 
@@ -114,22 +121,42 @@ class StaticPipeline:
         n, llm = b * t, self.model.llm
         emb = llm.embed(self.p_ids[:n])
         emb = torch.where(self.p_is_image[:n, None], self.vision_out[self.p_image_row[:n]], emb)
-        ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], self.p_rows[t][:n], self.p_slots[:n],
-                               self.cu[t][: b + 1], self.cu[self.slots][: b + 1], self.p_seqused[:b])
+        target = self.p_target[:b]
+        cu_k = torch.cat([target * self.slots, self.end_k]).to(torch.int32)  # segment i reads cache row target[i]
+        ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], target[:, None].expand(b, t).reshape(-1),
+                               self.p_slots[:n], self.cu[t][: b + 1], cu_k, self.p_seqused[:b])
         llm(emb, ranges, self.cache, ranges)
-        # Seed the step state: the last prompt token is the first step's accepted token.
-        self.pending[:b].copy_(self.p_last[:b, None].expand(b, self.block))
-        self.pending_count[:b].fill_(1)
-        self.cache_len[:b].copy_(self.p_seqused[:b])
-        self.n_gen[:b].zero_()
-        self.steps[:b].zero_()
-        self.budget[:b].copy_(self.p_budget[:b])
-        self.finished[:b].copy_(self.p_padding_row[:b])
-        self.ended[:b].zero_()
-        self.temperature[:b].copy_(self.p_temperature[:b])
-        self.seen[:b].zero_()
-        self.seen[:b].scatter_(1, self.p_seen[:b], True)
-        self.all_done.copy_(self.finished[:b].all())
+        self._seed(b)
+
+    def _seed(self, b: int) -> None:
+        """Step state of the rows just prefilled: the last prompt token is the first step's
+        accepted token. Other rows keep their state (they may be decoding)."""
+        target, real = self.p_target[:b], ~self.p_padding_row[:b]
+        hits = (self.rows[:, None] == target[None, :]) & real[None, :]  # [rows, segments]
+        hit, src = hits.any(1), hits.int().argmax(1)
+
+        def put(state: torch.Tensor, new: torch.Tensor) -> None:
+            mask = hit.view(-1, *([1] * (state.dim() - 1)))
+            state.copy_(torch.where(mask, new[src], state))
+
+        put(self.pending, self.p_last[:b, None].expand(b, self.block))
+        put(self.pending_count, torch.ones_like(target))
+        put(self.cache_len, self.p_seqused[:b].long())
+        put(self.n_gen, torch.zeros_like(target))
+        put(self.steps, torch.zeros_like(target))
+        put(self.budget, self.p_budget[:b])
+        put(self.finished, torch.zeros_like(real))
+        put(self.ended, torch.zeros_like(real))
+        put(self.temperature, self.p_temperature[:b])
+        put(self.step_limit, self.p_step_limit[:b])
+        put(self.ignore_end, self.p_ignore_end[:b])
+        seen = torch.zeros(b, self.vocab + 1, dtype=torch.bool, device=target.device)
+        put(self.seen, seen.scatter_(1, self.p_seen[:b], True))
+
+    def share_prefix(self, dst: torch.Tensor, src: torch.Tensor, width: int) -> None:
+        """Copy cache slots [0, width) of rows src to rows dst (shared prompt prefixes)."""
+        for buf in (self.cache.k, self.cache.v):
+            buf[:, dst, :width] = buf[:, src, :width]
 
     def step(self, b: int) -> None:
         blk, llm = self.block, self.model.llm
@@ -167,12 +194,14 @@ class StaticPipeline:
         self.seen[:b].scatter_(1, torch.where(keep, tokens, self.vocab), True)
         new_pending = tokens.gather(1, (j - (blk - count)[:, None]).clamp(min=0))  # right-aligned
         new_n = self.n_gen[:b] + count
-        end = active & (kind == int(StepKind.FINISH))
+        end = active & (kind == int(StepKind.FINISH)) & ~self.ignore_end[:b]
+        new_steps = self.steps[:b] + active.long()
         self.pending[:b].copy_(torch.where(active[:, None], new_pending, pend))
         self.pending_count[:b].copy_(torch.where(active, count, k))
         self.cache_len[:b].copy_(torch.where(active, w0, c))
         self.n_gen[:b].copy_(torch.where(active, new_n, self.n_gen[:b]))
-        self.steps[:b].add_(active.long())
+        self.steps[:b].copy_(new_steps)
         self.ended[:b].logical_or_(end)
-        self.finished[:b].copy_(fin | end | (active & (new_n >= self.budget[:b])))
+        over = (new_n >= self.budget[:b]) | (new_steps >= self.step_limit[:b])
+        self.finished[:b].copy_(fin | end | (active & over))
         self.all_done.copy_(self.finished[:b].all())

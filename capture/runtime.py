@@ -1,12 +1,19 @@
-"""Run a batch of requests as graph replays: vision -> prefill -> MTP steps until every row is done.
+"""Requests as graph replays: vision -> prefill -> MTP steps, with the host filling small input
+buffers, replaying, and reading one small tensor per step.
 
-The host pads the batch up to the smallest fitting bucket, fills the small input buffers, replays,
-and reads one flag per step. Without CUDA (or with use_graphs=False) the same stage bodies run
-directly, which is how the CPU tests check the static path against the eager one.
+Primitives (the scheduler in scheduler.py builds continuous batching from them):
+    begin(B)                    every row of step bucket B finished (free)
+    admit(images, rows, target) vision of the images, prefill of the rows into cache rows `target`
+                                (rows of one image share its prompt prefix: prefilled once)
+    step(B) / finished(B)       one MTP step of rows [0, B) / which rows are done (one D2H read)
+    collect(target)             tokens and stop reasons of those rows
+`run()` is one batch from start to end. Without CUDA (or with use_graphs=False) the same stage
+bodies run directly, which is how the CPU tests check the static path against the eager one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +42,21 @@ class GraphRow:
     image: int  # index into the batch's image list (several rows may share one image)
     temperature: float | None = None
     max_new_tokens: int | None = None  # None: the generation config's
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Prompt tokens [start, end) of one row, prefilled into cache row `target`."""
+    row: GraphRow
+    target: int
+    start: int
+    end: int
+    budget: int
+
+
+# Per-row device state of the step graphs: what a paused generation must carry.
+STATE_TENSORS = ("pending", "pending_count", "cache_len", "n_gen", "budget", "finished", "ended", "steps",
+                 "temperature", "step_limit", "ignore_end", "seen", "out_tokens")
 
 
 class GraphRuntime:
@@ -94,56 +116,153 @@ class GraphRuntime:
     def unsupported(self, images: list[ProcessedImage], rows: list[GraphRow], gen: GenerationConfig) -> str | None:
         """Why this batch cannot run on the graphs (None when it can)."""
         b = self.buckets
-        if gen.mode != "fast":
-            return f"generation mode {gen.mode!r} (graphs run 'fast' only)"
-        if gen.sampling != self.generation.sampling or gen.mtp != self.generation.mtp:
-            return "sampling settings differ from the captured ones"
-        if not self.pipe.sample and (gen.sampling.temperature > 0 or any((r.temperature or 0) > 0 for r in rows)):
-            return "sampling requested but only greedy graphs were captured"
-        longest = max(r.max_new_tokens or gen.max_new_tokens for r in rows)
-        if longest > b.max_new_tokens:
-            return f"max_new_tokens {longest} > bucket limit {b.max_new_tokens}"
+        reason = self.unsupported_config(gen, [r.temperature for r in rows], [r.max_new_tokens for r in rows])
+        if reason:
+            return reason
         if max(len(rows), len(images)) > b.max_batch:
             return f"batch of {max(len(rows), len(images))} > largest bucket {b.max_batch}"
-        if max(im.num_patches for im in images) > b.max_patches:
+        return self.unsupported_job(images, rows)
+
+    def unsupported_config(self, gen: GenerationConfig, temperatures=(), max_new_tokens=()) -> str | None:
+        """Why these generation settings (and per-row temperatures / token caps) cannot run on the graphs."""
+        if gen.mode != "fast":
+            return f"generation mode {gen.mode!r} (graphs run 'fast' only)"
+        if dataclasses.replace(gen.sampling, temperature=0.0) != dataclasses.replace(self.generation.sampling,
+                                                                                     temperature=0.0) \
+                or gen.mtp != self.generation.mtp:
+            return "sampling settings (top-p, top-k, repetition penalty, MTP) differ from the captured ones"
+        if not self.pipe.sample and (gen.sampling.temperature > 0 or any((t or 0) > 0 for t in temperatures)):
+            return "sampling requested but only greedy graphs were captured (EngineOptions.sampling_graphs)"
+        longest = max([c or gen.max_new_tokens for c in max_new_tokens] or [gen.max_new_tokens])
+        if longest > self.buckets.max_new_tokens:
+            return f"max_new_tokens {longest} > bucket limit {self.buckets.max_new_tokens}"
+        return None
+
+    def unsupported_job(self, images: list[ProcessedImage], rows: list[GraphRow]) -> str | None:
+        b = self.buckets
+        if images and max(im.num_patches for im in images) > b.max_patches:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
         if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
             return f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
         return None
 
-    def run(self, images: list[ProcessedImage], rows: list[GraphRow], gen: GenerationConfig) -> list[RowResult]:
+    def run(self, images: list[ProcessedImage], rows: list[GraphRow], gen: GenerationConfig,
+            share_prefix: bool = True) -> list[RowResult]:
+        """One batch from vision to the last step (rows [0, n) of the smallest fitting bucket)."""
         reason = self.unsupported(images, rows, gen)
         if reason:
             raise ValueError(f"batch does not fit the graphs: {reason}")
+        bb = Buckets.fit(self.buckets.batch_sizes, len(rows))
+        targets = list(range(len(rows)))
+        self.begin()
+        laps = self.admit(images, rows, targets, gen, share_prefix)
+        clock = StageClock(self.model.device)
+        steps = self.decode(bb)
+        clock.lap("decode_ms")
+        self.last_timings_ms = dict(laps, **clock.laps, steps=steps)
+        return self.collect(targets)
+
+    def begin(self) -> None:
+        """A fresh batch: every row free (finished). Launches one fill, no sync."""
+        self.pipe.finished.fill_(True)
+
+    def decode(self, bb: int, max_steps: int | None = None) -> int:
+        """Steps of rows [0, bb) until all are finished (or max_steps); returns the steps run."""
+        steps = 0
+        while max_steps is None or steps < max_steps:
+            self.step(bb)
+            steps += 1
+            if bool(self.pipe.all_done):  # the one device->host read per step
+                break
+        return steps
+
+    def step(self, bb: int) -> None:
+        self._run(("step", bb))
+
+    def finished(self, bb: int) -> list[bool]:
+        return self.pipe.finished[:bb].tolist()
+
+    def admit(self, images: list[ProcessedImage], rows: list[GraphRow], targets: list[int], gen: GenerationConfig,
+              share_prefix: bool = True) -> dict:
+        """Vision of `images`, then the prompts of `rows` into cache rows `targets` (other rows keep
+        decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
+        per-stage milliseconds."""
         b = self.buckets
         bv = Buckets.fit(b.batch_sizes, len(images))
         p = Buckets.fit(b.patch_budgets, max(im.num_patches for im in images))
-        bb = Buckets.fit(b.batch_sizes, len(rows))
-        t = Buckets.fit(b.prefill_lengths, max(len(r.prompt.ids) - 1 for r in rows))
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
-
-        timer = StageClock(self.model.device)
+        clock = StageClock(self.model.device)
         self._fill_vision(images, bv, p)
-        timer.lap("vision_input_ms")
         self._run(("vision", bv, p))
-        timer.lap("vision_ms")
-        self._fill_prefill(rows, bb, t, p, budgets, gen)
-        timer.lap("prefill_input_ms")
-        self._run(("prefill", bb, t))
-        timer.lap("prefill_ms")
-        steps = 0
-        while not bool(self.pipe.all_done):  # the one device->host read per step
-            self._run(("step", bb))
-            steps += 1
-        timer.lap("decode_ms")
-        self.last_timings_ms = dict(timer.laps, steps=steps, bucket_vision=(bv, p), bucket_prefill=(bb, t))
+        clock.lap("vision_ms")
 
-        n = len(rows)
-        out = self.pipe.out_tokens[:n].cpu()
-        n_gen, row_steps, ended = self.pipe.n_gen[:n].tolist(), self.pipe.steps[:n].tolist(), self.pipe.ended[:n].tolist()
-        return [RowResult(tokens=out[i, : n_gen[i]].tolist(), stop_reason="end" if ended[i] else "max_new_tokens",
-                          steps=row_steps[i]) for i in range(n)]
+        owner: dict[int, int] = {}  # image -> first row of that image
+        members = []
+        for i, r in enumerate(rows):
+            if share_prefix and r.image in owner:
+                members.append(i)
+            else:
+                owner.setdefault(r.image, i)
+        owners = {owner[rows[i].image] for i in members}
+        first, second = [], []
+        for i, (r, t, budget) in enumerate(zip(rows, targets, budgets)):
+            last = len(r.prompt.ids) - 1
+            if i in owners or i in members:
+                if i in owners:
+                    first.append(_Segment(r, t, 0, r.prompt.prefix_len, budget))
+                second.append(_Segment(r, t, r.prompt.prefix_len, last, budget))
+            else:
+                first.append(_Segment(r, t, 0, last, budget))
+        self._prefill(first, p, gen)
+        if second:
+            dst = torch.tensor([targets[i] for i in members], device=self.model.device)
+            src = torch.tensor([targets[owner[rows[i].image]] for i in members], device=self.model.device)
+            self.pipe.share_prefix(dst, src, max(rows[i].prompt.prefix_len for i in members))
+            self._prefill(second, p, gen)
+        clock.lap("prefill_ms")
+        return dict(clock.laps, bucket_vision=(bv, p), shared_rows=len(members))
+
+    def _prefill(self, segments: list[_Segment], p: int, gen: GenerationConfig) -> None:
+        bb = Buckets.fit(self.buckets.batch_sizes, len(segments))
+        t = Buckets.fit(self.buckets.prefill_lengths, max(s.end - s.start for s in segments))
+        self._fill_prefill(segments, bb, t, p, gen)
+        self._run(("prefill", bb, t))
+
+    def collect(self, targets: list[int]) -> list[RowResult]:
+        """Tokens and stop reasons of the given cache rows (one device->host copy)."""
+        pipe = self.pipe
+        index = torch.tensor(targets, device=self.model.device)
+        n_gen, steps, ended = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended))
+        limit = pipe.step_limit[index].tolist()
+        out = pipe.out_tokens[index, : max(n_gen) if n_gen else 0].cpu()
+        results = []
+        for i in range(len(targets)):
+            reason = "end" if ended[i] else "fixed_steps" if steps[i] >= limit[i] else "max_new_tokens"
+            results.append(RowResult(tokens=out[i, : n_gen[i]].tolist(), stop_reason=reason, steps=steps[i]))
+        return results
+
+    # ------------------------------------------------------------------ pause / resume
+
+    def snapshot(self, targets: list[int]) -> dict:
+        """The device state of rows `targets` (KV included) as CPU tensors."""
+        pipe = self.pipe
+        index = torch.tensor(targets, device=self.model.device)
+        state = {name: getattr(pipe, name)[index].cpu() for name in STATE_TENSORS}
+        width = int(state["cache_len"].max()) + 2 * pipe.block  # pending tokens and window sit above
+        width = min(width, pipe.slots)
+        state["cache_k"] = pipe.cache.k[:, index, :width].cpu()
+        state["cache_v"] = pipe.cache.v[:, index, :width].cpu()
+        return state
+
+    def restore(self, state: dict, targets: list[int]) -> None:
+        pipe = self.pipe
+        index = torch.tensor(targets, device=self.model.device)
+        for name in STATE_TENSORS:
+            getattr(pipe, name)[index] = state[name].to(self.model.device)
+        width = state["cache_k"].shape[2]
+        pipe.cache.k[:, index, :width] = state["cache_k"].to(self.model.device, pipe.cache.k.dtype)
+        pipe.cache.v[:, index, :width] = state["cache_v"].to(self.model.device, pipe.cache.v.dtype)
 
     # ------------------------------------------------------------------ input buffers
 
@@ -175,8 +294,7 @@ class GraphRuntime:
         pipe.merge_index[: bv * p].copy_(torch.from_numpy(merge))
         pipe.v_seqused[:bv].copy_(torch.from_numpy(used))
 
-    def _fill_prefill(self, rows: list[GraphRow], bb: int, t: int, p: int, budgets: list[int],
-                      gen: GenerationConfig) -> None:
+    def _fill_prefill(self, segments: list[_Segment], bb: int, t: int, p: int, gen: GenerationConfig) -> None:
         pipe, vocab = self.pipe, self.pipe.vocab
         ids = np.zeros(bb * t, dtype=np.int64)
         is_image = np.zeros(bb * t, dtype=bool)
@@ -189,26 +307,32 @@ class GraphRuntime:
         budget = np.ones(bb, dtype=np.int64)
         padding = np.ones(bb, dtype=bool)
         temps = np.zeros(bb, dtype=np.float32)
+        target = np.zeros(bb, dtype=np.int64)
+        step_limit = np.full(bb, 1 << 30, dtype=np.int64)
         tokens_per_image = p // 4
-        for r, row in enumerate(rows):
-            prompt = row.prompt.ids
-            m = len(prompt) - 1
-            base = r * t + (t - m)  # right-aligned, so causal masks align bottom-right
-            ids[base : base + m] = prompt[:-1]
-            positions[base : base + m] = np.arange(m)
-            slots[base : base + m] = np.arange(m)
-            s0, ni = base + row.prompt.image_start, row.prompt.image_tokens
-            is_image[s0 : s0 + ni] = True
-            image_row[s0 : s0 + ni] = row.image * tokens_per_image + np.arange(ni)
-            seqused[r], last[r], budget[r], padding[r] = m, prompt[-1], budgets[r], False
-            seen[r, : len(prompt)] = prompt
-            temps[r] = gen.sampling.temperature if row.temperature is None else row.temperature
-        for r in range(len(rows), bb):  # padding rows: one token in slot 0, finished from the start
-            slots[r * t + t - 1] = 0
+        for i, seg in enumerate(segments):
+            prompt = seg.row.prompt.ids
+            m = seg.end - seg.start
+            base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
+            ids[base : base + m] = prompt[seg.start : seg.end]
+            positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.end)
+            if seg.start == 0:
+                s0, ni = base + seg.row.prompt.image_start, seg.row.prompt.image_tokens
+                is_image[s0 : s0 + ni] = True
+                image_row[s0 : s0 + ni] = seg.row.image * tokens_per_image + np.arange(ni)
+            seqused[i], last[i], budget[i], padding[i], target[i] = seg.end, prompt[-1], seg.budget, False, seg.target
+            seen[i, : len(prompt)] = prompt
+            temps[i] = gen.sampling.temperature if seg.row.temperature is None else seg.row.temperature
+            if gen.fixed_steps is not None:
+                step_limit[i] = gen.fixed_steps
+        for i in range(len(segments), bb):  # padding segments: one token into row 0's dead slot
+            slots[i * t + t - 1] = pipe.dead
         for buf, arr in ((pipe.p_ids, ids), (pipe.p_is_image, is_image), (pipe.p_image_row, image_row),
                          (pipe.p_positions, positions), (pipe.p_slots, slots)):
             buf[: bb * t].copy_(torch.from_numpy(arr))
         pipe.p_seen[:bb].copy_(torch.from_numpy(seen))
         for buf, arr in ((pipe.p_seqused, seqused), (pipe.p_last, last), (pipe.p_budget, budget),
-                         (pipe.p_padding_row, padding), (pipe.p_temperature, temps)):
+                         (pipe.p_padding_row, padding), (pipe.p_temperature, temps), (pipe.p_target, target),
+                         (pipe.p_step_limit, step_limit)):
             buf[:bb].copy_(torch.from_numpy(arr))
+        pipe.p_ignore_end[:bb].fill_(gen.fixed_steps is not None)

@@ -1,15 +1,24 @@
 """Public entry point: load a checkpoint once, then answer (image, query) requests with boxes.
 
     engine = Engine.from_pretrained("path/to/LocateAnything-3B")
-    result = engine.locate("street.jpg", "person</c>car")
+    result = engine.locate("street.jpg", "person</c>car")           # one frame (robot loop)
+    results = engine.locate_many("street.jpg", ["person", "car"])   # one image, shared vision + prefix
+    results = engine.locate_batch(pairs)                            # any (image, query) list
+
+Rows of one image are vision-encoded once and their prompt prefix (everything up to `</img>`) is
+prefilled once. Up to the largest batch bucket a call runs as one batch; larger workloads stream
+through the continuous-batching scheduler with images preprocessed on CPU threads meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -17,10 +26,11 @@ from .attention import sdpa
 from .boxes import Detection, parse_detections
 from .config import ModelConfig, PreprocessorConfig
 from .errors import CheckpointError, InputError
-from .generate import GenerationConfig, RowRequest, generate
+from .generate import EagerDecoder, GenerationConfig, RowRequest, RowResult, context_budget, share_prefixes
 from .model import LocateAnything
+from .prefetch import NOT_READY, Prefetcher
 from .processor import ImageProcessor, ProcessedImage
-from .prompt import PromptBuilder, load_chat_template, load_tokenizer
+from .prompt import Prompt, PromptBuilder, load_chat_template, load_tokenizer, normalize_query
 from .timing import StageClock
 from .vision import vision_geometry
 
@@ -35,13 +45,16 @@ class EngineOptions:
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
     task: str = "detect"  # detect | ground_multi | ground_single (the model card's instructions)
-    generation: GenerationConfig = GenerationConfig()
+    generation: GenerationConfig = GenerationConfig()  # mode, max_new_tokens, sampling defaults, fixed_steps
     progress: bool = True  # progress bars on long work (loading, graph capture)
     graphs: str = "auto"  # auto: CUDA graphs on a GPU in fp16/bf16, else eager | on | off
     buckets: object = None  # capture.Buckets; None: the defaults
     attention: str = "auto"  # varlen kernel of the graph path: auto | flash_attn | torch-fa2 | emulated
     strict: bool = False  # refuse fallbacks (another attention kernel, eager for a batch beyond the buckets)
     sampling_graphs: bool = False  # also capture the sampling branch (needed for temperature > 0 on graphs)
+    share_prefix: bool = True  # rows of one image prefill the shared prompt prefix once
+    preprocess_workers: int = 0  # CPU threads preparing images for large batches; 0: min(8, cores)
+    eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -55,26 +68,51 @@ class EngineOptions:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or auto")
         return _DTYPES[self.dtype]
 
+    def workers(self) -> int:
+        return self.preprocess_workers or min(8, os.cpu_count() or 1)
+
 
 @dataclass
 class LocateResult:
     detections: list[Detection]
     text: str  # raw generated text, special tokens kept
     tokens: list[int]
-    stop_reason: str  # "end" | "max_new_tokens"
+    stop_reason: str  # "end" | "max_new_tokens" | "fixed_steps" (benchmarks) | "error"
     steps: int  # LM decode steps (MTP or AR)
     image_size: tuple[int, int]
     image_patches: int
     image_tokens: int
     prompt_tokens: int
+    query: str = ""
     empty_frames: int = 0
     malformed: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # set (and nothing else) when this request could not run
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["detections"] = [d.to_dict() for d in self.detections]
         return out
+
+    @classmethod
+    def failed(cls, query, message: str) -> "LocateResult":
+        return cls([], "", [], "error", 0, (0, 0), 0, 0, 0, query=str(query), error=message)
+
+
+@dataclass
+class _Row:
+    index: int  # position in the caller's list
+    query: str
+    prompt: Prompt
+    temperature: float | None
+
+
+@dataclass
+class _Prepared:
+    """One image with the rows that ask about it."""
+    image: ProcessedImage
+    rows: list[_Row]
+    preprocess_ms: float
 
 
 class Engine:
@@ -88,7 +126,10 @@ class Engine:
         self.processor = ImageProcessor(preprocessor)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
         self.runtime = None
+        self.runtime_reason = "graphs off"
         half = model.dtype in (torch.float16, torch.bfloat16)
+        if options.graphs not in ("auto", "on", "off"):
+            raise ValueError("graphs must be auto, on or off")
         if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda" and half):
             from capture import Buckets, GraphRuntime
 
@@ -96,14 +137,21 @@ class Engine:
                                         options.strict, use_graphs=model.device.type == "cuda",
                                         sampling_graphs=options.sampling_graphs)
             self.runtime.warmup(progress=options.progress)
-        elif options.graphs not in ("auto", "off"):
-            raise ValueError("graphs must be auto, on or off")
+        elif options.graphs == "auto":
+            self.runtime_reason = "no CUDA device" if model.device.type != "cuda" else "fp32 (graphs need fp16/bf16)"
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":
+        """Load a checkpoint. Overrides are EngineOptions fields, or GenerationConfig fields
+        (max_new_tokens=64, mode="hybrid", fixed_steps=2) applied to the generation defaults."""
         from weights.loader import load_weights
 
-        options = dataclasses.replace(options or EngineOptions(), **overrides)
+        options = options or EngineOptions()
+        gen_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+        gen_over = {k: overrides.pop(k) for k in list(overrides) if k in gen_fields}
+        if gen_over:
+            overrides["generation"] = dataclasses.replace(overrides.get("generation", options.generation), **gen_over)
+        options = dataclasses.replace(options, **overrides)
         root = Path(checkpoint_dir)
         if not root.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {root}")
@@ -122,66 +170,195 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
-    def locate(self, image, query, **generation) -> LocateResult:
-        return self.locate_batch([(image, query)], **generation)[0]
+    def locate(self, image, query, temperature: float | None = None, **generation) -> LocateResult:
+        """One (image, query): the robot-loop call. On graphs: fixed buffers, no re-capture."""
+        return self.locate_batch([(image, query)], None if temperature is None else [temperature], **generation)[0]
 
-    def locate_batch(self, pairs, temperatures: list[float | None] | None = None, **generation) -> list[LocateResult]:
-        """Answer a list of (image, query) pairs in one batch (greedy unless a temperature is given)."""
+    def locate_many(self, image, queries, temperatures: list[float | None] | None = None,
+                    **generation) -> list[LocateResult]:
+        """Several queries about one image: one vision pass, one shared prompt prefix."""
+        if isinstance(queries, str):
+            raise InputError("locate_many takes a list of queries (use locate for one)")
+        return self.locate_batch([(image, q) for q in queries], temperatures, **generation)
+
+    def locate_batch(self, pairs, temperatures: list[float | None] | None = None, errors: str = "raise",
+                     **generation) -> list[LocateResult]:
+        """Answer (image, query) pairs, in their order (greedy unless a temperature is given).
+
+        errors="raise": the first bad pair raises InputError. errors="report": a bad pair gets a
+        result with `error` set, and every other pair is answered."""
+        pairs = list(pairs)
+        out: list[LocateResult | None] = [None] * len(pairs)
+        for i, result in self.locate_stream(pairs, temperatures, errors, **generation):
+            out[i] = result
+        return out
+
+    def locate_stream(self, pairs, temperatures: list[float | None] | None = None, errors: str = "raise",
+                      **generation):
+        """Like locate_batch, but yields (index, result) as results complete (for progress bars)."""
+        if errors not in ("raise", "report"):
+            raise ValueError("errors must be 'raise' or 'report'")
+        pairs = list(pairs)
         if not pairs:
-            return []
+            return
         gen = dataclasses.replace(self.options.generation, **generation)
-        temps = temperatures or [None] * len(pairs)
+        temps = list(temperatures) if temperatures is not None else [None] * len(pairs)
         if len(temps) != len(pairs):
             raise InputError("temperatures must have one entry per pair")
-        clock = StageClock(self.model.device)
-        images, image_of = self._unique_images([image for image, _ in pairs])
-        merge = self.cfg.vision.merge_kernel_size
-        prompts = [self.prompts.build(q, images[i].num_tokens(merge)) for (_, q), i in zip(pairs, image_of)]
-        clock.lap("preprocess")
-        rows = self._run_graphs(images, image_of, prompts, temps, gen) if self.runtime else None
-        if rows is not None:
-            clock.laps.update(self.runtime.last_timings_ms)
-        else:
-            embeds = self.encode_images(images)
-            clock.lap("vision")
-            requests = [RowRequest(p.ids, embeds[i], p.image_start, t) for p, i, t in zip(prompts, image_of, temps)]
-            rows = generate(self.model, sdpa.lm_attention, requests, gen)
-        clock.lap("generate")
-        images = [images[i] for i in image_of]
-        results = []
-        for image, prompt, row in zip(images, prompts, rows):
-            parsed = parse_detections(row.tokens, self.cfg.tokens, self.prompts.decode, image.size)
-            results.append(LocateResult(
-                detections=parsed.detections, text=self.prompts.decode(row.tokens), tokens=row.tokens,
-                stop_reason=row.stop_reason, steps=row.steps, image_size=image.size,
-                image_patches=image.num_patches, image_tokens=prompt.image_tokens, prompt_tokens=len(prompt.ids),
-                empty_frames=parsed.empty_frames, malformed=parsed.malformed, timings_ms=dict(clock.laps),
-            ))
-        return results
+        reason = self._graph_reason(gen, temps)
+        batch = self.runtime.buckets.max_batch if reason is None else self.options.eager_batch
+        groups = _group_by_image(pairs, batch)
+        if len(pairs) <= batch and len(groups) <= batch:
+            # One batch: prepare inline (no thread hand-off on the latency path).
+            prepared = []
+            for indices in groups:
+                item, failures = self._prepare(pairs, indices, temps, gen, errors)
+                yield from failures
+                if item is not None:
+                    prepared.append(item)
+            if prepared:
+                yield from self._run_batch(prepared, gen, reason)
+            return
+        with Prefetcher(lambda indices: self._prepare(pairs, indices, temps, gen, errors), groups,
+                        self.options.workers()) as jobs:
+            if reason is None:
+                yield from self._stream_graphs(jobs, gen)
+            else:
+                log.info("running eager: %s", reason)
+                yield from self._stream_eager(jobs, gen, batch)
 
-    def _unique_images(self, sources) -> tuple[list[ProcessedImage], list[int]]:
-        """Process each distinct image once (same path or same object), so it is encoded once."""
-        images, index, image_of = [], {}, []
-        for src in sources:
-            key = str(src) if isinstance(src, (str, Path)) else id(src)
-            if key not in index:
-                index[key] = len(images)
-                images.append(self.processor(src))
-            image_of.append(index[key])
-        return images, image_of
+    def _graph_reason(self, gen: GenerationConfig, temps) -> str | None:
+        if self.runtime is None:
+            return self.runtime_reason
+        return self.runtime.unsupported_config(gen, temps)
 
-    def _run_graphs(self, images, image_of, prompts, temps, gen):
-        """Rows from the CUDA graphs, or None (with the reason logged) when the batch does not fit."""
-        from capture.runtime import GraphRow
+    # ------------------------------------------------------------------ preparation
 
-        rows = [GraphRow(p, i, t) for p, i, t in zip(prompts, image_of, temps)]
-        reason = self.runtime.unsupported(images, rows, gen)
+    def _prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str):
+        """Image and prompts of one group -> (_Prepared or None, [(index, failed result)]). A bad
+        image fails all its rows; a bad query only its own."""
+        t0 = time.perf_counter()
+        try:
+            image = self.processor(pairs[indices[0]][0])
+        except InputError as exc:
+            if errors == "raise":
+                raise
+            return None, [(i, LocateResult.failed(_query_text(pairs[i][1]), str(exc))) for i in indices]
+        rows, failures = [], []
+        for i in indices:
+            query = pairs[i][1]
+            try:
+                prompt = self.prompts.build(query, image.num_tokens(self.cfg.vision.merge_kernel_size))
+                context_budget(self.cfg, len(prompt.ids), gen.max_new_tokens)
+            except InputError as exc:
+                if errors == "raise":
+                    raise
+                failures.append((i, LocateResult.failed(_query_text(query), str(exc))))
+                continue
+            rows.append(_Row(i, normalize_query(query), prompt, temps[i]))
+        prepared = _Prepared(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
+        return prepared, failures
+
+    # ------------------------------------------------------------------ execution
+
+    def _run_batch(self, prepared: list[_Prepared], gen: GenerationConfig, reason: str | None):
+        images = [p.image for p in prepared]
         if reason is None:
-            return self.runtime.run(images, rows, gen)
-        if self.options.strict:
-            raise InputError(f"batch does not fit the captured graphs: {reason}")
-        log.warning("running eager: %s", reason)
-        return None
+            from capture.runtime import GraphRow
+
+            rows = [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
+            reason = self.runtime.unsupported(images, rows, gen)
+            if reason is None:
+                results = self.runtime.run(images, rows, gen, self.options.share_prefix)
+                laps = self.runtime.last_timings_ms
+                yield from self._results(prepared, results, {k: laps[k] for k in ("vision_ms", "prefill_ms",
+                                                                                    "decode_ms")})
+                return
+            if self.options.strict:
+                raise InputError(f"batch does not fit the captured graphs: {reason}")
+            log.warning("running eager: %s", reason)
+        yield from self._run_eager(prepared, gen)
+
+    def _stream_graphs(self, jobs: Prefetcher, gen: GenerationConfig):
+        from capture.scheduler import Job, run_jobs
+
+        failures: list = []
+        leftovers: list[_Prepared] = []  # images the graphs cannot take run eager afterwards
+
+        def next_job(fetch):
+            while True:
+                item = fetch()
+                if item is None or item is NOT_READY:
+                    return item
+                prepared, bad = item
+                failures.extend(bad)
+                if prepared is None:
+                    continue
+                if self.runtime.unsupported_job([prepared.image], _graph_rows(prepared)):
+                    leftovers.append(prepared)
+                    continue
+                return Job(prepared.image, [r.prompt for r in prepared.rows], [r.temperature for r in prepared.rows],
+                           [None] * len(prepared.rows), tag=prepared)
+
+        source = SimpleNamespace(poll=lambda: next_job(jobs.poll), wait=lambda: next_job(jobs.wait))
+        for job in run_jobs(self.runtime, source, gen, self.runtime.buckets.max_batch, self.options.share_prefix):
+            yield from _drain(failures)
+            yield from self._results([job.tag], job.results, dict(job.timings_ms))
+        yield from _drain(failures)
+        if leftovers:
+            log.warning("running %d image(s) eager: %s", len(leftovers),
+                        self.runtime.unsupported_job([leftovers[0].image], _graph_rows(leftovers[0])))
+            yield from self._run_eager(leftovers, gen)
+
+    def _stream_eager(self, jobs: Prefetcher, gen: GenerationConfig, batch: int):
+        chunk: list[_Prepared] = []
+        while (item := jobs.wait()) is not None:
+            prepared, failures = item
+            yield from failures
+            if prepared is None:
+                continue
+            if chunk and sum(len(p.rows) for p in chunk) + len(prepared.rows) > batch:
+                yield from self._run_eager(chunk, gen)
+                chunk = []
+            chunk.append(prepared)
+        if chunk:
+            yield from self._run_eager(chunk, gen)
+
+    @torch.no_grad()
+    def _run_eager(self, prepared: list[_Prepared], gen: GenerationConfig):
+        clock = StageClock(self.model.device)
+        embeds = self.encode_images([p.image for p in prepared])
+        clock.lap("vision_ms")
+        requests, keys, prefix = [], [], []
+        for i, p in enumerate(prepared):
+            for r in p.rows:
+                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature))
+                keys.append(i if self.options.share_prefix else len(keys))
+                prefix.append(r.prompt.prefix_len)
+        share_prefixes(requests, keys, prefix)
+        decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen)
+        clock.lap("prefill_ms")
+        while not decoder.done:
+            decoder.step()
+        clock.lap("decode_ms")
+        yield from self._results(prepared, decoder.results, clock.laps)
+
+    def _results(self, prepared: list[_Prepared], rows: list[RowResult], timings: dict):
+        it = iter(rows)
+        for p in prepared:
+            for r in p.rows:
+                yield r.index, self._result(p, r, next(it), dict(timings, preprocess_ms=p.preprocess_ms))
+
+    def _result(self, p: _Prepared, r: _Row, row: RowResult, timings: dict) -> LocateResult:
+        parsed = parse_detections(row.tokens, self.cfg.tokens, self.prompts.decode, p.image.size)
+        timings["steps"] = row.steps
+        return LocateResult(
+            detections=parsed.detections, text=self.prompts.decode(row.tokens), tokens=row.tokens,
+            stop_reason=row.stop_reason, steps=row.steps, image_size=p.image.size,
+            image_patches=p.image.num_patches, image_tokens=r.prompt.image_tokens, prompt_tokens=len(r.prompt.ids),
+            query=r.query, empty_frames=parsed.empty_frames, malformed=parsed.malformed, timings_ms=timings)
+
+    # ------------------------------------------------------------------ pieces
 
     @torch.no_grad()
     def encode_images(self, images: list[ProcessedImage]) -> list[torch.Tensor]:
@@ -195,15 +372,58 @@ class Engine:
 
     def status(self) -> dict:
         params = sum(p.numel() for p in self.model.parameters())
-        return {
+        out = {
             "checkpoint": str(self.checkpoint_dir),
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "parameters": params,
             "attention": self.runtime.kernel_name if self.runtime else "sdpa (dense mask, eager)",
             "graphs": len(self.runtime.graphs) if self.runtime else 0,
+            "graph_runtime": "on" if self.runtime else f"off ({self.runtime_reason})",
             "capture_s": round(self.runtime.capture_seconds, 1) if self.runtime else 0.0,
             "graph_pool_mib": round(self.runtime.pool_bytes / 2**20, 1) if self.runtime else 0.0,
             "buckets": dataclasses.asdict(self.runtime.buckets) if self.runtime else None,
             "generation": dataclasses.asdict(self.options.generation),
+            "share_prefix": self.options.share_prefix,
         }
+        if self.model.device.type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(self.model.device)
+            out["gpu_memory_allocated_mib"] = round(torch.cuda.memory_allocated(self.model.device) / 2**20, 1)
+            out["gpu_memory_reserved_mib"] = round(torch.cuda.memory_reserved(self.model.device) / 2**20, 1)
+            out["gpu_memory_total_mib"] = round(torch.cuda.get_device_properties(self.model.device).total_memory
+                                                / 2**20, 1)
+        return out
+
+
+def _graph_rows(item: _Prepared):
+    from capture.runtime import GraphRow
+
+    return [GraphRow(r.prompt, 0, r.temperature) for r in item.rows]
+
+
+def _image_key(src):
+    return ("path", str(Path(src).resolve())) if isinstance(src, (str, Path)) else ("object", id(src))
+
+
+def _group_by_image(pairs, limit: int) -> list[list[int]]:
+    """Indices of pairs grouped by image (same path or same object), in first-seen order; a group
+    holds at most `limit` rows (the largest batch), so a job always fits a batch."""
+    groups: dict = {}
+    order: list[list[int]] = []
+    for i, (image, _) in enumerate(pairs):
+        key = _image_key(image)
+        if key not in groups or len(groups[key]) >= limit:
+            groups[key] = []
+            order.append(groups[key])
+        groups[key].append(i)
+    return order
+
+
+def _drain(items: list):
+    while items:
+        yield items.pop(0)
+
+
+def _query_text(query) -> str:
+    return query if isinstance(query, str) else "</c>".join(map(str, query)) if isinstance(query, (list, tuple)) \
+        else repr(query)

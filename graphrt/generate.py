@@ -8,6 +8,7 @@ not advancing the row's cache length past the accepted tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -29,12 +30,17 @@ class GenerationConfig:
     sampling: SamplingConfig = SamplingConfig()
     mtp: MTPConfig = MTPConfig()
     seed: int | None = None
+    # Benchmarks on random weights: every row runs exactly this many decode steps, end tokens
+    # ignored (the max_new_tokens budget still applies). None: rows stop at the model's end.
+    fixed_steps: int | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"generation mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if self.fixed_steps is not None and self.fixed_steps < 1:
+            raise ValueError("fixed_steps must be >= 1 (or None)")
 
 
 @dataclass
@@ -44,6 +50,21 @@ class RowRequest:
     image_start: int
     temperature: float | None = None  # None: the config's temperature
     max_new_tokens: int | None = None  # None: the config's max_new_tokens
+    # Shared prefix: this row reuses the KV of prompt[:prefix_len] computed for row `prefix_owner`
+    # (same image, same prompt head); only its tail is prefilled. None: a full prefill.
+    prefix_owner: int | None = None
+    prefix_len: int = 0
+
+
+def share_prefixes(requests: list[RowRequest], keys: list, prefix_lens: list[int]) -> None:
+    """Mark rows with the same key (the same image) to share the first row's prompt prefix."""
+    first: dict = {}
+    for i, (req, key) in enumerate(zip(requests, keys)):
+        req.prefix_len = prefix_lens[i]
+        if key in first:
+            req.prefix_owner = first[key]
+        else:
+            first[key] = i
 
 
 @dataclass
@@ -78,83 +99,183 @@ def context_budget(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> in
     return min(max_new_tokens, room)
 
 
+def check_sharing(requests: list[RowRequest]) -> None:
+    for i, r in enumerate(requests):
+        if r.prefix_owner is None:
+            continue
+        owner = requests[r.prefix_owner]
+        if owner.prefix_owner is not None or r.prefix_owner >= i:
+            raise ValueError("a prefix owner must be an earlier row that owns its own prefix")
+        n = r.prefix_len
+        if n != owner.prefix_len or r.prompt[:n] != owner.prompt[:n] or not 0 < n < len(r.prompt) - 1 \
+                or n >= len(owner.prompt) - 1:
+            raise ValueError(f"row {i} cannot share the prefix of row {r.prefix_owner}")
+
+
 @torch.no_grad()
 def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig, on_stage=None) -> list[RowResult]:
     """`on_stage(name)`, when given, is called after the prefill ("prefill") and after each step ("step")."""
-    cfg, ids, device = model.cfg, model.cfg.tokens, model.device
-    block, vocab = cfg.text.block_size, cfg.text.vocab_size
-    n = len(requests)
-    budgets = [context_budget(cfg, len(r.prompt), r.max_new_tokens or gen.max_new_tokens) for r in requests]
-    cache = model.llm.new_cache(n, max(len(r.prompt) + b + 2 * block for r, b in zip(requests, budgets)))
-
-    # Prefill all but the last prompt token: the first step then forwards [last | window], which is
-    # the stock first round (prompt + window in one call) with the prompt split off.
-    plan = PlanBuilder()
-    for row, r in enumerate(requests):
-        plan.add_causal(row, 0, len(r.prompt) - 1)
-    embeds = torch.cat([embed_prompt(model, r, len(r.prompt) - 1) for r in requests])
-    model.llm(embeds, plan.build(device), cache, attend)
+    decoder = EagerDecoder(model, attend, requests, gen)
     if on_stage:
         on_stage("prefill")
+    while not decoder.done:
+        decoder.step()
+        if on_stage:
+            on_stage("step")
+    return decoder.results
 
-    cached = [len(r.prompt) - 1 for r in requests]
-    pending = [[r.prompt[-1]] for r in requests]
-    results = [RowResult(tokens=[], stop_reason="") for _ in requests]
-    ar_mode = [gen.mode == "slow"] * n
-    seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
-    for row, r in enumerate(requests):
-        seen[row, torch.tensor(r.prompt, device=device)] = True
-    temps = torch.tensor([gen.sampling.temperature if r.temperature is None else r.temperature for r in requests],
-                         dtype=torch.float32, device=device)
-    rng = torch.Generator(device=device).manual_seed(gen.seed) if gen.seed is not None else None
-    mask_id = ids.text_mask
-    active = list(range(n))
 
-    while active:
+class EagerDecoder:
+    """The eager loop as an object: prefill on construction, then one `step()` per MTP step.
+
+    All its state is in plain attributes, so `state_dict()` / `from_state()` pause a generation
+    and continue it later (in another process too), token for token.
+    """
+
+    STATE = ("cached", "pending", "results", "ar_mode", "active", "budgets", "steps_done")
+
+    @torch.no_grad()
+    def __init__(self, model, attend, requests: list[RowRequest], gen: GenerationConfig, state: dict | None = None):
+        cfg, device = model.cfg, model.device
+        self.model, self.attend, self.gen = model, attend, gen
+        self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
+        n = len(requests)
+        self.rng = torch.Generator(device=device).manual_seed(gen.seed) if gen.seed is not None else None
+        self.temps = torch.tensor([gen.sampling.temperature if r.temperature is None else r.temperature
+                                   for r in requests], dtype=torch.float32, device=device)
+        if state is not None:
+            self._load(state)
+            return
+        check_sharing(requests)
+        self.budgets = [context_budget(cfg, len(r.prompt), r.max_new_tokens or gen.max_new_tokens) for r in requests]
+        self.cache = model.llm.new_cache(n, max(len(r.prompt) + b + 2 * self.block
+                                                for r, b in zip(requests, self.budgets)))
+        self._prefill(requests)
+        self.cached = [len(r.prompt) - 1 for r in requests]
+        self.pending = [[r.prompt[-1]] for r in requests]
+        self.results = [RowResult(tokens=[], stop_reason="") for _ in requests]
+        self.ar_mode = [gen.mode == "slow"] * n
+        self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
+        for row, r in enumerate(requests):
+            self.seen[row, torch.tensor(r.prompt, device=device)] = True
+        self.active = list(range(n))
+        self.steps_done = 0
+
+    def _prefill(self, requests: list[RowRequest]) -> None:
+        """All but the last prompt token: the first step then forwards [last | window], which is
+        the stock first round (prompt + window in one call) with the prompt split off.
+
+        Rows sharing a prefix: the owner's prefix is prefilled once and its KV copied to the
+        members; then every sharing row prefills only its tail, attending to the copied prefix."""
+        model, device = self.model, self.model.device
+        members = [i for i, r in enumerate(requests) if r.prefix_owner is not None]
+        sharing = set(members) | {requests[i].prefix_owner for i in members}
+        plan, embeds = PlanBuilder(), []
+        for row, r in enumerate(requests):
+            if row in members:
+                continue
+            length = r.prefix_len if row in sharing else len(r.prompt) - 1
+            plan.add_causal(row, 0, length)
+            embeds.append(embed_prompt(model, r, length))
+        model.llm(torch.cat(embeds), plan.build(device), self.cache, self.attend)
+        if not members:
+            return
+        dst = torch.tensor(members, device=device)
+        src = torch.tensor([requests[i].prefix_owner for i in members], device=device)
+        width = max(requests[i].prefix_len for i in members)
+        for buf in (self.cache.k, self.cache.v):
+            buf[:, dst, :width] = buf[:, src, :width]
+        plan, embeds = PlanBuilder(), []
+        for row in sorted(sharing):
+            r = requests[row]
+            plan.add_causal(row, r.prefix_len, len(r.prompt) - 1 - r.prefix_len)
+            embeds.append(embed_prompt(model, r, len(r.prompt) - 1)[r.prefix_len :])
+        model.llm(torch.cat(embeds), plan.build(device), self.cache, self.attend)
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One decode step (MTP, or AR for rows in AR mode) of every active row."""
+        model, gen, ids, block = self.model, self.gen, self.model.cfg.tokens, self.block
+        device, mask_id = model.device, ids.text_mask
         plan, tokens, logit_rows = PlanBuilder(), [], []
-        for row in active:
-            window = 0 if ar_mode[row] else block
-            plan.add_step(row, cached[row], len(pending[row]), window)
-            tokens += pending[row] + ([pending[row][-1]] + [mask_id] * (block - 1) if window else [])
+        for row in self.active:
+            window = 0 if self.ar_mode[row] else block
+            plan.add_step(row, self.cached[row], len(self.pending[row]), window)
+            pend = self.pending[row]
+            tokens += pend + ([pend[-1]] + [mask_id] * (block - 1) if window else [])
             logit_rows.append(list(range(len(tokens) - window, len(tokens))) if window else [len(tokens) - 1])
         embeds = model.llm.embed(torch.tensor(tokens, device=device))
         index = torch.tensor([i for rows in logit_rows for i in rows], device=device)
-        logits = model.llm(embeds, plan.build(device), cache, attend, logits_index=index)
+        logits = model.llm(embeds, plan.build(device), self.cache, self.attend, logits_index=index)
 
         offset, still = 0, []
-        for i, row in enumerate(active):
+        for i, row in enumerate(self.active):
             width = len(logit_rows[i])
             row_logits = logits[offset : offset + width][None]
             offset += width
-            probs = probabilities(row_logits, seen[row : row + 1], temps[row : row + 1], gen.sampling)
-            x0 = choose(probs, temps[row : row + 1], rng)
-            res = results[row]
-            if ar_mode[row]:
+            probs = probabilities(row_logits, self.seen[row : row + 1], self.temps[row : row + 1], gen.sampling)
+            x0 = choose(probs, self.temps[row : row + 1], self.rng)
+            res = self.results[row]
+            if self.ar_mode[row]:
                 token = x0[:, 0]
                 finish, back = ar_switch(token, ids, gen.mode)
                 kept, done = [int(token)], bool(finish)
-                ar_mode[row] = not bool(back)
+                self.ar_mode[row] = not bool(back)
                 res.kinds.append(-1)
             else:
                 proposal = propose(probs, x0, ids, gen.mode, gen.mtp)
                 step_tokens, count, kind = accept(proposal, ids, gen.mode)
                 kept = step_tokens[0, : int(count)].tolist()
                 done = int(kind) == StepKind.FINISH
-                ar_mode[row] = gen.mode == "hybrid" and int(kind) == StepKind.BROKEN_BOX
+                self.ar_mode[row] = gen.mode == "hybrid" and int(kind) == StepKind.BROKEN_BOX
                 res.kinds.append(int(kind))
-            cached[row] += len(pending[row])
-            pending[row] = kept
+            self.cached[row] += len(self.pending[row])
+            self.pending[row] = kept
             res.tokens += kept
             res.accepted.append(len(kept))
             res.steps += 1
-            seen[row, torch.tensor(kept, device=device)] = True
+            self.seen[row, torch.tensor(kept, device=device)] = True
+            if gen.fixed_steps is not None:
+                done = res.steps >= gen.fixed_steps
             if done:
-                res.stop_reason = "end"
-            elif len(res.tokens) >= budgets[row]:
+                res.stop_reason = "end" if gen.fixed_steps is None else "fixed_steps"
+            elif len(res.tokens) >= self.budgets[row]:
                 res.stop_reason = "max_new_tokens"
             else:
                 still.append(row)
-        active = still
-        if on_stage:
-            on_stage("step")
-    return results
+        self.active = still
+        self.steps_done += 1
+
+    # ------------------------------------------------------------------ pause / resume
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue, as CPU tensors and plain Python values."""
+        state = {name: getattr(self, name) for name in self.STATE}
+        state["results"] = [dataclasses.asdict(r) for r in self.results]
+        state["cache_k"], state["cache_v"] = self.cache.k.cpu(), self.cache.v.cpu()
+        state["seen"] = self.seen.cpu()
+        state["rng"] = self.rng.get_state() if self.rng is not None else None
+        return state
+
+    def _load(self, state: dict) -> None:
+        from .kv_cache import KVCache
+
+        device = self.model.device
+        for name in self.STATE:
+            setattr(self, name, state[name])
+        self.results = [RowResult(**r) for r in state["results"]]
+        k = state["cache_k"]
+        self.cache = KVCache(k.shape[0], k.shape[1], k.shape[2], k.shape[3], k.shape[4], self.model.dtype, device)
+        self.cache.k.copy_(k)
+        self.cache.v.copy_(state["cache_v"])
+        self.seen = state["seen"].to(device)
+        if self.rng is not None and state["rng"] is not None:
+            self.rng.set_state(state["rng"])
+
+    @classmethod
+    def from_state(cls, model, attend, requests: list[RowRequest], gen: GenerationConfig, state: dict):
+        return cls(model, attend, requests, gen, state=state)

@@ -4,8 +4,10 @@ Fixed layouts per bucket (each row owns a fixed slice of the packed axis), so cu
 the same across replays and only `seqused_k` and the write slots change:
 
 - vision: image i owns patches [i*P, (i+1)*P); full attention over its first n_i patches;
-- prefill: row b owns queries [b*T, (b+1)*T), prompt right-aligned; causal (bottom-right) over
-  the row's cache slots [0, n_b);
+- prefill: segment b owns queries [b*T, (b+1)*T), tokens right-aligned; causal (bottom-right)
+  over the slots [0, n_b) of its cache row (any row: cu_k holds row*S per segment, and with
+  seqused_k the kernel reads only cu_k[b], so the starts need not be increasing). A segment may
+  continue a cached prefix: its tokens sit at slots n_b - m .. n_b - 1;
 - MTP step: row b owns 2*6 queries: 6 accepted slots (right-aligned, k real) then the 6-slot
   window. Accepted queries are causal over [0, c+k). The window must see [0, c+k-1) and its own
   6 keys, but not slot c+k-1. So its K/V is written one slot to the left, over that slot, making
@@ -48,13 +50,12 @@ class PrefillRanges:
     rows: torch.Tensor  # [B*T] cache row of each query slot
     write_slots: torch.Tensor  # [B*T] cache slot (dead slot for pads)
     cu_q: torch.Tensor  # [B+1] int32 = arange * T
-    cu_k: torch.Tensor  # [B+1] int32 = arange * S
-    seqused: torch.Tensor  # [B] int32 real prompt tokens
+    cu_k: torch.Tensor  # [B+1] int32 = cache row * S per segment (last entry unread)
+    seqused: torch.Tensor  # [B] int32 keys per segment: cached prefix + its tokens
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         cache.write(layer, self.rows, self.write_slots, k, v)
-        b = self.seqused.shape[0]
-        kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
+        kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
         return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
 
 

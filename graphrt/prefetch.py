@@ -1,0 +1,56 @@
+"""Work on CPU threads ahead of the consumer: image decoding and resizing for the next jobs
+while the GPU runs the current ones (Pillow and torch release the GIL in their heavy parts)."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
+
+NOT_READY = object()  # poll(): the next result is still being computed
+
+
+class Prefetcher:
+    """fn(item) for each item on `workers` threads, at most `ahead` in flight; results in order."""
+
+    def __init__(self, fn: Callable, items: Iterable, workers: int, ahead: int | None = None):
+        self.fn = fn
+        self.items = iter(items)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="graphrt-prep")
+        self.ahead = ahead or 4 * max(1, workers)
+        self.futures: deque = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.futures) < self.ahead:
+            item = next(self.items, StopIteration)
+            if item is StopIteration:
+                return
+            self.futures.append(self.pool.submit(self.fn, item))
+
+    def poll(self):
+        """The next result if it is ready, NOT_READY if not, None when all were returned."""
+        if not self.futures:
+            return None
+        if not self.futures[0].done():
+            return NOT_READY
+        return self.wait()
+
+    def wait(self):
+        """The next result (blocking), None when all were returned. Worker errors re-raise here."""
+        if not self.futures:
+            return None
+        result = self.futures.popleft().result()
+        self._fill()
+        return result
+
+    def close(self) -> None:
+        for f in self.futures:
+            f.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
