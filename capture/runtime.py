@@ -76,6 +76,7 @@ class GraphRuntime:
         self.pool_bytes = 0
         self.last_timings_ms: dict[str, float] = {}
         self._geometry: dict[tuple[int, int], tuple] = {}
+        self.owner = None  # a graphrt.generation.Generation holding the buffers between calls
 
     # ------------------------------------------------------------------ capture
 
@@ -162,9 +163,11 @@ class GraphRuntime:
         self.last_timings_ms = dict(laps, **clock.laps, steps=steps)
         return self.collect(targets)
 
-    def begin(self) -> None:
-        """A fresh batch: every row free (finished). Launches one fill, no sync."""
+    def begin(self, owner=None) -> None:
+        """A fresh batch: every row free (finished). Launches one fill, no sync. `owner`: the
+        paused-generation object now holding the buffers (any later begin() displaces it)."""
         self.pipe.finished.fill_(True)
+        self.owner = owner
 
     def decode(self, bb: int, max_steps: int | None = None) -> int:
         """Steps of rows [0, bb) until all are finished (or max_steps); returns the steps run."""

@@ -73,7 +73,7 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
                     break
                 if len(waiting.prompts) > batch:
                     raise ValueError(f"a job of {len(waiting.prompts)} rows does not fit batch {batch}")
-            if len(waiting.prompts) > len(free):
+            if len(waiting.prompts) > len(free) - sum(len(j.prompts) for j in admitted):
                 break
             admitted.append(waiting)
             waiting = None

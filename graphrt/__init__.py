@@ -8,10 +8,11 @@ from .config import ModelConfig
 from .engine import Engine, EngineOptions, LocateResult
 from .errors import CheckpointError, GraphrtError, InputError
 from .generate import GenerationConfig
+from .generation import Generation, GenerationState
 from .sampler import SamplingConfig
 
 __all__ = [
-    "CheckpointError", "Detection", "Engine", "EngineOptions", "GenerationConfig", "GraphrtError", "InputError",
+    "CheckpointError", "Detection", "Engine", "EngineOptions", "Generation", "GenerationConfig", "GenerationState", "GraphrtError", "InputError",
     "LocateResult", "ModelConfig", "SamplingConfig",
 ]
 __version__ = "0.1.0"

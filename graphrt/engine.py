@@ -26,6 +26,7 @@ from .attention import sdpa
 from .boxes import Detection, parse_detections
 from .config import ModelConfig, PreprocessorConfig
 from .errors import CheckpointError, InputError
+from .generation import Generation, GenerationState
 from .generate import EagerDecoder, GenerationConfig, RowRequest, RowResult, context_budget, share_prefixes
 from .model import LocateAnything
 from .prefetch import NOT_READY, Prefetcher
@@ -123,6 +124,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
+        self.preprocessor_config, self.chat_template = preprocessor, chat_template
         self.processor = ImageProcessor(preprocessor)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
         self.runtime = None
@@ -146,12 +148,7 @@ class Engine:
         (max_new_tokens=64, mode="hybrid", fixed_steps=2) applied to the generation defaults."""
         from weights.loader import load_weights
 
-        options = options or EngineOptions()
-        gen_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
-        gen_over = {k: overrides.pop(k) for k in list(overrides) if k in gen_fields}
-        if gen_over:
-            overrides["generation"] = dataclasses.replace(overrides.get("generation", options.generation), **gen_over)
-        options = dataclasses.replace(options, **overrides)
+        options = _override(options or EngineOptions(), overrides)
         root = Path(checkpoint_dir)
         if not root.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {root}")
@@ -167,6 +164,13 @@ class Engine:
         load_weights(model, root, cfg, progress=options.progress)
         model.eval()
         return cls(root, cfg, model, load_tokenizer(root), preprocessor, options, load_chat_template(root))
+
+    def with_options(self, **overrides) -> "Engine":
+        """Another engine on the same loaded weights with other options (A/B runs, graphs off...).
+        Overrides as in from_pretrained; a graph runtime is captured anew when graphs are on."""
+        options = _override(self.options, overrides)
+        return Engine(self.checkpoint_dir, self.cfg, self.model, self.tokenizer, self.preprocessor_config, options,
+                      self.chat_template)
 
     # ------------------------------------------------------------------ requests
 
@@ -226,6 +230,71 @@ class Engine:
             else:
                 log.info("running eager: %s", reason)
                 yield from self._stream_eager(jobs, gen, batch)
+
+    def start(self, pairs, temperatures: list[float | None] | None = None, **generation) -> Generation:
+        """Vision and prefill of one batch; returns a Generation to advance, pause or finish."""
+        pairs = list(pairs)
+        if not pairs:
+            raise InputError("start() needs at least one (image, query) pair")
+        gen = dataclasses.replace(self.options.generation, **generation)
+        temps = list(temperatures) if temperatures is not None else [None] * len(pairs)
+        if len(temps) != len(pairs):
+            raise InputError("temperatures must have one entry per pair")
+        reason = self._graph_reason(gen, temps)
+        limit = self.runtime.buckets.max_batch if self.runtime else len(pairs)
+        prepared = [self._prepare(pairs, g, temps, gen, "raise")[0] for g in _group_by_image(pairs, limit)]
+        images = [p.image for p in prepared]
+        if reason is None:
+            from capture.runtime import GraphRow
+
+            rows = [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
+            reason = self.runtime.unsupported(images, rows, gen)
+        if reason is None:
+            from capture import Buckets
+
+            run = Generation(self, prepared, gen, "graphs")
+            run.targets, run.batch = list(range(len(rows))), Buckets.fit(self.runtime.buckets.batch_sizes, len(rows))
+            self.runtime.begin(owner=run)
+            self.runtime.admit(images, rows, run.targets, gen, self.options.share_prefix)
+            return run
+        run = Generation(self, prepared, gen, "eager")
+        run.decoder = EagerDecoder(self.model, sdpa.lm_attention, self._requests(prepared), gen)
+        return run
+
+    def resume(self, state: GenerationState) -> Generation:
+        """Continue a paused generation (from pause(), or GenerationState.load)."""
+        gen = state.generation_config()
+        prepared = [_Prepared(ProcessedImage(torch.empty(0), tuple(m["grid"]), tuple(m["size"])),
+                              [_Row(m["index"], m["query"], Prompt(m["ids"], m["image_start"], m["image_tokens"],
+                                                                   m["prefix_len"]), m["temperature"])], 0.0)
+                    for m in state.rows]
+        run = Generation(self, prepared, gen, state.backend)
+        run.steps_done = state.steps_done
+        if state.backend == "graphs":
+            if self.runtime is None:
+                raise InputError("this state was paused on the graph runtime; the engine has none")
+            run.targets, run.batch, run._done = list(range(len(prepared))), state.extra["batch"], state.extra["done"]
+            self.runtime.begin(owner=run)
+            self.runtime.restore(state.tensors, run.targets)
+            return run
+        requests = [RowRequest(m["ids"], None, m["image_start"], m["temperature"]) for m in state.rows]
+        raw = dict(state.extra, **state.tensors)
+        raw.setdefault("rng", None)
+        run.decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, raw)
+        run._done = run.decoder.done
+        return run
+
+    def _requests(self, prepared: list[_Prepared]) -> list[RowRequest]:
+        """Eager rows, with shared prefixes marked for rows of one image."""
+        embeds = self.encode_images([p.image for p in prepared])
+        requests, keys, prefix = [], [], []
+        for i, p in enumerate(prepared):
+            for r in p.rows:
+                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature))
+                keys.append(i if self.options.share_prefix else len(keys))
+                prefix.append(r.prompt.prefix_len)
+        share_prefixes(requests, keys, prefix)
+        return requests
 
     def _graph_reason(self, gen: GenerationConfig, temps) -> str | None:
         if self.runtime is None:
@@ -327,15 +396,8 @@ class Engine:
     @torch.no_grad()
     def _run_eager(self, prepared: list[_Prepared], gen: GenerationConfig):
         clock = StageClock(self.model.device)
-        embeds = self.encode_images([p.image for p in prepared])
+        requests = self._requests(prepared)
         clock.lap("vision_ms")
-        requests, keys, prefix = [], [], []
-        for i, p in enumerate(prepared):
-            for r in p.rows:
-                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature))
-                keys.append(i if self.options.share_prefix else len(keys))
-                prefix.append(r.prompt.prefix_len)
-        share_prefixes(requests, keys, prefix)
         decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen)
         clock.lap("prefill_ms")
         while not decoder.done:
@@ -393,6 +455,16 @@ class Engine:
             out["gpu_memory_total_mib"] = round(torch.cuda.get_device_properties(self.model.device).total_memory
                                                 / 2**20, 1)
         return out
+
+
+def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
+    """EngineOptions fields, and GenerationConfig fields applied to options.generation."""
+    overrides = dict(overrides)
+    gen_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    gen_over = {k: overrides.pop(k) for k in list(overrides) if k in gen_fields}
+    if gen_over:
+        overrides["generation"] = dataclasses.replace(overrides.get("generation", options.generation), **gen_over)
+    return dataclasses.replace(options, **overrides)
 
 
 def _graph_rows(item: _Prepared):

@@ -1,0 +1,171 @@
+"""The public Engine API: locate / locate_batch / locate_many agree; shared prefixes equal
+unshared ones; the scheduler refills rows without changing answers; bad rows are reported;
+fixed-step runs; pause and resume. Random weights: only equality between paths is asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from capture import GraphRuntime
+from capture.scheduler import Job, run_jobs
+from graphrt import Engine, EngineOptions, GenerationConfig, GenerationState, InputError
+from graphrt.attention.sdpa import lm_attention
+from graphrt.generate import RowRequest, generate, share_prefixes
+
+from conftest import random_image
+from test_static_path import BUCKETS, CASES, GEN, A, B, C, prepare
+
+QUERIES = ["cat", "a red car on the left", "person</c>car", "x"]
+
+
+def tokens(results):
+    return [r.tokens for r in results]
+
+
+@pytest.fixture(scope="module")
+def static_engine(tiny_ckpt):
+    """The graph runtime's static path on CPU (bodies run uncaptured, emulated varlen kernel)."""
+    return Engine.from_pretrained(tiny_ckpt, device="cpu", dtype="float32", progress=False, graphs="on",
+                                  buckets=BUCKETS, max_new_tokens=24, eager_batch=4)
+
+
+@pytest.fixture(scope="module")
+def eager_engine(tiny_engine):
+    return tiny_engine.with_options(eager_batch=3, generation=GEN, preprocess_workers=2)
+
+
+@pytest.mark.parametrize("which", ["eager_engine", "static_engine"])
+def test_locate_batch_many_agree(request, which):
+    engine = request.getfixturevalue(which)
+    single = [engine.locate(A, q).tokens for q in QUERIES]
+    assert tokens(engine.locate_many(A, QUERIES)) == single
+    mixed = [(A, QUERIES[0]), (B, "dog"), (A, QUERIES[1]), (C, "y"), (A, QUERIES[2])]
+    got = tokens(engine.locate_batch(mixed))
+    assert [got[0], got[2], got[4]] == single[:3]
+    assert got[1] == engine.locate(B, "dog").tokens and got[3] == engine.locate(C, "y").tokens
+
+
+def test_shared_prefix_equals_unshared_eager(tiny_engine):
+    images, rows = prepare(tiny_engine, CASES["same image, two queries"] + [(B, "dog"), (A, "x")])
+    embeds = tiny_engine.encode_images(images)
+
+    def requests():
+        return [RowRequest(r.prompt.ids, embeds[r.image], r.prompt.image_start) for r in rows]
+
+    plain = generate(tiny_engine.model, lm_attention, requests(), GEN)
+    shared = requests()
+    share_prefixes(shared, [r.image for r in rows], [r.prompt.prefix_len for r in rows])
+    assert [r.prefix_owner for r in shared] == [None, 0, None, 0]
+    assert tokens(generate(tiny_engine.model, lm_attention, shared, GEN)) == tokens(plain)
+
+
+def test_shared_prefix_equals_unshared_static(tiny_engine):
+    images, rows = prepare(tiny_engine, [(A, "cat"), (B, "dog"), (A, "a red car on the left"), (A, "x"), (B, "y")])
+    runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
+    shared = tokens(runtime.run(images, rows, GEN, share_prefix=True))
+    assert runtime.last_timings_ms["shared_rows"] == 3
+    assert tokens(runtime.run(images, rows, GEN, share_prefix=False)) == shared
+
+
+def test_engine_share_prefix_switch(static_engine, eager_engine):
+    pairs = [(A, q) for q in QUERIES]
+    for engine in (static_engine, eager_engine):
+        unshared = engine.with_options(share_prefix=False)
+        assert tokens(engine.locate_batch(pairs)) == tokens(unshared.locate_batch(pairs))
+
+
+def test_scheduler_refills_rows(tiny_engine):
+    """Batch 2 over five jobs with different budgets: rows free at different steps and are
+    refilled (cache rows reused while the other row decodes); every answer equals its own run."""
+    runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
+    cases = [(A, "cat", 3), (B, "dog", 20), (C, "a very long description", 7), (A, "b", 1), (B, "x", 12)]
+    expected = []
+    for image, query, cap in cases:
+        images, rows = prepare(tiny_engine, [(image, query)])
+        expected.append(runtime.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
+    jobs = []
+    for i, (image, query, cap) in enumerate(cases):
+        im = tiny_engine.processor(image)
+        jobs.append(Job(im, [tiny_engine.prompts.build(query, im.num_tokens((2, 2)))], [None], [cap], tag=i))
+    done = list(run_jobs(runtime, jobs, GEN, batch=2))
+    assert sorted(j.tag for j in done) == list(range(5))
+    assert [j.tag for j in done] != list(range(5))  # short jobs overtook long ones
+    for job in done:
+        assert job.results[0].tokens == expected[job.tag]
+
+
+def test_scheduler_multi_query_jobs(tiny_engine):
+    runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
+    im_a, im_b = tiny_engine.processor(A), tiny_engine.processor(B)
+    jobs = [Job(im_a, [tiny_engine.prompts.build(q, im_a.num_tokens((2, 2))) for q in QUERIES[:3]], [None] * 3,
+                [None, 5, 9], tag="a"),
+            Job(im_b, [tiny_engine.prompts.build(q, im_b.num_tokens((2, 2))) for q in ("dog", "y")], [None] * 2,
+                [4, None], tag="b")]
+    done = {j.tag: j for j in run_jobs(runtime, jobs, GEN, batch=4)}
+    for job, image in ((done["a"], A), (done["b"], B)):
+        queries = QUERIES[:3] if job.tag == "a" else ["dog", "y"]
+        images, rows = prepare(tiny_engine, [(image, q) for q in queries])
+        rows = [dataclasses.replace(r, max_new_tokens=c) for r, c in zip(rows, job.max_new_tokens)]
+        assert tokens(job.results) == tokens(runtime.run(images, rows, GEN))
+
+
+def test_large_batches_stream(static_engine, eager_engine):
+    """More rows than the largest bucket: the graph engine streams through the scheduler, the
+    eager one runs micro-batches; both equal one call per pair."""
+    images = [random_image(50 + 7 * i, 60 + 5 * i, seed=10 + i) for i in range(7)]
+    pairs = [(images[i % 7], q) for i, q in enumerate(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])]
+    for engine in (static_engine, eager_engine):
+        want = [engine.locate(im, q).tokens for im, q in pairs]
+        assert tokens(engine.locate_batch(pairs)) == want
+
+
+def test_bad_rows_reported(eager_engine, tmp_path):
+    bad_file = tmp_path / "broken.png"
+    bad_file.write_bytes(b"not an image")
+    pairs = [(A, "cat"), (tmp_path / "missing.png", "cat"), (B, ""), (bad_file, "dog"), (C, "y")]
+    results = eager_engine.locate_batch(pairs, errors="report")
+    assert [r.error is None for r in results] == [True, False, False, False, True]
+    assert "not found" in results[1].error and "empty" in results[2].error
+    assert results[0].tokens == eager_engine.locate(A, "cat").tokens
+    with pytest.raises(InputError):
+        eager_engine.locate_batch(pairs)
+
+
+@pytest.mark.parametrize("which", ["eager_engine", "static_engine"])
+def test_fixed_steps(request, which):
+    engine = request.getfixturevalue(which)
+    results = engine.locate_batch([(A, "cat"), (B, "dog")], fixed_steps=3)
+    assert [r.steps for r in results] == [3, 3]
+    assert all(r.stop_reason == "fixed_steps" for r in results)
+
+
+@pytest.mark.parametrize("which", ["eager_engine", "static_engine"])
+def test_pause_resume(request, which, tmp_path):
+    engine = request.getfixturevalue(which)
+    pairs = [(A, "cat"), (B, "dog"), (A, "x")]
+    want = tokens(engine.locate_batch(pairs))
+    run = engine.start(pairs)
+    run.advance(2)
+    state = run.pause()
+    engine.locate(C, "displaces the buffers")  # other work while paused
+    state.save(tmp_path / "state.pt")
+    resumed = engine.resume(GenerationState.load(tmp_path / "state.pt"))
+    assert tokens(resumed.finish()) == want
+
+
+def test_displaced_generation_raises(static_engine):
+    run = static_engine.start([(A, "cat")])
+    static_engine.locate(B, "dog")
+    with pytest.raises(InputError, match="displaced"):
+        run.advance()
+
+
+def test_options_overrides(tiny_engine):
+    engine = tiny_engine.with_options(max_new_tokens=7, share_prefix=False)
+    assert engine.options.generation.max_new_tokens == 7 and not engine.options.share_prefix
+    assert engine.model is tiny_engine.model  # same weights, no reload
+    assert tiny_engine.options.generation.max_new_tokens == EngineOptions().generation.max_new_tokens
+    with pytest.raises(ValueError):
+        GenerationConfig(fixed_steps=0)
