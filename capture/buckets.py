@@ -14,8 +14,9 @@ from dataclasses import dataclass
 class Buckets:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     patch_budgets: tuple[int, ...] = (1024, 1680, 4144)  # patches per image (640x480 = 1656, 1024x768 = 4144)
-    prefill_lengths: tuple[int, ...] = (256, 512, 1152)  # prompt tokens per row (image tokens included)
-    max_new_tokens: int = 256
+    # Prompt tokens per segment (image tokens included); 64 takes the query tails of shared prefixes.
+    prefill_lengths: tuple[int, ...] = (64, 256, 512, 1152)
+    max_new_tokens: int = 2048  # = GenerationConfig's default, so default requests run on the graphs
 
     def __post_init__(self):
         for name in ("batch_sizes", "patch_budgets", "prefill_lengths"):
