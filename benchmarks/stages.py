@@ -12,7 +12,6 @@ the number of MTP steps taken is reported.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -48,7 +47,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--e2e-repeat", type=int, default=5)
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -66,8 +64,6 @@ def main() -> None:
     capture_s = time.perf_counter() - t0
     pipe = runtime.pipe
     rows_out = []
-    graph_engine = copy.copy(engine)  # same model and tokenizer, requests go to the graphs
-    graph_engine.runtime = runtime
     for b in args.batch:
         pils = [Image.fromarray((np.random.RandomState(i).rand(480, 640, 3) * 255).astype(np.uint8)) for i in range(b)]
         procs = [engine.processor(p) for p in pils]
@@ -104,22 +100,7 @@ def main() -> None:
         eager = {"vision": round(statistics.median(r[0] for r in eager_runs), 3),
                  "prefill": round(statistics.median(r[1] for r in eager_runs), 3),
                  "step": round(statistics.median(r[2] for r in eager_runs), 3)}
-        # End to end, interleaved.
-        e2e_graph, e2e_eager = [], []
-        pairs = [(p, "person</c>car") for p in pils]
-        for _ in range(args.e2e_repeat):  # interleaved, so drift hits both
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            graph_engine.locate_batch(pairs)
-            torch.cuda.synchronize()
-            e2e_graph.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            engine.locate_batch(pairs)
-            torch.cuda.synchronize()
-            e2e_eager.append((time.perf_counter() - t) * 1000)
         row = {"batch": b, "graph_ms": graph, "uncaptured_ms": launched, "eager_ms": eager,
-               "e2e_graph_ms": round(statistics.median(e2e_graph), 2),
-               "e2e_eager_ms": round(statistics.median(e2e_eager), 2),
                "steps": steps_taken, "output_tokens": len(result[0].tokens), "image": "640x480",
                "patches": processed.num_patches, "patch_bucket": patches, "image_tokens": prompt.image_tokens,
                "prompt_tokens": len(prompt.ids), "prefill_bucket": length}
@@ -133,7 +114,6 @@ def main() -> None:
         for stage in ("vision", "prefill", "step"):
             lines.append(f"| {r['batch']} | {stage} | {r['graph_ms'][stage]} | {r['uncaptured_ms'][stage]} | "
                          f"{r['eager_ms'][stage]} |")
-        lines.append(f"| {r['batch']} | end to end ({r['steps']} steps) | {r['e2e_graph_ms']} | | {r['e2e_eager_ms']} |")
     info["table"] = "\n".join(lines)
     if args.out:
         with open(args.out, "w") as f:

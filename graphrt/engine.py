@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,6 +130,7 @@ class Engine:
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
         self.runtime = None
         self.runtime_reason = "graphs off"
+        self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
         half = model.dtype in (torch.float16, torch.bfloat16)
         if options.graphs not in ("auto", "on", "off"):
             raise ValueError("graphs must be auto, on or off")
@@ -212,19 +214,20 @@ class Engine:
         reason = self._graph_reason(gen, temps)
         batch = self.runtime.buckets.max_batch if reason is None else self.options.eager_batch
         groups = _group_by_image(pairs, batch)
+        prepare = lambda indices: self._prepare(pairs, indices, temps, gen, errors)  # noqa: E731
         if len(pairs) <= batch and len(groups) <= batch:
-            # One batch: prepare inline (no thread hand-off on the latency path).
+            # One batch: one image is prepared inline (no thread hand-off on the latency path),
+            # several in parallel on the CPU threads.
             prepared = []
-            for indices in groups:
-                item, failures = self._prepare(pairs, indices, temps, gen, errors)
+            outcomes = [prepare(groups[0])] if len(groups) == 1 else list(self._threads().map(prepare, groups))
+            for item, failures in outcomes:
                 yield from failures
                 if item is not None:
                     prepared.append(item)
             if prepared:
                 yield from self._run_batch(prepared, gen, reason)
             return
-        with Prefetcher(lambda indices: self._prepare(pairs, indices, temps, gen, errors), groups,
-                        self.options.workers()) as jobs:
+        with Prefetcher(prepare, groups, self._threads(), ahead=2 * batch) as jobs:
             if reason is None:
                 yield from self._stream_graphs(jobs, gen)
             else:
@@ -295,6 +298,11 @@ class Engine:
                 prefix.append(r.prompt.prefix_len)
         share_prefixes(requests, keys, prefix)
         return requests
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.options.workers(), thread_name_prefix="graphrt-prep")
+        return self._pool
 
     def _graph_reason(self, gen: GenerationConfig, temps) -> str | None:
         if self.runtime is None:

@@ -11,13 +11,13 @@ NOT_READY = object()  # poll(): the next result is still being computed
 
 
 class Prefetcher:
-    """fn(item) for each item on `workers` threads, at most `ahead` in flight; results in order."""
+    """fn(item) for each item on the pool's threads, at most `ahead` in flight; results in order."""
 
-    def __init__(self, fn: Callable, items: Iterable, workers: int, ahead: int | None = None):
+    def __init__(self, fn: Callable, items: Iterable, pool: ThreadPoolExecutor, ahead: int):
         self.fn = fn
         self.items = iter(items)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="graphrt-prep")
-        self.ahead = ahead or 4 * max(1, workers)
+        self.pool = pool  # owned by the caller (the engine keeps one for its lifetime)
+        self.ahead = ahead
         self.futures: deque = deque()
         self._fill()
 
@@ -47,7 +47,9 @@ class Prefetcher:
     def close(self) -> None:
         for f in self.futures:
             f.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for f in self.futures:
+            if not f.cancelled():
+                f.exception()  # wait: no worker outlives the call that started it
 
     def __enter__(self) -> "Prefetcher":
         return self
