@@ -90,6 +90,7 @@ class LocateResult:
     malformed: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # set (and nothing else) when this request could not run
+    backend: str = ""  # "graphs" | "eager": which path answered
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -348,8 +349,8 @@ class Engine:
             if reason is None:
                 results = self.runtime.run(images, rows, gen, self.options.share_prefix)
                 laps = self.runtime.last_timings_ms
-                yield from self._results(prepared, results, {k: laps[k] for k in ("vision_ms", "prefill_ms",
-                                                                                    "decode_ms")})
+                timings = {k: laps[k] for k in ("vision_ms", "prefill_ms", "decode_ms")}
+                yield from self._results(prepared, results, timings, "graphs")
                 return
             if self.options.strict:
                 raise InputError(f"batch does not fit the captured graphs: {reason}")
@@ -380,7 +381,7 @@ class Engine:
         source = SimpleNamespace(poll=lambda: next_job(jobs.poll), wait=lambda: next_job(jobs.wait))
         for job in run_jobs(self.runtime, source, gen, self.runtime.buckets.max_batch, self.options.share_prefix):
             yield from _drain(failures)
-            yield from self._results([job.tag], job.results, dict(job.timings_ms))
+            yield from self._results([job.tag], job.results, dict(job.timings_ms), "graphs")
         yield from _drain(failures)
         if leftovers:
             log.warning("running %d image(s) eager: %s", len(leftovers),
@@ -411,22 +412,23 @@ class Engine:
         while not decoder.done:
             decoder.step()
         clock.lap("decode_ms")
-        yield from self._results(prepared, decoder.results, clock.laps)
+        yield from self._results(prepared, decoder.results, clock.laps, "eager")
 
-    def _results(self, prepared: list[_Prepared], rows: list[RowResult], timings: dict):
+    def _results(self, prepared: list[_Prepared], rows: list[RowResult], timings: dict, backend: str):
         it = iter(rows)
         for p in prepared:
             for r in p.rows:
-                yield r.index, self._result(p, r, next(it), dict(timings, preprocess_ms=p.preprocess_ms))
+                yield r.index, self._result(p, r, next(it), dict(timings, preprocess_ms=p.preprocess_ms), backend)
 
-    def _result(self, p: _Prepared, r: _Row, row: RowResult, timings: dict) -> LocateResult:
+    def _result(self, p: _Prepared, r: _Row, row: RowResult, timings: dict, backend: str) -> LocateResult:
         parsed = parse_detections(row.tokens, self.cfg.tokens, self.prompts.decode, p.image.size)
         timings["steps"] = row.steps
         return LocateResult(
             detections=parsed.detections, text=self.prompts.decode(row.tokens), tokens=row.tokens,
             stop_reason=row.stop_reason, steps=row.steps, image_size=p.image.size,
             image_patches=p.image.num_patches, image_tokens=r.prompt.image_tokens, prompt_tokens=len(r.prompt.ids),
-            query=r.query, empty_frames=parsed.empty_frames, malformed=parsed.malformed, timings_ms=timings)
+            query=r.query, empty_frames=parsed.empty_frames, malformed=parsed.malformed, timings_ms=timings,
+            backend=backend)
 
     # ------------------------------------------------------------------ pieces
 

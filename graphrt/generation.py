@@ -86,7 +86,7 @@ class Generation:
             self._check_owner()
             rows = self.engine.runtime.collect(self.targets)
             self.engine.runtime.owner = None
-        results = dict(self.engine._results(self.prepared, rows, {"steps_total": self.steps_done}))
+        results = dict(self.engine._results(self.prepared, rows, {"steps_total": self.steps_done}, self.backend))
         return [results[i] for i in sorted(results)]
 
     def _check_owner(self) -> None:
