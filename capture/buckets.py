@@ -14,8 +14,10 @@ from dataclasses import dataclass
 class Buckets:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     patch_budgets: tuple[int, ...] = (1024, 1680, 4144)  # patches per image (640x480 = 1656, 1024x768 = 4144)
-    # Prompt tokens per segment (image tokens included); 64 takes the query tails of shared prefixes.
-    prefill_lengths: tuple[int, ...] = (64, 256, 512, 1152)
+    # Prompt tokens per segment (image tokens included): 64 takes the query tails of shared
+    # prefixes; 576 a 640x480 image (414 image tokens + ~130 of text); 1280 the largest image
+    # (4144 patches = 1036 image tokens) with a query of up to ~100 tokens.
+    prefill_lengths: tuple[int, ...] = (64, 256, 576, 896, 1280)
     max_new_tokens: int = 2048  # = GenerationConfig's default, so default requests run on the graphs
 
     def __post_init__(self):

@@ -153,10 +153,11 @@ class StaticPipeline:
         seen = torch.zeros(b, self.vocab + 1, dtype=torch.bool, device=target.device)
         put(self.seen, seen.scatter_(1, self.p_seen[:b], True))
 
-    def share_prefix(self, dst: torch.Tensor, src: torch.Tensor, width: int) -> None:
-        """Copy cache slots [0, width) of rows src to rows dst (shared prompt prefixes)."""
+    def share_prefix(self, dst: int, src: int, width: int) -> None:
+        """Copy cache slots [0, width) of row src to row dst (a shared prompt prefix): two
+        strided device copies, no allocation."""
         for buf in (self.cache.k, self.cache.v):
-            buf[:, dst, :width] = buf[:, src, :width]
+            buf[:, dst, :width].copy_(buf[:, src, :width])
 
     def step(self, b: int) -> None:
         blk, llm = self.block, self.model.llm

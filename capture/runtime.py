@@ -219,9 +219,8 @@ class GraphRuntime:
                 first.append(_Segment(r, t, 0, last, budget))
         self._prefill(first, p, gen)
         if second:
-            dst = torch.tensor([targets[i] for i in members], device=self.model.device)
-            src = torch.tensor([targets[owner[rows[i].image]] for i in members], device=self.model.device)
-            self.pipe.share_prefix(dst, src, max(rows[i].prompt.prefix_len for i in members))
+            for i in members:
+                self.pipe.share_prefix(targets[i], targets[owner[rows[i].image]], rows[i].prompt.prefix_len)
             self._prefill(second, p, gen)
         clock.lap("prefill_ms")
         return dict(clock.laps, bucket_vision=(bv, p), shared_rows=len(members))
@@ -234,11 +233,11 @@ class GraphRuntime:
 
     def collect(self, targets: list[int]) -> list[RowResult]:
         """Tokens and stop reasons of the given cache rows (one device->host copy)."""
-        pipe = self.pipe
-        index = torch.tensor(targets, device=self.model.device)
-        n_gen, steps, ended = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended))
-        limit = pipe.step_limit[index].tolist()
-        out = pipe.out_tokens[index, : max(n_gen) if n_gen else 0].cpu()
+        pipe, n = self.pipe, len(targets)
+        # Rows [0, n) (a whole batch) by slicing: no device allocation on the latency path.
+        index = slice(0, n) if targets == list(range(n)) else torch.tensor(targets, device=self.model.device)
+        n_gen, steps, ended, limit = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended, pipe.step_limit))
+        out = pipe.out_tokens[index].cpu()
         results = []
         for i in range(len(targets)):
             reason = "end" if ended[i] else "fixed_steps" if steps[i] >= limit[i] else "max_new_tokens"

@@ -232,7 +232,7 @@ class Engine:
             if reason is None:
                 yield from self._stream_graphs(jobs, gen)
             else:
-                log.info("running eager: %s", reason)
+                self._eager_fallback(reason)
                 yield from self._stream_eager(jobs, gen, batch)
 
     def start(self, pairs, temperatures: list[float | None] | None = None, **generation) -> Generation:
@@ -352,10 +352,16 @@ class Engine:
                 timings = {k: laps[k] for k in ("vision_ms", "prefill_ms", "decode_ms")}
                 yield from self._results(prepared, results, timings, "graphs")
                 return
-            if self.options.strict:
-                raise InputError(f"batch does not fit the captured graphs: {reason}")
-            log.warning("running eager: %s", reason)
+        self._eager_fallback(reason)
         yield from self._run_eager(prepared, gen)
+
+    def _eager_fallback(self, reason: str) -> None:
+        """Say why the graphs are not used (or refuse, in strict mode)."""
+        if self.runtime is None:
+            return
+        if self.options.strict:
+            raise InputError(f"request does not fit the captured graphs: {reason}")
+        log.warning("running eager: %s", reason)
 
     def _stream_graphs(self, jobs: Prefetcher, gen: GenerationConfig):
         from capture.scheduler import Job, run_jobs
@@ -384,8 +390,8 @@ class Engine:
             yield from self._results([job.tag], job.results, dict(job.timings_ms), "graphs")
         yield from _drain(failures)
         if leftovers:
-            log.warning("running %d image(s) eager: %s", len(leftovers),
-                        self.runtime.unsupported_job([leftovers[0].image], _graph_rows(leftovers[0])))
+            reason = self.runtime.unsupported_job([leftovers[0].image], _graph_rows(leftovers[0]))
+            self._eager_fallback(f"{len(leftovers)} image(s): {reason}")
             yield from self._run_eager(leftovers, gen)
 
     def _stream_eager(self, jobs: Prefetcher, gen: GenerationConfig, batch: int):

@@ -77,7 +77,7 @@ def test_jsonl_with_broken_rows(tiny_ckpt, tiny_engine, tmp_path):
     ]
     (tmp_path / "req.jsonl").write_text("\n".join(rows) + "\n")
     out = cli("locate", "--checkpoint", str(tiny_ckpt), "--jsonl", str(tmp_path / "req.jsonl"),
-              "--image-root", str(tmp_path), "--max-new-tokens", "12", "--out", str(tmp_path / "out.jsonl"),
+              "--image-root", str(tmp_path), "--max-new-tokens", "12", "--device", "cpu", "--out", str(tmp_path / "out.jsonl"),
               "--overlay", str(tmp_path / "overlay"))
     assert out.returncode == 0, out.stderr
     records = {r["line"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
@@ -105,7 +105,7 @@ def test_folder_to_coco(tiny_ckpt, tmp_path):
 
 
 def test_status(tiny_ckpt):
-    out = cli("status", "--checkpoint", str(tiny_ckpt))
+    out = cli("status", "--checkpoint", str(tiny_ckpt), "--device", "cpu")
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert status["device"] == "cpu" and status["graph_runtime"].startswith("off")

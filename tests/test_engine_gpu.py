@@ -52,7 +52,8 @@ def test_locate_batch_many_agree_on_graphs(graph_engine):
 
 
 def test_shared_prefix_equals_unshared_on_graphs(graph_engine):
-    images, rows = prepare(graph_engine, [(small(A), q) for q in QUERIES] + [(small(B), "dog"), (small(B), "y")])
+    a, b = small(A), small(B)
+    images, rows = prepare(graph_engine, [(a, q) for q in QUERIES] + [(b, "dog"), (b, "y")])
     rt = graph_engine.runtime
     shared = tokens(rt.run(images, rows, GEN, share_prefix=True))
     assert rt.last_timings_ms["shared_rows"] == 4
@@ -61,8 +62,8 @@ def test_shared_prefix_equals_unshared_on_graphs(graph_engine):
 
 def test_scheduler_refills_on_graphs(graph_engine):
     rt = graph_engine.runtime
-    cases = [(small(A), "cat", 3), (small(B), "dog", 20), (small(C), "a very long description", 7),
-             (small(A), "b", 1), (small(B), "x", 12), (small(C), "y", 5)]
+    a, b, c = small(A), small(B), small(C)
+    cases = [(a, "cat", 3), (b, "dog", 20), (c, "a very long description", 7), (a, "b", 1), (b, "x", 12), (c, "y", 5)]
     expected = []
     for image, query, cap in cases:
         images, rows = prepare(graph_engine, [(image, query)])
@@ -78,7 +79,8 @@ def test_scheduler_refills_on_graphs(graph_engine):
 
 
 def test_pause_resume_on_graphs(graph_engine, tmp_path):
-    pairs = [(small(A), "cat"), (small(B), "dog"), (small(A), "x")]
+    a, b = small(A), small(B)
+    pairs = [(a, "cat"), (b, "dog"), (a, "x")]
     want = tokens(graph_engine.locate_batch(pairs))
     run = graph_engine.start(pairs)
     assert run.backend == "graphs"
