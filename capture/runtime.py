@@ -2,7 +2,7 @@
 buffers, replaying, and reading one small tensor per step.
 
 Primitives (the scheduler in scheduler.py builds continuous batching from them):
-    begin(B)                    every row of step bucket B finished (free)
+    begin()                     every row finished (free)
     admit(images, rows, target) vision of the images, prefill of the rows into cache rows `target`
                                 (rows of one image share its prompt prefix: prefilled once)
     step(B) / finished(B)       one MTP step of rows [0, B) / which rows are done (one D2H read)
@@ -169,15 +169,14 @@ class GraphRuntime:
         self.pipe.finished.fill_(True)
         self.owner = owner
 
-    def decode(self, bb: int, max_steps: int | None = None) -> int:
-        """Steps of rows [0, bb) until all are finished (or max_steps); returns the steps run."""
+    def decode(self, bb: int) -> int:
+        """Steps of rows [0, bb) until all are finished; returns the steps run."""
         steps = 0
-        while max_steps is None or steps < max_steps:
+        while True:
             self.step(bb)
             steps += 1
             if bool(self.pipe.all_done):  # the one device->host read per step
-                break
-        return steps
+                return steps
 
     def step(self, bb: int) -> None:
         self._run(("step", bb))

@@ -101,9 +101,8 @@ class Generation:
         if self.backend == "eager":
             raw = self.decoder.state_dict()
             state.tensors = {k: raw.pop(k) for k in ("cache_k", "cache_v", "seen")}
-            if raw.get("rng") is not None:
-                state.tensors["rng"] = raw.pop("rng")
-            raw.pop("rng", None)
+            if (rng := raw.pop("rng")) is not None:
+                state.tensors["rng"] = rng
             state.extra = raw
         else:
             self._check_owner()
