@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from graphrt.attention.varlen import select_kernel
 from graphrt.generate import GenerationConfig, RowResult, context_budget
-from graphrt.processor import ProcessedImage
+from graphrt.processor import ProcessedImage, patchify
 from graphrt.prompt import Prompt
 from graphrt.timing import StageClock
 from graphrt.vision import vision_geometry
@@ -77,6 +77,7 @@ class GraphRuntime:
         self.last_timings_ms: dict[str, float] = {}
         self._geometry: dict[tuple[int, int], tuple] = {}
         self.owner = None  # a graphrt.generation.Generation holding the buffers between calls
+        self._norm = None  # (mean, std) now in the pipeline's normalization buffers
 
     # ------------------------------------------------------------------ capture
 
@@ -274,14 +275,31 @@ class GraphRuntime:
             self._geometry[grid] = (geo.cos, geo.sin, geo.merge_index.cpu().numpy(), pos)
         return self._geometry[grid]
 
+    def _patch_order(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Device index: byte k of the patch-ordered pixels comes from byte index[k] of the HWC image."""
+        key = ("patch_order", grid)
+        if key not in self._geometry:
+            p = self.model.cfg.vision.patch_size
+            hwc = torch.arange(grid[0] * p * grid[1] * p * 3).view(grid[0] * p, grid[1] * p, 3)
+            self._geometry[key] = patchify(hwc, grid).reshape(-1).to(self.model.device)
+        return self._geometry[key]
+
     def _fill_vision(self, images: list[ProcessedImage], bv: int, p: int) -> None:
-        pipe, dtype = self.pipe, self.model.dtype
-        pixels = torch.zeros(bv * p, pipe.pixels.shape[1], dtype=dtype)
+        pipe = self.pipe
+        if (images[0].mean, images[0].std) != self._norm:
+            cols = pipe.pix_mean.shape[0] // 3
+            pipe.pix_mean.copy_(torch.tensor(images[0].mean).repeat_interleave(cols))
+            pipe.pix_std.copy_(torch.tensor(images[0].std).repeat_interleave(cols))
+            self._norm = (images[0].mean, images[0].std)
         merge = np.zeros(bv * p, dtype=np.int64)
         used = np.full(bv, p, dtype=np.int32)
         for i, im in enumerate(images):
             n, start = im.num_patches, i * p
-            pixels[start : start + n] = im.pixels.reshape(n, -1).to(dtype)
+            if (im.mean, im.std) != (images[0].mean, images[0].std):
+                raise ValueError("images of one batch must share the normalization constants")
+            stage = pipe.rgb_stage[: im.rgb.numel()]
+            stage.copy_(im.rgb.view(-1))  # uint8 HWC to the device; the gather puts it in patch order
+            torch.index_select(stage, 0, self._patch_order(im.grid), out=pipe.pixels_u8[start : start + n].view(-1))
             cos, sin, order, pos = self._grid_geometry(im.grid)
             pipe.cos[start : start + n].copy_(cos)
             pipe.sin[start : start + n].copy_(sin)
@@ -291,7 +309,6 @@ class GraphRuntime:
             used[i] = n
         for i in range(len(images), bv):
             merge[i * p : (i + 1) * p] = i * p
-        pipe.pixels[: bv * p].copy_(pixels)
         pipe.merge_index[: bv * p].copy_(torch.from_numpy(merge))
         pipe.v_seqused[:bv].copy_(torch.from_numpy(used))
 

@@ -3,6 +3,8 @@
 1. If (w//14)*(h//14) exceeds `in_token_limit`, scale both sides by sqrt(limit / patches) (bicubic).
 2. Resize up (bicubic) so each side is a multiple of patch*merge = 28: ceil(side/28)*28.
 3. Normalize (x/255 - mean) / std and cut into [N, 3, 14, 14] patches, row-major over the grid.
+   The processor keeps the resized uint8 image; step 3 runs where the pixels are used (the eager
+   path on the CPU, the graph runtime on the GPU inside the vision graph: same float32 arithmetic).
 Boxes come back normalized to 0..1000 of the whole (resized, never padded) image.
 """
 
@@ -25,9 +27,17 @@ MAX_GRID_SIDE = 512  # the vision RoPE table is 512 x 512 patches
 
 @dataclass(frozen=True)
 class ProcessedImage:
-    pixels: torch.Tensor  # [N, 3, patch, patch] float32
+    rgb: torch.Tensor  # [H, W, 3] uint8, resized to the patch grid (the graphs normalize on the GPU)
     grid: tuple[int, int]  # patches (rows, cols)
     size: tuple[int, int]  # original (width, height)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """[N, 3, patch, patch] float32: normalized patches, row-major over the grid (computed here,
+        on the CPU; the graph runtime does the same arithmetic on the GPU)."""
+        return patchify(normalize(self.rgb, self.mean, self.std), self.grid)
 
     @property
     def num_patches(self) -> int:
@@ -131,10 +141,20 @@ class ImageProcessor:
         rgb = load_image(image)
         resized = self.rescale(rgb)
         p = self.cfg.patch_size
-        arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)  # [H, W, 3]
-        mean = torch.tensor(self.cfg.image_mean, dtype=torch.float32)
-        std = torch.tensor(self.cfg.image_std, dtype=torch.float32)
-        arr = ((arr - mean) / std).permute(2, 0, 1)  # [3, H, W]
-        gh, gw = resized.height // p, resized.width // p
-        patches = arr.reshape(3, gh, p, gw, p).permute(1, 3, 0, 2, 4).reshape(gh * gw, 3, p, p)
-        return ProcessedImage(pixels=patches.contiguous(), grid=(gh, gw), size=rgb.size)
+        arr = torch.from_numpy(np.array(resized, dtype=np.uint8))  # [H, W, 3], a writable copy
+        return ProcessedImage(arr, (resized.height // p, resized.width // p), rgb.size,
+                              tuple(self.cfg.image_mean), tuple(self.cfg.image_std))
+
+
+def normalize(rgb: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 [..., 3] -> float32 (x/255 - mean) / std, per channel (IEEE ops: same bits on CPU and GPU)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=rgb.device)
+    s = torch.tensor(std, dtype=torch.float32, device=rgb.device)
+    return (rgb.float() / 255.0 - m) / s
+
+
+def patchify(arr: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[H, W, 3] -> [N, 3, p, p] patches, row-major over the grid."""
+    gh, gw = grid
+    p = arr.shape[0] // gh
+    return arr.reshape(gh, p, gw, p, 3).permute(0, 2, 4, 1, 3).reshape(gh * gw, 3, p, p).contiguous()
