@@ -249,9 +249,7 @@ class Engine:
         prepared = [self._prepare(pairs, g, temps, gen, "raise")[0] for g in _group_by_image(pairs, limit)]
         images = [p.image for p in prepared]
         if reason is None:
-            from capture.runtime import GraphRow
-
-            rows = [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
+            rows = _graph_rows(prepared)
             reason = self.runtime.unsupported(images, rows, gen)
         if reason is None:
             from capture import Buckets
@@ -342,9 +340,7 @@ class Engine:
     def _run_batch(self, prepared: list[_Prepared], gen: GenerationConfig, reason: str | None):
         images = [p.image for p in prepared]
         if reason is None:
-            from capture.runtime import GraphRow
-
-            rows = [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
+            rows = _graph_rows(prepared)
             reason = self.runtime.unsupported(images, rows, gen)
             if reason is None:
                 results = self.runtime.run(images, rows, gen, self.options.share_prefix)
@@ -378,7 +374,7 @@ class Engine:
                 failures.extend(bad)
                 if prepared is None:
                     continue
-                if self.runtime.unsupported_job([prepared.image], _graph_rows(prepared)):
+                if self.runtime.unsupported_job([prepared.image], _graph_rows([prepared])):
                     leftovers.append(prepared)
                     continue
                 return Job(prepared.image, [r.prompt for r in prepared.rows], [r.temperature for r in prepared.rows],
@@ -390,7 +386,7 @@ class Engine:
             yield from self._results([job.tag], job.results, dict(job.timings_ms), "graphs")
         yield from _drain(failures)
         if leftovers:
-            reason = self.runtime.unsupported_job([leftovers[0].image], _graph_rows(leftovers[0]))
+            reason = self.runtime.unsupported_job([leftovers[0].image], _graph_rows(leftovers[:1]))
             self._eager_fallback(f"{len(leftovers)} image(s): {reason}")
             yield from self._run_eager(leftovers, gen)
 
@@ -483,10 +479,11 @@ def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     return dataclasses.replace(options, **overrides)
 
 
-def _graph_rows(item: _Prepared):
+def _graph_rows(prepared: list[_Prepared]):
+    """Graph-runtime rows of prepared images; row.image indexes `prepared`."""
     from capture.runtime import GraphRow
 
-    return [GraphRow(r.prompt, 0, r.temperature) for r in item.rows]
+    return [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
 
 
 def _image_key(src):

@@ -76,24 +76,30 @@ def test_engine_share_prefix_switch(static_engine, eager_engine):
         assert tokens(engine.locate_batch(pairs)) == tokens(unshared.locate_batch(pairs))
 
 
+def check_refills(engine, runtime, cases):
+    """Jobs of one row each through the scheduler at batch 2 equal one run per job, and short jobs
+    overtake long ones (their rows were freed and refilled while the other row decoded)."""
+    expected = []
+    for image, query, cap in cases:
+        images, rows = prepare(engine, [(image, query)])
+        expected.append(runtime.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
+    jobs = []
+    for i, (image, query, cap) in enumerate(cases):
+        im = engine.processor(image)
+        jobs.append(Job(im, [engine.prompts.build(query, im.num_tokens((2, 2)))], [None], [cap], tag=i))
+    done = list(run_jobs(runtime, jobs, GEN, batch=2))
+    assert sorted(j.tag for j in done) == list(range(len(cases)))
+    assert [j.tag for j in done] != list(range(len(cases)))  # short jobs overtook long ones
+    for job in done:
+        assert job.results[0].tokens == expected[job.tag], f"job {job.tag}"
+
+
 def test_scheduler_refills_rows(tiny_engine):
     """Batch 2 over five jobs with different budgets: rows free at different steps and are
     refilled (cache rows reused while the other row decodes); every answer equals its own run."""
     runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
-    cases = [(A, "cat", 3), (B, "dog", 20), (C, "a very long description", 7), (A, "b", 1), (B, "x", 12)]
-    expected = []
-    for image, query, cap in cases:
-        images, rows = prepare(tiny_engine, [(image, query)])
-        expected.append(runtime.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
-    jobs = []
-    for i, (image, query, cap) in enumerate(cases):
-        im = tiny_engine.processor(image)
-        jobs.append(Job(im, [tiny_engine.prompts.build(query, im.num_tokens((2, 2)))], [None], [cap], tag=i))
-    done = list(run_jobs(runtime, jobs, GEN, batch=2))
-    assert sorted(j.tag for j in done) == list(range(5))
-    assert [j.tag for j in done] != list(range(5))  # short jobs overtook long ones
-    for job in done:
-        assert job.results[0].tokens == expected[job.tag]
+    check_refills(tiny_engine, runtime, [(A, "cat", 3), (B, "dog", 20), (C, "a very long description", 7),
+                                         (A, "b", 1), (B, "x", 12)])
 
 
 def test_scheduler_multi_query_jobs(tiny_engine):

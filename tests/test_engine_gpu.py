@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 
 from capture import Buckets, GraphRuntime
-from capture.scheduler import Job, run_jobs
 from graphrt import Engine, GenerationConfig, GenerationState
+from test_engine_api import check_refills
 from test_static_path import A, B, C, prepare
 from weights.synth import write_preset
 
@@ -61,21 +61,9 @@ def test_shared_prefix_equals_unshared_on_graphs(graph_engine):
 
 
 def test_scheduler_refills_on_graphs(graph_engine):
-    rt = graph_engine.runtime
     a, b, c = small(A), small(B), small(C)
-    cases = [(a, "cat", 3), (b, "dog", 20), (c, "a very long description", 7), (a, "b", 1), (b, "x", 12), (c, "y", 5)]
-    expected = []
-    for image, query, cap in cases:
-        images, rows = prepare(graph_engine, [(image, query)])
-        expected.append(rt.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
-    jobs = []
-    for i, (image, query, cap) in enumerate(cases):
-        im = graph_engine.processor(image)
-        jobs.append(Job(im, [graph_engine.prompts.build(query, im.num_tokens((2, 2)))], [None], [cap], tag=i))
-    done = list(run_jobs(rt, jobs, GEN, batch=2))
-    assert [j.tag for j in done] != list(range(len(cases)))
-    for job in done:
-        assert job.results[0].tokens == expected[job.tag], f"job {job.tag}"
+    check_refills(graph_engine, graph_engine.runtime, [(a, "cat", 3), (b, "dog", 20), (c, "a very long description", 7),
+                                                       (a, "b", 1), (b, "x", 12), (c, "y", 5)])
 
 
 def test_pause_resume_on_graphs(graph_engine, tmp_path):

@@ -78,11 +78,7 @@ class StepRanges:
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         b, a = self.seqused_acc.shape[0], self.block
-        (qa, qw), (ka, kw), (va, vw) = (_halves(t, b, a) for t in (q, k, v))
-        kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
-        cache.write(layer, self.acc_rows, self.acc_slots, ka, va)
-        oa = self.kernel(qa, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
-        cache.write(layer, self.win_rows, self.win_slots, kw, vw)
+        oa, (qw, kf, vf), (ka, va) = _accepted_then_window(self, layer, q, k, v, cache)
         ow = self.kernel(qw, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_win, False)
         last = slice(a - 1, None, a)  # each row's last accepted slot
         cache.write(layer, self.last_rows, self.last_slots, ka[last], va[last])
@@ -108,11 +104,7 @@ class StepRangesLSE:
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         b, a = self.seqused_acc.shape[0], self.block
-        (qa, qw), (ka, kw), (va, vw) = (_halves(t, b, a) for t in (q, k, v))
-        kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
-        cache.write(layer, self.acc_rows, self.acc_slots, ka, va)
-        oa = self.kernel(qa, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_acc, True)
-        cache.write(layer, self.win_rows, self.win_slots, kw, vw)
+        oa, (qw, kf, vf), (ka, va) = _accepted_then_window(self, layer, q, k, v, cache)
         o1, l1 = self.kernel(qw, kf, vf, self.cu_q, self.cu_k, a, self.slots, self.seqused_prefix, False,
                              return_lse=True)
         o2, l2 = self.kernel(qw, kf, vf, self.cu_q, self.cu_k_window, a, a, self.seqused_window, False,
@@ -122,6 +114,19 @@ class StepRangesLSE:
         w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
         ow = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
         return _join(oa, ow, b, a, q.shape)
+
+
+def _accepted_then_window(plan, layer, q, k, v, cache):
+    """What both step plans share: write the accepted tokens' K/V and attend them causally, then
+    write the window's K/V at `plan.win_slots`. Returns the accepted outputs, the window queries
+    with the flat K/V views of the rows, and the accepted K/V."""
+    b, a = plan.seqused_acc.shape[0], plan.block
+    (qa, qw), (ka, kw), (va, vw) = (_halves(t, b, a) for t in (q, k, v))
+    kf, vf = _flat(cache.k[layer], b), _flat(cache.v[layer], b)
+    cache.write(layer, plan.acc_rows, plan.acc_slots, ka, va)
+    oa = plan.kernel(qa, kf, vf, plan.cu_q, plan.cu_k, a, plan.slots, plan.seqused_acc, True)
+    cache.write(layer, plan.win_rows, plan.win_slots, kw, vw)
+    return oa, (qw, kf, vf), (ka, va)
 
 
 def _halves(t: torch.Tensor, b: int, a: int) -> tuple[torch.Tensor, torch.Tensor]:
