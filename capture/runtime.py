@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from graphrt.attention.varlen import select_kernel
 from graphrt.generate import GenerationConfig, RowResult, context_budget
+from graphrt.lru import LRU
 from graphrt.processor import ProcessedImage, patchify
 from graphrt.prompt import Prompt
 from graphrt.timing import StageClock
@@ -34,6 +35,10 @@ from .graphs import GraphSet
 from .pipeline import StaticPipeline
 
 log = logging.getLogger(__name__)
+
+# Image grids whose input tables (RoPE cos/sin, merge order, position table, patch-order index; ~30 MB
+# on the GPU at 1024x768 for the 3B model) are kept; a run over many image sizes stays flat.
+GRIDS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class GraphRuntime:
         self.capture_seconds = 0.0
         self.pool_bytes = 0
         self.last_timings_ms: dict[str, float] = {}
-        self._geometry: dict[tuple[int, int], tuple] = {}
+        self._geometry: LRU[tuple] = LRU(GRIDS_KEPT)  # grid -> (cos, sin, merge order, position table)
+        self._patch_orders: LRU[torch.Tensor] = LRU(GRIDS_KEPT)  # grid -> pixel gather index
         self.owner = None  # a graphrt.generation.Generation holding the buffers between calls
         self._norm = None  # (mean, std) now in the pipeline's normalization buffers
 
@@ -269,20 +275,21 @@ class GraphRuntime:
     # ------------------------------------------------------------------ input buffers
 
     def _grid_geometry(self, grid: tuple[int, int]):
-        if grid not in self._geometry:
+        def make():
             geo = vision_geometry([grid], self.model.cfg.vision, self.model.device)
             pos = self.model.vision.position_embedding(grid)
-            self._geometry[grid] = (geo.cos, geo.sin, geo.merge_index.cpu().numpy(), pos)
-        return self._geometry[grid]
+            return geo.cos, geo.sin, geo.merge_index.cpu().numpy(), pos
+
+        return self._geometry.get(tuple(grid), make)
 
     def _patch_order(self, grid: tuple[int, int]) -> torch.Tensor:
         """Device index: byte k of the patch-ordered pixels comes from byte index[k] of the HWC image."""
-        key = ("patch_order", grid)
-        if key not in self._geometry:
+        def make():
             p = self.model.cfg.vision.patch_size
             hwc = torch.arange(grid[0] * p * grid[1] * p * 3).view(grid[0] * p, grid[1] * p, 3)
-            self._geometry[key] = patchify(hwc, grid).reshape(-1).to(self.model.device)
-        return self._geometry[key]
+            return patchify(hwc, grid).reshape(-1).to(self.model.device)
+
+        return self._patch_orders.get(tuple(grid), make)
 
     def _fill_vision(self, images: list[ProcessedImage], bv: int, p: int) -> None:
         pipe = self.pipe

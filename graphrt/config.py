@@ -7,6 +7,7 @@ use a small vocabulary with ids of their own.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,28 @@ class PreprocessorConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "PreprocessorConfig":
-        keys = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in raw.items() if k in keys}
-        for key in ("merge_kernel_size", "image_mean", "image_std"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+    def from_dict(cls, raw: dict[str, Any], source: str = "preprocessor_config.json") -> "PreprocessorConfig":
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(raw).__name__}")
+        out = _pick(cls, raw, source, positive_floats=False)
+        if any(v <= 0 for v in out.image_std):
+            raise CheckpointError(f"{source}: image_std must be positive, found {list(out.image_std)}")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | Path, vision: "VisionConfig | None" = None) -> "PreprocessorConfig":
+        """The checkpoint's `preprocessor_config.json` (the defaults when it has none), checked
+        against the vision config it must agree with."""
+        path = Path(checkpoint_dir) / "preprocessor_config.json"
+        if not path.is_file():
+            return cls()
+        out = cls.from_dict(_read_json(path), str(path))
+        if vision is not None and (out.patch_size, out.merge_kernel_size) != (vision.patch_size,
+                                                                               vision.merge_kernel_size):
+            raise CheckpointError(f"{path}: patch_size {out.patch_size} / merge_kernel_size "
+                                  f"{list(out.merge_kernel_size)} differ from config.json's vision_config "
+                                  f"({vision.patch_size} / {list(vision.merge_kernel_size)})")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -143,6 +159,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(raw).__name__}")
         problems = _not_locateanything(raw)
         if problems:
             raise CheckpointError(f"{source} is not a LocateAnything config: " + "; ".join(problems))
@@ -151,23 +169,32 @@ class ModelConfig:
         missing += [f"text_config.{k}" for k in _TEXT_TOKEN_KEYS if k not in traw]
         if missing:
             raise CheckpointError(f"{source} lacks token ids: {', '.join(missing)}")
-        ids = {field_: int(raw[key]) for key, field_ in _TOP_LEVEL_TOKEN_KEYS.items()}
         eos = traw["eos_token_id"]
-        traw_ids = dict(traw, eos_token_id=eos[0] if isinstance(eos, list) else eos)
-        ids.update({field_: int(traw_ids[key]) for key, field_ in _TEXT_TOKEN_KEYS.items()})
+        if isinstance(eos, list):
+            if not eos:
+                raise CheckpointError(f"{source}: text_config.eos_token_id is an empty list")
+            eos = eos[0]
+        ids = {field_: _token_id(raw[key], key, source) for key, field_ in _TOP_LEVEL_TOKEN_KEYS.items()}
+        ids.update({field_: _token_id(eos if key == "eos_token_id" else traw[key], f"text_config.{key}", source)
+                    for key, field_ in _TEXT_TOKEN_KEYS.items()})
         tokens = TokenIds(**ids)
         if tokens.coord_end - tokens.coord_start != 1000:
             raise CheckpointError(f"{source}: coordinate tokens must span 1001 ids (<0>..<1000>)")
 
-        vision = _pick(VisionConfig, vraw)
-        text = _pick(TextConfig, traw)
-        if vision.head_dim % 4:
-            raise CheckpointError(f"{source}: MoonViT head dim {vision.head_dim} must be divisible by 4 (2D RoPE)")
+        vision = _pick(VisionConfig, vraw, f"{source}: vision_config")
+        text = _pick(TextConfig, traw, f"{source}: text_config")
+        if vision.hidden_size % vision.num_attention_heads or vision.head_dim % 4:
+            raise CheckpointError(f"{source}: MoonViT hidden size {vision.hidden_size} over "
+                                  f"{vision.num_attention_heads} heads must give a head dim divisible by 4 (2D RoPE)")
+        if text.hidden_size % text.num_attention_heads:
+            raise CheckpointError(f"{source}: text hidden_size must be a multiple of num_attention_heads")
         if text.num_attention_heads % text.num_key_value_heads:
             raise CheckpointError(f"{source}: query heads must be a multiple of KV heads")
         if text.vocab_size <= max(ids.values()):
             raise CheckpointError(f"{source}: a token id exceeds vocab_size {text.vocab_size}")
         dtype = raw.get("torch_dtype") or traw.get("torch_dtype") or "bfloat16"
+        if not isinstance(dtype, str):
+            raise CheckpointError(f"{source}: torch_dtype must be a string, found {dtype!r}")
         return cls(vision=vision, text=text, tokens=tokens, torch_dtype=dtype, extra=raw)
 
     @classmethod
@@ -175,11 +202,7 @@ class ModelConfig:
         path = Path(checkpoint_dir) / "config.json"
         if not path.is_file():
             raise CheckpointError(f"{checkpoint_dir}: no config.json (is this a LocateAnything checkpoint directory?)")
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: unreadable ({exc})") from exc
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(_read_json(path), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Official `config.json` layout (what `synth-checkpoint` writes)."""
@@ -255,9 +278,52 @@ def _not_locateanything(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _pick(cls, raw: dict[str, Any]):
-    """Build a dataclass from the keys it knows; unknown keys are kept in ModelConfig.extra."""
-    kwargs = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-    if "merge_kernel_size" in kwargs:
-        kwargs["merge_kernel_size"] = tuple(kwargs["merge_kernel_size"])
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+
+
+def _token_id(value: Any, key: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{source}: {key} must be a non-negative integer token id, found {value!r}")
+    return value
+
+
+def _pick(cls, raw: dict[str, Any], source: str, positive_floats: bool = True):
+    """Build a dataclass from the keys it knows, each checked against its default's type: integers
+    (and, unless told otherwise, floats) must be positive, sequences have the default's length.
+    Unknown keys are kept in ModelConfig.extra."""
+    kwargs = {}
+    for name, f in cls.__dataclass_fields__.items():
+        if name not in raw:
+            continue
+        value, default = raw[name], f.default
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise CheckpointError(f"{source}.{name} must be a list of {len(default)} numbers, found {value!r}")
+            kwargs[name] = tuple(_scalar(v, d, f"{source}.{name}", positive_floats) for v, d in zip(value, default))
+        else:
+            kwargs[name] = _scalar(value, default, f"{source}.{name}", positive_floats)
     return cls(**kwargs)
+
+
+def _scalar(value: Any, default: Any, where: str, positive_floats: bool):
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise CheckpointError(f"{where} must be true or false, found {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CheckpointError(f"{where} must be a positive integer, found {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive_floats and value <= 0):
+        kind = "a positive number" if positive_floats else "a finite number"
+        raise CheckpointError(f"{where} must be {kind}, found {value!r}")
+    return float(value)

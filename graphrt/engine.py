@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +28,13 @@ import torch
 from .attention import sdpa
 from .boxes import Detection, parse_detections
 from .config import ModelConfig, PreprocessorConfig
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, OptionError
 from .generation import Generation, GenerationState
 from .generate import EagerDecoder, GenerationConfig, RowRequest, RowResult, context_budget, share_prefixes
 from .model import LocateAnything
 from .prefetch import NOT_READY, Prefetcher
-from .processor import ImageProcessor, ProcessedImage
-from .prompt import Prompt, PromptBuilder, load_chat_template, load_tokenizer, normalize_query
+from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage
+from .prompt import INSTRUCTIONS, Prompt, PromptBuilder, load_chat_template, load_tokenizer, normalize_query
 from .timing import StageClock
 from .vision import vision_geometry
 
@@ -44,6 +46,19 @@ _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.
 
 @dataclass(frozen=True)
 class EngineOptions:
+    """How an Engine runs. Every field is checked when the options are made (an OptionError names it).
+
+    Limits that protect the process (the one table of them; docs/notes.md repeats it):
+
+    | option            | default    | what it refuses (InputError, on the row's own result in report mode) |
+    |-------------------|------------|------------------------------------------------------------------------|
+    | max_image_pixels  | 64,000,000 | an image of more pixels, read from its header before decoding (bombs)  |
+    | max_query_chars   | 16,384     | a query (categories joined by `</c>`) of more characters               |
+    | max_rows          | 100,000    | a locate_batch / start call with more pairs (locate_stream streams any) |
+
+    None switches a limit off. The prompt must also fit the model's context (max_position_embeddings).
+    """
+
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
     task: str = "detect"  # detect | ground_multi | ground_single (the model card's instructions)
@@ -57,17 +72,45 @@ class EngineOptions:
     share_prefix: bool = True  # rows of one image prefill the shared prompt prefix once
     preprocess_workers: int = 0  # CPU threads preparing images for large batches; 0: min(8, cores)
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # limits: see the table above
+    max_query_chars: int | None = 16_384
+    max_rows: int | None = 100_000
+
+    def __post_init__(self):
+        device = self.device
+        if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
+            raise OptionError(f"device {device!r} is not supported; choose auto, cpu, cuda or cuda:N")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise OptionError(f"dtype {self.dtype!r} is not supported; choose auto, {', '.join(_DTYPES)}")
+        if self.task not in INSTRUCTIONS:
+            raise OptionError(f"task {self.task!r} is unknown; choose {', '.join(INSTRUCTIONS)}")
+        if self.graphs not in ("auto", "on", "off"):
+            raise OptionError(f"graphs {self.graphs!r}: choose auto, on or off")
+        for name, least in (("preprocess_workers", 0), ("eager_batch", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise OptionError(f"{name} must be an integer >= {least}, found {value!r}")
+        for name in ("max_image_pixels", "max_query_chars", "max_rows"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise OptionError(f"{name} must be a positive integer or None (no limit), found {value!r}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise OptionError(f"device {self.device!r}: CUDA is not available here (torch "
+                                  f"{torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA); "
+                                  "use device='cpu' or 'auto'")
+            index = int(self.device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise OptionError(f"device {self.device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
         return torch.device(self.device)
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or auto")
         return _DTYPES[self.dtype]
 
     def workers(self) -> int:
@@ -127,14 +170,12 @@ class Engine:
         self.tokenizer = tokenizer
         self.options = options
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
-        self.processor = ImageProcessor(preprocessor)
+        self.processor = ImageProcessor(preprocessor, options.max_image_pixels)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
         self.runtime = None
         self.runtime_reason = "graphs off"
         self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
         half = model.dtype in (torch.float16, torch.bfloat16)
-        if options.graphs not in ("auto", "on", "off"):
-            raise ValueError("graphs must be auto, on or off")
         if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda" and half):
             from capture import Buckets, GraphRuntime
 
@@ -156,12 +197,7 @@ class Engine:
         if not root.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {root}")
         cfg = ModelConfig.from_pretrained(root)
-        pre_path = root / "preprocessor_config.json"
-        preprocessor = PreprocessorConfig()
-        if pre_path.is_file():
-            import json
-
-            preprocessor = PreprocessorConfig.from_dict(json.loads(pre_path.read_text()))
+        preprocessor = PreprocessorConfig.from_pretrained(root, cfg.vision)
         device = options.resolved_device()
         model = LocateAnything(cfg, options.resolved_dtype(device), device)
         load_weights(model, root, cfg, progress=options.progress)
@@ -195,6 +231,7 @@ class Engine:
         errors="raise": the first bad pair raises InputError. errors="report": a bad pair gets a
         result with `error` set, and every other pair is answered."""
         pairs = list(pairs)
+        self._check_rows(len(pairs), "locate_batch")
         out: list[LocateResult | None] = [None] * len(pairs)
         for i, result in self.locate_stream(pairs, temperatures, errors, **generation):
             out[i] = result
@@ -204,19 +241,30 @@ class Engine:
                       **generation):
         """Like locate_batch, but yields (index, result) as results complete (for progress bars)."""
         if errors not in ("raise", "report"):
-            raise ValueError("errors must be 'raise' or 'report'")
+            raise OptionError(f"errors must be 'raise' or 'report', found {errors!r}")
         pairs = list(pairs)
         if not pairs:
             return
         gen = dataclasses.replace(self.options.generation, **generation)
         temps = list(temperatures) if temperatures is not None else [None] * len(pairs)
         if len(temps) != len(pairs):
-            raise InputError("temperatures must have one entry per pair")
-        reason = self._graph_reason(gen, temps)
+            raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {len(pairs)} pairs)")
+        good = []
+        for i, (pair, temperature) in enumerate(zip(pairs, temps)):
+            problem = _pair_problem(pair) or _temperature_problem(temperature)
+            if problem is None:
+                good.append(i)
+            elif errors == "raise":
+                raise InputError(f"pair {i}: {problem}")
+            else:
+                yield i, LocateResult.failed(_query_text(pair[1]) if _is_pair(pair) else "", f"pair {i}: {problem}")
+        if not good:
+            return
+        reason = self._graph_reason(gen, [temps[i] for i in good])
         batch = self.runtime.buckets.max_batch if reason is None else self.options.eager_batch
-        groups = _group_by_image(pairs, batch)
+        groups = _group_by_image(pairs, batch, good)
         prepare = lambda indices: self._prepare(pairs, indices, temps, gen, errors)  # noqa: E731
-        if len(pairs) <= batch and len(groups) <= batch:
+        if len(good) <= batch and len(groups) <= batch:
             # One batch: one image is prepared inline (no thread hand-off on the latency path),
             # several in parallel on the CPU threads.
             prepared = []
@@ -240,10 +288,14 @@ class Engine:
         pairs = list(pairs)
         if not pairs:
             raise InputError("start() needs at least one (image, query) pair")
+        self._check_rows(len(pairs), "start")
         gen = dataclasses.replace(self.options.generation, **generation)
         temps = list(temperatures) if temperatures is not None else [None] * len(pairs)
         if len(temps) != len(pairs):
-            raise InputError("temperatures must have one entry per pair")
+            raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {len(pairs)} pairs)")
+        for i, (pair, temperature) in enumerate(zip(pairs, temps)):
+            if problem := _pair_problem(pair) or _temperature_problem(temperature):
+                raise InputError(f"pair {i}: {problem}")
         reason = self._graph_reason(gen, temps)
         limit = self.runtime.buckets.max_batch if self.runtime else len(pairs)
         prepared = [self._prepare(pairs, g, temps, gen, "raise")[0] for g in _group_by_image(pairs, limit)]
@@ -298,6 +350,12 @@ class Engine:
         share_prefixes(requests, keys, prefix)
         return requests
 
+    def _check_rows(self, n: int, call: str) -> None:
+        limit = self.options.max_rows
+        if limit is not None and n > limit:
+            raise InputError(f"{call} got {n:,} pairs, over EngineOptions.max_rows = {limit:,}; "
+                             "use locate_stream (it streams any number) or raise the limit")
+
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.options.workers(), thread_name_prefix="graphrt-prep")
@@ -324,6 +382,7 @@ class Engine:
         for i in indices:
             query = pairs[i][1]
             try:
+                self._check_query_length(query)
                 prompt = self.prompts.build(query, image.num_tokens(self.cfg.vision.merge_kernel_size))
                 context_budget(self.cfg, len(prompt.ids), gen.max_new_tokens)
             except InputError as exc:
@@ -334,6 +393,12 @@ class Engine:
             rows.append(_Row(i, normalize_query(query), prompt, temps[i]))
         prepared = _Prepared(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
         return prepared, failures
+
+    def _check_query_length(self, query) -> None:
+        limit = self.options.max_query_chars
+        text = normalize_query(query)
+        if limit is not None and len(text) > limit:
+            raise InputError(f"query of {len(text):,} characters is over EngineOptions.max_query_chars = {limit:,}")
 
     # ------------------------------------------------------------------ execution
 
@@ -473,6 +538,9 @@ def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     """EngineOptions fields, and GenerationConfig fields applied to options.generation."""
     overrides = dict(overrides)
     gen_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(overrides) - gen_fields - {f.name for f in dataclasses.fields(EngineOptions)})
+    if unknown:
+        raise OptionError(f"unknown option(s) {', '.join(unknown)}: not an EngineOptions or GenerationConfig field")
     gen_over = {k: overrides.pop(k) for k in list(overrides) if k in gen_fields}
     if gen_over:
         overrides["generation"] = dataclasses.replace(overrides.get("generation", options.generation), **gen_over)
@@ -487,21 +555,52 @@ def _graph_rows(prepared: list[_Prepared]):
 
 
 def _image_key(src):
-    return ("path", str(Path(src).resolve())) if isinstance(src, (str, Path)) else ("object", id(src))
+    if isinstance(src, (str, Path)):
+        try:
+            return "path", str(Path(src).resolve())
+        except (OSError, ValueError):  # e.g. a NUL byte: the processor names the problem
+            return "path", str(src)
+    return "object", id(src)
 
 
-def _group_by_image(pairs, limit: int) -> list[list[int]]:
-    """Indices of pairs grouped by image (same path or same object), in first-seen order; a group
-    holds at most `limit` rows (the largest batch), so a job always fits a batch."""
+def _group_by_image(pairs, limit: int, indices=None) -> list[list[int]]:
+    """Indices of pairs (all, or `indices`) grouped by image (same path or same object), in first-seen
+    order; a group holds at most `limit` rows (the largest batch), so a job always fits a batch."""
     groups: dict = {}
     order: list[list[int]] = []
-    for i, (image, _) in enumerate(pairs):
-        key = _image_key(image)
+    for i in range(len(pairs)) if indices is None else indices:
+        key = _image_key(pairs[i][0])
         if key not in groups or len(groups[key]) >= limit:
             groups[key] = []
             order.append(groups[key])
         groups[key].append(i)
     return order
+
+
+def _is_cuda_index(device: str) -> bool:
+    head, _, index = device.partition(":")
+    return head == "cuda" and index.isdigit()
+
+
+def _is_pair(pair) -> bool:
+    return isinstance(pair, (tuple, list)) and len(pair) == 2
+
+
+def _pair_problem(pair) -> str | None:
+    if not _is_pair(pair):
+        shown = repr(pair) if len(repr(pair)) <= 60 else repr(pair)[:57] + "..."
+        return f"expected an (image, query) pair, found {type(pair).__name__} {shown}"
+    return None
+
+
+def _temperature_problem(temperature) -> str | None:
+    if temperature is None:
+        return None
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        return f"temperature must be a number or None, found {type(temperature).__name__} {temperature!r}"
+    if not math.isfinite(temperature) or temperature < 0:
+        return f"temperature must be finite and >= 0 (0: greedy), found {temperature!r}"
+    return None
 
 
 def _drain(items: list):

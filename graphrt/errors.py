@@ -11,3 +11,8 @@ class CheckpointError(GraphrtError):
 
 class InputError(GraphrtError):
     """A request is unusable: unreadable image, empty query, prompt longer than the context."""
+
+
+class OptionError(GraphrtError, ValueError):
+    """An engine option is unusable (unknown device, dtype without support, a limit that is not a
+    positive number). A ValueError too, so callers that caught bad option values still do."""

@@ -39,7 +39,28 @@ class GenerationState:
 
     @classmethod
     def load(cls, path: str | Path) -> "GenerationState":
-        return cls(**torch.load(str(path), weights_only=True))
+        """A state written by save(); anything else is an InputError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"generation state {path}: no such file")
+        try:
+            raw = torch.load(str(path), weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 -- torch raises many types for files it cannot unpickle
+            raise InputError(f"generation state {path}: not a file written by GenerationState.save "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(raw, dict) or not {"backend", "generation", "rows"} <= set(raw) or set(raw) - names:
+            found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise InputError(f"generation state {path}: not a file written by GenerationState.save (holds {found})")
+        state = cls(**raw)
+        if state.backend not in ("graphs", "eager") or not isinstance(state.rows, list) \
+                or not isinstance(state.generation, dict) or not isinstance(state.tensors, dict):
+            raise InputError(f"generation state {path}: malformed (backend {state.backend!r})")
+        try:
+            state.generation_config()
+        except (TypeError, KeyError, ValueError) as exc:
+            raise InputError(f"generation state {path}: its generation settings are unusable ({exc})") from exc
+        return state
 
     def generation_config(self) -> GenerationConfig:
         d = dict(self.generation)

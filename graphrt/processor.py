@@ -47,67 +47,176 @@ class ProcessedImage:
         return self.num_patches // (merge[0] * merge[1])
 
 
-def load_image(image) -> Image.Image:
-    """Path, bytes, PIL image or numpy array (HW, HWC uint8, or float in [0, 1]) -> RGB PIL image."""
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; EngineOptions.max_image_pixels (refused before decoding)
+
+
+def load_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Path, bytes, PIL image or numpy array -> RGB PIL image, as the user sees it.
+
+    One rule for every input: an image that carries an EXIF orientation (a file, bytes, or a PIL
+    image opened from one) is turned upright, so boxes are in displayed coordinates; arrays carry
+    no EXIF and are used as given. Animated files give their first frame. Images above
+    `max_pixels` (None: no limit) are refused from their header, before any pixel is decoded.
+    """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                image = ImageOps.exif_transpose(img)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise InputError(f"unreadable image {path}: {exc}") from exc
-    elif isinstance(image, (bytes, bytearray)):
-        try:
-            image = Image.open(io.BytesIO(image))
-            image.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"unreadable image bytes: {exc}") from exc
-    elif isinstance(image, np.ndarray):
-        image = _from_array(image)
-    elif not isinstance(image, Image.Image):
-        raise InputError(f"unsupported image type {type(image).__name__}; give a path, bytes, PIL image or array")
-    if image.width == 0 or image.height == 0:
-        raise InputError(f"image has zero size ({image.width}x{image.height})")
-    return to_rgb(image)
+        return _decode(_open_file(Path(image)), f"image {image}", max_pixels)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        name = f"image bytes ({len(image)} bytes)"
+        if not len(image):
+            raise InputError(f"{name} are empty")
+        return _decode(io.BytesIO(image), name, max_pixels)
+    if isinstance(image, Image.Image):
+        return _from_pil(image, max_pixels)
+    if isinstance(image, np.ndarray):
+        name = f"image array (shape {tuple(image.shape)}, {image.dtype})"
+        _check_pixels(name, *_array_size(image), max_pixels)
+        return to_rgb(_from_array(image), name)
+    raise InputError(f"unsupported image type {type(image).__name__}; give a path, bytes, PIL image or numpy array")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Transparency is composited onto white; every other mode (L, P, CMYK, I;16, ...) converts to RGB."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
+def _open_file(path: Path) -> Path:
+    try:
+        path.stat()
+    except (OSError, ValueError):  # missing, unreachable, or a name the OS refuses (NUL byte)
+        raise InputError(f"image not found: {path}") from None
+    if path.is_dir():
+        raise InputError(f"image {path} is a directory, not an image file")
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"image {path} is empty (0 bytes)")
+    return path
+
+
+def _decode(source, name: str, max_pixels: int | None) -> Image.Image:
+    """source: a file path or a BytesIO; the header is checked before any pixel is decoded."""
+    try:
+        with Image.open(source) as img:
+            _check_pixels(name, img.width, img.height, max_pixels)
+            img.seek(0)  # animated: the first frame
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img), name)  # exif_transpose returns a copy
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fires inside Image.open, before ours
+        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels is not None and max_pixels <= pil_limit:
+            raise InputError(f"{name} has more than {max_pixels:,} pixels (EngineOptions.max_image_pixels): "
+                             f"{exc}") from exc
+        raise InputError(f"{name} is over Pillow's decompression-bomb limit ({exc}); to allow it raise "
+                         f"PIL.Image.MAX_IMAGE_PIXELS as well as EngineOptions.max_image_pixels") from exc
+    except Exception as exc:  # noqa: BLE001 -- decoders raise many types (OSError, SyntaxError, ValueError, ...)
+        reason = "not a recognized image format" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise InputError(f"unreadable {name}: {reason}") from exc
+
+
+def _from_pil(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    name = f"PIL image (mode {image.mode}, {image.width}x{image.height})"
+    _check_pixels(name, image.width, image.height, max_pixels)
+    try:
+        image.load()
+    except ValueError as exc:  # Pillow: "Operation on closed image"
+        raise InputError(f"{name} is closed; pass it before calling close() (or pass its path)") from exc
+    except Exception as exc:  # noqa: BLE001 -- a lazily opened file may fail to decode here
+        raise InputError(f"unreadable {name}: {exc}") from exc
+    try:
+        upright = ImageOps.exif_transpose(image)  # a copy: the caller's image is left as it is
+    except Exception as exc:  # noqa: BLE001 -- a malformed EXIF block
+        raise InputError(f"{name}: unreadable EXIF orientation ({exc})") from exc
+    return to_rgb(upright, name)
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    if width <= 0 or height <= 0:
+        raise InputError(f"{name} has zero size ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(f"{name} has {width}x{height} = {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} (EngineOptions.max_image_pixels)")
+
+
+# Modes whose pixels are composited onto white (alpha, premultiplied alpha, transparent palette).
+_ALPHA_MODES = {"RGBA": "RGBA", "LA": "LA", "PA": "PA", "La": "LA", "RGBa": "RGBA"}
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is composited onto white; 16-bit integer modes (I;16*, and I
+    holding 16-bit values) scale by 255/65535; float mode F must hold 0..1 (as float arrays do)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert(_ALPHA_MODES[mode]).convert("RGBA")  # La/RGBa: un-premultiply first
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    if image.mode == "I;16" or image.mode == "I":
-        arr = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if image.mode == "I;16" else max(float(arr.max()), 1.0)
-        image = Image.fromarray(np.clip(arr / scale * 255.0, 0, 255).astype(np.uint8))
-    return image.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"{name}: mode I pixels must hold 16-bit values 0..65535; "
+                             f"found {values.min()}..{values.max()}")
+        gray = (values * 255 + 32767) // 65535  # round(v * 255 / 65535), exactly: 65535 -> 255, 257 -> 1
+        return Image.fromarray(gray.astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_float_to_uint8(np.asarray(image), name)).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise InputError(f"{name}: cannot convert PIL mode {mode} to RGB ({exc})") from exc
+
+
+def _is_chw(arr: np.ndarray) -> bool:
+    """CHW (torch layout): first axis 1/3/4 channels and a last axis too long to be channels."""
+    return arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4
+
+
+def _array_size(arr: np.ndarray) -> tuple[int, int]:
+    """(width, height) of an array in any accepted layout (for the pixel limit, before conversion)."""
+    if arr.ndim == 2:
+        return arr.shape[1], arr.shape[0]
+    if _is_chw(arr):
+        return arr.shape[2], arr.shape[1]
+    if arr.ndim == 3:
+        return arr.shape[1], arr.shape[0]
+    return 1, 1  # wrong ndim: _from_array says so
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    """Array conventions: HW (gray), HWC with 1, 3 (RGB) or 4 (RGBA) channels, or CHW when the first
+    axis is 1/3/4 and the last is longer than 4; dtype uint8 (0..255) or float (0..1, finite).
+    Everything else is refused: nothing is clipped or rescaled behind the caller's back."""
+    name = f"image array (shape {tuple(arr.shape)}, {arr.dtype})"
+    if _is_chw(arr):
+        arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise InputError(f"image array must be HW, HWC (3 or 4 channels) or CHW; got shape {arr.shape}")
+        raise InputError(f"{name}: expected HW, HWC with 1/3/4 channels, or CHW")
     if arr.size == 0:
-        raise InputError(f"image has zero size (array shape {arr.shape})")
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.clip(arr * 255.0, 0, 255).round().astype(np.uint8)
+        raise InputError(f"{name} has zero size")
+    if arr.dtype.kind == "f":
+        arr = _float_to_uint8(arr, name)
     elif arr.dtype != np.uint8:
-        raise InputError(f"image array dtype {arr.dtype} unsupported; use uint8 or float in [0, 1]")
-    return Image.fromarray(arr)
+        raise InputError(f"{name}: dtype {arr.dtype} is not accepted; give uint8 (0..255) or float (0..1)")
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _float_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """Float pixels in 0..1 -> uint8 (round to nearest); NaN/inf or values outside 0..1 are refused."""
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name} holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (0..255 floats? divide by 255 or pass uint8)" if hi > 1.0 else ""
+        raise InputError(f"{name}: float pixels must be in 0..1; found {lo:g}..{hi:g}{hint}")
+    return np.rint(arr * 255.0).astype(np.uint8)
 
 
 class ImageProcessor:
-    def __init__(self, cfg: PreprocessorConfig):
+    def __init__(self, cfg: PreprocessorConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.cfg = cfg
+        self.max_pixels = max_pixels
 
     def capped_size(self, width: int, height: int) -> tuple[int, int]:
         """Step 1: shrink to the patch budget, keeping the aspect ratio."""
@@ -138,7 +247,7 @@ class ImageProcessor:
         return image
 
     def __call__(self, image) -> ProcessedImage:
-        rgb = load_image(image)
+        rgb = load_image(image, self.max_pixels)
         resized = self.rescale(rgb)
         p = self.cfg.patch_size
         arr = torch.from_numpy(np.array(resized, dtype=np.uint8))  # [H, W, 3], a writable copy

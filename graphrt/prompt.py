@@ -62,9 +62,12 @@ def load_chat_template(checkpoint_dir: str | Path) -> str:
     path = Path(checkpoint_dir) / "chat_template.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text())["chat_template"]
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: unreadable chat template ({exc})") from exc
+            template = json.loads(path.read_text(encoding="utf-8"))["chat_template"]
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: unreadable chat template ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(template, str):
+            raise CheckpointError(f"{path}: chat_template must be a string, found {type(template).__name__}")
+        return template
     return DEFAULT_CHAT_TEMPLATE
 
 

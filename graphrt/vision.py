@@ -12,6 +12,12 @@ from torch import nn
 
 from .config import VisionConfig
 from .layers import LayerNorm, Linear, empty_param
+from .lru import LRU
+
+# Interpolated position tables kept (least recently used dropped). A 3B table is ~9.5 MB in bf16 at
+# 1024x768; recomputing one costs ~65 ms on one CPU core (a kernel on the GPU), so a few are kept
+# for repeated sizes while a run over many sizes stays flat (docs/notes.md).
+POSITION_TABLES_KEPT = 8
 
 # attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
 VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
@@ -95,21 +101,22 @@ class MoonViT(nn.Module):
         self.pos_emb = empty_param(cfg.init_pos_emb_height, cfg.init_pos_emb_width, h, dtype=dtype, device=device)
         self.blocks = nn.ModuleList(MoonViTBlock(cfg, dtype, device) for _ in range(cfg.num_hidden_layers))
         self.final_layernorm = LayerNorm(h, cfg.layer_norm_eps, dtype, device)
-        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pos_cache: LRU[torch.Tensor] = LRU(POSITION_TABLES_KEPT)
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (cached per grid)."""
-        if grid not in self._pos_cache:
-            table = self.pos_emb
-            if tuple(grid) != tuple(table.shape[:2]):
-                src = table.permute(2, 0, 1)[None]
-                try:
-                    table = F.interpolate(src, size=grid, mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
-                except RuntimeError:  # some CPU builds lack bicubic for bf16
-                    table = F.interpolate(src.float(), size=grid, mode="bicubic", align_corners=False)[0]
-                    table = table.permute(1, 2, 0).to(self.pos_emb.dtype)
-            self._pos_cache[tuple(grid)] = table.reshape(-1, table.shape[-1]).contiguous()
-        return self._pos_cache[tuple(grid)]
+        """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""
+        return self._pos_cache.get(tuple(grid), lambda: self._interpolated_table(tuple(grid)))
+
+    def _interpolated_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        table = self.pos_emb
+        if grid != tuple(table.shape[:2]):
+            src = table.permute(2, 0, 1)[None]
+            try:
+                table = F.interpolate(src, size=grid, mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+            except RuntimeError:  # some CPU builds lack bicubic for bf16
+                table = F.interpolate(src.float(), size=grid, mode="bicubic", align_corners=False)[0]
+                table = table.permute(1, 2, 0).to(self.pos_emb.dtype)
+        return table.reshape(-1, table.shape[-1]).contiguous()
 
     def clear_cache(self) -> None:
         self._pos_cache.clear()

@@ -22,6 +22,7 @@ from graphrt.errors import CheckpointError
 from .spec import IGNORED_SUFFIXES, WeightEntry, weight_spec
 
 INDEX_FILE = "model.safetensors.index.json"
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 def checkpoint_tensors(checkpoint_dir: str | Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
@@ -30,9 +31,11 @@ def checkpoint_tensors(checkpoint_dir: str | Path) -> dict[str, tuple[Path, tupl
     index = root / INDEX_FILE
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{index}: unreadable index ({exc})") from exc
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{index}: unreadable index ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
         files = sorted({root / f for f in weight_map.values()})
     else:
         files = sorted(root.glob("*.safetensors"))
@@ -45,8 +48,14 @@ def checkpoint_tensors(checkpoint_dir: str | Path) -> dict[str, tuple[Path, tupl
         try:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
-                    out[name] = (path, tuple(f.get_slice(name).get_shape()))
-        except Exception as exc:  # safetensors raises its own error types
+                    tensor = f.get_slice(name)
+                    if tensor.get_dtype() not in _FLOAT_DTYPES:
+                        raise CheckpointError(f"{path}: tensor {name} has dtype {tensor.get_dtype()}; "
+                                              "weights must be floating point")
+                    out[name] = (path, tuple(tensor.get_shape()))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types (truncated header, bad JSON, ...)
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     return out
 
@@ -87,13 +96,16 @@ def load_weights(model: torch.nn.Module, checkpoint_dir: str | Path, cfg: ModelC
                disable=not progress, leave=False)
     with torch.no_grad():
         for path, entries in sorted(by_file.items()):
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for entry in entries:
-                    dst = params[entry.param]
-                    if entry.row_offset is not None:
-                        dst = dst.narrow(0, entry.row_offset, entry.shape[0])
-                    dst.copy_(f.get_tensor(entry.name))
-                    bar.update()
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as f:
+                    for entry in entries:
+                        dst = params[entry.param]
+                        if entry.row_offset is not None:
+                            dst = dst.narrow(0, entry.row_offset, entry.shape[0])
+                        dst.copy_(f.get_tensor(entry.name))
+                        bar.update()
+            except Exception as exc:  # the file changed or broke since its header was read
+                raise CheckpointError(f"{path}: reading tensors failed ({exc})") from exc
     bar.close()
 
 
