@@ -395,6 +395,8 @@ class Engine:
         return prepared, failures
 
     def _check_query_length(self, query) -> None:
+        if not isinstance(query, (str, list, tuple)):
+            raise InputError(f"query must be a non-empty string or a list of strings, found {type(query).__name__}")
         limit = self.options.max_query_chars
         text = normalize_query(query)
         if limit is not None and len(text) > limit:
