@@ -94,6 +94,7 @@ class EngineOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise OptionError(f"{name} must be a positive integer or None (no limit), found {value!r}")
+        _check_generation(self.generation)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -222,6 +223,7 @@ class Engine:
         """Several queries about one image: one vision pass, one shared prompt prefix."""
         if isinstance(queries, str):
             raise InputError("locate_many takes a list of queries (use locate for one)")
+        queries = _as_list(queries, "queries", "a list of queries")
         return self.locate_batch([(image, q) for q in queries], temperatures, **generation)
 
     def locate_batch(self, pairs, temperatures: list[float | None] | None = None, errors: str = "raise",
@@ -230,7 +232,7 @@ class Engine:
 
         errors="raise": the first bad pair raises InputError. errors="report": a bad pair gets a
         result with `error` set, and every other pair is answered."""
-        pairs = list(pairs)
+        pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         self._check_rows(len(pairs), "locate_batch")
         out: list[LocateResult | None] = [None] * len(pairs)
         for i, result in self.locate_stream(pairs, temperatures, errors, **generation):
@@ -242,11 +244,12 @@ class Engine:
         """Like locate_batch, but yields (index, result) as results complete (for progress bars)."""
         if errors not in ("raise", "report"):
             raise OptionError(f"errors must be 'raise' or 'report', found {errors!r}")
-        pairs = list(pairs)
+        pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         if not pairs:
             return
-        gen = dataclasses.replace(self.options.generation, **generation)
-        temps = list(temperatures) if temperatures is not None else [None] * len(pairs)
+        gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
+        temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
+            else [None] * len(pairs)
         if len(temps) != len(pairs):
             raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {len(pairs)} pairs)")
         good = []
@@ -285,12 +288,13 @@ class Engine:
 
     def start(self, pairs, temperatures: list[float | None] | None = None, **generation) -> Generation:
         """Vision and prefill of one batch; returns a Generation to advance, pause or finish."""
-        pairs = list(pairs)
+        pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         if not pairs:
             raise InputError("start() needs at least one (image, query) pair")
         self._check_rows(len(pairs), "start")
-        gen = dataclasses.replace(self.options.generation, **generation)
-        temps = list(temperatures) if temperatures is not None else [None] * len(pairs)
+        gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
+        temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
+            else [None] * len(pairs)
         if len(temps) != len(pairs):
             raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {len(pairs)} pairs)")
         for i, (pair, temperature) in enumerate(zip(pairs, temps)):
@@ -586,6 +590,20 @@ def _is_cuda_index(device: str) -> bool:
 
 def _is_pair(pair) -> bool:
     return isinstance(pair, (tuple, list)) and len(pair) == 2
+
+
+def _as_list(items, name: str, wanted: str) -> list:
+    """A caller's sequence as a list; a string, a mapping or a non-iterable is refused, not split."""
+    if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+        raise InputError(f"{name} must be {wanted}, found {type(items).__name__}")
+    return list(items)
+
+
+def _check_generation(gen: GenerationConfig) -> GenerationConfig:
+    """What the config dataclasses let through: a NaN or infinite default temperature."""
+    if not math.isfinite(gen.sampling.temperature):
+        raise OptionError(f"generation temperature must be finite and >= 0, found {gen.sampling.temperature!r}")
+    return gen
 
 
 def _pair_problem(pair) -> str | None:

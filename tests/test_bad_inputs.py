@@ -409,6 +409,31 @@ def test_plain_strings_instead_of_pairs(engine, serves):
     serves()
 
 
+def test_wrong_containers(engine, serves):
+    with pytest.raises(InputError, match="pairs must be a list of"):
+        engine.locate_batch("a.png")
+    with pytest.raises(InputError, match="pairs must be a list of"):
+        engine.locate_batch(42)
+    with pytest.raises(InputError, match="temperatures must be a list"):
+        engine.locate_batch([GOOD], 0.5)
+    with pytest.raises(InputError, match="temperatures must have one entry per pair"):
+        engine.locate_batch([GOOD], [0.5, 0.5])
+    with pytest.raises(InputError, match="queries must be a list"):
+        engine.locate_many(GOOD[0], None)
+    serves()
+
+
+def test_nan_default_temperature_is_an_option_error(engine, serves):
+    from graphrt import GenerationConfig, SamplingConfig
+
+    bad = GenerationConfig(sampling=SamplingConfig(temperature=math.nan))
+    with pytest.raises(OptionError, match="temperature"):
+        EngineOptions(generation=bad)
+    with pytest.raises(OptionError, match="temperature"):
+        engine.locate_batch([GOOD], sampling=bad.sampling)
+    serves()
+
+
 @pytest.mark.parametrize("temperature", [math.nan, math.inf, -0.5, "hot", True])
 def test_bad_temperatures(engine, serves, temperature):
     with pytest.raises(InputError, match="temperature"):
