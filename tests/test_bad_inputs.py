@@ -244,6 +244,8 @@ def test_16_bit_modes_scale_to_8_bit(mode):
     want = [round(v * 255 / 65535) for v in values[0]]
     got = np.asarray(load_image(image))[0, :, 0].tolist()
     assert got == want and np.asarray(load_image(image)).dtype == np.uint8
+    if mode == "I;16":  # a 16-bit grayscale PNG file decodes to the same values
+        assert np.asarray(load_image(png_bytes(image)))[0, :, 0].tolist() == want
 
 
 def test_mode_i_and_f_out_of_range_are_refused():
