@@ -353,8 +353,8 @@ def _locate_many(args, engine, requests, out) -> int:
         if args.overlay and result.error is None:
             try:
                 draw_overlay(req.image, result.detections, Path(args.overlay) / f"{req.line:06d}_{Path(req.image).stem}.png")
-            except OSError as exc:
-                rec["overlay_error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a drawing failure must not lose the answer
+                rec["overlay_error"] = f"{type(exc).__name__}: {exc}"
         records[req.line] = rec
         if args.format == "jsonl":
             stream.write(json.dumps(rec) + "\n")

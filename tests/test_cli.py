@@ -111,6 +111,8 @@ def test_output_targets_are_checked_before_the_checkpoint_loads(tiny_ckpt, tmp_p
         (["--overlay", str(tmp_path / "file" / "drawn")], "--overlay"),
         (["--jsonl", str(tmp_path / "r.jsonl")], "--image (file or folder) or --jsonl"),
         (["--device", "tpu"], "--device tpu"),
+        (["--temperature", "nan"], "--temperature nan"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0"),
     ]:
         code, _, err = run_main(capsys, *base, *extra)
         assert code == 2 and words in err, (extra, err)

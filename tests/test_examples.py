@@ -48,3 +48,15 @@ def test_camera_loop_prints_percentiles():
     out = run("examples/camera_loop.py", "--device", "cpu", "--frames", "3", "--warmup", "1", "--max-new-tokens", "6")
     assert out.returncode == 0, out.stderr
     assert "P50" in out.stdout and "P99" in out.stdout
+
+
+def test_tiny_checkpoint_is_written_once(tmp_path, monkeypatch):
+    from weights import cache, synth
+
+    calls = []
+    write = synth.write_preset
+    monkeypatch.setattr(synth, "write_preset", lambda *a, **kw: calls.append(a) or write(*a, **kw))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    first, second = cache.cached_tiny_checkpoint(), cache.cached_tiny_checkpoint()
+    assert first == second and len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary folder left behind
