@@ -32,9 +32,14 @@ def main() -> int:
 
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from weights.cache import cached_tiny_checkpoint
+        from weights.cache import CACHE_ENV, cache_root, cached_tiny_checkpoint
 
-        checkpoint = cached_tiny_checkpoint()
+        try:
+            checkpoint = cached_tiny_checkpoint()
+        except OSError as exc:
+            print(f"error: cannot write the tiny checkpoint under {cache_root()} ({exc.strerror or exc}); "
+                  f"set {CACHE_ENV} to a writable folder", file=sys.stderr)
+            return 2
         print(f"No --checkpoint given: using the tiny RANDOM checkpoint cached at {checkpoint}.")
         print("Its weights are random, so the tokens and boxes below are meaningless; they show the pipeline runs.\n")
     # A generated image (in memory) when none is given.
