@@ -62,13 +62,20 @@ def _parse_row(line_no: int, text: str, image_root) -> Request:
         return Request(line_no, None, query, error=f"image must be a non-empty path string (got {_json_type(image)})")
     if image_root is not None and not Path(image).is_absolute():
         image = str(Path(image_root) / image)
-    if not (isinstance(query, str) or (isinstance(query, list) and query and all(isinstance(q, str) for q in query))):
-        return Request(line_no, image, query, error="query must be a string or a non-empty list of strings "
-                                                     f"(got {_json_type(query)})")
+    if (problem := _query_problem(query)) is not None:
+        return Request(line_no, image, query, error=problem)
     if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp)
                              or temp < 0):
         return Request(line_no, image, query, error=f"temperature must be a finite number >= 0 (got {temp!r})")
     return Request(line_no, image, query, None if temp is None else float(temp))
+
+
+def _query_problem(query) -> str | None:
+    """Why a JSONL `query` value is unusable, or None. (Empty strings are left to the engine,
+    which says "query is empty".)"""
+    if isinstance(query, str) or (isinstance(query, list) and query and all(isinstance(q, str) for q in query)):
+        return None
+    return f"query must be a string or a non-empty list of strings (got {_json_type(query)})"
 
 
 def _json_type(value) -> str:
