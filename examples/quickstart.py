@@ -2,14 +2,16 @@
 
     python examples/quickstart.py                       # built-in tiny random checkpoint (boxes meaningless)
     python examples/quickstart.py --checkpoint DIR --image street.jpg --query "person</c>car"
+
+Without --checkpoint, a tiny random checkpoint is written once (sharded, with an index, like the
+real one) to $GRAPHRT_CACHE_DIR, else $XDG_CACHE_HOME/graphrt, else ~/.cache/graphrt, and reused.
+Progress bars are drawn only when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -23,25 +25,28 @@ def main() -> int:
                                              "omitted: a tiny random checkpoint is written and used")
     parser.add_argument("--image", help="image file; omitted: a generated test image")
     parser.add_argument("--query", default="person</c>car", help="phrase, or categories joined by </c>")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="token cap (an answer may run up to 5 tokens past it: a step's box is kept whole)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) | cpu | cuda")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="graphrt-quickstart-"))
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from weights.synth import write_preset
+        from weights.cache import CACHE_ENV, cache_root, cached_tiny_checkpoint
 
-        checkpoint = write_preset("tiny", work / "tiny-checkpoint", progress=False)
-        print(f"No --checkpoint given: wrote a tiny RANDOM checkpoint to {checkpoint}.")
+        try:
+            checkpoint = cached_tiny_checkpoint()
+        except OSError as exc:
+            print(f"error: cannot write the tiny checkpoint under {cache_root()} ({exc.strerror or exc}); "
+                  f"set {CACHE_ENV} to a writable folder", file=sys.stderr)
+            return 2
+        print(f"No --checkpoint given: using the tiny RANDOM checkpoint cached at {checkpoint}.")
         print("Its weights are random, so the tokens and boxes below are meaningless; they show the pipeline runs.\n")
-    image = args.image
-    if image is None:
-        image = work / "image.png"
-        Image.fromarray((np.random.RandomState(0).rand(480, 640, 3) * 255).astype(np.uint8)).save(image)
+    # A generated image (in memory) when none is given.
+    image = args.image or Image.fromarray((np.random.RandomState(0).rand(480, 640, 3) * 255).astype(np.uint8))
 
     try:
-        engine = Engine.from_pretrained(checkpoint, EngineOptions(device=args.device))
+        engine = Engine.from_pretrained(checkpoint, EngineOptions(device=args.device, progress=sys.stderr.isatty()))
         result = engine.locate(image, args.query, max_new_tokens=args.max_new_tokens)
     except GraphrtError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,15 +1,17 @@
-"""Batch inputs and outputs of the CLI: JSONL or folder requests, JSONL or COCO-style results,
+"""Batch inputs and outputs of the CLI: JSONL or folder requests, JSONL or COCO results,
 overlay images with the boxes drawn. Bad input rows become error records, never exceptions."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -23,36 +25,76 @@ class Request:
 
 def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Request]:
     """Rows {"image": path, "query": str or [str, ...], "temperature": optional}. Relative image
-    paths are taken from `image_root` when given, else from the current directory."""
+    paths are taken from `image_root` when given, else from the current directory.
+
+    Each line is decoded on its own (UTF-8; a BOM at the start of the file and a CR before the
+    newline are dropped), so a line in another encoding is an error row for that line only.
+    Blank lines are skipped; line numbers count every line of the file, blank ones included."""
+    data = Path(path).read_bytes()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                out.append(Request(line_no, None, None, error=f"not JSON: {exc.msg} at column {exc.colno}"))
-                continue
-            if not isinstance(row, dict):
-                out.append(Request(line_no, None, None, error="row is not a JSON object"))
-                continue
-            missing = [k for k in ("image", "query") if k not in row]
-            if missing:
-                out.append(Request(line_no, row.get("image"), row.get("query"), error=f"missing {' and '.join(missing)}"))
-                continue
-            image = row["image"]
-            if not isinstance(image, str) or not image:
-                out.append(Request(line_no, None, row["query"], error="image must be a non-empty path string"))
-                continue
-            if image_root is not None and not Path(image).is_absolute():
-                image = str(Path(image_root) / image)
-            temp = row.get("temperature")
-            if temp is not None and (not isinstance(temp, (int, float)) or temp < 0):
-                out.append(Request(line_no, image, row["query"], error="temperature must be a number >= 0"))
-                continue
-            out.append(Request(line_no, image, row["query"], temp))
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            out.append(Request(line_no, None, None, error=f"line is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                                                          f"at column {exc.start + 1})"))
+            continue
+        if not text.strip():
+            continue
+        out.append(_parse_row(line_no, text, image_root))
     return out
+
+
+def _parse_row(line_no: int, text: str, image_root) -> Request:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Request(line_no, None, None, error=f"not JSON: {exc.msg} at column {exc.colno}")
+    if not isinstance(row, dict):
+        return Request(line_no, None, None, error=f"row is not a JSON object (got {_json_type(row)})")
+    missing = [k for k in ("image", "query") if k not in row]
+    if missing:
+        return Request(line_no, _str_or_none(row.get("image")), row.get("query"), error=f"missing {' and '.join(missing)}")
+    image, query, temp = row["image"], row["query"], row.get("temperature")
+    if not isinstance(image, str) or not image:
+        return Request(line_no, None, query, error=f"image must be a non-empty path string (got {_json_type(image)})")
+    if image_root is not None and not Path(image).is_absolute():
+        image = str(Path(image_root) / image)
+    if (problem := _query_problem(query)) is not None:
+        return Request(line_no, image, query, error=problem)
+    if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp)
+                             or temp < 0):
+        return Request(line_no, image, query, error=f"temperature must be a finite number >= 0 (got {temp!r})")
+    return Request(line_no, image, query, None if temp is None else float(temp))
+
+
+def _query_problem(query) -> str | None:
+    """Why a JSONL `query` value is unusable, or None. (Empty strings are left to the engine,
+    which says "query is empty".)"""
+    if isinstance(query, str) or (isinstance(query, list) and query and all(isinstance(q, str) for q in query)):
+        return None
+    return f"query must be a string or a non-empty list of strings (got {_json_type(query)})"
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list holding a non-string" if any(
+            not isinstance(v, str) for v in value) else "a list"
+    return "an object"
+
+
+def _str_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def read_folder(folder: str | Path, query: str) -> list[Request]:
@@ -74,32 +116,81 @@ def result_record(req: Request, result) -> dict:
     return record
 
 
-def coco(records: list[dict]) -> dict:
-    """COCO-style detections: images, categories (labels, or the query when a box has none),
-    annotations with [x, y, width, height] pixel boxes; error rows are listed apart."""
-    images, annotations, categories, errors = [], [], {}, []
-    image_ids: dict[str, int] = {}
+# The stock decoder gives no confidence; COCO evaluation needs a number to rank by.
+COCO_SCORE = 1.0
+
+
+def coco_results(records: list[dict]) -> list[dict]:
+    """Detections in the COCO results format that pycocotools' `COCO.loadRes` reads: a list of
+    {image_id, category_id, bbox [x, y, width, height] in pixels, score}. image_id is the file's
+    stem when every image's stem is an integer (COCO's own file names, so the ids match the
+    ground truth), else 1, 2, ... in input order; category_id numbers the labels (the query when
+    a box has none) in order of first appearance, as listed by `coco_dataset`. A point is a
+    zero-size box with "kind": "point". Error rows have no detections (the CLI lists them on stderr)."""
+    image_ids, category_ids = _coco_ids(records)
+    out = []
+    for rec in records:
+        if "error" in rec:
+            continue
+        for det in rec["detections"]:
+            item = {"image_id": image_ids[rec["image"]], "category_id": category_ids[_category(rec, det)],
+                    "bbox": _xywh(det), "score": COCO_SCORE}
+            if det["kind"] != "box":
+                item["kind"] = det["kind"]
+            out.append(item)
+    return out
+
+
+def coco_dataset(records: list[dict]) -> dict:
+    """A dataset-style document: images (id, file_name, width, height), categories (id, name),
+    annotations (the results above with id, area, iscrowd and the input line), and the error
+    rows apart. Its ids are the ones `coco_results` uses."""
+    image_ids, category_ids = _coco_ids(records)
+    images, annotations, errors, seen = [], [], [], set()
     for rec in records:
         if "error" in rec:
             errors.append({"line": rec["line"], "image": rec["image"], "error": rec["error"]})
             continue
-        if rec["image"] not in image_ids:
-            image_ids[rec["image"]] = len(images) + 1
+        if rec["image"] not in seen:
+            seen.add(rec["image"])
             w, h = rec["image_size"]
             images.append({"id": image_ids[rec["image"]], "file_name": rec["image"], "width": w, "height": h})
         for det in rec["detections"]:
-            name = det["label"] or str(rec["query"])
-            cat = categories.setdefault(name, {"id": len(categories) + 1, "name": name})
-            if det["kind"] == "box":
-                x1, y1, x2, y2 = det["box"]
-                bbox = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
-            else:
-                x, y = det["box"]
-                bbox = [round(x, 2), round(y, 2), 0.0, 0.0]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_ids[rec["image"]], "category_id": cat["id"],
-                                "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0,
-                                "score": det["score"], "kind": det["kind"], "line": rec["line"]})
-    return {"images": images, "annotations": annotations, "categories": list(categories.values()), "errors": errors}
+            bbox = _xywh(det)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_ids[rec["image"]],
+                                "category_id": category_ids[_category(rec, det)], "bbox": bbox,
+                                "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0, "score": COCO_SCORE,
+                                "kind": det["kind"], "line": rec["line"]})
+    categories = [{"id": i, "name": name} for name, i in category_ids.items()]
+    return {"images": images, "annotations": annotations, "categories": categories, "errors": errors}
+
+
+def _coco_ids(records: list[dict]) -> tuple[dict[str, int], dict[str, int]]:
+    good = [rec for rec in records if "error" not in rec]
+    paths = list(dict.fromkeys(rec["image"] for rec in good))
+    stems = [Path(p).stem for p in paths]
+    if stems and all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
+        image_ids = {p: int(s) for p, s in zip(paths, stems)}
+    else:
+        image_ids = {p: i for i, p in enumerate(paths, 1)}
+    category_ids: dict[str, int] = {}
+    for rec in good:
+        for det in rec["detections"]:
+            category_ids.setdefault(_category(rec, det), len(category_ids) + 1)
+    return image_ids, category_ids
+
+
+def _category(rec: dict, det: dict) -> str:
+    query = rec["query"]
+    return det["label"] or ("</c>".join(query) if isinstance(query, list) else str(query))
+
+
+def _xywh(det: dict) -> list[float]:
+    if det["kind"] == "box":
+        x1, y1, x2, y2 = det["box"]
+        return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+    x, y = det["box"]
+    return [round(x, 2), round(y, 2), 0.0, 0.0]
 
 
 _COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]

@@ -22,11 +22,18 @@ from .spec import WeightEntry, weight_spec
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def write_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu") -> Path:
+DEFAULT_SHARD_BYTES = 2 << 30
+
+
+def write_preset(name: str, out_dir: str | Path, seed: int = 0, progress: bool = True, device: str = "cpu",
+                 max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """One file `model.safetensors` when the weights fit in `max_shard_bytes` (tiny, mid), else
+    shards `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json` (3b)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    return write_checkpoint(preset.config, preset.layout, out_dir, seed=seed, progress=progress, device=device)
+    return write_checkpoint(preset.config, preset.layout, out_dir, seed=seed, progress=progress, device=device,
+                            max_shard_bytes=max_shard_bytes)
 
 
 def write_checkpoint(
@@ -34,7 +41,7 @@ def write_checkpoint(
     layout: TokenLayout,
     out_dir: str | Path,
     seed: int = 0,
-    max_shard_bytes: int = 2 << 30,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = True,
     device: str = "cpu",
 ) -> Path:
