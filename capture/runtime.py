@@ -42,6 +42,12 @@ class GraphRow:
     image: int  # index into the batch's image list (several rows may share one image)
     temperature: float | None = None
     max_new_tokens: int | None = None  # None: the generation config's
+    extra: tuple[int, ...] = ()  # images 2..N of the row (visual-prompt exemplars), indices like `image`
+
+    @property
+    def images(self) -> tuple[int, ...]:
+        """Batch image index of each of the prompt's image spans, in placeholder order."""
+        return (self.image, *self.extra)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,8 @@ class GraphRuntime:
 
     def unsupported_job(self, images: list[ProcessedImage], rows: list[GraphRow]) -> str | None:
         b = self.buckets
+        if len(images) > b.max_batch:
+            return f"{len(images)} images (exemplars included) > largest bucket {b.max_batch}"
         if images and max(im.num_patches for im in images) > b.max_patches:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
         if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
@@ -334,10 +342,17 @@ class GraphRuntime:
             base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
             ids[base : base + m] = prompt[seg.start : seg.end]
             positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.end)
-            if seg.start == 0:
-                s0, ni = base + seg.row.prompt.image_start, seg.row.prompt.image_tokens
-                is_image[s0 : s0 + ni] = True
-                image_row[s0 : s0 + ni] = seg.row.image * tokens_per_image + np.arange(ni)
+            spans = seg.row.prompt.image_spans
+            if len(spans) != len(seg.row.images):
+                raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.row.images)}")
+            for (start, n), image in zip(spans, seg.row.images):
+                # The part of each image inside this segment (a shared-prefix tail holds the
+                # exemplars but not image 1) reads its rows of vision_out.
+                lo, hi = max(start, seg.start), min(start + n, seg.end)
+                if lo < hi:
+                    s0 = base + lo - seg.start
+                    is_image[s0 : s0 + hi - lo] = True
+                    image_row[s0 : s0 + hi - lo] = image * tokens_per_image + np.arange(lo - start, hi - start)
             seqused[i], last[i], budget[i], padding[i], target[i] = seg.end, prompt[-1], seg.budget, False, seg.target
             seen[i, : len(prompt)] = prompt
             temps[i] = gen.sampling.temperature if seg.row.temperature is None else seg.row.temperature

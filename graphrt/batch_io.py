@@ -19,11 +19,27 @@ class Request:
     query: object
     temperature: float | None = None
     error: str | None = None  # set when the row itself is unusable (not JSON, fields missing)
+    task: str | None = None  # None: the CLI's --task
+    exemplar: str | list | None = None  # visual prompt: exemplar image path(s)
+    exemplar_box: object = None  # visual prompt: x1,y1,x2,y2 on the image
+    box_format: str | None = None  # normalized_1000 (default) | normalized_1 | pixel
+
+    def pair(self) -> tuple:
+        """(image, query) or (image, query, options) for Engine.locate_stream."""
+        opts = {k: v for k, v in (("task", self.task), ("exemplar", self.exemplar),
+                                  ("exemplar_box", self.exemplar_box), ("box_format", self.box_format))
+                if v is not None}
+        return (self.image, self.query, opts) if opts else (self.image, self.query)
+
+
+VISUAL_FIELDS = ("task", "exemplar", "exemplar_box", "box_format")
 
 
 def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Request]:
-    """Rows {"image": path, "query": str or [str, ...], "temperature": optional}. Relative image
-    paths are taken from `image_root` when given, else from the current directory."""
+    """Rows {"image": path, "query": str or [str, ...], "temperature": optional, "task": optional,
+    "exemplar": path or [paths] (optional), "exemplar_box": [x1, y1, x2, y2] (optional), "box_format":
+    optional}. Relative image and exemplar paths are taken from `image_root` when given, else from
+    the current directory."""
     out = []
     with open(path, encoding="utf-8") as f:
         for line_no, text in enumerate(f, start=1):
@@ -37,22 +53,47 @@ def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[R
             if not isinstance(row, dict):
                 out.append(Request(line_no, None, None, error="row is not a JSON object"))
                 continue
-            missing = [k for k in ("image", "query") if k not in row]
+            missing = [k for k in ("image",) if k not in row]
             if missing:
                 out.append(Request(line_no, row.get("image"), row.get("query"), error=f"missing {' and '.join(missing)}"))
                 continue
             image = row["image"]
             if not isinstance(image, str) or not image:
-                out.append(Request(line_no, None, row["query"], error="image must be a non-empty path string"))
+                out.append(Request(line_no, None, row.get("query"), error="image must be a non-empty path string"))
                 continue
             if image_root is not None and not Path(image).is_absolute():
                 image = str(Path(image_root) / image)
             temp = row.get("temperature")
             if temp is not None and (not isinstance(temp, (int, float)) or temp < 0):
-                out.append(Request(line_no, image, row["query"], error="temperature must be a number >= 0"))
+                out.append(Request(line_no, image, row.get("query"), error="temperature must be a number >= 0"))
                 continue
-            out.append(Request(line_no, image, row["query"], temp))
+            extra, bad = _visual_fields(row, image_root)
+            if bad:
+                out.append(Request(line_no, image, row.get("query"), error=bad))
+                continue
+            out.append(Request(line_no, image, row.get("query"), temp, **extra))
     return out
+
+
+def _visual_fields(row: dict, image_root) -> tuple[dict, str | None]:
+    """The optional task and visual-prompt fields of a JSONL row, or the reason they are unusable
+    (the engine checks the values themselves: known task, box inside its range, readable exemplar)."""
+    extra = {k: row[k] for k in VISUAL_FIELDS if row.get(k) is not None}
+    for key in ("task", "box_format"):
+        if key in extra and not isinstance(extra[key], str):
+            return {}, f"{key} must be a string"
+    if "exemplar" in extra:
+        paths = extra["exemplar"] if isinstance(extra["exemplar"], list) else [extra["exemplar"]]
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            return {}, "exemplar must be an image path or a list of image paths"
+        if image_root is not None:
+            paths = [p if Path(p).is_absolute() else str(Path(image_root) / p) for p in paths]
+        extra["exemplar"] = paths if isinstance(extra["exemplar"], list) else paths[0]
+    box = extra.get("exemplar_box")
+    if box is not None and not (isinstance(box, str) or (isinstance(box, list) and len(box) == 4
+                                                          and all(isinstance(v, (int, float)) for v in box))):
+        return {}, "exemplar_box must be [x1, y1, x2, y2] (numbers) or \"x1,y1,x2,y2\""
+    return extra, None
 
 
 def read_folder(folder: str | Path, query: str) -> list[Request]:
@@ -68,8 +109,8 @@ def result_record(req: Request, result) -> dict:
         record["error"] = error
         return record
     d = result.to_dict()
-    for key in ("detections", "text", "stop_reason", "steps", "image_size", "image_tokens", "prompt_tokens",
-                "empty_frames", "malformed", "timings_ms"):
+    for key in ("task", "detections", "text", "stop_reason", "steps", "image_size", "image_tokens", "prompt_tokens",
+                "exemplars", "empty_frames", "malformed", "timings_ms"):
         record[key] = d[key]
     return record
 
@@ -88,7 +129,7 @@ def coco(records: list[dict]) -> dict:
             w, h = rec["image_size"]
             images.append({"id": image_ids[rec["image"]], "file_name": rec["image"], "width": w, "height": h})
         for det in rec["detections"]:
-            name = det["label"] or str(rec["query"])
+            name = det["label"] or str(rec["query"] or rec.get("task") or "object")
             cat = categories.setdefault(name, {"id": len(categories) + 1, "name": name})
             if det["kind"] == "box":
                 x1, y1, x2, y2 = det["box"]
@@ -96,9 +137,12 @@ def coco(records: list[dict]) -> dict:
             else:
                 x, y = det["box"]
                 bbox = [round(x, 2), round(y, 2), 0.0, 0.0]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_ids[rec["image"]], "category_id": cat["id"],
-                                "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0,
-                                "score": det["score"], "kind": det["kind"], "line": rec["line"]})
+            ann = {"id": len(annotations) + 1, "image_id": image_ids[rec["image"]], "category_id": cat["id"],
+                   "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0,
+                   "score": det["score"], "kind": det["kind"], "line": rec["line"]}
+            if det["kind"] == "point":  # COCO keypoint style: one visible keypoint (v=2) at the point
+                ann.update(keypoints=[round(x, 2), round(y, 2), 2], num_keypoints=1)
+            annotations.append(ann)
     return {"images": images, "annotations": annotations, "categories": list(categories.values()), "errors": errors}
 
 

@@ -2,6 +2,8 @@
 
   graphrt synth-checkpoint --preset tiny --out ckpt/            random checkpoint of the official layout
   graphrt locate --checkpoint ckpt/ --image a.jpg --query "person</c>car" [--json]
+  graphrt locate --checkpoint ckpt/ --image a.jpg --task point --query "the traffic light"
+  graphrt locate --checkpoint ckpt/ --image a.jpg --task detect_visual_prompt --exemplar-box 100,200,300,400
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl [--overlay DIR]
   graphrt locate --checkpoint ckpt/ --image photos/ --query car --format coco --out boxes.json
   graphrt status --checkpoint ckpt/                              backend, buckets, memory
@@ -17,6 +19,20 @@ from pathlib import Path
 from .errors import GraphrtError
 
 EPILOG = "Random checkpoints produce random tokens: their boxes mean nothing. Exit status 2 means bad input."
+
+# One example per task (the question text is the official worker's; see graphrt.prompt.TASKS).
+TASK_HELP = """tasks (--task; the query fills {phrase}):
+  detect                --query "person</c>car"          Locate all the instances that matches ...: {phrase}.
+  detect_text           (no query)                       Detect all the text in box format.
+  ground_single         --query "the man in a red hat"   Locate a single instance that matches ...: {phrase}.
+  ground_multi          --query "people wearing red"     Locate all the instances that match ...: {phrase}.
+  ground_text           --query "EXIT"                   Please locate the text referred as {phrase}.
+  region                --query "the search button"      Locate the region that matches ...: {phrase}. (GUI)
+  point                 --query "the traffic light"      Point to: {phrase}.  (answers points)
+  detect_visual_prompt  --exemplar-box 100,200,300,400   Detect all the objects in the image that belong to
+                        (or --exemplar crop.png)         the category set: <image-2>.  (the exemplar is image 2)
+Any other task also takes --exemplar/--exemplar-box: "\\nVisual prompt: <image-2>" is appended to its question.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,14 +54,24 @@ def main(argv: list[str] | None = None) -> int:
                                      "e.g. \"person</c>car\". One image prints its boxes; a folder (--image DIR "
                                      "--query Q) or a JSONL file (--jsonl FILE, rows {\"image\": path, \"query\": "
                                      "str or list, \"temperature\": optional}) writes one output row per input row. "
+                                     "JSONL rows may also name \"task\", \"exemplar\" (path or list), "
+                                     "\"exemplar_box\" and \"box_format\". "
                                      "A bad row (not JSON, missing field, unreadable image, empty query) gets an "
                                      "output row with its line number and an error; the run goes on.",
-                         epilog=EPILOG)
+                         epilog=TASK_HELP + "\n" + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _engine_args(loc)
     src = loc.add_argument_group("input (one of)")
     src.add_argument("--image", help="image file, or a folder of images (with --query)")
     src.add_argument("--jsonl", help="JSONL file of requests")
-    loc.add_argument("--query", help='phrase or categories joined by </c> (with --image)')
+    loc.add_argument("--query", help='phrase or categories joined by </c> (with --image; not for detect_text or '
+                                     'detect_visual_prompt)')
+    vis = loc.add_argument_group("visual prompt (with --image: applies to the image, or each image of a folder)")
+    vis.add_argument("--exemplar", action="append", help="exemplar image sent after the query image (repeatable)")
+    vis.add_argument("--exemplar-box", help="exemplar as a box x1,y1,x2,y2 on the query image, cropped and sent "
+                                            "after it (before any --exemplar)")
+    vis.add_argument("--box-format", choices=["normalized_1000", "normalized_1", "pixel"], default=None,
+                     help="units of --exemplar-box: 0..1000 of the image side (default, the model's box format), "
+                          "0..1, or pixels")
     loc.add_argument("--image-root", help="folder that relative image paths in --jsonl are taken from (default: .)")
     loc.add_argument("--out", help="output file (default: stdout)")
     loc.add_argument("--format", choices=["jsonl", "coco"], default="jsonl",
@@ -84,7 +110,12 @@ def _synth(args) -> int:
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (official HF layout)")
-    p.add_argument("--task", choices=["detect", "ground_multi", "ground_single"], default="detect")
+    from .prompt import TASKS
+
+    p.add_argument("--task", choices=list(TASKS), default="detect",
+                   help="the official worker's task (default detect); see the list below")
+    p.add_argument("--prompt-format", choices=["official", "jinja"], default="official",
+                   help="official: the worker's prompt text (default); jinja: render chat_template.json instead")
     p.add_argument("--mode", choices=["fast", "hybrid", "slow"], default="fast",
                    help="fast: MTP box decoding (default); hybrid: MTP with AR after a broken box; slow: AR")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="token cap per request")
@@ -103,7 +134,8 @@ def _engine(args, graphs: str):
 
     gen = GenerationConfig(mode=args.mode, max_new_tokens=args.max_new_tokens,
                            sampling=SamplingConfig(temperature=args.temperature))
-    opts = EngineOptions(device=args.device, dtype=args.dtype, task=args.task, generation=gen,
+    opts = EngineOptions(device=args.device, dtype=args.dtype, task=args.task, prompt_format=args.prompt_format,
+                         generation=gen,
                          progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
                          sampling_graphs=args.temperature > 0)
     return Engine.from_pretrained(args.checkpoint, opts)
@@ -117,8 +149,12 @@ def _status(args) -> int:
 def _locate(args, parser) -> int:
     if bool(args.image) == bool(args.jsonl):
         parser.error("give --image (file or folder) or --jsonl")
-    if args.image and not args.query:
-        parser.error("--image needs --query")
+    from .prompt import PHRASE_TASKS
+
+    if args.image and not args.query and args.task in PHRASE_TASKS:
+        parser.error(f"--image needs --query (task {args.task} takes a phrase)")
+    if args.jsonl and (args.exemplar or args.exemplar_box):
+        parser.error("--exemplar/--exemplar-box go with --image; JSONL rows carry their own exemplar fields")
     if args.image and not Path(args.image).is_dir():
         return _locate_one(args)
     from .batch_io import read_folder, read_jsonl
@@ -130,15 +166,22 @@ def _locate(args, parser) -> int:
         requests = read_jsonl(args.jsonl, args.image_root)
     else:
         requests = read_folder(args.image, args.query)
+        for r in requests:
+            r.exemplar, r.exemplar_box, r.box_format = _cli_exemplar(args), args.exemplar_box, args.box_format
     if not requests:
         print("graphrt: error: no requests (empty JSONL file or no images in the folder)", file=sys.stderr)
         return 2
     return _locate_many(args, _engine(args, "auto"), requests)
 
 
+def _cli_exemplar(args):
+    return None if not args.exemplar else args.exemplar[0] if len(args.exemplar) == 1 else list(args.exemplar)
+
+
 def _locate_one(args) -> int:
     engine = _engine(args, "off")
-    result = engine.locate(args.image, args.query)
+    result = engine.locate(args.image, args.query, exemplar=_cli_exemplar(args), exemplar_box=args.exemplar_box,
+                           box_format=args.box_format or "normalized_1000")
     if args.overlay:
         from .batch_io import draw_overlay
 
@@ -176,7 +219,7 @@ def _locate_many(args, engine, requests) -> int:
         t0 = time.perf_counter()
         bar = tqdm(total=len(requests), unit="req", desc="locate", disable=not sys.stderr.isatty() and not args.out,
                    initial=len(records), file=sys.stderr)
-        pairs = [(r.image, r.query) for r in good]
+        pairs = [r.pair() for r in good]
         temps = [r.temperature for r in good]
         images_done: set[str] = set()
         for i, result in engine.locate_stream(pairs, temps, errors="report"):
