@@ -198,14 +198,10 @@ class GraphRuntime:
         """Vision of `images`, then the prompts of `rows` into cache rows `targets` (other rows keep
         decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
         per-stage milliseconds."""
-        b = self.buckets
-        bv = Buckets.fit(b.batch_sizes, len(images))
-        p = Buckets.fit(b.patch_budgets, max(im.num_patches for im in images))
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
-        self._fill_vision(images, bv, p)
-        self._run(("vision", bv, p))
+        base, (bv, p), passes = self._encode(images, {r.image for r in rows})
         clock.lap("vision_ms")
 
         owner: dict[int, int] = {}  # image -> first row of that image
@@ -225,18 +221,48 @@ class GraphRuntime:
                 second.append(_Segment(r, t, r.prompt.prefix_len, last, budget))
             else:
                 first.append(_Segment(r, t, 0, last, budget))
-        self._prefill(first, p, gen)
+        self._prefill(first, base, gen)
         if second:
             for i in members:
                 self.pipe.share_prefix(targets[i], targets[owner[rows[i].image]], rows[i].prompt.prefix_len)
-            self._prefill(second, p, gen)
+            self._prefill(second, base, gen)
         clock.lap("prefill_ms")
-        return dict(clock.laps, bucket_vision=(bv, p), shared_rows=len(members))
+        return dict(clock.laps, bucket_vision=(bv, p), vision_passes=passes, shared_rows=len(members))
 
-    def _prefill(self, segments: list[_Segment], p: int, gen: GenerationConfig) -> None:
+    def _encode(self, images: list[ProcessedImage], query_images: set[int]):
+        """Vision of all images -> (each image's first row in vision_out, the main bucket, passes).
+
+        Images share a vision bucket's equal-size slots, so a small exemplar next to a large query
+        image would cost a whole slot of the large bucket. Exemplars that fit the smallest patch
+        budget (crops usually do) run in their own small-bucket pass first, and their features are
+        moved to the pipeline's exemplar rows of vision_out, past every bucket's output."""
+        b, pipe = self.buckets, self.pipe
+        small_p = b.patch_budgets[0]
+        small = [i for i, im in enumerate(images) if i not in query_images and im.num_patches <= small_p]
+        main = [i for i in range(len(images)) if i not in small]
+        p = Buckets.fit(b.patch_budgets, max(images[i].num_patches for i in main))
+        if p <= small_p:  # nothing to save: one pass
+            main, small = list(range(len(images))), []
+        base = [0] * len(images)
+        if small:
+            bv = Buckets.fit(b.batch_sizes, len(small))
+            self._fill_vision([images[i] for i in small], bv, small_p)
+            self._run(("vision", bv, small_p))
+            rows = len(small) * small_p // 4
+            pipe.vision_out[pipe.exemplar_base : pipe.exemplar_base + rows].copy_(pipe.vision_out[:rows])
+            for slot, i in enumerate(small):
+                base[i] = pipe.exemplar_base + slot * small_p // 4
+        bv = Buckets.fit(b.batch_sizes, len(main))
+        self._fill_vision([images[i] for i in main], bv, p)
+        self._run(("vision", bv, p))
+        for slot, i in enumerate(main):
+            base[i] = slot * p // 4
+        return base, (bv, p), 1 + bool(small)
+
+    def _prefill(self, segments: list[_Segment], base: list[int], gen: GenerationConfig) -> None:
         bb = Buckets.fit(self.buckets.batch_sizes, len(segments))
         t = Buckets.fit(self.buckets.prefill_lengths, max(s.end - s.start for s in segments))
-        self._fill_prefill(segments, bb, t, p, gen)
+        self._fill_prefill(segments, bb, t, base, gen)
         self._run(("prefill", bb, t))
 
     def collect(self, targets: list[int]) -> list[RowResult]:
@@ -320,7 +346,9 @@ class GraphRuntime:
         pipe.merge_index[: bv * p].copy_(torch.from_numpy(merge))
         pipe.v_seqused[:bv].copy_(torch.from_numpy(used))
 
-    def _fill_prefill(self, segments: list[_Segment], bb: int, t: int, p: int, gen: GenerationConfig) -> None:
+    def _fill_prefill(self, segments: list[_Segment], bb: int, t: int, image_base: list[int],
+                      gen: GenerationConfig) -> None:
+        """`image_base[k]`: the first vision_out row of batch image k."""
         pipe, vocab = self.pipe, self.pipe.vocab
         ids = np.zeros(bb * t, dtype=np.int64)
         is_image = np.zeros(bb * t, dtype=bool)
@@ -335,7 +363,6 @@ class GraphRuntime:
         temps = np.zeros(bb, dtype=np.float32)
         target = np.zeros(bb, dtype=np.int64)
         step_limit = np.full(bb, 1 << 30, dtype=np.int64)
-        tokens_per_image = p // 4
         for i, seg in enumerate(segments):
             prompt = seg.row.prompt.ids
             m = seg.end - seg.start
@@ -352,7 +379,7 @@ class GraphRuntime:
                 if lo < hi:
                     s0 = base + lo - seg.start
                     is_image[s0 : s0 + hi - lo] = True
-                    image_row[s0 : s0 + hi - lo] = image * tokens_per_image + np.arange(lo - start, hi - start)
+                    image_row[s0 : s0 + hi - lo] = image_base[image] + np.arange(lo - start, hi - start)
             seqused[i], last[i], budget[i], padding[i], target[i] = seg.end, prompt[-1], seg.budget, False, seg.target
             seen[i, : len(prompt)] = prompt
             temps[i] = gen.sampling.temperature if seg.row.temperature is None else seg.row.temperature

@@ -117,6 +117,8 @@ def test_static_path_equals_eager_with_exemplars(tiny_engine):
     assert runtime.last_timings_ms["shared_rows"] == 0
     runtime.run(images, rows, GEN)
     assert runtime.last_timings_ms["shared_rows"] == 2
+    # The small exemplars (C, the crop) ran in their own smallest-bucket vision pass.
+    assert runtime.last_timings_ms["vision_passes"] == 2 and runtime.last_timings_ms["bucket_vision"] == (2, 128)
     # Without the exemplar the answers differ (the exemplar's features reach the model).
     assert expected[0] != eager_tokens(tiny_engine, [a], [GraphRow(prompts.build("x", n[0]), 0)])[0]
 
