@@ -58,7 +58,10 @@ class StaticPipeline:
         self.sin = z(bm * pm, hd // 2, dtype=torch.float32)
         self.merge_index = z(bm * pm)
         self.v_seqused = torch.full((bm,), 4, dtype=torch.int32, device=dev)  # never above a bucket's P
-        self.vision_out = z(bm * pm // 4, cfg.text.hidden_size, dtype=dt)
+        # Past every bucket's output: rows where small exemplars' features wait while the main
+        # vision pass runs (one smallest-bucket slot per image of the largest batch).
+        self.exemplar_base = bm * pm // 4
+        self.vision_out = z(bm * pm // 4 + bm * buckets.patch_budgets[0] // 4, cfg.text.hidden_size, dtype=dt)
 
         # prefill inputs (prompt[:-1] right-aligned per row) and step-state seeds
         self.p_ids = z(bm * tm)

@@ -47,6 +47,12 @@ class GraphRow:
     image: int  # index into the batch's image list (several rows may share one image)
     temperature: float | None = None
     max_new_tokens: int | None = None  # None: the generation config's
+    extra: tuple[int, ...] = ()  # images 2..N of the row (visual-prompt exemplars), indices like `image`
+
+    @property
+    def images(self) -> tuple[int, ...]:
+        """Batch image index of each of the prompt's image spans, in placeholder order."""
+        return (self.image, *self.extra)
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,8 @@ class GraphRuntime:
 
     def unsupported_job(self, images: list[ProcessedImage], rows: list[GraphRow]) -> str | None:
         b = self.buckets
+        if len(images) > b.max_batch:
+            return f"{len(images)} images (exemplars included) > largest bucket {b.max_batch}"
         if images and max(im.num_patches for im in images) > b.max_patches:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
         if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
@@ -196,14 +204,10 @@ class GraphRuntime:
         """Vision of `images`, then the prompts of `rows` into cache rows `targets` (other rows keep
         decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
         per-stage milliseconds."""
-        b = self.buckets
-        bv = Buckets.fit(b.batch_sizes, len(images))
-        p = Buckets.fit(b.patch_budgets, max(im.num_patches for im in images))
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
-        self._fill_vision(images, bv, p)
-        self._run(("vision", bv, p))
+        base, (bv, p), passes = self._encode(images, {r.image for r in rows})
         clock.lap("vision_ms")
 
         owner: dict[int, int] = {}  # image -> first row of that image
@@ -223,18 +227,48 @@ class GraphRuntime:
                 second.append(_Segment(r, t, r.prompt.prefix_len, last, budget))
             else:
                 first.append(_Segment(r, t, 0, last, budget))
-        self._prefill(first, p, gen)
+        self._prefill(first, base, gen)
         if second:
             for i in members:
                 self.pipe.share_prefix(targets[i], targets[owner[rows[i].image]], rows[i].prompt.prefix_len)
-            self._prefill(second, p, gen)
+            self._prefill(second, base, gen)
         clock.lap("prefill_ms")
-        return dict(clock.laps, bucket_vision=(bv, p), shared_rows=len(members))
+        return dict(clock.laps, bucket_vision=(bv, p), vision_passes=passes, shared_rows=len(members))
 
-    def _prefill(self, segments: list[_Segment], p: int, gen: GenerationConfig) -> None:
+    def _encode(self, images: list[ProcessedImage], query_images: set[int]):
+        """Vision of all images -> (each image's first row in vision_out, the main bucket, passes).
+
+        Images share a vision bucket's equal-size slots, so a small exemplar next to a large query
+        image would cost a whole slot of the large bucket. Exemplars that fit the smallest patch
+        budget (crops usually do) run in their own small-bucket pass first, and their features are
+        moved to the pipeline's exemplar rows of vision_out, past every bucket's output."""
+        b, pipe = self.buckets, self.pipe
+        small_p = b.patch_budgets[0]
+        small = [i for i, im in enumerate(images) if i not in query_images and im.num_patches <= small_p]
+        main = [i for i in range(len(images)) if i not in small]
+        p = Buckets.fit(b.patch_budgets, max(images[i].num_patches for i in main))
+        if p <= small_p:  # nothing to save: one pass
+            main, small = list(range(len(images))), []
+        base = [0] * len(images)
+        if small:
+            bv = Buckets.fit(b.batch_sizes, len(small))
+            self._fill_vision([images[i] for i in small], bv, small_p)
+            self._run(("vision", bv, small_p))
+            rows = len(small) * small_p // 4
+            pipe.vision_out[pipe.exemplar_base : pipe.exemplar_base + rows].copy_(pipe.vision_out[:rows])
+            for slot, i in enumerate(small):
+                base[i] = pipe.exemplar_base + slot * small_p // 4
+        bv = Buckets.fit(b.batch_sizes, len(main))
+        self._fill_vision([images[i] for i in main], bv, p)
+        self._run(("vision", bv, p))
+        for slot, i in enumerate(main):
+            base[i] = slot * p // 4
+        return base, (bv, p), 1 + bool(small)
+
+    def _prefill(self, segments: list[_Segment], base: list[int], gen: GenerationConfig) -> None:
         bb = Buckets.fit(self.buckets.batch_sizes, len(segments))
         t = Buckets.fit(self.buckets.prefill_lengths, max(s.end - s.start for s in segments))
-        self._fill_prefill(segments, bb, t, p, gen)
+        self._fill_prefill(segments, bb, t, base, gen)
         self._run(("prefill", bb, t))
 
     def collect(self, targets: list[int]) -> list[RowResult]:
@@ -319,7 +353,9 @@ class GraphRuntime:
         pipe.merge_index[: bv * p].copy_(torch.from_numpy(merge))
         pipe.v_seqused[:bv].copy_(torch.from_numpy(used))
 
-    def _fill_prefill(self, segments: list[_Segment], bb: int, t: int, p: int, gen: GenerationConfig) -> None:
+    def _fill_prefill(self, segments: list[_Segment], bb: int, t: int, image_base: list[int],
+                      gen: GenerationConfig) -> None:
+        """`image_base[k]`: the first vision_out row of batch image k."""
         pipe, vocab = self.pipe, self.pipe.vocab
         ids = np.zeros(bb * t, dtype=np.int64)
         is_image = np.zeros(bb * t, dtype=bool)
@@ -334,17 +370,23 @@ class GraphRuntime:
         temps = np.zeros(bb, dtype=np.float32)
         target = np.zeros(bb, dtype=np.int64)
         step_limit = np.full(bb, 1 << 30, dtype=np.int64)
-        tokens_per_image = p // 4
         for i, seg in enumerate(segments):
             prompt = seg.row.prompt.ids
             m = seg.end - seg.start
             base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
             ids[base : base + m] = prompt[seg.start : seg.end]
             positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.end)
-            if seg.start == 0:
-                s0, ni = base + seg.row.prompt.image_start, seg.row.prompt.image_tokens
-                is_image[s0 : s0 + ni] = True
-                image_row[s0 : s0 + ni] = seg.row.image * tokens_per_image + np.arange(ni)
+            spans = seg.row.prompt.image_spans
+            if len(spans) != len(seg.row.images):
+                raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.row.images)}")
+            for (start, n), image in zip(spans, seg.row.images):
+                # The part of each image inside this segment (a shared-prefix tail holds the
+                # exemplars but not image 1) reads its rows of vision_out.
+                lo, hi = max(start, seg.start), min(start + n, seg.end)
+                if lo < hi:
+                    s0 = base + lo - seg.start
+                    is_image[s0 : s0 + hi - lo] = True
+                    image_row[s0 : s0 + hi - lo] = image_base[image] + np.arange(lo - start, hi - start)
             seqused[i], last[i], budget[i], padding[i], target[i] = seg.end, prompt[-1], seg.budget, False, seg.target
             seen[i, : len(prompt)] = prompt
             temps[i] = gen.sampling.temperature if seg.row.temperature is None else seg.row.temperature

@@ -29,6 +29,7 @@ class Job:
     temperatures: list[float | None]
     max_new_tokens: list[int | None]
     tag: object = None  # the caller's handle, returned with the results
+    exemplars: list[list[ProcessedImage]] = field(default_factory=list)  # per prompt (visual prompts); [] = none
     results: list[RowResult | None] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
 
@@ -75,6 +76,8 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
                     raise ValueError(f"a job of {len(waiting.prompts)} rows does not fit batch {batch}")
             if len(waiting.prompts) > len(free) - sum(len(j.prompts) for j in admitted):
                 break
+            if admitted and _images(waiting) + sum(map(_images, admitted)) > runtime.buckets.max_batch:
+                break  # one vision pass takes at most max_batch images (exemplars count)
             admitted.append(waiting)
             waiting = None
         if admitted:
@@ -98,16 +101,23 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
         free.sort()
 
 
+def _images(job: Job) -> int:
+    return 1 + sum(len(e) for e in job.exemplars)
+
+
 def _admit(runtime, jobs: list[Job], free: list[int], live: dict, gen: GenerationConfig, share_prefix: bool) -> None:
+    images = [job.image for job in jobs]
     rows, targets = [], []
     for i, job in enumerate(jobs):
         job.results = [None] * len(job.prompts)
         for r, (prompt, temp, cap) in enumerate(zip(job.prompts, job.temperatures, job.max_new_tokens)):
             target = free.pop(0)
-            rows.append(GraphRow(prompt, i, temp, cap))
+            extra = job.exemplars[r] if job.exemplars else []
+            rows.append(GraphRow(prompt, i, temp, cap, tuple(range(len(images), len(images) + len(extra)))))
+            images += extra
             targets.append(target)
             live[target] = (job, r)
-    laps = runtime.admit([job.image for job in jobs], rows, targets, gen, share_prefix)
+    laps = runtime.admit(images, rows, targets, gen, share_prefix)
     now = time.perf_counter()
     for job in jobs:
         job.timings_ms.update(vision_ms=laps["vision_ms"], prefill_ms=laps["prefill_ms"], admitted_with=len(jobs),

@@ -21,11 +21,27 @@ class Request:
     query: object
     temperature: float | None = None
     error: str | None = None  # set when the row itself is unusable (not JSON, fields missing)
+    task: str | None = None  # None: the CLI's --task
+    exemplar: str | list | None = None  # visual prompt: exemplar image path(s)
+    exemplar_box: object = None  # visual prompt: x1,y1,x2,y2 on the image
+    box_format: str | None = None  # normalized_1000 (default) | normalized_1 | pixel
+
+    def pair(self) -> tuple:
+        """(image, query) or (image, query, options) for Engine.locate_stream."""
+        opts = {k: v for k, v in (("task", self.task), ("exemplar", self.exemplar),
+                                  ("exemplar_box", self.exemplar_box), ("box_format", self.box_format))
+                if v is not None}
+        return (self.image, self.query, opts) if opts else (self.image, self.query)
+
+
+VISUAL_FIELDS = ("task", "exemplar", "exemplar_box", "box_format")
 
 
 def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Request]:
-    """Rows {"image": path, "query": str or [str, ...], "temperature": optional}. Relative image
-    paths are taken from `image_root` when given, else from the current directory.
+    """Rows {"image": path, "query": str or [str, ...], "temperature": optional, "task": optional,
+    "exemplar": path or [paths] (optional), "exemplar_box": [x1, y1, x2, y2] (optional), "box_format":
+    optional}. Relative image
+    and exemplar paths are taken from `image_root` when given, else from the current directory.
 
     Each line is decoded on its own (UTF-8; a BOM at the start of the file and a CR before the
     newline are dropped), so a line in another encoding is an error row for that line only.
@@ -54,20 +70,26 @@ def _parse_row(line_no: int, text: str, image_root) -> Request:
         return Request(line_no, None, None, error=f"not JSON: {exc.msg} at column {exc.colno}")
     if not isinstance(row, dict):
         return Request(line_no, None, None, error=f"row is not a JSON object (got {_json_type(row)})")
-    missing = [k for k in ("image", "query") if k not in row]
+    visual = any(row.get(k) is not None for k in VISUAL_FIELDS)
+    # A query may be left out only where a task or exemplar can stand for it (the engine then
+    # checks that the task really needs no phrase).
+    missing = [k for k in ("image", "query") if k not in row and not (k == "query" and visual)]
     if missing:
         return Request(line_no, _str_or_none(row.get("image")), row.get("query"), error=f"missing {' and '.join(missing)}")
-    image, query, temp = row["image"], row["query"], row.get("temperature")
+    image, query, temp = row["image"], row.get("query"), row.get("temperature")
     if not isinstance(image, str) or not image:
         return Request(line_no, None, query, error=f"image must be a non-empty path string (got {_json_type(image)})")
     if image_root is not None and not Path(image).is_absolute():
         image = str(Path(image_root) / image)
-    if (problem := _query_problem(query)) is not None:
+    if not (query is None and visual) and (problem := _query_problem(query)) is not None:
         return Request(line_no, image, query, error=problem)
     if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float)) or not math.isfinite(temp)
                              or temp < 0):
         return Request(line_no, image, query, error=f"temperature must be a finite number >= 0 (got {temp!r})")
-    return Request(line_no, image, query, None if temp is None else float(temp))
+    extra, bad = _visual_fields(row, image_root)
+    if bad:
+        return Request(line_no, image, query, error=bad)
+    return Request(line_no, image, query, None if temp is None else float(temp), **extra)
 
 
 def _query_problem(query) -> str | None:
@@ -97,6 +119,27 @@ def _str_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _visual_fields(row: dict, image_root) -> tuple[dict, str | None]:
+    """The optional task and visual-prompt fields of a JSONL row, or the reason they are unusable
+    (the engine checks the values themselves: known task, box inside its range, readable exemplar)."""
+    extra = {k: row[k] for k in VISUAL_FIELDS if row.get(k) is not None}
+    for key in ("task", "box_format"):
+        if key in extra and not isinstance(extra[key], str):
+            return {}, f"{key} must be a string"
+    if "exemplar" in extra:
+        paths = extra["exemplar"] if isinstance(extra["exemplar"], list) else [extra["exemplar"]]
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            return {}, "exemplar must be an image path or a list of image paths"
+        if image_root is not None:
+            paths = [p if Path(p).is_absolute() else str(Path(image_root) / p) for p in paths]
+        extra["exemplar"] = paths if isinstance(extra["exemplar"], list) else paths[0]
+    box = extra.get("exemplar_box")
+    if box is not None and not (isinstance(box, str) or (isinstance(box, list) and len(box) == 4
+                                                          and all(isinstance(v, (int, float)) for v in box))):
+        return {}, "exemplar_box must be [x1, y1, x2, y2] (numbers) or \"x1,y1,x2,y2\""
+    return extra, None
+
+
 def read_folder(folder: str | Path, query: str) -> list[Request]:
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return [Request(i + 1, str(p), query) for i, p in enumerate(files)]
@@ -110,8 +153,8 @@ def result_record(req: Request, result) -> dict:
         record["error"] = error
         return record
     d = result.to_dict()
-    for key in ("detections", "text", "stop_reason", "steps", "image_size", "image_tokens", "prompt_tokens",
-                "empty_frames", "malformed", "timings_ms"):
+    for key in ("task", "detections", "text", "stop_reason", "steps", "image_size", "image_tokens", "prompt_tokens",
+                "exemplars", "empty_frames", "malformed", "timings_ms"):
         record[key] = d[key]
     return record
 
@@ -126,7 +169,7 @@ def coco_results(records: list[dict]) -> list[dict]:
     stem when every image's stem is an integer (COCO's own file names, so the ids match the
     ground truth), else 1, 2, ... in input order; category_id numbers the labels (the query when
     a box has none) in order of first appearance, as listed by `coco_dataset`. A point is a
-    zero-size box with "kind": "point". Error rows have no detections (the CLI lists them on stderr)."""
+    zero-size box with "kind": "point" and COCO keypoints `[x, y, 2]`. Error rows have no detections (the CLI lists them on stderr)."""
     image_ids, category_ids = _coco_ids(records)
     out = []
     for rec in records:
@@ -136,7 +179,7 @@ def coco_results(records: list[dict]) -> list[dict]:
             item = {"image_id": image_ids[rec["image"]], "category_id": category_ids[_category(rec, det)],
                     "bbox": _xywh(det), "score": COCO_SCORE}
             if det["kind"] != "box":
-                item["kind"] = det["kind"]
+                item.update(kind=det["kind"], **_keypoints(det))
             out.append(item)
     return out
 
@@ -160,7 +203,7 @@ def coco_dataset(records: list[dict]) -> dict:
             annotations.append({"id": len(annotations) + 1, "image_id": image_ids[rec["image"]],
                                 "category_id": category_ids[_category(rec, det)], "bbox": bbox,
                                 "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0, "score": COCO_SCORE,
-                                "kind": det["kind"], "line": rec["line"]})
+                                "kind": det["kind"], "line": rec["line"], **_keypoints(det)})
     categories = [{"id": i, "name": name} for name, i in category_ids.items()]
     return {"images": images, "annotations": annotations, "categories": categories, "errors": errors}
 
@@ -181,7 +224,7 @@ def _coco_ids(records: list[dict]) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def _category(rec: dict, det: dict) -> str:
-    query = rec["query"]
+    query = rec["query"] or rec.get("task") or "object"
     return det["label"] or ("</c>".join(query) if isinstance(query, list) else str(query))
 
 
@@ -191,6 +234,14 @@ def _xywh(det: dict) -> list[float]:
         return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
     x, y = det["box"]
     return [round(x, 2), round(y, 2), 0.0, 0.0]
+
+
+def _keypoints(det: dict) -> dict:
+    """COCO keypoint style for a point: one visible keypoint (v=2) at the point."""
+    if det["kind"] != "point":
+        return {}
+    x, y = det["box"]
+    return {"keypoints": [round(x, 2), round(y, 2), 2], "num_keypoints": 1}
 
 
 _COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]

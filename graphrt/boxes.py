@@ -16,6 +16,9 @@ class Detection:
     box_norm: tuple[int, ...]  # 0..1000: (x1, y1, x2, y2) for a box, (x, y) for a point
     box: tuple[float, ...]  # the same in pixels of the original image
     score: float | None = None  # the stock decoder produces no score
+    # Points (`<box><x><y></box>`, the `point` task): the same (x, y) again, named, None for boxes.
+    point: tuple[float, float] | None = None  # pixels of the original image
+    point_norm: tuple[int, int] | None = None  # 0..1000
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,7 +61,10 @@ def parse_detections(ids: list[int], tokens: TokenIds, decode: Callable[[list[in
                 values = tuple(t - tokens.coord_start for t in body)
                 scale = (width, height) * (len(values) // 2)
                 pixels = tuple(v / 1000.0 * s for v, s in zip(values, scale))
-                out.append(Detection(label, "box" if len(values) == 4 else "point", values, pixels))
+                if len(values) == 4:
+                    out.append(Detection(label, "box", values, pixels))
+                else:
+                    out.append(Detection(label, "point", values, pixels, point=pixels, point_norm=values))
             else:
                 malformed += 1
             i = end + 1

@@ -3,6 +3,8 @@
 examples:
   graphrt synth-checkpoint --preset tiny --out ckpt/
   graphrt locate --checkpoint ckpt/ --image a.jpg --query "person</c>car" [--json]
+  graphrt locate --checkpoint ckpt/ --image a.jpg --task point --query "the traffic light"
+  graphrt locate --checkpoint ckpt/ --image a.jpg --task detect_visual_prompt --exemplar-box 100,200,300,400
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl [--overlay DIR]
   graphrt locate --checkpoint ckpt/ --image photos/ --query car --format coco --out boxes.json
   graphrt status --checkpoint ckpt/
@@ -21,11 +23,26 @@ from pathlib import Path
 
 from . import __version__
 from .errors import GraphrtError, InputError
+from .prompt import PHRASE_TASKS, TASKS
 
 EPILOG = ("Random checkpoints (synth-checkpoint) produce random tokens: their boxes mean nothing. "
           "Exit status 2: bad input or options (one line on stderr saying which).")
 OVERSHOOT = ("an answer may run up to 5 tokens past it: a decode step appends a whole 6-token box frame "
              "and the official loop checks the cap between steps")
+# One example per task (the question text is the official worker's; see graphrt.prompt.TASKS).
+TASK_HELP = """tasks (--task; the query fills {phrase}):
+  detect                --query "person</c>car"          Locate all the instances that matches ...: {phrase}.
+  detect_text           (no query)                       Detect all the text in box format.
+  ground_single         --query "the man in a red hat"   Locate a single instance that matches ...: {phrase}.
+  ground_multi          --query "people wearing red"     Locate all the instances that match ...: {phrase}.
+  ground_text           --query "EXIT"                   Please locate the text referred as {phrase}.
+  region                --query "the search button"      Locate the region that matches ...: {phrase}. (GUI)
+  point                 --query "the traffic light"      Point to: {phrase}.  (answers points)
+  detect_visual_prompt  --exemplar-box 100,200,300,400   Detect all the objects in the image that belong to
+                        (or --exemplar crop.png)         the category set: <image-2>.  (the exemplar is image 2)
+Any other task also takes --exemplar/--exemplar-box: "\\nVisual prompt: <image-2>" is appended to its question.
+"""
+
 FORMATS = {
     "jsonl": "one JSON row per request",
     "coco": "COCO results, the list pycocotools' COCO.loadRes reads: {image_id, category_id, bbox [x, y, w, h], "
@@ -73,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     loc = sub.add_parser("locate", help="find the boxes of a query in one image, a folder of images, or a JSONL "
                               "file of requests",
-                         formatter_class=_HelpFormatter, epilog=EPILOG,
+                         formatter_class=_HelpFormatter, epilog=TASK_HELP + "\n" + EPILOG,
                          description="Run LocateAnything. The query is a phrase or categories joined by </c>, "
                                      "e.g. \"person</c>car\".\n\n"
                                      "  one image:  --image FILE --query Q   prints its boxes (--json: one JSON "
@@ -81,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "  a folder:   --image DIR --query Q    one output row per image file\n"
                                      "  JSONL:      --jsonl FILE             one output row per request row\n\n"
                                      "JSONL rows: {\"image\": path, \"query\": str or [str, ...], \"temperature\": "
-                                     "optional number >= 0}, UTF-8 (a BOM and CRLF line ends are fine, blank lines "
+                                     "optional number >= 0, \"task\", \"exemplar\" (path or list), \"exemplar_box\" and "
+                                     "\"box_format\" optional}, UTF-8 (a BOM and CRLF line ends are fine, blank lines "
                                      "are skipped). Output rows carry the input's line number and are written as "
                                      "they complete. A bad row (not JSON or not UTF-8, a field missing or of the "
                                      "wrong type, an unreadable image, an empty query, or any failure while "
@@ -93,9 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     src = loc.add_argument_group("input (give --image or --jsonl)")
     src.add_argument("--image", help="image file, or a folder of images (with --query); this or --jsonl is required")
     src.add_argument("--jsonl", help="JSONL file of requests; this or --image is required")
-    src.add_argument("--query", help="phrase, or categories joined by </c> (required with --image)")
+    src.add_argument("--query", help="phrase, or categories joined by </c> (required with --image, except for the "
+                                     "tasks detect_text and detect_visual_prompt)")
     src.add_argument("--image-root", help="folder that relative image paths in --jsonl are taken from "
                                           "(default: the current directory)")
+    vis = loc.add_argument_group("visual prompt (with --image: applies to the image, or each image of a folder)")
+    vis.add_argument("--exemplar", action="append", help="exemplar image sent after the query image (repeatable; "
+                                                         "default: none)")
+    vis.add_argument("--exemplar-box", help="exemplar as a box x1,y1,x2,y2 on the query image, cropped and sent "
+                                            "after it, before any --exemplar (default: none)")
+    vis.add_argument("--box-format", choices=["normalized_1000", "normalized_1", "pixel"], default="normalized_1000",
+                     help="units of --exemplar-box: 0..1000 of the image side (the model's box format), 0..1, or "
+                          "pixels")
     out = loc.add_argument_group("output")
     out.add_argument("--out", help="output file (default: stdout for a folder or JSONL; a single image is printed "
                                    "and, with --out, also written)")
@@ -124,9 +151,10 @@ def _engine_args(p: argparse.ArgumentParser, generation: bool) -> None:
                         + ("off for one image, auto for a folder or JSONL file" if generation else "auto"))
     if not generation:
         return
-    p.add_argument("--task", choices=["detect", "ground_multi", "ground_single"], default="detect",
-                   help="the model card's instruction: detect all instances of categories; ground_multi: all "
-                        "instances matching a description; ground_single: one instance")
+    p.add_argument("--task", choices=list(TASKS), default="detect",
+                   help="the official worker's task; see the list of tasks below")
+    p.add_argument("--prompt-format", choices=["official", "jinja"], default="official",
+                   help="official: the worker's prompt text; jinja: render chat_template.json instead")
     p.add_argument("--mode", choices=["fast", "hybrid", "slow"], default="fast",
                    help="fast: MTP box decoding; hybrid: MTP with AR after a broken box; slow: AR only")
     p.add_argument("--max-new-tokens", type=int, default=2048,
@@ -196,7 +224,7 @@ def _engine(args, graphs: str):
     options = dict(device=args.device, dtype=args.dtype, progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
                    sampling_graphs=temperature > 0)
     if hasattr(args, "max_new_tokens"):
-        options.update(task=args.task, generation=GenerationConfig(
+        options.update(task=args.task, prompt_format=args.prompt_format, generation=GenerationConfig(
             mode=args.mode, max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(temperature=temperature)))
     return Engine.from_pretrained(args.checkpoint, EngineOptions(**options))
 
@@ -206,10 +234,12 @@ def _engine(args, graphs: str):
 def _locate(args, parser) -> int:
     if bool(args.image) == bool(args.jsonl):
         parser.error("give --image (file or folder) or --jsonl")
-    if args.image and not args.query:
-        parser.error("--image needs --query")
+    if args.image and not args.query and args.task in PHRASE_TASKS:
+        parser.error(f"--image needs --query (task {args.task} takes a phrase)")
     if args.jsonl and args.query:
         parser.error("--query goes with --image; JSONL rows carry their own queries")
+    if args.jsonl and (args.exemplar or args.exemplar_box):
+        parser.error("--exemplar/--exemplar-box go with --image; JSONL rows carry their own exemplar fields")
     from .batch_io import Request, read_folder, read_jsonl
 
     single = bool(args.image) and not Path(args.image).is_dir()
@@ -217,12 +247,14 @@ def _locate(args, parser) -> int:
         if not Path(args.image).is_file():
             raise InputError(f"--image {args.image}: image not found")
         requests = [Request(1, args.image, args.query)]
+        _add_cli_exemplar(args, requests)
     elif args.jsonl:
         if not Path(args.jsonl).is_file():
             raise InputError(f"--jsonl {args.jsonl}: JSONL file not found")
         requests = read_jsonl(args.jsonl, args.image_root)
     else:
         requests = read_folder(args.image, args.query)
+        _add_cli_exemplar(args, requests)
     if not requests:
         raise InputError("no requests (empty JSONL file or no images in the folder)")
     out = _open_outputs(args)  # before the checkpoint loads: a bad target costs no work
@@ -233,6 +265,16 @@ def _locate(args, parser) -> int:
     finally:
         if out is not None:
             out.close()
+
+
+def _add_cli_exemplar(args, requests) -> None:
+    exemplar = _cli_exemplar(args)
+    for r in requests:
+        r.exemplar, r.exemplar_box, r.box_format = exemplar, args.exemplar_box, args.box_format
+
+
+def _cli_exemplar(args):
+    return None if not args.exemplar else args.exemplar[0] if len(args.exemplar) == 1 else list(args.exemplar)
 
 
 def _open_outputs(args):
@@ -262,7 +304,8 @@ def _locate_one(args, out) -> int:
     from .batch_io import Request, result_record
 
     engine = _engine(args, "off")
-    result = engine.locate(args.image, args.query)
+    result = engine.locate(args.image, args.query, exemplar=_cli_exemplar(args), exemplar_box=args.exemplar_box,
+                           box_format=args.box_format)
     if args.overlay:
         from .batch_io import draw_overlay
 
@@ -346,7 +389,7 @@ def _locate_many(args, engine, requests, out) -> int:
     bar = tqdm(total=len(requests), unit="req", desc="locate", disable=not sys.stderr.isatty(),
                initial=len(records), file=sys.stderr)
     images_done: set[str] = set()
-    pairs = [(r.image, r.query) for r in good]
+    pairs = [r.pair() for r in good]
     for i, result in answer_rows(engine, pairs, [r.temperature for r in good]):
         req = good[i]
         rec = result_record(req, result)

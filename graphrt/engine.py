@@ -4,6 +4,8 @@
     result = engine.locate("street.jpg", "person</c>car")           # one frame (robot loop)
     results = engine.locate_many("street.jpg", ["person", "car"])   # one image, shared vision + prefix
     results = engine.locate_batch(pairs)                            # any (image, query) list
+    result = engine.locate("street.jpg", "the traffic light", task="point")           # any worker task
+    result = engine.locate("street.jpg", task="detect_visual_prompt", exemplar_box=(100, 200, 300, 400))
 
 Rows of one image are vision-encoded once and their prompt prefix (everything up to `</img>`) is
 prefilled once. Up to the largest batch bucket a call runs as one batch; larger workloads stream
@@ -33,8 +35,9 @@ from .generation import Generation, GenerationState
 from .generate import EagerDecoder, GenerationConfig, RowRequest, RowResult, context_budget, share_prefixes
 from .model import LocateAnything
 from .prefetch import NOT_READY, Prefetcher
-from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage
-from .prompt import INSTRUCTIONS, Prompt, PromptBuilder, load_chat_template, load_tokenizer, normalize_query
+from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage, load_image
+from .prompt import PHRASE_TASKS, TASKS, Prompt, PromptBuilder, check_task, load_chat_template, load_tokenizer, normalize_query
+from .visual_prompt import VisualPrompt, exemplar_inputs
 from .timing import StageClock
 from .vision import vision_geometry
 
@@ -61,7 +64,10 @@ class EngineOptions:
 
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": bfloat16 on cuda, float32 on cpu
-    task: str = "detect"  # detect | ground_multi | ground_single (the model card's instructions)
+    # The worker's task (graphrt.prompt.TASKS): detect | detect_text | ground_single | ground_multi |
+    # ground_text | region | point | detect_visual_prompt; a call or a pair may name another.
+    task: str = "detect"
+    prompt_format: str = "official"  # official: the worker's prompt text | jinja: chat_template.json
     generation: GenerationConfig = GenerationConfig()  # mode, max_new_tokens, sampling defaults, fixed_steps
     progress: bool = True  # progress bars on long work (loading, graph capture)
     graphs: str = "auto"  # auto: CUDA graphs on a GPU in fp16/bf16, else eager | on | off
@@ -82,8 +88,10 @@ class EngineOptions:
             raise OptionError(f"device {device!r} is not supported; choose auto, cpu, cuda or cuda:N")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise OptionError(f"dtype {self.dtype!r} is not supported; choose auto, {', '.join(_DTYPES)}")
-        if self.task not in INSTRUCTIONS:
-            raise OptionError(f"task {self.task!r} is unknown; choose {', '.join(INSTRUCTIONS)}")
+        if self.task not in TASKS:
+            raise OptionError(f"task {self.task!r} is unknown; choose {', '.join(TASKS)}")
+        if self.prompt_format not in ("official", "jinja"):
+            raise OptionError(f"prompt_format {self.prompt_format!r}: choose official or jinja")
         if self.graphs not in ("auto", "on", "off"):
             raise OptionError(f"graphs {self.graphs!r}: choose auto, on or off")
         for name, least in (("preprocess_workers", 0), ("eager_batch", 1)):
@@ -130,6 +138,8 @@ class LocateResult:
     image_tokens: int
     prompt_tokens: int
     query: str = ""
+    task: str = ""
+    exemplars: int = 0  # visual-prompt images sent after the query image
     empty_frames: int = 0
     malformed: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -152,6 +162,11 @@ class _Row:
     query: str
     prompt: Prompt
     temperature: float | None
+    task: str = ""
+    exemplars: list[ProcessedImage] = field(default_factory=list)  # images 2..N (visual prompt)
+
+
+PAIR_OPTIONS = ("task", "exemplar", "exemplar_box", "box_format")  # keys of a pair's third element
 
 
 @dataclass
@@ -172,7 +187,7 @@ class Engine:
         self.options = options
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
         self.processor = ImageProcessor(preprocessor, options.max_image_pixels)
-        self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
+        self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
         self.runtime = None
         self.runtime_reason = "graphs off"
         self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
@@ -214,39 +229,51 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
-    def locate(self, image, query, temperature: float | None = None, **generation) -> LocateResult:
-        """One (image, query): the robot-loop call. On graphs: fixed buffers, no re-capture."""
-        return self.locate_batch([(image, query)], None if temperature is None else [temperature], **generation)[0]
+    def locate(self, image, query=None, temperature: float | None = None, *, task: str | None = None,
+               exemplar=None, exemplar_box=None, box_format: str = "normalized_1000", **generation) -> LocateResult:
+        """One (image, query): the robot-loop call. On graphs: fixed buffers, no re-capture.
 
-    def locate_many(self, image, queries, temperatures: list[float | None] | None = None,
-                    **generation) -> list[LocateResult]:
+        `task`: one of graphrt.prompt.TASKS (default: EngineOptions.task); tasks without a phrase
+        (detect_text, detect_visual_prompt) take query=None. Visual prompt: `exemplar` (an image or
+        a list of images) and/or `exemplar_box` (x1, y1, x2, y2 on `image`, 0..1000 by default;
+        box_format "normalized_1" or "pixel" otherwise), sent as image 2 (and 3...)."""
+        extra = {"exemplar": exemplar, "exemplar_box": exemplar_box, "box_format": box_format}
+        pair = (image, query, extra) if exemplar is not None or exemplar_box is not None else (image, query)
+        return self.locate_batch([pair], None if temperature is None else [temperature], task=task,
+                                 **generation)[0]
+
+    def locate_many(self, image, queries, temperatures: list[float | None] | None = None, *,
+                    task: str | None = None, **generation) -> list[LocateResult]:
         """Several queries about one image: one vision pass, one shared prompt prefix."""
         if isinstance(queries, str):
             raise InputError("locate_many takes a list of queries (use locate for one)")
         queries = _as_list(queries, "queries", "a list of queries")
-        return self.locate_batch([(image, q) for q in queries], temperatures, **generation)
+        return self.locate_batch([(image, q) for q in queries], temperatures, task=task, **generation)
 
     def locate_batch(self, pairs, temperatures: list[float | None] | None = None, errors: str = "raise",
-                     **generation) -> list[LocateResult]:
+                     task: str | None = None, **generation) -> list[LocateResult]:
         """Answer (image, query) pairs, in their order (greedy unless a temperature is given).
 
+        A pair may carry a third element, a dict with any of `task`, `exemplar`, `exemplar_box`,
+        `box_format` (as in locate). `task` applies to pairs that name none.
         errors="raise": the first bad pair raises InputError. errors="report": a bad pair gets a
         result with `error` set, and every other pair is answered."""
         pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         self._check_rows(len(pairs), "locate_batch")
         out: list[LocateResult | None] = [None] * len(pairs)
-        for i, result in self.locate_stream(pairs, temperatures, errors, **generation):
+        for i, result in self.locate_stream(pairs, temperatures, errors, task=task, **generation):
             out[i] = result
         return out
 
     def locate_stream(self, pairs, temperatures: list[float | None] | None = None, errors: str = "raise",
-                      **generation):
+                      task: str | None = None, **generation):
         """Like locate_batch, but yields (index, result) as results complete (for progress bars)."""
         if errors not in ("raise", "report"):
             raise OptionError(f"errors must be 'raise' or 'report', found {errors!r}")
         pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         if not pairs:
             return
+        task = check_task(task or self.options.task)
         gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
         temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
             else [None] * len(pairs)
@@ -266,7 +293,7 @@ class Engine:
         reason = self._graph_reason(gen, [temps[i] for i in good])
         batch = self.runtime.buckets.max_batch if reason is None else self.options.eager_batch
         groups = _group_by_image(pairs, batch, good)
-        prepare = lambda indices: self._prepare(pairs, indices, temps, gen, errors)  # noqa: E731
+        prepare = lambda indices: self._prepare(pairs, indices, temps, gen, errors, task)  # noqa: E731
         if len(good) <= batch and len(groups) <= batch:
             # One batch: one image is prepared inline (no thread hand-off on the latency path),
             # several in parallel on the CPU threads.
@@ -286,12 +313,14 @@ class Engine:
                 self._eager_fallback(reason)
                 yield from self._stream_eager(jobs, gen, batch)
 
-    def start(self, pairs, temperatures: list[float | None] | None = None, **generation) -> Generation:
+    def start(self, pairs, temperatures: list[float | None] | None = None, task: str | None = None,
+              **generation) -> Generation:
         """Vision and prefill of one batch; returns a Generation to advance, pause or finish."""
         pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         if not pairs:
             raise InputError("start() needs at least one (image, query) pair")
         self._check_rows(len(pairs), "start")
+        task = check_task(task or self.options.task)
         gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
         temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
             else [None] * len(pairs)
@@ -302,10 +331,9 @@ class Engine:
                 raise InputError(f"pair {i}: {problem}")
         reason = self._graph_reason(gen, temps)
         limit = self.runtime.buckets.max_batch if self.runtime else len(pairs)
-        prepared = [self._prepare(pairs, g, temps, gen, "raise")[0] for g in _group_by_image(pairs, limit)]
-        images = [p.image for p in prepared]
+        prepared = [self._prepare(pairs, g, temps, gen, "raise", task)[0] for g in _group_by_image(pairs, limit)]
         if reason is None:
-            rows = _graph_rows(prepared)
+            images, rows = _graph_batch(prepared)
             reason = self.runtime.unsupported(images, rows, gen)
         if reason is None:
             from capture import Buckets
@@ -343,14 +371,18 @@ class Engine:
         return run
 
     def _requests(self, prepared: list[_Prepared]) -> list[RowRequest]:
-        """Eager rows, with shared prefixes marked for rows of one image."""
-        embeds = self.encode_images([p.image for p in prepared])
+        """Eager rows, with shared prefixes marked for rows of one image (the prefix ends at the
+        query image's `</img>`, before any exemplar, so rows with other exemplars share it too)."""
+        images, rows = _graph_batch(prepared)
+        embeds = self.encode_images(images)
         requests, keys, prefix = [], [], []
-        for i, p in enumerate(prepared):
-            for r in p.rows:
-                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature))
-                keys.append(i if self.options.share_prefix else len(keys))
-                prefix.append(r.prompt.prefix_len)
+        flat = [(i, r) for i, p in enumerate(prepared) for r in p.rows]
+        for (i, r), g in zip(flat, rows):
+            extra = tuple((start, embeds[k]) for (start, _), k in zip(r.prompt.image_spans[1:], g.extra))
+            requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
+                                       extra_images=extra))
+            keys.append(i if self.options.share_prefix else len(keys))
+            prefix.append(r.prompt.prefix_len)
         share_prefixes(requests, keys, prefix)
         return requests
 
@@ -372,29 +404,49 @@ class Engine:
 
     # ------------------------------------------------------------------ preparation
 
-    def _prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str):
+    def _prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str, task: str):
         """Image and prompts of one group -> (_Prepared or None, [(index, failed result)]). A bad
-        image fails all its rows; a bad query only its own."""
+        image fails all its rows; a bad query (or task, or exemplar) only its own."""
         t0 = time.perf_counter()
+        specs = {}
+        for i in indices:
+            try:
+                specs[i] = _pair_options(pairs[i], task)
+            except InputError as exc:
+                specs[i] = exc
         try:
-            image = self.processor(pairs[indices[0]][0])
+            src = pairs[indices[0]][0]
+            # Boxes are cropped from the image as read (before the processor resizes it).
+            boxed = any(not isinstance(v, Exception) and v[2] is not None and v[2].box is not None
+                        for v in specs.values())
+            rgb = load_image(src, self.options.max_image_pixels) if boxed else None
+            image = self.processor(rgb if boxed else src)
         except InputError as exc:
             if errors == "raise":
                 raise
             return None, [(i, LocateResult.failed(_query_text(pairs[i][1]), str(exc))) for i in indices]
         rows, failures = [], []
+        merge = self.cfg.vision.merge_kernel_size
         for i in indices:
             query = pairs[i][1]
             try:
-                self._check_query_length(query)
-                prompt = self.prompts.build(query, image.num_tokens(self.cfg.vision.merge_kernel_size))
+                if isinstance(specs[i], Exception):
+                    raise specs[i]
+                _, row_task, visual = specs[i]
+                if query is not None or row_task in PHRASE_TASKS:
+                    self._check_query_length(query)
+                exemplars = [] if visual is None else [
+                    self._exemplar(k, x) for k, x in enumerate(exemplar_inputs(rgb, visual))]
+                counts = [image.num_tokens(merge)] + [e.num_tokens(merge) for e in exemplars]
+                prompt = self.prompts.build(query, counts, row_task)
                 context_budget(self.cfg, len(prompt.ids), gen.max_new_tokens)
             except InputError as exc:
                 if errors == "raise":
                     raise
                 failures.append((i, LocateResult.failed(_query_text(query), str(exc))))
                 continue
-            rows.append(_Row(i, normalize_query(query), prompt, temps[i]))
+            phrase = normalize_query(query) if row_task in PHRASE_TASKS else ""
+            rows.append(_Row(i, phrase, prompt, temps[i], row_task, exemplars))
         prepared = _Prepared(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
         return prepared, failures
 
@@ -406,12 +458,17 @@ class Engine:
         if limit is not None and len(text) > limit:
             raise InputError(f"query of {len(text):,} characters is over EngineOptions.max_query_chars = {limit:,}")
 
+    def _exemplar(self, k: int, src) -> ProcessedImage:
+        try:
+            return self.processor(src)
+        except InputError as exc:
+            raise InputError(f"exemplar {k + 1}: {exc}") from exc
+
     # ------------------------------------------------------------------ execution
 
     def _run_batch(self, prepared: list[_Prepared], gen: GenerationConfig, reason: str | None):
-        images = [p.image for p in prepared]
         if reason is None:
-            rows = _graph_rows(prepared)
+            images, rows = _graph_batch(prepared)
             reason = self.runtime.unsupported(images, rows, gen)
             if reason is None:
                 results = self.runtime.run(images, rows, gen, self.options.share_prefix)
@@ -445,11 +502,12 @@ class Engine:
                 failures.extend(bad)
                 if prepared is None:
                     continue
-                if self.runtime.unsupported_job([prepared.image], _graph_rows([prepared])):
+                if self.runtime.unsupported_job(*_graph_batch([prepared])):
                     leftovers.append(prepared)
                     continue
                 return Job(prepared.image, [r.prompt for r in prepared.rows], [r.temperature for r in prepared.rows],
-                           [None] * len(prepared.rows), tag=prepared)
+                           [None] * len(prepared.rows), tag=prepared,
+                           exemplars=[r.exemplars for r in prepared.rows] if _has_exemplars(prepared) else [])
 
         source = SimpleNamespace(poll=lambda: next_job(jobs.poll), wait=lambda: next_job(jobs.wait))
         for job in run_jobs(self.runtime, source, gen, self.runtime.buckets.max_batch, self.options.share_prefix):
@@ -457,7 +515,7 @@ class Engine:
             yield from self._results([job.tag], job.results, dict(job.timings_ms), "graphs")
         yield from _drain(failures)
         if leftovers:
-            reason = self.runtime.unsupported_job([leftovers[0].image], _graph_rows(leftovers[:1]))
+            reason = self.runtime.unsupported_job(*_graph_batch(leftovers[:1]))
             self._eager_fallback(f"{len(leftovers)} image(s): {reason}")
             yield from self._run_eager(leftovers, gen)
 
@@ -500,8 +558,8 @@ class Engine:
             detections=parsed.detections, text=self.prompts.decode(row.tokens), tokens=row.tokens,
             stop_reason=row.stop_reason, steps=row.steps, image_size=p.image.size,
             image_patches=p.image.num_patches, image_tokens=r.prompt.image_tokens, prompt_tokens=len(r.prompt.ids),
-            query=r.query, empty_frames=parsed.empty_frames, malformed=parsed.malformed, timings_ms=timings,
-            backend=backend)
+            query=r.query, task=r.task, exemplars=len(r.prompt.image_spans) - 1, empty_frames=parsed.empty_frames,
+            malformed=parsed.malformed, timings_ms=timings, backend=backend)
 
     # ------------------------------------------------------------------ pieces
 
@@ -553,11 +611,39 @@ def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     return dataclasses.replace(options, **overrides)
 
 
-def _graph_rows(prepared: list[_Prepared]):
-    """Graph-runtime rows of prepared images; row.image indexes `prepared`."""
+def _graph_batch(prepared: list[_Prepared]):
+    """Images and graph-runtime rows of prepared groups: the query images first (row.image
+    indexes them), then each row's exemplars (row.extra), in row order."""
     from capture.runtime import GraphRow
 
-    return [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
+    images = [p.image for p in prepared]
+    rows = []
+    for i, p in enumerate(prepared):
+        for r in p.rows:
+            rows.append(GraphRow(r.prompt, i, r.temperature, extra=tuple(range(len(images),
+                                                                              len(images) + len(r.exemplars)))))
+            images += r.exemplars
+    return images, rows
+
+
+def _has_exemplars(p: _Prepared) -> bool:
+    return any(r.exemplars for r in p.rows)
+
+
+def _pair_options(pair, task: str) -> tuple:
+    """(query, task, VisualPrompt or None) of an (image, query) or (image, query, options) pair."""
+    if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
+        raise InputError("a pair is (image, query) or (image, query, {task, exemplar, exemplar_box, box_format})")
+    opts = pair[2] if len(pair) == 3 and pair[2] is not None else {}
+    if not isinstance(opts, dict):
+        raise InputError(f"a pair's third element must be a dict of {', '.join(PAIR_OPTIONS)}")
+    unknown = sorted(set(opts) - set(PAIR_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown pair option(s) {', '.join(unknown)}; known: {', '.join(PAIR_OPTIONS)}")
+    row_task = check_task(opts.get("task") or task)
+    visual = VisualPrompt.of(opts.get("exemplar"), opts.get("exemplar_box"),
+                             opts.get("box_format") or "normalized_1000")
+    return pair[1], row_task, visual
 
 
 def _image_key(src):
@@ -589,7 +675,7 @@ def _is_cuda_index(device: str) -> bool:
 
 
 def _is_pair(pair) -> bool:
-    return isinstance(pair, (tuple, list)) and len(pair) == 2
+    return isinstance(pair, (tuple, list)) and len(pair) in (2, 3)
 
 
 def _as_list(items, name: str, wanted: str) -> list:
@@ -609,7 +695,10 @@ def _check_generation(gen: GenerationConfig) -> GenerationConfig:
 def _pair_problem(pair) -> str | None:
     if not _is_pair(pair):
         shown = repr(pair) if len(repr(pair)) <= 60 else repr(pair)[:57] + "..."
-        return f"expected an (image, query) pair, found {type(pair).__name__} {shown}"
+        return f"expected an (image, query) or (image, query, options) pair, found {type(pair).__name__} {shown}"
+    if len(pair) == 3 and pair[2] is not None and not isinstance(pair[2], dict):
+        return (f"a pair's third element must be a dict of {', '.join(PAIR_OPTIONS)}, "
+                f"found {type(pair[2]).__name__} {pair[2]!r}"[:200])
     return None
 
 
@@ -629,5 +718,7 @@ def _drain(items: list):
 
 
 def _query_text(query) -> str:
+    if query is None:
+        return ""
     return query if isinstance(query, str) else "</c>".join(map(str, query)) if isinstance(query, (list, tuple)) \
         else repr(query)

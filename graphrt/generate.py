@@ -54,6 +54,8 @@ class RowRequest:
     # (same image, same prompt head); only its tail is prefilled. None: a full prefill.
     prefix_owner: int | None = None
     prefix_len: int = 0
+    # Visual-prompt exemplars (images 2..N): (first placeholder index, [tokens, D] embeddings) each.
+    extra_images: tuple = ()
 
 
 def share_prefixes(requests: list[RowRequest], keys: list, prefix_lens: list[int]) -> None:
@@ -77,13 +79,16 @@ class RowResult:
 
 
 def embed_prompt(model, req: RowRequest, length: int) -> torch.Tensor:
-    """Embeddings of prompt[:length] with the image embeddings in place of the placeholders."""
+    """Embeddings of prompt[:length] with each image's embeddings in place of its placeholders."""
     ids = torch.tensor(req.prompt[:length], device=model.device)
     emb = model.llm.embed(ids)
-    n = req.image_embeds.shape[0]
-    if req.image_start + n > length:
-        raise InputError("prompt is cut inside the image placeholders")
-    emb[req.image_start : req.image_start + n] = req.image_embeds.to(emb.dtype)
+    for start, embeds in ((req.image_start, req.image_embeds), *req.extra_images):
+        n = embeds.shape[0]
+        if start >= length:
+            continue  # an exemplar after the cut (a shared prefix ends at image 1's `</img>`)
+        if start + n > length:
+            raise InputError("prompt is cut inside the image placeholders")
+        emb[start : start + n] = embeds.to(emb.dtype)
     return emb
 
 

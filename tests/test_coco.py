@@ -40,7 +40,8 @@ def records(engine):
 WANT = [
     {"image_id": 139, "category_id": 1, "bbox": [20.0, 20.0, 100.0, 70.0], "score": COCO_SCORE},
     {"image_id": 139, "category_id": 2, "bbox": [0.0, 0.0, 200.0, 100.0], "score": COCO_SCORE},
-    {"image_id": 139, "category_id": 1, "bbox": [100.0, 50.0, 0.0, 0.0], "score": COCO_SCORE, "kind": "point"},
+    {"image_id": 139, "category_id": 1, "bbox": [100.0, 50.0, 0.0, 0.0], "score": COCO_SCORE, "kind": "point",
+     "keypoints": [100.0, 50.0, 2], "num_keypoints": 1},
     {"image_id": 285, "category_id": 3, "bbox": [0.5, 0.8, 1.0, 0.8], "score": COCO_SCORE},
 ]
 

@@ -18,7 +18,7 @@ from graphrt import Engine
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CHECKPOINT_PLACEHOLDER = "/path/to/LocateAnything-3B"
-IMAGES = {"street.jpg": (96, 64), "kitchen.jpg": (50, 80)}
+IMAGES = {"street.jpg": (96, 64), "kitchen.jpg": (50, 80), "shelf.jpg": (80, 60), "can.png": (20, 30)}
 MAX_NEW_TOKENS = 24
 
 
