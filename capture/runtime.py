@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from graphrt.attention.varlen import select_kernel
-from graphrt.generate import GenerationConfig, RowResult, context_budget
+from graphrt.generate import GenerationConfig, RowResult, context_budget, draw_seed
 from graphrt.processor import ProcessedImage, patchify
+from graphrt.sampler import noise_keys
 from graphrt.prompt import Prompt
 from graphrt.timing import StageClock
 from graphrt.vision import vision_geometry
@@ -42,6 +43,7 @@ class GraphRow:
     image: int  # index into the batch's image list (several rows may share one image)
     temperature: float | None = None
     max_new_tokens: int | None = None  # None: the generation config's
+    stream: int | None = None  # sampling-stream id (the caller's index); None: the cache row
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class _Segment:
 
 # Per-row device state of the step graphs: what a paused generation must carry.
 STATE_TENSORS = ("pending", "pending_count", "cache_len", "n_gen", "budget", "finished", "ended", "steps",
-                 "temperature", "step_limit", "ignore_end", "seen", "out_tokens")
+                 "temperature", "step_limit", "ignore_end", "noise_key", "seen", "out_tokens")
 
 
 class GraphRuntime:
@@ -191,6 +193,8 @@ class GraphRuntime:
         decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
         per-stage milliseconds."""
         b = self.buckets
+        if gen.seed is None:  # one seed for the whole admission (its two prefill passes agree)
+            gen = dataclasses.replace(gen, seed=draw_seed())
         bv = Buckets.fit(b.batch_sizes, len(images))
         p = Buckets.fit(b.patch_budgets, max(im.num_patches for im in images))
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
@@ -354,3 +358,5 @@ class GraphRuntime:
                          (pipe.p_step_limit, step_limit)):
             buf[:bb].copy_(torch.from_numpy(arr))
         pipe.p_ignore_end[:bb].fill_(gen.fixed_steps is not None)
+        streams = [s.target if s.row.stream is None else s.row.stream for s in segments]
+        pipe.p_noise_key[: len(segments)].copy_(noise_keys(gen.seed if gen.seed is not None else draw_seed(), streams))

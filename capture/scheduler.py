@@ -29,6 +29,7 @@ class Job:
     temperatures: list[float | None]
     max_new_tokens: list[int | None]
     tag: object = None  # the caller's handle, returned with the results
+    streams: list[int] | None = None  # sampling-stream id per row (the caller's indices); None: cache rows
     results: list[RowResult | None] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
 
@@ -104,7 +105,7 @@ def _admit(runtime, jobs: list[Job], free: list[int], live: dict, gen: Generatio
         job.results = [None] * len(job.prompts)
         for r, (prompt, temp, cap) in enumerate(zip(job.prompts, job.temperatures, job.max_new_tokens)):
             target = free.pop(0)
-            rows.append(GraphRow(prompt, i, temp, cap))
+            rows.append(GraphRow(prompt, i, temp, cap, job.streams[r] if job.streams else None))
             targets.append(target)
             live[target] = (job, r)
     laps = runtime.admit([job.image for job in jobs], rows, targets, gen, share_prefix)

@@ -292,7 +292,8 @@ class Engine:
         requests, keys, prefix = [], [], []
         for i, p in enumerate(prepared):
             for r in p.rows:
-                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature))
+                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
+                                           stream=r.index))
                 keys.append(i if self.options.share_prefix else len(keys))
                 prefix.append(r.prompt.prefix_len)
         share_prefixes(requests, keys, prefix)
@@ -378,7 +379,7 @@ class Engine:
                     leftovers.append(prepared)
                     continue
                 return Job(prepared.image, [r.prompt for r in prepared.rows], [r.temperature for r in prepared.rows],
-                           [None] * len(prepared.rows), tag=prepared)
+                           [None] * len(prepared.rows), tag=prepared, streams=[r.index for r in prepared.rows])
 
         source = SimpleNamespace(poll=lambda: next_job(jobs.poll), wait=lambda: next_job(jobs.wait))
         for job in run_jobs(self.runtime, source, gen, self.runtime.buckets.max_batch, self.options.share_prefix):
@@ -483,7 +484,7 @@ def _graph_rows(prepared: list[_Prepared]):
     """Graph-runtime rows of prepared images; row.image indexes `prepared`."""
     from capture.runtime import GraphRow
 
-    return [GraphRow(r.prompt, i, r.temperature) for i, p in enumerate(prepared) for r in p.rows]
+    return [GraphRow(r.prompt, i, r.temperature, stream=r.index) for i, p in enumerate(prepared) for r in p.rows]
 
 
 def _image_key(src):
