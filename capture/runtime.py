@@ -194,7 +194,7 @@ class GraphRuntime:
         per-stage milliseconds."""
         b = self.buckets
         if gen.seed is None:  # one seed for the whole admission (its two prefill passes agree)
-            gen = dataclasses.replace(gen, seed=draw_seed())
+            gen = dataclasses.replace(gen, seed=draw_seed() if self.pipe.sample else 0)
         bv = Buckets.fit(b.batch_sizes, len(images))
         p = Buckets.fit(b.patch_budgets, max(im.num_patches for im in images))
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)

@@ -146,11 +146,11 @@ class EagerDecoder:
         self.model, self.attend, self.gen = model, attend, gen
         self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
         n = len(requests)
-        seed = gen.seed if gen.seed is not None else draw_seed()
-        self.keys = noise_keys(seed, [i if r.stream is None else r.stream for i, r in enumerate(requests)]).to(device)
         temps = [gen.sampling.temperature if r.temperature is None else r.temperature for r in requests]
         self.temps = torch.tensor(temps, dtype=torch.float32, device=device)
         self.sampled = [t > 0 for t in temps]  # host copy: greedy rows skip the draw
+        seed = gen.seed if gen.seed is not None else draw_seed() if any(self.sampled) else 0
+        self.keys = noise_keys(seed, [i if r.stream is None else r.stream for i, r in enumerate(requests)]).to(device)
         if state is not None:
             self._load(state)
             return
