@@ -46,3 +46,17 @@ def test_rows_keep_their_stream_whatever_their_batch(engines):
     static, _ = engines
     alone = static.locate_batch(PAIRS[:1], [1.0], seed=8)[0].tokens
     assert static.locate_batch(PAIRS, [1.0, 1.0, 1.0], seed=8)[0].tokens == alone
+
+
+@pytest.mark.parametrize("which", [0, 1])  # static, eager
+def test_paused_sampled_generation_resumes_on_its_stream(engines, tmp_path, which):
+    from graphrt.generation import GenerationState
+
+    engine = engines[which]
+    temps = [1.0, 0.0, 0.9]
+    whole = tokens(engine.locate_batch(PAIRS, temps, seed=13))
+    run = engine.start(PAIRS, temps, seed=13)
+    run.advance(2)
+    run.pause().save(tmp_path / "state.pt")
+    engine.locate(PAIRS[0][0], "something else", temperature=1.0, seed=99)  # other draws in between
+    assert tokens(engine.resume(GenerationState.load(tmp_path / "state.pt")).finish()) == whole
