@@ -67,8 +67,7 @@ def percentiles(xs: list[float]) -> dict:
     if not xs:
         return {}
     a = np.asarray(xs)
-    return {"n": len(xs), "p50_ms": round(float(np.percentile(a, 50)), 1), "p90_ms": round(float(np.percentile(a, 90)), 1),
-            "p99_ms": round(float(np.percentile(a, 99)), 1)}
+    return {"n": len(xs), **{f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 90, 99)}}
 
 
 def image_pool(n: int, wmin: int, wmax: int, hmin: int, hmax: int, seed: int) -> list[Image.Image]:
@@ -90,7 +89,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="MTP steps per row (fixed; end tokens ignored)")
     ap.add_argument("--pool", type=int, default=600, help="distinct images (random sizes) to draw from")
     ap.add_argument("--size", type=int, nargs=4, default=[160, 800, 120, 600], metavar=("WMIN", "WMAX", "HMIN", "HMAX"))
-    ap.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0: no limit); the report says so")
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="stop after this long (0: no limit); the report says so")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--options", default="", help="EngineOptions / GenerationConfig overrides: key=value,...")
     ap.add_argument("--out-dir", default="benchmarks/results")
@@ -186,12 +186,14 @@ def main() -> None:
 def markdown(r: dict) -> str:
     mem_keys = ["gpu_allocated_mib", "gpu_reserved_mib", "gpu_device_used_mib", "host_rss_mib", "grid_cache_entries"]
     lines = [f"# Soak, {r['date']}, {r['device']}, torch {r['torch']}, {r['dtype']}", "",
-             f"{r['requests']} requests ({r['calls']} calls{', stopped early by --max-seconds' if r['stopped_early'] else ''})"
+             f"{r['requests']} requests ({r['calls']} calls"
+             f"{', stopped early by --max-seconds' if r['stopped_early'] else ''})"
              f" through one engine in {r['total_s']} s (checkpoint write {r['checkpoint_write_s']} s, load + capture "
              f"{r['load_and_capture_s']} s). Random weights: every row runs exactly {r['fixed_steps']} MTP steps "
              f"(end tokens ignored). Images: random noise, {r['pool']} pictures of sizes uniform in "
              f"{r['image_sizes'][0]}-{r['image_sizes'][1]} x {r['image_sizes'][2]}-{r['image_sizes'][3]} px "
-             f"({r['distinct_grids']} distinct patch grids used). Call mix (share of calls): {r['mix']}; rows per call: "
+             f"({r['distinct_grids']} distinct patch grids used). Call mix (share of calls): {r['mix']}; "
+             "rows per call: "
              f"{r['rows_per_call']}. Backends: {r['backends']}; stop reasons: {r['stop_reasons']}.", "",
              "## Memory (MiB)", "", "| point | " + " | ".join(mem_keys) + " |", "| --- |" + " ---: |" * len(mem_keys)]
     for name, m in r["memory"].items():

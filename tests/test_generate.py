@@ -1,21 +1,21 @@
 """Eager MTP generation on the tiny random checkpoint (random weights: the tokens mean nothing;
-the tests compare the loop with an independent cache-free run of the stock algorithm)."""
+the tests compare the loop with an independent cache-free run of the stock algorithm, with
+engineered logits on top where a branch needs them, and sampled tokens with the reference
+distribution)."""
 
 from __future__ import annotations
 
 import dataclasses
+from unittest.mock import patch
 
 import pytest
 import torch
 
-from graphrt import GenerationConfig, InputError
-from graphrt.generate import RowRequest, generate
-from graphrt.attention.sdpa import lm_attention
-from graphrt.mtp import StepKind
-from unittest.mock import patch
-
 import graphrt.generate as G
-from graphrt import SamplingConfig
+from graphrt import GenerationConfig, InputError, SamplingConfig
+from graphrt.attention.sdpa import lm_attention
+from graphrt.generate import RowRequest, generate
+from graphrt.mtp import StepKind
 from references import hf_qwen2, stock_pattern, stock_proposal
 from test_attention_rule import stock_window_mask
 

@@ -191,7 +191,8 @@ def test_seed_reseeds_a_reused_runtime_without_recapture(tiny_engine):
     images, rows = prepare(tiny_engine, MIXED[:2])
     rows = with_temperatures(rows, [1.0, 1.0])
     runtime = sampled_runtime(tiny_engine, GenerationConfig(max_new_tokens=24))
-    out = [[r.tokens for r in runtime.run(images, rows, GenerationConfig(max_new_tokens=24, seed=s))] for s in (3, 4, 3)]
+    out = [[r.tokens for r in runtime.run(images, rows, GenerationConfig(max_new_tokens=24, seed=s))]
+           for s in (3, 4, 3)]
     assert out[0] == out[2] and out[0] != out[1]
 
 
