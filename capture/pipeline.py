@@ -21,7 +21,7 @@ import torch
 from graphrt.attention.ranges import PrefillRanges, StepRanges, StepRangesLSE, VisionRanges
 from graphrt.attention.varlen import VarlenKernel
 from graphrt.mtp import MTPConfig, StepKind, accept, propose
-from graphrt.sampler import SamplingConfig, choose, probabilities
+from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
 
 from .buckets import Buckets
 
@@ -78,6 +78,7 @@ class StaticPipeline:
         self.p_target = z(bm)  # cache row of each prefill segment
         self.p_step_limit = torch.full((bm,), 1 << 30, dtype=torch.long, device=dev)
         self.p_ignore_end = z(bm, dtype=torch.bool)
+        self.p_noise_key = z(bm)  # sampling-stream key per row (graphrt.sampler.noise_keys)
 
         # step state
         self.pending = z(bm, blk)
@@ -91,6 +92,7 @@ class StaticPipeline:
         self.temperature = z(bm, dtype=torch.float32)
         self.step_limit = torch.full((bm,), 1 << 30, dtype=torch.long, device=dev)  # fixed-step benchmarks
         self.ignore_end = z(bm, dtype=torch.bool)
+        self.noise_key = z(bm)
         self.seen = z(bm, self.vocab + 1, dtype=torch.bool)  # column V absorbs padding
         self.out_tokens = z(bm, buckets.max_new_tokens + 2 * blk + 1)
         self.trash_col = self.out_tokens.shape[1] - 1
@@ -159,6 +161,7 @@ class StaticPipeline:
         put(self.temperature, self.p_temperature[:b])
         put(self.step_limit, self.p_step_limit[:b])
         put(self.ignore_end, self.p_ignore_end[:b])
+        put(self.noise_key, self.p_noise_key[:b])
         seen = torch.zeros(b, self.vocab + 1, dtype=torch.bool, device=target.device)
         put(self.seen, seen.scatter_(1, self.p_seen[:b], True))
 
@@ -195,7 +198,9 @@ class StaticPipeline:
 
         temp = self.temperature[:b]
         probs = probabilities(logits, self.seen[:b, : self.vocab], temp, self.sampling)
-        x0 = choose(probs, temp, None, sample=self.sample)
+        # Seeded draws: uniforms hashed from (row key, row step, slot) in the graph; no generator state.
+        uniform = uniforms(self.noise_key[:b], self.steps[:b], blk) if self.sample else None
+        x0 = choose(probs, temp, uniform, sample=self.sample)
         tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
 
         active = ~fin

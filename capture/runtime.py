@@ -23,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from graphrt.attention.varlen import select_kernel
-from graphrt.generate import GenerationConfig, RowResult, context_budget
+from graphrt.generate import GenerationConfig, RowResult, context_budget, draw_seed
 from graphrt.lru import LRU
 from graphrt.processor import ProcessedImage, patchify
+from graphrt.sampler import noise_keys
 from graphrt.prompt import Prompt
 from graphrt.timing import StageClock
 from graphrt.vision import vision_geometry
@@ -48,6 +49,7 @@ class GraphRow:
     temperature: float | None = None
     max_new_tokens: int | None = None  # None: the generation config's
     extra: tuple[int, ...] = ()  # images 2..N of the row (visual-prompt exemplars), indices like `image`
+    stream: int | None = None  # sampling-stream id (the caller's index); None: the cache row
 
     @property
     def images(self) -> tuple[int, ...]:
@@ -67,7 +69,7 @@ class _Segment:
 
 # Per-row device state of the step graphs: what a paused generation must carry.
 STATE_TENSORS = ("pending", "pending_count", "cache_len", "n_gen", "budget", "finished", "ended", "steps",
-                 "temperature", "step_limit", "ignore_end", "seen", "out_tokens")
+                 "temperature", "step_limit", "ignore_end", "noise_key", "seen", "out_tokens")
 
 
 class GraphRuntime:
@@ -204,6 +206,8 @@ class GraphRuntime:
         """Vision of `images`, then the prompts of `rows` into cache rows `targets` (other rows keep
         decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
         per-stage milliseconds."""
+        if gen.seed is None:  # one seed for the whole admission (its two prefill passes agree)
+            gen = dataclasses.replace(gen, seed=draw_seed() if self.pipe.sample else 0)
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
@@ -403,3 +407,5 @@ class GraphRuntime:
                          (pipe.p_step_limit, step_limit)):
             buf[:bb].copy_(torch.from_numpy(arr))
         pipe.p_ignore_end[:bb].fill_(gen.fixed_steps is not None)
+        streams = [s.target if s.row.stream is None else s.row.stream for s in segments]
+        pipe.p_noise_key[: len(segments)].copy_(noise_keys(gen.seed if gen.seed is not None else draw_seed(), streams))

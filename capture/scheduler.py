@@ -30,6 +30,7 @@ class Job:
     max_new_tokens: list[int | None]
     tag: object = None  # the caller's handle, returned with the results
     exemplars: list[list[ProcessedImage]] = field(default_factory=list)  # per prompt (visual prompts); [] = none
+    streams: list[int] | None = None  # sampling-stream id per row (the caller's indices); None: cache rows
     results: list[RowResult | None] = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
 
@@ -113,7 +114,8 @@ def _admit(runtime, jobs: list[Job], free: list[int], live: dict, gen: Generatio
         for r, (prompt, temp, cap) in enumerate(zip(job.prompts, job.temperatures, job.max_new_tokens)):
             target = free.pop(0)
             extra = job.exemplars[r] if job.exemplars else []
-            rows.append(GraphRow(prompt, i, temp, cap, tuple(range(len(images), len(images) + len(extra)))))
+            rows.append(GraphRow(prompt, i, temp, cap, tuple(range(len(images), len(images) + len(extra))),
+                                 job.streams[r] if job.streams else None))
             images += extra
             targets.append(target)
             live[target] = (job, r)

@@ -380,7 +380,7 @@ class Engine:
         for (i, r), g in zip(flat, rows):
             extra = tuple((start, embeds[k]) for (start, _), k in zip(r.prompt.image_spans[1:], g.extra))
             requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
-                                       extra_images=extra))
+                                       extra_images=extra, stream=r.index))
             keys.append(i if self.options.share_prefix else len(keys))
             prefix.append(r.prompt.prefix_len)
         share_prefixes(requests, keys, prefix)
@@ -506,7 +506,7 @@ class Engine:
                     leftovers.append(prepared)
                     continue
                 return Job(prepared.image, [r.prompt for r in prepared.rows], [r.temperature for r in prepared.rows],
-                           [None] * len(prepared.rows), tag=prepared,
+                           [None] * len(prepared.rows), tag=prepared, streams=[r.index for r in prepared.rows],
                            exemplars=[r.exemplars for r in prepared.rows] if _has_exemplars(prepared) else [])
 
         source = SimpleNamespace(poll=lambda: next_job(jobs.poll), wait=lambda: next_job(jobs.wait))
@@ -620,8 +620,8 @@ def _graph_batch(prepared: list[_Prepared]):
     rows = []
     for i, p in enumerate(prepared):
         for r in p.rows:
-            rows.append(GraphRow(r.prompt, i, r.temperature, extra=tuple(range(len(images),
-                                                                              len(images) + len(r.exemplars)))))
+            rows.append(GraphRow(r.prompt, i, r.temperature, stream=r.index,
+                                 extra=tuple(range(len(images), len(images) + len(r.exemplars)))))
             images += r.exemplars
     return images, rows
 

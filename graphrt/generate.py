@@ -18,7 +18,7 @@ from .attention.plan import PlanBuilder
 from .config import ModelConfig
 from .errors import InputError
 from .mtp import MODES, MTPConfig, StepKind, accept, ar_switch, propose
-from .sampler import SamplingConfig, choose, probabilities
+from .sampler import SamplingConfig, choose, noise_keys, probabilities, uniforms
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class GenerationConfig:
     max_new_tokens: int = 2048
     sampling: SamplingConfig = SamplingConfig()
     mtp: MTPConfig = MTPConfig()
-    seed: int | None = None
+    seed: int | None = None  # sampling stream (with each row's stream id); None: drawn from torch's global RNG
     # Benchmarks on random weights: every row runs exactly this many decode steps, end tokens
     # ignored (the max_new_tokens budget still applies). None: rows stop at the model's end.
     fixed_steps: int | None = None
@@ -56,6 +56,7 @@ class RowRequest:
     prefix_len: int = 0
     # Visual-prompt exemplars (images 2..N): (first placeholder index, [tokens, D] embeddings) each.
     extra_images: tuple = ()
+    stream: int | None = None  # id of the row's sampling stream (the caller's index); None: the row's position
 
 
 def share_prefixes(requests: list[RowRequest], keys: list, prefix_lens: list[int]) -> None:
@@ -67,6 +68,11 @@ def share_prefixes(requests: list[RowRequest], keys: list, prefix_lens: list[int
             req.prefix_owner = first[key]
         else:
             first[key] = i
+
+
+def draw_seed() -> int:
+    """A seed for a call that names none: from torch's global RNG (torch.manual_seed fixes it)."""
+    return int(torch.randint(0, 2**62, (1,)))
 
 
 @dataclass
@@ -145,9 +151,11 @@ class EagerDecoder:
         self.model, self.attend, self.gen = model, attend, gen
         self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
         n = len(requests)
-        self.rng = torch.Generator(device=device).manual_seed(gen.seed) if gen.seed is not None else None
-        self.temps = torch.tensor([gen.sampling.temperature if r.temperature is None else r.temperature
-                                   for r in requests], dtype=torch.float32, device=device)
+        temps = [gen.sampling.temperature if r.temperature is None else r.temperature for r in requests]
+        self.temps = torch.tensor(temps, dtype=torch.float32, device=device)
+        self.sampled = [t > 0 for t in temps]  # host copy: greedy rows skip the draw
+        seed = gen.seed if gen.seed is not None else draw_seed() if any(self.sampled) else 0
+        self.keys = noise_keys(seed, [i if r.stream is None else r.stream for i, r in enumerate(requests)]).to(device)
         if state is not None:
             self._load(state)
             return
@@ -223,8 +231,12 @@ class EagerDecoder:
             row_logits = logits[offset : offset + width][None]
             offset += width
             probs = probabilities(row_logits, self.seen[row : row + 1], self.temps[row : row + 1], gen.sampling)
-            x0 = choose(probs, self.temps[row : row + 1], self.rng)
             res = self.results[row]
+            if self.sampled[row]:
+                uniform = uniforms(self.keys[row : row + 1], torch.tensor([res.steps], device=device), width)
+                x0 = choose(probs, self.temps[row : row + 1], uniform, sample=True)
+            else:
+                x0 = probs.argmax(dim=-1)
             if self.ar_mode[row]:
                 token = x0[:, 0]
                 finish, back = ar_switch(token, ids, gen.mode)
@@ -263,7 +275,7 @@ class EagerDecoder:
         state["results"] = [dataclasses.asdict(r) for r in self.results]
         state["cache_k"], state["cache_v"] = self.cache.k.cpu(), self.cache.v.cpu()
         state["seen"] = self.seen.cpu()
-        state["rng"] = self.rng.get_state() if self.rng is not None else None
+        state["rng"] = self.keys.cpu()  # the rows' sampling-stream keys
         return state
 
     def _load(self, state: dict) -> None:
@@ -278,8 +290,8 @@ class EagerDecoder:
         self.cache.k.copy_(k)
         self.cache.v.copy_(state["cache_v"])
         self.seen = state["seen"].to(device)
-        if self.rng is not None and state["rng"] is not None:
-            self.rng.set_state(state["rng"])
+        if state["rng"] is not None and state["rng"].dtype == torch.long:  # older states: a generator's bytes
+            self.keys = state["rng"].to(device)
 
     @classmethod
     def from_state(cls, model, attend, requests: list[RowRequest], gen: GenerationConfig, state: dict):

@@ -1,6 +1,12 @@
 """The stock logits pipeline, batched over rows: repetition penalty -> temperature -> top-p ->
 top-k -> softmax -> argmax (greedy) or a categorical draw. Ops run in the logits' own dtype, as
-the reference does, so probabilities round the same way. No host synchronization."""
+the reference does, so probabilities round the same way. No host synchronization.
+
+Draws are inverse-CDF with one uniform per (row, slot) taken from a counter-based hash of
+(row key, the row's step, slot); the row key hashes (seed, the row's stream id). The stream is
+a pure function of those counters, so it needs no generator state: a captured CUDA graph reads
+the keys from a device tensor and is reseeded by writing that tensor, and the eager loop, the
+uncaptured static path and the graphs all draw the same numbers for the same row and step."""
 
 from __future__ import annotations
 
@@ -65,15 +71,54 @@ def probabilities(logits: torch.Tensor, seen: torch.Tensor | None, temperature: 
     return torch.softmax(logits, dim=-1)
 
 
-def choose(probs: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None,
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for x in [0, 2**32), in 16-bit halves so no int64 product overflows."""
+    return ((x & 0xFFFF) * c + (((x >> 16) * (c & 0xFFFF)) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit avalanche hash (xor-shift / multiply rounds; Wellons' "lowbias32" constants)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def noise_keys(seed: int, streams) -> torch.Tensor:
+    """Per-row keys [B] (int64, CPU) of the sampling streams: a hash of (seed, stream id)."""
+    s = int(seed) % (1 << 64)
+    lo = torch.full((len(streams),), s & _MASK32, dtype=torch.long)
+    stream = torch.tensor([int(t) & _MASK32 for t in streams], dtype=torch.long)
+    return _mix32(_mix32(_mix32(lo ^ 0x9E3779B9) ^ (s >> 32)) ^ stream)
+
+
+def uniforms(keys: torch.Tensor, steps: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] float32 uniforms in [0, 1 - 2**-23] for rows with keys [B] at their steps [B]
+    (one per window slot). Elementwise integer ops only: graph-safe, same bits on CPU and GPU."""
+    slot = torch.arange(width, device=keys.device)
+    counter = (steps[:, None] * 64 + slot[None]) & _MASK32  # slot < 64 (the window is 6 wide)
+    h = _mix32(_mix32(keys[:, None] ^ _mix32((counter + 0x9E3779B9) & _MASK32)) ^ counter)
+    return (h >> 9).float() * 2.0**-23
+
+
+def choose(probs: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor | None = None,
            sample: bool | None = None) -> torch.Tensor:
-    """Argmax for greedy rows; a categorical draw (exponential race, graph-safe) for the others.
-    `sample` says whether any row may sample; None asks the device (a host sync: eager only)."""
+    """Argmax for greedy rows; for the others, the first token whose cumulative probability
+    exceeds uniform * total (inverse CDF: a token of zero probability is never drawn).
+    `uniform` [B, S] from `uniforms` (None: unseeded torch.rand). `sample` says whether any row
+    may sample; None asks the device (a host sync: eager only)."""
     greedy = probs.argmax(dim=-1)
     if sample is None:
         sample = bool((temperature > 0).any())
     if not sample:
         return greedy
-    noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
-    drawn = (probs.float() / noise).argmax(dim=-1)
+    if uniform is None:
+        uniform = torch.rand(probs.shape[:-1], device=probs.device)
+    cdf = probs.float().cumsum(dim=-1)
+    target = (uniform * cdf[..., -1]).unsqueeze(-1)  # < total: a 23-bit uniform times a float stays below it
+    drawn = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
     return torch.where(temperature[:, None] > 0, drawn, greedy)

@@ -10,7 +10,7 @@ import torch
 
 from capture import Buckets, GraphRuntime
 from capture.runtime import GraphRow
-from graphrt import GenerationConfig
+from graphrt import GenerationConfig, SamplingConfig
 from graphrt.attention.sdpa import lm_attention
 from graphrt.generate import RowRequest, generate
 
@@ -144,3 +144,61 @@ def test_kernel_selection_rules():
         select_kernel("torch-fa2", "cpu")
     with pytest.raises(RuntimeError, match="no attention kernel"):
         select_kernel("auto", "cpu", strict=True)
+
+
+# ---------------------------------------------------------------- sampling and penalty on the static path
+
+MIXED = [(A, "cat"), (B, "dog"), (A, "a red car on the left"), (C, "person</c>car")]
+
+
+def sampled_runtime(engine, gen):
+    return GraphRuntime(engine.model, BUCKETS, gen, attention="emulated", use_graphs=False, sampling_graphs=True)
+
+
+def with_temperatures(rows, temps):
+    import dataclasses
+
+    return [dataclasses.replace(r, temperature=t) for r, t in zip(rows, temps)]
+
+
+def test_static_sampling_equals_eager_per_row_temperatures(tiny_engine):
+    """Rows at temperatures 0, 0.8, 0 and 1.5 in one batch: the static step draws the same seeded
+    numbers as the eager loop, so both agree token for token; greedy rows stay greedy, sampled
+    rows leave the greedy answer."""
+    images, rows = prepare(tiny_engine, MIXED)
+    rows = with_temperatures(rows, [0.0, 0.8, 0.0, 1.5])
+    gen = GenerationConfig(max_new_tokens=24, seed=3)
+    got, runtime = static_tokens(tiny_engine, images, rows, gen=gen, runtime=sampled_runtime(tiny_engine, gen))
+    assert got == eager_tokens(tiny_engine, images, rows, gen)
+    greedy = eager_tokens(tiny_engine, images, with_temperatures(rows, [0.0] * 4), gen)
+    assert [g == w for g, w in zip(got, greedy)] == [True, False, True, False]
+
+
+def test_seed_is_honoured_on_the_static_path(tiny_engine):
+    images, rows = prepare(tiny_engine, MIXED)
+    rows = with_temperatures(rows, [1.0] * 4)
+    runs = {}
+    for seed in (3, 3, 4):
+        gen = GenerationConfig(max_new_tokens=24, seed=seed)
+        runtime = sampled_runtime(tiny_engine, gen)
+        runs.setdefault(seed, []).append(static_tokens(tiny_engine, images, rows, gen=gen, runtime=runtime)[0])
+    assert runs[3][0] == runs[3][1]
+    assert all(a != b for a, b in zip(runs[3][0], runs[4][0]))  # every row draws another stream
+
+
+def test_seed_reseeds_a_reused_runtime_without_recapture(tiny_engine):
+    """One runtime (one set of buffers / graphs) answers seed 3, seed 4, then seed 3 again."""
+    images, rows = prepare(tiny_engine, MIXED[:2])
+    rows = with_temperatures(rows, [1.0, 1.0])
+    runtime = sampled_runtime(tiny_engine, GenerationConfig(max_new_tokens=24))
+    out = [[r.tokens for r in runtime.run(images, rows, GenerationConfig(max_new_tokens=24, seed=s))]
+           for s in (3, 4, 3)]
+    assert out[0] == out[2] and out[0] != out[1]
+
+
+def test_static_repetition_penalty_equals_eager(tiny_engine):
+    images, rows = prepare(tiny_engine, CASES["ragged five"])
+    gen = GenerationConfig(max_new_tokens=24, sampling=SamplingConfig(repetition_penalty=5.0))
+    got, _ = static_tokens(tiny_engine, images, rows, gen=gen)
+    assert got == eager_tokens(tiny_engine, images, rows, gen)
+    assert got != eager_tokens(tiny_engine, images, rows, GEN)  # the penalty changes the answer
