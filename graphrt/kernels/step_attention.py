@@ -95,7 +95,7 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
 def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       N_SPLIT: tl.constexpr):
+                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // HKV
     g = pid % HKV
@@ -106,16 +106,17 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
         c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
         used = tl.cdiv(kv_len, chunk)
         d = tl.arange(0, D)
-        top = tl.full([TILE_M], float("-inf"), tl.float32)
-        for s in range(0, used):
-            top = tl.maximum(top, tl.load(plse_ptr + (pid * N_SPLIT + s) * BLOCK_M + m))
+        # all splits' log-sum-exp at once: [SPLITS, TILE_M]
+        s_all = tl.arange(0, SPLITS)
+        lse = tl.load(plse_ptr + (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :],
+                      mask=(s_all < used)[:, None], other=float("-inf"))
+        top = tl.max(lse, axis=0)
         top_safe = tl.where(top == float("-inf"), 0.0, top)
-        total = tl.zeros([TILE_M], tl.float32)
+        total = tl.sum(tl.exp2(lse - top_safe[None, :]), axis=0)
         acc = tl.zeros([TILE_M, D], tl.float32)
         for s in range(0, used):
             part = pid * N_SPLIT + s
             wgt = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
-            total += wgt
             acc += wgt[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
         out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         head = g * GROUP + m % GROUP
@@ -127,15 +128,17 @@ class StepAttention:
     """The split/merge pair for one batch size, with its partial-result buffers allocated once."""
 
     def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device | str, n_split: int | None = None, block_n: int = 64, scale: float | None = None):
+                 device: torch.device | str, n_split: int | None = None, block_n: int = 64, scale: float | None = None,
+                 num_warps: int | None = None, tile_m: int = 16, programs_per_sm: int = 2):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
-        self.tile_m = min(self.block_m, 32)
+        self.tile_m = min(self.block_m, tile_m)
         self.block_n = block_n
+        self.num_warps = num_warps or (8 if self.block_m >= 128 else 4)
         if n_split is None:
             sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 8
-            n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(2 * sms, rows * num_kv_heads))))
+            n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
         self.n_split = n_split
         self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
         parts = rows * num_kv_heads * n_split
@@ -154,8 +157,8 @@ class StepAttention:
                     BLOCK_N=self.block_n, N_SPLIT=self.n_split)
         _step_split_kernel[(b * self.hkv, self.n_split)](
             q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse,
-            self.qk_scale, k_cache.stride(0), k_cache.stride(1), num_warps=8 if self.block_m >= 128 else 4,
-            num_stages=2, **meta)
+            self.qk_scale, k_cache.stride(0), k_cache.stride(1), num_warps=self.num_warps, num_stages=2, **meta)
         _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
-            self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m, num_warps=4, **meta)
+            self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
+            SPLITS=max(2, triton.next_power_of_2(self.n_split)), num_warps=4, **meta)
         return out
