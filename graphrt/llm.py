@@ -127,14 +127,17 @@ class Qwen2(nn.Module):
         if pad:  # rows to a multiple of 8: the transposed product's output rows stay 16-byte aligned
             logits_index = torch.cat([logits_index, logits_index[-1:].expand(pad)])
         hidden = add_rms_norm(x, delta, self.norm.weight, self.norm.eps, index=logits_index)[1]
-        return self.logits_transposed(hidden)[:m]
+        return self.logits_transposed(hidden, m)
 
-    def logits_transposed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head as head [V, D] @ hidden^T, then one transposing copy: with the odd vocabulary
-        (152681) the plain product's output rows are unaligned and cuBLAS falls back to slow
-        align-1 kernels (H100: 1.6 ms at 192 rows against ~0.25 ms this way)."""
+    def logits_transposed(self, hidden: torch.Tensor, rows: int) -> torch.Tensor:
+        """The LM head as head [V, D] @ hidden^T, then one transposing copy of the first `rows`
+        rows: with the odd vocabulary (152681) the plain product's output rows are unaligned and
+        cuBLAS falls back to align-1 kernels (H100, 3B head: 1.67 ms at 192 rows, 0.49 ms at 6,
+        against 0.26 / 0.23 ms for the transposed product; benchmarks/step_attention_tune.py)."""
+        from .kernels.layer_ops import transpose
+
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.mm(head, hidden.t()).t().contiguous()
+        return transpose(torch.mm(head, hidden.t()), rows)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

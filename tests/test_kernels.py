@@ -19,7 +19,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from graphrt.kernels.layer_ops import add_rms_norm, rope_write, silu_mul  # noqa: E402
+from graphrt.kernels.layer_ops import add_rms_norm, rope_write, silu_mul, transpose  # noqa: E402
 from graphrt.kernels.step_attention import StepAttention  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,6 +94,8 @@ def test_layer_ops_match_torch():
     torch.testing.assert_close(q, apply_rope(qr.view(t, hq, hd), cos, sin), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(k_cache[rows, slots], apply_rope(kr.view(t, hkv, hd), cos, sin), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(v_cache[rows, slots], vr.view(t, hkv, hd), rtol=0, atol=0)
+    wide = torch.randn(300, 8, generator=gen)
+    torch.testing.assert_close(transpose(wide, 6), wide[:, :6].t(), rtol=0, atol=0)
     untouched = torch.ones(3, 12, dtype=torch.bool)
     untouched[rows, slots] = False
     assert (k_cache[untouched] == 0).all() and (v_cache[untouched] == 0).all()

@@ -42,7 +42,7 @@ def test_step_attention_matches_dense_rule_real_widths(n_split, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_layer_ops_match_torch_real_widths(dtype):
-    from graphrt.kernels.layer_ops import add_rms_norm, rope_write, silu_mul
+    from graphrt.kernels.layer_ops import add_rms_norm, rope_write, silu_mul, transpose
 
     gen = torch.Generator(device="cuda").manual_seed(1)
     t, d, hq, hkv, hd, inter = 37, 2048, 16, 2, 128, 11008
@@ -66,6 +66,8 @@ def test_layer_ops_match_torch_real_widths(dtype):
     torch.testing.assert_close(q, apply_rope(qr.view(t, hq, hd), cos, sin), rtol=1e-2, atol=2e-2)
     torch.testing.assert_close(kc[rows, slots], apply_rope(kr.view(t, hkv, hd), cos, sin), rtol=1e-2, atol=2e-2)
     assert torch.equal(vc[rows, slots], vr.view(t, hkv, hd))
+    logits_t = r(152681, 16)  # the LM head's transposed product: odd vocabulary, padded rows
+    assert torch.equal(transpose(logits_t, 12), logits_t[:, :12].t())
 
 
 @pytest.mark.parametrize("which", ["tiny", "mid"])

@@ -106,18 +106,18 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
         c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
         used = tl.cdiv(kv_len, chunk)
         d = tl.arange(0, D)
-        # all splits' log-sum-exp at once: [SPLITS, TILE_M]
+        # every used split at once ([SPLITS, TILE_M] weights, [SPLITS, TILE_M, D] outputs): one
+        # round of loads in flight instead of a dependent chain per split
         s_all = tl.arange(0, SPLITS)
-        lse = tl.load(plse_ptr + (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :],
-                      mask=(s_all < used)[:, None], other=float("-inf"))
+        live_s = s_all < used
+        rows = (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
+        lse = tl.load(plse_ptr + rows, mask=live_s[:, None], other=float("-inf"))
         top = tl.max(lse, axis=0)
         top_safe = tl.where(top == float("-inf"), 0.0, top)
-        total = tl.sum(tl.exp2(lse - top_safe[None, :]), axis=0)
-        acc = tl.zeros([TILE_M, D], tl.float32)
-        for s in range(0, used):
-            part = pid * N_SPLIT + s
-            wgt = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
-            acc += wgt[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
+        wgt = tl.exp2(lse - top_safe[None, :])
+        total = tl.sum(wgt, axis=0)
+        parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :], mask=live_s[:, None, None], other=0.0)
+        acc = tl.sum(parts * wgt[:, :, None], axis=0)
         out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         head = g * GROUP + m % GROUP
         dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
@@ -128,18 +128,22 @@ class StepAttention:
     """The split/merge pair for one batch size, with its partial-result buffers allocated once."""
 
     def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device | str, n_split: int | None = None, block_n: int = 64, scale: float | None = None,
-                 num_warps: int | None = None, tile_m: int = 16, programs_per_sm: int = 2):
+                 device: torch.device | str, n_split: int | None = None, block_n: int | None = None, scale: float | None = None,
+                 num_warps: int | None = None, merge_rows: int = 64, programs_per_sm: int = 1):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
-        self.tile_m = min(self.block_m, tile_m)
-        self.block_n = block_n
-        self.num_warps = num_warps or (8 if self.block_m >= 128 else 4)
+        self.splits_pow2 = None  # set below with n_split
+        # H100 tuning (benchmarks/step_attention_tune.py): many rows favour small key blocks
+        self.block_n = block_n or (32 if rows >= 8 else 64)
+        self.num_warps = num_warps or (4 if rows >= 8 or self.block_m < 128 else 8)
         if n_split is None:
             sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 8
             n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
         self.n_split = n_split
+        self.splits_pow2 = max(2, triton.next_power_of_2(n_split))
+        # the merge holds [splits, tile, D] partials in registers: splits * tile = `merge_rows`
+        self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2))
         self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
         parts = rows * num_kv_heads * n_split
         self.partial_out = torch.empty((parts * self.block_m, head_dim), dtype=torch.float32, device=device)
@@ -160,5 +164,5 @@ class StepAttention:
             self.qk_scale, k_cache.stride(0), k_cache.stride(1), num_warps=self.num_warps, num_stages=2, **meta)
         _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
             self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
-            SPLITS=max(2, triton.next_power_of_2(self.n_split)), num_warps=4, **meta)
+            SPLITS=self.splits_pow2, num_warps=4, **meta)
         return out
