@@ -48,7 +48,7 @@ def step_reference(q, k_cache, v_cache, cache_len, count):
     return out, live
 
 
-@pytest.mark.parametrize("n_split,block_n", [(1, 16), (3, 16), (8, 32)])
+@pytest.mark.parametrize("n_split,block_n", [(1, 16), (3, 16), (8, 32), (16, 16)])  # 16: all-at-once merge
 def test_step_attention_matches_dense_rule(n_split, block_n):
     gen = torch.Generator().manual_seed(n_split)
     hq, hkv, d, slots = 4, 2, 16, 160

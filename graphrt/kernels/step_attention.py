@@ -95,7 +95,7 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
 def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr):
+                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // HKV
     g = pid % HKV
@@ -106,8 +106,6 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
         c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
         used = tl.cdiv(kv_len, chunk)
         d = tl.arange(0, D)
-        # every used split at once ([SPLITS, TILE_M] weights, [SPLITS, TILE_M, D] outputs): one
-        # round of loads in flight instead of a dependent chain per split
         s_all = tl.arange(0, SPLITS)
         live_s = s_all < used
         rows = (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
@@ -116,8 +114,17 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
         top_safe = tl.where(top == float("-inf"), 0.0, top)
         wgt = tl.exp2(lse - top_safe[None, :])
         total = tl.sum(wgt, axis=0)
-        parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :], mask=live_s[:, None, None], other=0.0)
-        acc = tl.sum(parts * wgt[:, :, None], axis=0)
+        if ALL_AT_ONCE:
+            # many splits (few rows): every split's output in one round of loads, [SPLITS, TILE_M, D]
+            parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :], mask=live_s[:, None, None], other=0.0)
+            acc = tl.sum(parts * wgt[:, :, None], axis=0)
+        else:
+            # few splits (many rows, programs enough): a loop over them is cheaper on registers
+            acc = tl.zeros([TILE_M, D], tl.float32)
+            for s in range(0, used):
+                part = pid * N_SPLIT + s
+                w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
+                acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
         out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         head = g * GROUP + m % GROUP
         dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
@@ -142,8 +149,11 @@ class StepAttention:
             n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
         self.n_split = n_split
         self.splits_pow2 = max(2, triton.next_power_of_2(n_split))
-        # the merge holds [splits, tile, D] partials in registers: splits * tile = `merge_rows`
-        self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2))
+        # H100: loading every split at once wins at 16+ splits (B=1: 6.3 -> ~3 us per merge) and
+        # loses at 4 (B=32: 5.7 -> 19 us); then the merge loops with 16-row tiles.
+        self.merge_all = n_split >= 16
+        # all at once, the merge holds [splits, tile, D] partials in registers: splits * tile = `merge_rows`
+        self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2 if self.merge_all else 16))
         self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
         parts = rows * num_kv_heads * n_split
         self.partial_out = torch.empty((parts * self.block_m, head_dim), dtype=torch.float32, device=device)
@@ -164,5 +174,5 @@ class StepAttention:
             self.qk_scale, k_cache.stride(0), k_cache.stride(1), num_warps=self.num_warps, num_stages=2, **meta)
         _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
             self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
-            SPLITS=self.splits_pow2, num_warps=4, **meta)
+            SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
         return out
