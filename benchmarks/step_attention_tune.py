@@ -57,18 +57,19 @@ def main() -> None:
         for c in args.cache:
             clen = torch.full((b,), c, device=dev)
             res = []
-            variants = [(None, None, 1)] + list(itertools.product((4, 8), (32, 64, 128), (1, 2)))
-            for warps, bn, pps in variants:
+            variants = [(None, None, 1, None)] + list(itertools.product((4, 8), (32, 64), (1,), (128, 64, 32)))
+            for warps, bn, pps, sm in variants:
                 try:
-                    att = StepAttention(b, w, hq, hkv, d, dev, block_n=bn, num_warps=warps, programs_per_sm=pps)
+                    att = StepAttention(b, w, hq, hkv, d, dev, block_n=bn, num_warps=warps, programs_per_sm=pps,
+                                        split_m=sm)
                     fn = lambda: [att(q, kc[i], vc[i], clen, count) for i in range(args.layers)]  # noqa: E731
-                    res.append((graph_ms(fn, args.layers), warps, bn, pps, att.n_split))
+                    res.append((graph_ms(fn, args.layers), warps, bn, pps, att.n_split, sm))
                 except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
                     print(f"B={b} warps={warps} block_n={bn}: {type(e).__name__}: {str(e)[:80]}")
             default = res[0][0]
             res.sort(key=lambda x: x[0])
-            print(f"B={b} c={c}: best " + "; ".join(f"{us:.1f} us (warps {wa}, block_n {bn}, pps {p}, split {ns})"
-                                                 for us, wa, bn, p, ns in res[:4]) +
+            print(f"B={b} c={c}: best " + "; ".join(f"{us:.1f} us (warps {wa}, block_n {bn}, pps {p}, split {ns}, "
+                                                 f"split_m {sm})" for us, wa, bn, p, ns, sm in res[:4]) +
                   f"; worst {res[-1][0]:.1f} us; default {default:.1f} us", flush=True)
     # LM head: plain product vs transposed product + transposing copy
     head = torch.randn(152681, 2048, device=dev, dtype=torch.bfloat16)

@@ -212,7 +212,8 @@ class StaticPipeline:
                      fused=self.fused).view(b, blk, -1)
 
         temp = self.temperature[:b]
-        probs = probabilities(logits, self.seen[:b, : self.vocab], temp, self.sampling)
+        # greedy graphs hold only temperature-0 rows (the runtime refuses others): no scaling pass
+        probs = probabilities(logits, self.seen[:b, : self.vocab], temp if self.sample else None, self.sampling)
         x0 = choose(probs, temp, None, sample=self.sample)
         tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
 

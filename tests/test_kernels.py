@@ -48,8 +48,8 @@ def step_reference(q, k_cache, v_cache, cache_len, count):
     return out, live
 
 
-@pytest.mark.parametrize("n_split,block_n", [(1, 16), (3, 16), (8, 32), (16, 16)])  # 16: all-at-once merge
-def test_step_attention_matches_dense_rule(n_split, block_n):
+@pytest.mark.parametrize("n_split,block_n,split_m", [(1, 16, None), (3, 16, 16), (8, 32, None), (16, 16, 16)])
+def test_step_attention_matches_dense_rule(n_split, block_n, split_m):  # 16 splits: all-at-once merge
     gen = torch.Generator().manual_seed(n_split)
     hq, hkv, d, slots = 4, 2, 16, 160
     cache_len = torch.tensor([1, 15, 16, 17, 140])  # 1, key-block edges, a long row
@@ -58,7 +58,7 @@ def test_step_attention_matches_dense_rule(n_split, block_n):
     k_cache = torch.randn(rows + 1, slots, hkv, d, generator=gen)
     v_cache = torch.randn(rows + 1, slots, hkv, d, generator=gen)
     q = torch.randn(rows * 2 * W, hq, d, generator=gen)
-    att = StepAttention(rows, W, hq, hkv, d, DEV, n_split=n_split, block_n=block_n)
+    att = StepAttention(rows, W, hq, hkv, d, DEV, n_split=n_split, block_n=block_n, split_m=split_m)
     got = att(*(t.to(DEV) for t in (q, k_cache, v_cache, cache_len, count))).cpu()
     want, live = step_reference(q, k_cache, v_cache, cache_len, count)
     assert torch.isfinite(got).all()

@@ -40,16 +40,17 @@ def _row_lengths(clen_ptr, count_ptr, b, W: tl.constexpr, BLOCK_N: tl.constexpr,
 def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr,
                        qk_scale, row_stride, slot_stride,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
-                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr):
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr,
+                       SPLIT_M: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // HKV
     g = pid % HKV
     c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
     start = split * chunk
-    if start < kv_len:
+    m = tl.program_id(2) * SPLIT_M + tl.arange(0, SPLIT_M)  # this program's query rows of the tile
+    if (start < kv_len) & (tl.program_id(2) * SPLIT_M < 2 * W * GROUP):
         end = tl.minimum(start + chunk, kv_len)
-        m = tl.arange(0, BLOCK_M)
         tok = m // GROUP
         head = g * GROUP + m % GROUP
         live_m = tok < 2 * W
@@ -64,9 +65,9 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
         d = tl.arange(0, D)
         q = tl.load(q_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :], mask=live_m[:, None], other=0.0)
         kv_base = b * row_stride + g * D
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        m_i = tl.full([SPLIT_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([SPLIT_M], tl.float32)
+        acc = tl.zeros([SPLIT_M, D], tl.float32)
         for n0 in range(start, end, BLOCK_N):
             keys = n0 + tl.arange(0, BLOCK_N)
             live_n = keys < end
@@ -136,7 +137,8 @@ class StepAttention:
 
     def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  device: torch.device | str, n_split: int | None = None, block_n: int | None = None, scale: float | None = None,
-                 num_warps: int | None = None, merge_rows: int = 64, programs_per_sm: int = 1):
+                 num_warps: int | None = None, merge_rows: int = 64, programs_per_sm: int = 1,
+                 split_m: int | None = None):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
@@ -144,6 +146,8 @@ class StepAttention:
         # H100 tuning (benchmarks/step_attention_tune.py): many rows favour small key blocks
         self.block_n = block_n or (32 if rows >= 8 else 64)
         self.num_warps = num_warps or (4 if rows >= 8 or self.block_m < 128 else 8)
+        # query rows per split program (the tile may be cut in two: more programs, fewer registers)
+        self.split_m = min(split_m or self.block_m, self.block_m)
         if n_split is None:
             sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 8
             n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
@@ -169,9 +173,10 @@ class StepAttention:
         out = torch.empty_like(q)
         meta = dict(HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
                     BLOCK_N=self.block_n, N_SPLIT=self.n_split)
-        _step_split_kernel[(b * self.hkv, self.n_split)](
+        _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
             q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse,
-            self.qk_scale, k_cache.stride(0), k_cache.stride(1), num_warps=self.num_warps, num_stages=2, **meta)
+            self.qk_scale, k_cache.stride(0), k_cache.stride(1), SPLIT_M=self.split_m, num_warps=self.num_warps,
+            num_stages=2, **meta)
         _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
             self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
             SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
