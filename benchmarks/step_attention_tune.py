@@ -82,7 +82,8 @@ def main() -> None:
         trans_only = graph_ms(lambda: torch.mm(head, h8.t()), 1)
         trans_triton = graph_ms(lambda: transpose(torch.mm(head, h8.t()), m), 1)
         print(f"LM head M={m}: F.linear {plain:.1f} us; transposed+copy {trans:.1f} us (product alone "
-              f"{trans_only:.1f} us, with the Triton transpose {trans_triton:.1f} us); floor {head.numel() * 2 / 2.95e12 * 1e6:.1f} us", flush=True)
+              f"{trans_only:.1f} us, with the Triton transpose {trans_triton:.1f} us); "
+              f"floor {head.numel() * 2 / 2.95e12 * 1e6:.1f} us", flush=True)
 
 
 if __name__ == "__main__":

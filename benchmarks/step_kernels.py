@@ -175,7 +175,8 @@ def main() -> None:
 
     device = torch.cuda.get_device_name(0)
     report = {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__,
-              "dtype": str(model.dtype), "lm_weight_bytes": wbytes, "copy_gbs": round(bw), "floor_ms": round(floor_ms, 3),
+              "dtype": str(model.dtype), "lm_weight_bytes": wbytes, "copy_gbs": round(bw),
+              "floor_ms": round(floor_ms, 3),
               "capture_s": capture_s, "graphs": {n: len(rt.graphs) for n, rt in runtimes.items()},
               "work": f"640x480 image, {processed.num_patches} patches (bucket {patches}), prompt {len(prompt.ids)} "
                       f"tokens (bucket {length}); step = 12 query tokens per row, logits for 6",

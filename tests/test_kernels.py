@@ -110,6 +110,10 @@ def test_kernel_set_choice():
         assert select_kernels("fused", "cpu", torch.float32)[0] == "fused"  # interpreter mode
 
 
+def test_status_names_the_kernel_set(tiny_engine):
+    assert tiny_engine.status()["kernels"] == "torch (eager)"  # CPU: no graph runtime
+
+
 @pytest.mark.parametrize("name", ["single", "same image, two queries"])
 def test_fused_static_path_equals_eager(tiny_engine, name):
     if DEV != "cpu":

@@ -18,6 +18,10 @@ The alternative kept for comparison (`StepRangesLSE`, window_plan="lse"): the wi
 at its own slots; the window attends [0, c+k-1) and its 6 keys in two non-causal calls, and the
 two results are merged by their log-sum-exp. No write-back, one more kernel and the merge.
 
+With the fused kernel set (`kernels="fused"`) the step needs neither: `StepKernelRanges` writes
+every token's K/V at its own slot and graphrt/kernels/step_attention.py applies the window rule
+in-kernel from each row's c and k.
+
 Pad queries write to the row's dead slot (the last one), which no range ever reads.
 """
 

@@ -136,20 +136,20 @@ class StepAttention:
     """The split/merge pair for one batch size, with its partial-result buffers allocated once."""
 
     def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device | str, n_split: int | None = None, block_n: int | None = None, scale: float | None = None,
-                 num_warps: int | None = None, merge_rows: int = 64, programs_per_sm: int = 1,
-                 split_m: int | None = None):
+                 device: torch.device | str, n_split: int | None = None, block_n: int | None = None,
+                 scale: float | None = None, num_warps: int | None = None, merge_rows: int = 64,
+                 programs_per_sm: int = 1, split_m: int | None = None):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
-        self.splits_pow2 = None  # set below with n_split
         # H100 tuning (benchmarks/step_attention_tune.py): many rows favour small key blocks
         self.block_n = block_n or (32 if rows >= 8 else 64)
         self.num_warps = num_warps or (4 if rows >= 8 or self.block_m < 128 else 8)
         # query rows per split program (the tile may be cut in two: more programs, fewer registers)
         self.split_m = min(split_m or self.block_m, self.block_m)
         if n_split is None:
-            sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 8
+            on_gpu = torch.device(device).type == "cuda"
+            sms = torch.cuda.get_device_properties(device).multi_processor_count if on_gpu else 8
             n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
         self.n_split = n_split
         self.splits_pow2 = max(2, triton.next_power_of_2(n_split))
