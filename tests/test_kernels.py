@@ -126,3 +126,16 @@ def test_fused_static_path_equals_eager(tiny_engine, name):
     assert runtime.kernels == "fused"
     got = [r.tokens for r in runtime.run(images, rows, GEN)]
     assert got == eager_tokens(tiny_engine, images, rows)
+
+
+def test_fused_scheduler_refills_rows(tiny_engine):
+    """Refilled cache rows (a freed row prefilled while the other decodes) on the fused bodies:
+    every job's tokens equal its own run."""
+    from capture import GraphRuntime
+    from test_engine_api import A, B, C, check_refills
+    from test_static_path import BUCKETS, GEN
+
+    if DEV != "cpu":
+        pytest.skip("CPU interpreter test; the GPU engine tests run the fused graphs")
+    runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False, kernels="fused")
+    check_refills(tiny_engine, runtime, [(A, "cat", 3), (B, "dog", 14), (C, "a long one", 6)])
