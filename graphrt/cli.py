@@ -94,6 +94,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graphs", choices=["auto", "on", "off"], default=None,
                    help="CUDA graphs (capture costs seconds). Default: off for one image, auto for a folder "
                         "or JSONL file and for status")
+    p.add_argument("--kernels", choices=["auto", "fused", "torch"], default="auto",
+                   help="decoder kernels inside the graphs: fused Triton kernels (auto: on CUDA in fp16/bf16) "
+                        "or plain torch ops")
 
 
 def _engine(args, graphs: str):
@@ -105,7 +108,7 @@ def _engine(args, graphs: str):
                            sampling=SamplingConfig(temperature=args.temperature))
     opts = EngineOptions(device=args.device, dtype=args.dtype, task=args.task, generation=gen,
                          progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
-                         sampling_graphs=args.temperature > 0)
+                         sampling_graphs=args.temperature > 0, kernels=args.kernels)
     return Engine.from_pretrained(args.checkpoint, opts)
 
 

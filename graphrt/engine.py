@@ -145,6 +145,10 @@ class Engine:
             self.runtime.warmup(progress=options.progress)
         elif options.graphs == "auto":
             self.runtime_reason = "no CUDA device" if model.device.type != "cuda" else "fp32 (graphs need fp16/bf16)"
+        if options.kernels not in ("auto", "fused", "torch"):
+            raise ValueError("kernels must be auto, fused or torch")
+        if options.kernels == "fused" and self.runtime is None:  # the eager path is plain torch only
+            raise ValueError(f"kernels='fused' needs the graph runtime, which is off ({self.runtime_reason})")
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":

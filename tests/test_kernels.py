@@ -112,6 +112,8 @@ def test_kernel_set_choice():
 
 def test_status_names_the_kernel_set(tiny_engine):
     assert tiny_engine.status()["kernels"] == "torch (eager)"  # CPU: no graph runtime
+    with pytest.raises(ValueError, match="needs the graph runtime"):
+        tiny_engine.with_options(kernels="fused")  # nothing would run it: refused, not ignored
 
 
 @pytest.mark.parametrize("name", ["single", "same image, two queries"])
