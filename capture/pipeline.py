@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-from graphrt.attention.ranges import PrefillRanges, StepRanges, StepRangesLSE, VisionRanges
+from graphrt.attention.ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
 from graphrt.attention.varlen import VarlenKernel
 from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
@@ -28,10 +28,13 @@ from .buckets import Buckets
 
 class StaticPipeline:
     def __init__(self, model, buckets: Buckets, kernel: VarlenKernel, sampling: SamplingConfig, mtp: MTPConfig,
-                 sample: bool, window_plan: str = "shifted"):
+                 sample: bool, window_plan: str = "shifted", kernels: str = "torch"):
         if window_plan not in ("shifted", "lse"):
             raise ValueError("window_plan must be 'shifted' or 'lse'")
-        self.window_plan = window_plan
+        if kernels not in ("torch", "fused"):
+            raise ValueError("kernels must be 'torch' or 'fused'")
+        self.window_plan = window_plan  # torch kernels only; the fused step kernel needs no plan
+        self.fused = kernels == "fused"
         cfg = model.cfg
         self.model, self.buckets, self.kernel = model, buckets, kernel
         self.sampling, self.mtp, self.sample = sampling, mtp, sample
@@ -109,6 +112,15 @@ class StaticPipeline:
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
         self.end_k = torch.full((1,), bm * s, dtype=torch.long, device=dev)  # unread last cu_k entry
+        self.rows_2blk = self.rows.repeat_interleave(2 * blk)
+        self.step_attention = {}
+        if self.fused:  # one split/merge pair (and its partial buffers) per step batch size
+            from graphrt.kernels.step_attention import StepAttention
+
+            t = cfg.text
+            for b in buckets.batch_sizes:
+                self.step_attention[b] = StepAttention(b, blk, t.num_attention_heads, t.num_key_value_heads,
+                                                       t.head_dim, dev)
 
     def reset_state(self) -> None:
         """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
@@ -136,7 +148,7 @@ class StaticPipeline:
         cu_k = torch.cat([target * self.slots, self.end_k]).to(torch.int32)  # segment i reads cache row target[i]
         ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], target[:, None].expand(b, t).reshape(-1),
                                self.p_slots[:n], self.cu[t][: b + 1], cu_k, self.p_seqused[:b])
-        llm(emb, ranges, self.cache, ranges)
+        llm(emb, ranges, self.cache, ranges, fused=self.fused)
         self._seed(b)
 
     def _seed(self, b: int) -> None:
@@ -171,6 +183,21 @@ class StaticPipeline:
         for buf in (self.cache.k, self.cache.v):
             buf[:, dst, :width].copy_(buf[:, src, :width])
 
+    def _step_ranges(self, b, positions, acc_slots, w0, win_pos):
+        """The step's key ranges for the varlen kernels (torch kernel set)."""
+        blk = self.block
+        common = dict(acc_rows=self.rows_blk[: b * blk], acc_slots=acc_slots.reshape(-1),
+                      win_rows=self.rows_blk[: b * blk], cu_q=self.cu[blk][: b + 1],
+                      cu_k=self.cu[self.slots][: b + 1], seqused_acc=w0.to(torch.int32))
+        if self.window_plan == "shifted":  # window K/V one slot to the left (see ranges.py)
+            return StepRanges(self.kernel, blk, self.slots, positions, win_slots=win_pos.reshape(-1),
+                              last_rows=self.rows[:b], last_slots=w0 - 1,
+                              seqused_win=(w0 + blk - 1).to(torch.int32), **common)
+        cu_window = torch.cat([self.rows[:b] * self.slots + w0, self.cu[self.slots][b : b + 1].long()])
+        return StepRangesLSE(self.kernel, blk, self.slots, positions, win_slots=(win_pos + 1).reshape(-1),
+                             cu_k_window=cu_window.to(torch.int32), seqused_prefix=(w0 - 1).to(torch.int32),
+                             seqused_window=self.window_len[:b], **common)
+
     def step(self, b: int) -> None:
         blk, llm = self.block, self.model.llm
         pend, k, c, fin = self.pending[:b], self.pending_count[:b], self.cache_len[:b], self.finished[:b]
@@ -182,22 +209,17 @@ class StaticPipeline:
         win_pos = w0[:, None] - 1 + j  # slot 0 shares the last accepted token's position
         positions = torch.cat([torch.where(real, acc_slots, 0), win_pos], dim=1).reshape(-1)
         ids = torch.cat([pend, pend[:, -1:], self.mask_ids[:b]], dim=1).reshape(-1)
-        common = dict(acc_rows=self.rows_blk[: b * blk], acc_slots=acc_slots.reshape(-1),
-                      win_rows=self.rows_blk[: b * blk], cu_q=self.cu[blk][: b + 1],
-                      cu_k=self.cu[self.slots][: b + 1], seqused_acc=w0.to(torch.int32))
-        if self.window_plan == "shifted":  # window K/V one slot to the left (see ranges.py)
-            ranges = StepRanges(self.kernel, blk, self.slots, positions, win_slots=win_pos.reshape(-1),
-                                last_rows=self.rows[:b], last_slots=w0 - 1,
-                                seqused_win=(w0 + blk - 1).to(torch.int32), **common)
+        if self.fused:  # every token's K/V at its own slot; the kernel applies the window rule
+            write = torch.cat([acc_slots, w0[:, None] + j], dim=1).reshape(-1)
+            ranges = StepKernelRanges(positions, self.rows_2blk[: 2 * b * blk], write, c, k, self.step_attention[b])
         else:
-            cu_window = torch.cat([self.rows[:b] * self.slots + w0, self.cu[self.slots][b : b + 1].long()])
-            ranges = StepRangesLSE(self.kernel, blk, self.slots, positions, win_slots=(win_pos + 1).reshape(-1),
-                                   cu_k_window=cu_window.to(torch.int32), seqused_prefix=(w0 - 1).to(torch.int32),
-                                   seqused_window=self.window_len[:b], **common)
-        logits = llm(llm.embed(ids), ranges, self.cache, ranges, self.window_index[: b * blk]).view(b, blk, -1)
+            ranges = self._step_ranges(b, positions, acc_slots, w0, win_pos)
+        logits = llm(llm.embed(ids), ranges, self.cache, ranges, self.window_index[: b * blk],
+                     fused=self.fused).view(b, blk, -1)
 
         temp = self.temperature[:b]
-        probs = probabilities(logits, self.seen[:b, : self.vocab], temp, self.sampling)
+        # greedy graphs hold only temperature-0 rows (the runtime refuses others): no scaling pass
+        probs = probabilities(logits, self.seen[:b, : self.vocab], temp if self.sample else None, self.sampling)
         # Seeded draws: uniforms hashed from (row key, row step, slot) in the graph; no generator state.
         uniform = uniforms(self.noise_key[:b], self.steps[:b], blk) if self.sample else None
         x0 = choose(probs, temp, uniform, sample=self.sample)

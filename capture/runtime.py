@@ -25,6 +25,7 @@ from tqdm import tqdm
 from graphrt.attention.varlen import select_kernel
 from graphrt.generate import GenerationConfig, RowResult, context_budget, draw_seed
 from graphrt.lru import LRU
+from graphrt.kernels import select_kernels
 from graphrt.processor import ProcessedImage, patchify
 from graphrt.sampler import noise_keys
 from graphrt.prompt import Prompt
@@ -75,15 +76,18 @@ STATE_TENSORS = ("pending", "pending_count", "cache_len", "n_gen", "budget", "fi
 class GraphRuntime:
     def __init__(self, model, buckets: Buckets, generation: GenerationConfig, attention: str = "auto",
                  strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False,
-                 window_plan: str = "shifted"):
+                 window_plan: str = "shifted", kernels: str = "auto"):
         self.model, self.buckets, self.generation = model, buckets, generation
         self.kernel_name, kernel = select_kernel(attention, model.device, strict, model.dtype)
+        # fused: the Triton layer/step kernels of graphrt.kernels; torch: plain ops (the eager path's)
+        self.kernels, self.kernels_reason = select_kernels(kernels, model.device, model.dtype, strict)
         self.use_graphs = (model.device.type == "cuda") if use_graphs is None else use_graphs
         if self.use_graphs and self.kernel_name == "emulated":
             raise ValueError("the emulated attention kernel cannot be captured in CUDA graphs (it reads lengths "
                              "on the host); use fp16/bf16 on CUDA, or use_graphs=False")
         sample = sampling_graphs or generation.sampling.temperature > 0
-        self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan)
+        self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan,
+                                   self.kernels)
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
         self.pool_bytes = 0

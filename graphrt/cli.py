@@ -149,6 +149,9 @@ def _engine_args(p: argparse.ArgumentParser, generation: bool) -> None:
     p.add_argument("--graphs", choices=["auto", "on", "off"], default=None,
                    help="CUDA graphs (capture costs seconds at load). auto: on a GPU in bf16/fp16. Default: "
                         + ("off for one image, auto for a folder or JSONL file" if generation else "auto"))
+    p.add_argument("--kernels", choices=["auto", "fused", "torch"], default="auto",
+                   help="decoder kernels inside the graphs: fused Triton kernels (auto: on CUDA in fp16/bf16) "
+                        "or plain torch ops")
     if not generation:
         return
     p.add_argument("--task", choices=list(TASKS), default="detect",
@@ -222,7 +225,7 @@ def _engine(args, graphs: str):
 
     temperature = getattr(args, "temperature", 0.0)
     options = dict(device=args.device, dtype=args.dtype, progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
-                   sampling_graphs=temperature > 0)
+                   sampling_graphs=temperature > 0, kernels=args.kernels)
     if hasattr(args, "max_new_tokens"):
         options.update(task=args.task, prompt_format=args.prompt_format, generation=GenerationConfig(
             mode=args.mode, max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(temperature=temperature)))

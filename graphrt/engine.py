@@ -74,6 +74,7 @@ class EngineOptions:
     buckets: object = None  # capture.Buckets; None: the defaults
     attention: str = "auto"  # varlen kernel of the graph path: auto | flash_attn | torch-fa2 | emulated
     strict: bool = False  # refuse fallbacks (another attention kernel, eager for a batch beyond the buckets)
+    kernels: str = "auto"  # layer/step kernels of the graph path: auto (fused on CUDA) | fused (Triton) | torch
     sampling_graphs: bool = False  # also capture the sampling branch (needed for temperature > 0 on graphs)
     share_prefix: bool = True  # rows of one image prefill the shared prompt prefix once
     preprocess_workers: int = 0  # CPU threads preparing images for large batches; 0: min(8, cores)
@@ -197,10 +198,14 @@ class Engine:
 
             self.runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,
                                         options.strict, use_graphs=model.device.type == "cuda",
-                                        sampling_graphs=options.sampling_graphs)
+                                        sampling_graphs=options.sampling_graphs, kernels=options.kernels)
             self.runtime.warmup(progress=options.progress)
         elif options.graphs == "auto":
             self.runtime_reason = "no CUDA device" if model.device.type != "cuda" else "fp32 (graphs need fp16/bf16)"
+        if options.kernels not in ("auto", "fused", "torch"):
+            raise ValueError("kernels must be auto, fused or torch")
+        if options.kernels == "fused" and self.runtime is None:  # the eager path is plain torch only
+            raise ValueError(f"kernels='fused' needs the graph runtime, which is off ({self.runtime_reason})")
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":
@@ -581,6 +586,7 @@ class Engine:
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "parameters": params,
             "attention": self.runtime.kernel_name if self.runtime else "sdpa (dense mask, eager)",
+            "kernels": f"{self.runtime.kernels} ({self.runtime.kernels_reason})" if self.runtime else "torch (eager)",
             "graphs": len(self.runtime.graphs) if self.runtime else 0,
             "graph_runtime": "on" if self.runtime else f"off ({self.runtime_reason})",
             "capture_s": round(self.runtime.capture_seconds, 1) if self.runtime else 0.0,

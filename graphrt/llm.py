@@ -60,6 +60,19 @@ class Qwen2Layer(nn.Module):
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
 
+    def forward_fused(self, x, delta, cos, sin, layer_idx: int, cache: KVCache, attend):
+        """The same layer on the fused Triton kernels (GPU path): returns (residual, delta) with the
+        residual add left to the next layer's norm kernel. `attend.fused` ropes q/k, writes the
+        cache and attends in its own kernels. GEMMs stay on the `Linear` modules."""
+        from .kernels.layer_ops import add_rms_norm, silu_mul
+
+        t = x.shape[0]
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps)
+        attn = attend.fused(layer_idx, self.qkv_proj(h), cos, sin, cache, self.num_heads, self.num_kv_heads)
+        x, h = add_rms_norm(x, self.o_proj(attn.view(t, self.q_size)), norm2.weight, norm2.eps)
+        return x, self.down_proj(silu_mul(self.gate_up_proj(h)))
+
 
 class Qwen2(nn.Module):
     def __init__(self, cfg: TextConfig, dtype, device=None):
@@ -86,15 +99,45 @@ class Qwen2(nn.Module):
         cache: KVCache,
         attend: LMAttention,
         logits_index: torch.Tensor | None = None,
+        fused: bool = False,
     ) -> torch.Tensor | None:
-        """embeds [T, D] -> logits [len(logits_index), V] (None when no index is given)."""
+        """embeds [T, D] -> logits [len(logits_index), V] (None when no index is given).
+        fused: the Triton kernels of graphrt/kernels (CUDA; `attend` must have a `fused` method)."""
         cos, sin = self.rotary(plan.positions, embeds.dtype)
+        if fused:
+            return self._forward_fused(embeds, cos, sin, cache, attend, logits_index)
         x = embeds
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, plan, cache, attend)
         if logits_index is None:
             return None
         return self.logits(self.norm(x[logits_index]))
+
+    def _forward_fused(self, x, cos, sin, cache, attend, logits_index):
+        from .kernels.layer_ops import add_rms_norm
+
+        delta = None
+        for i, layer in enumerate(self.layers):
+            x, delta = layer.forward_fused(x, delta, cos, sin, i, cache, attend)
+        if logits_index is None:
+            return None
+        # final residual add + norm of the rows asked for only
+        m = logits_index.shape[0]
+        pad = -m % 8
+        if pad:  # rows to a multiple of 8: the transposed product's output rows stay 16-byte aligned
+            logits_index = torch.cat([logits_index, logits_index[-1:].expand(pad)])
+        hidden = add_rms_norm(x, delta, self.norm.weight, self.norm.eps, index=logits_index)[1]
+        return self.logits_transposed(hidden, m)
+
+    def logits_transposed(self, hidden: torch.Tensor, rows: int) -> torch.Tensor:
+        """The LM head as head [V, D] @ hidden^T, then one transposing copy of the first `rows`
+        rows: with the odd vocabulary (152681) the plain product's output rows are unaligned and
+        cuBLAS falls back to align-1 kernels (H100, 3B head: 1.67 ms at 192 rows, 0.49 ms at 6,
+        against 0.26 / 0.23 ms for the transposed product; benchmarks/step_attention_tune.py)."""
+        from .kernels.layer_ops import transpose
+
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return transpose(torch.mm(head, hidden.t()), rows)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

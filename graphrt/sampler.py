@@ -57,13 +57,15 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
-def probabilities(logits: torch.Tensor, seen: torch.Tensor | None, temperature: torch.Tensor,
+def probabilities(logits: torch.Tensor, seen: torch.Tensor | None, temperature: torch.Tensor | None,
                   cfg: SamplingConfig) -> torch.Tensor:
-    """logits [B, S, V] -> probs [B, S, V]; temperature [B] (0 = greedy row, no scaling)."""
+    """logits [B, S, V] -> probs [B, S, V]; temperature [B] (0 = greedy row, no scaling; None:
+    every row is greedy, so the division by 1 is skipped: one pass over the logits fewer)."""
     if cfg.repetition_penalty != 1.0 and seen is not None:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-    scale = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).to(logits.dtype)
-    logits = logits / scale[:, None, None]
+    if temperature is not None:
+        scale = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).to(logits.dtype)
+        logits = logits / scale[:, None, None]
     if cfg.top_p is not None and cfg.top_p < 1:
         logits = top_p_filter(logits, cfg.top_p)
     if cfg.top_k is not None:

@@ -3,6 +3,8 @@ meaning into them; they compare paths and references on identical weights."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,11 @@ from PIL import Image
 
 from graphrt import Engine, EngineOptions
 from weights.synth import write_preset
+
+if not torch.cuda.is_available():
+    # Triton kernels (graphrt/kernels) run on CPU tensors in Triton's interpreter; read when a
+    # kernel module is first imported, so set before any test imports one.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

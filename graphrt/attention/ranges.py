@@ -18,6 +18,10 @@ The alternative kept for comparison (`StepRangesLSE`, window_plan="lse"): the wi
 at its own slots; the window attends [0, c+k-1) and its 6 keys in two non-causal calls, and the
 two results are merged by their log-sum-exp. No write-back, one more kernel and the merge.
 
+With the fused kernel set (`kernels="fused"`) the step needs neither: `StepKernelRanges` writes
+every token's K/V at its own slot and graphrt/kernels/step_attention.py applies the window rule
+in-kernel from each row's c and k.
+
 Pad queries write to the row's dead slot (the last one), which no range ever reads.
 """
 
@@ -57,6 +61,16 @@ class PrefillRanges:
         cache.write(layer, self.rows, self.write_slots, k, v)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
         return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+
+    def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
+        """Fused path: one kernel ropes q/k and writes K/V into the cache, then the varlen call."""
+        from graphrt.kernels.layer_ops import rope_write
+
+        q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
+                       num_heads, num_kv_heads)
+        kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
+        out = self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        return out.reshape(qkv.shape[0], -1)
 
 
 @dataclass
@@ -114,6 +128,27 @@ class StepRangesLSE:
         w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
         ow = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
         return _join(oa, ow, b, a, q.shape)
+
+
+@dataclass
+class StepKernelRanges:
+    """The step on the fused kernels: this step's K/V at the tokens' own slots (accepted tokens at
+    c.., pads at the dead slot, the window at c+k..c+k+5), then graphrt.kernels.step_attention,
+    which applies the window rule from each row's c and k. No shift, no write-back."""
+    positions: torch.Tensor  # [B*2*block]
+    write_rows: torch.Tensor  # [B*2*block]
+    write_slots: torch.Tensor  # [B*2*block]
+    cache_len: torch.Tensor  # [B] c
+    pending_count: torch.Tensor  # [B] k
+    attention: object  # graphrt.kernels.step_attention.StepAttention for this B
+
+    def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
+        from graphrt.kernels.layer_ops import rope_write
+
+        q = rope_write(qkv, cos, sin, self.write_rows, self.write_slots, cache.k[layer], cache.v[layer],
+                       num_heads, num_kv_heads)
+        out = self.attention(q, cache.k[layer], cache.v[layer], self.cache_len, self.pending_count)
+        return out.view(qkv.shape[0], -1)
 
 
 def _accepted_then_window(plan, layer, q, k, v, cache):

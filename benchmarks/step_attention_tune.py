@@ -1,0 +1,90 @@
+"""Variants of the step attention kernel pair (warps, key block, programs per SM) and of the LM
+head product, timed alone on the GPU at the 3B shapes; prints a table per batch size.
+
+    python benchmarks/step_attention_tune.py [--batch 1 8 32] [--cache 558 2000]
+
+Each timing is the median of CUDA-event timings over a CUDA graph of 36 calls (one per layer,
+each on its own layer's cache so the caches are not re-read from L2)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from graphrt.kernels.layer_ops import transpose
+from graphrt.kernels.step_attention import StepAttention
+
+
+def graph_ms(fn, calls: int, reps: int = 20) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times) / calls * 1e3  # us per call
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--cache", type=int, nargs="+", default=[558, 2000])
+    ap.add_argument("--layers", type=int, default=36)
+    args = ap.parse_args()
+    hq, hkv, d, w = 16, 2, 128, 6
+    dev = "cuda"
+    for b in args.batch:
+        slots = max(args.cache) + 20
+        kc = torch.randn(args.layers, b, slots, hkv, d, device=dev, dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
+        q = torch.randn(b * 2 * w, hq, d, device=dev, dtype=torch.bfloat16)
+        count = torch.full((b,), 6, device=dev)
+        for c in args.cache:
+            clen = torch.full((b,), c, device=dev)
+            res = []
+            variants = [(None, None, 1, None)] + list(itertools.product((4, 8), (32, 64), (1,), (128, 64, 32)))
+            for warps, bn, pps, sm in variants:
+                try:
+                    att = StepAttention(b, w, hq, hkv, d, dev, block_n=bn, num_warps=warps, programs_per_sm=pps,
+                                        split_m=sm)
+                    fn = lambda: [att(q, kc[i], vc[i], clen, count) for i in range(args.layers)]  # noqa: E731
+                    res.append((graph_ms(fn, args.layers), warps, bn, pps, att.n_split, sm))
+                except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
+                    print(f"B={b} warps={warps} block_n={bn}: {type(e).__name__}: {str(e)[:80]}")
+            default = res[0][0]
+            res.sort(key=lambda x: x[0])
+            print(f"B={b} c={c}: best " + "; ".join(f"{us:.1f} us (warps {wa}, block_n {bn}, pps {p}, split {ns}, "
+                                                 f"split_m {sm})" for us, wa, bn, p, ns, sm in res[:4]) +
+                  f"; worst {res[-1][0]:.1f} us; default {default:.1f} us", flush=True)
+    # LM head: plain product vs transposed product + transposing copy
+    head = torch.randn(152681, 2048, device=dev, dtype=torch.bfloat16)
+    for m in (6, 8, 48, 192):
+        h = torch.randn(m, 2048, device=dev, dtype=torch.bfloat16)
+        m8 = (m + 7) // 8 * 8
+        h8 = torch.randn(m8, 2048, device=dev, dtype=torch.bfloat16)
+        plain = graph_ms(lambda: F.linear(h, head), 1)
+        trans = graph_ms(lambda: torch.mm(head, h8.t()).t().contiguous(), 1)
+        trans_only = graph_ms(lambda: torch.mm(head, h8.t()), 1)
+        trans_triton = graph_ms(lambda: transpose(torch.mm(head, h8.t()), m), 1)
+        print(f"LM head M={m}: F.linear {plain:.1f} us; transposed+copy {trans:.1f} us (product alone "
+              f"{trans_only:.1f} us, with the Triton transpose {trans_triton:.1f} us); "
+              f"floor {head.numel() * 2 / 2.95e12 * 1e6:.1f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()

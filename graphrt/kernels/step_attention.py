@@ -1,0 +1,183 @@
+"""Attention of one MTP step, made for its shape: per cache row, 2*W query tokens (W accepted
+slots, right-aligned, then the W-slot window) against a key range that grows with the row.
+
+Layout (see graphrt/attention/plan.py for the rule): row b has cache length c and k real
+accepted tokens (pending_count). Accepted token j (j >= W - k) sits at slot c + j - (W - k) and is
+causal; pad accepted slots see key 0 only (their output is never used). The window's W tokens sit
+at their own slots w0 = c + k .. w0 + W - 1 and see every key in [0, w0 + W) except w0 - 1, the last
+accepted token, which window slot 0 repeats. Their K/V is already in the cache (rope_write).
+
+Two kernels (flash-decoding):
+  split  grid (rows * kv_heads, n_split): the queries of one KV head's GQA group packed into one
+         tile (2W tokens x group heads), keys [s*chunk, (s+1)*chunk) of the row, where
+         chunk = ceil(kv_len / n_split) rounded up to the key block; partial output and
+         log-sum-exp per split in fp32. Splits past the row's length exit at once.
+  merge  grid (rows * kv_heads, query tiles): weights the used splits by their log-sum-exp.
+n_split is fixed per captured batch size (enough programs to cover the SMs); the per-row lengths
+are read on the device, so the pair is capturable in a CUDA graph and allocates nothing at replay.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _row_lengths(clen_ptr, count_ptr, b, W: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr):
+    c = tl.load(clen_ptr + b).to(tl.int32)
+    k = tl.load(count_ptr + b).to(tl.int32)
+    kv_len = c + k + W
+    per_split = tl.cdiv(kv_len, N_SPLIT)
+    chunk = tl.cdiv(per_split, BLOCK_N) * BLOCK_N
+    return c, k, kv_len, chunk
+
+
+@triton.jit
+def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr,
+                       qk_scale, row_stride, slot_stride,
+                       HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr,
+                       SPLIT_M: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // HKV
+    g = pid % HKV
+    c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
+    start = split * chunk
+    m = tl.program_id(2) * SPLIT_M + tl.arange(0, SPLIT_M)  # this program's query rows of the tile
+    if (start < kv_len) & (tl.program_id(2) * SPLIT_M < 2 * W * GROUP):
+        end = tl.minimum(start + chunk, kv_len)
+        tok = m // GROUP
+        head = g * GROUP + m % GROUP
+        live_m = tok < 2 * W
+        w0 = c + k
+        first_real = W - k
+        # The rule, per query row of the tile: visible keys j <= hi and j != blocked.
+        acc_hi = tl.where(tok >= first_real, c + tok - first_real, 0)
+        hi = tl.where(tok < W, acc_hi, w0 + W - 1)
+        hi = tl.where(live_m, hi, 0)
+        blocked = tl.where((tok >= W) & live_m, w0 - 1, -1)
+
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :], mask=live_m[:, None], other=0.0)
+        kv_base = b * row_stride + g * D
+        m_i = tl.full([SPLIT_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([SPLIT_M], tl.float32)
+        acc = tl.zeros([SPLIT_M, D], tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            keys = n0 + tl.arange(0, BLOCK_N)
+            live_n = keys < end
+            off = kv_base + keys[:, None] * slot_stride + d[None, :]
+            kt = tl.load(k_ptr + off, mask=live_n[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(kt)) * qk_scale  # log2 domain
+            seen = (keys[None, :] <= hi[:, None]) & (keys[None, :] != blocked[:, None]) & live_n[None, :]
+            s = tl.where(seen, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            vt = tl.load(v_ptr + off, mask=live_n[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+            m_i = m_new
+        has = l_i > 0.0
+        out = acc / tl.where(has, l_i, 1.0)[:, None]
+        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+        part = pid * N_SPLIT + split
+        tl.store(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :], out)
+        tl.store(plse_ptr + part * BLOCK_M + m, lse)
+
+
+@triton.jit
+def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
+                       HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // HKV
+    g = pid % HKV
+    m = tl.program_id(1) * TILE_M + tl.arange(0, TILE_M)
+    tok = m // GROUP
+    live_m = tok < 2 * W
+    if tl.min(tok, axis=0) < 2 * W:
+        c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
+        used = tl.cdiv(kv_len, chunk)
+        d = tl.arange(0, D)
+        s_all = tl.arange(0, SPLITS)
+        live_s = s_all < used
+        rows = (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
+        lse = tl.load(plse_ptr + rows, mask=live_s[:, None], other=float("-inf"))
+        top = tl.max(lse, axis=0)
+        top_safe = tl.where(top == float("-inf"), 0.0, top)
+        wgt = tl.exp2(lse - top_safe[None, :])
+        total = tl.sum(wgt, axis=0)
+        if ALL_AT_ONCE:
+            # many splits (few rows): every split's output in one round of loads, [SPLITS, TILE_M, D]
+            parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :], mask=live_s[:, None, None], other=0.0)
+            acc = tl.sum(parts * wgt[:, :, None], axis=0)
+        else:
+            # few splits (many rows, programs enough): a loop over them is cheaper on registers
+            acc = tl.zeros([TILE_M, D], tl.float32)
+            for s in range(0, used):
+                part = pid * N_SPLIT + s
+                w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
+                acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
+        out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+        head = g * GROUP + m % GROUP
+        dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
+        tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=live_m[:, None])
+
+
+class StepAttention:
+    """The split/merge pair for one batch size, with its partial-result buffers allocated once."""
+
+    def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 device: torch.device | str, n_split: int | None = None, block_n: int | None = None,
+                 scale: float | None = None, num_warps: int | None = None, merge_rows: int = 64,
+                 programs_per_sm: int = 1, split_m: int | None = None):
+        self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
+        self.group = num_heads // num_kv_heads
+        self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
+        # H100 tuning (benchmarks/step_attention_tune.py): many rows favour small key blocks
+        self.block_n = block_n or (32 if rows >= 8 else 64)
+        self.num_warps = num_warps or (4 if rows >= 8 or self.block_m < 128 else 8)
+        # query rows per split program (the tile may be cut in two: more programs, fewer registers)
+        self.split_m = min(split_m or self.block_m, self.block_m)
+        if n_split is None:
+            on_gpu = torch.device(device).type == "cuda"
+            sms = torch.cuda.get_device_properties(device).multi_processor_count if on_gpu else 8
+            n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
+        self.n_split = n_split
+        self.splits_pow2 = max(2, triton.next_power_of_2(n_split))
+        # H100: loading every split at once wins at 16+ splits (B=1: 6.3 -> ~3 us per merge) and
+        # loses at 4 (B=32: 5.7 -> 19 us); then the merge loops with 16-row tiles.
+        self.merge_all = n_split >= 16
+        # all at once, the merge holds [splits, tile, D] partials in registers: splits * tile = `merge_rows`
+        self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2 if self.merge_all else 16))
+        self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
+        parts = rows * num_kv_heads * n_split
+        self.partial_out = torch.empty((parts * self.block_m, head_dim), dtype=torch.float32, device=device)
+        self.partial_lse = torch.empty((parts * self.block_m,), dtype=torch.float32, device=device)
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 cache_len: torch.Tensor, pending_count: torch.Tensor) -> torch.Tensor:
+        """q [rows*2W, Hq, D] (rotated); k/v_cache [all rows, S, Hkv, D] of one layer, this step's
+        K/V already written; cache_len/pending_count [rows] (c and k of each row) -> [rows*2W, Hq, D]."""
+        b = cache_len.shape[0]
+        assert b == self.rows and q.shape == (b * 2 * self.window, self.hq, self.d) and q.is_contiguous()
+        assert k_cache.is_contiguous() and v_cache.is_contiguous()
+        out = torch.empty_like(q)
+        meta = dict(HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
+                    BLOCK_N=self.block_n, N_SPLIT=self.n_split)
+        _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
+            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse,
+            self.qk_scale, k_cache.stride(0), k_cache.stride(1), SPLIT_M=self.split_m, num_warps=self.num_warps,
+            num_stages=2, **meta)
+        _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
+            self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
+            SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
+        return out
