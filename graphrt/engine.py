@@ -127,7 +127,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.options = options
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
-        self.processor = ImageProcessor(preprocessor)
+        # On a GPU the pad-up resize runs there, bit-identical to PIL (graphrt/gpu_resize.py).
+        self.processor = ImageProcessor(preprocessor, model.device if model.device.type == "cuda" else None)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task)
         self.runtime = None
         self.runtime_reason = "graphs off"
