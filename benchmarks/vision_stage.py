@@ -113,20 +113,42 @@ def preprocess_split():
     resized = pil.resize((644, 504), Image.Resampling.BICUBIC)
     dev(pil)
     reps = 30
-    split = {
-        "decode_jpeg_bytes": host_ms(lambda: load_image(jpeg), reps),
-        "load_image_of_pil_rgb (convert)": host_ms(lambda: load_image(pil), reps),
-        "pil_bicubic_640x480_to_644x504": host_ms(lambda: pil.resize((644, 504), Image.Resampling.BICUBIC), reps),
-        "numpy_copy": host_ms(lambda: np.array(resized, dtype=np.uint8), reps),
-        "prompt_build (template + tokenize)": host_ms(lambda: prompts.build("person", 414), reps),
-        "processor_pil_path_total": host_ms(lambda: proc(pil), reps),
-        "processor_gpu_path_host (no sync)": host_ms(lambda: dev(pil), reps),
-    }
+    for _ in range(2):  # the first pass warms the host (clocks, caches); the second is reported
+        split = {
+            "decode_jpeg_bytes": host_ms(lambda: load_image(jpeg), reps),
+            "load_image_of_pil_rgb (convert)": host_ms(lambda: load_image(pil), reps),
+            "pil_bicubic_640x480_to_644x504": host_ms(lambda: pil.resize((644, 504), Image.Resampling.BICUBIC), reps),
+            "numpy_copy": host_ms(lambda: np.array(resized, dtype=np.uint8), reps),
+            "prompt_build (template + tokenize)": host_ms(lambda: prompts.build("person", 414), reps),
+            "processor_pil_path_total": host_ms(lambda: proc(pil), reps),
+            "processor_gpu_path_host (no sync)": host_ms(lambda: dev(pil), reps),
+        }
     t = torch.from_numpy(arr).cuda()
     split["gpu_resize_device_ms"] = statistics.median(events_ms(lambda: resize_bicubic(t, (644, 504)), 30))
     split["prompt_tokens_640x480"] = len(prompts.build("person", 414).ids)
     REPORT["preprocess_split_ms"] = split
     log("preprocess:", json.dumps(split, indent=1))
+
+
+def engine_preprocess(reps: int = 15):
+    """preprocess_ms as the Engine reports it for one 640x480 call (mid preset: real widths, 2
+    layers; eager path: the preprocessing is the same on either path)."""
+    import tempfile
+
+    from graphrt import Engine
+    from weights.synth import write_preset
+
+    ckpt = write_preset("mid", Path(tempfile.mkdtemp()) / "mid", device="cuda", progress=False)
+    engine = Engine.from_pretrained(ckpt, progress=False, fixed_steps=1, graphs="off")
+    image = Image.fromarray(np.random.RandomState(3).randint(0, 256, size=(480, 640, 3)).astype(np.uint8))
+    times = []
+    for _ in range(reps + 3):
+        r = engine.locate(image, "person")
+        times.append(r.timings_ms["preprocess_ms"])
+    REPORT["engine_one_frame"] = {"preprocess_ms_p50": round(statistics.median(times[3:]), 3),
+                                  "preprocess_ms_max": round(max(times[3:]), 3), "prompt_tokens": r.prompt_tokens,
+                                  "image_tokens": r.image_tokens, "resize_on": str(engine.processor.resize_device)}
+    log("engine:", REPORT["engine_one_frame"])
 
 
 def random_vision(cfg: VisionConfig) -> MoonViT:
@@ -153,7 +175,8 @@ def vision_flops(cfg: VisionConfig, n: int) -> float:
     return cfg.num_hidden_layers * (per_token * n + attn) + 2 * n * 3 * cfg.patch_size ** 2 * h
 
 
-def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int):
+def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, dense_variant: bool = False,
+              profile: bool = True):
     cfg = VisionConfig()
     m = random_vision(cfg)
     geo1 = vision_geometry([grid], cfg, "cuda")
@@ -179,11 +202,18 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int):
     used = torch.full((b,), real, dtype=torch.int32, device="cuda")
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
-    for name, fused, dense in (("unfused", False, False), ("fused", True, False), ("fused+dense_cudnn", True, True)):
-        m.fused, m.dense_attention = fused, dense
+    import copy
 
-        def body(name=name):
-            outs[name] = m(pixels, pos, geo, attend)
+    padded = copy.deepcopy(m)
+    padded.pad_mlp(128)  # intermediate 4304 -> 4352
+    variants = [("unfused", m, False, False), ("fused", m, True, False), ("fused+pad_mlp128", padded, True, False)]
+    if dense_variant:
+        variants.append(("fused+dense_cudnn", m, True, True))
+    for name, model, fused, dense in variants:
+
+        def body(name=name, model=model, fused=fused, dense=dense):
+            model.fused, model.dense_attention = fused, dense
+            outs[name] = model(pixels, pos, geo, attend)
 
         try:
             side = torch.cuda.Stream()
@@ -220,8 +250,56 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int):
     res["work"] = f"B={b}, slot {p} patches, {real} real ({grid[0]}x{grid[1]}), {flops / 1e12:.2f} TFLOP useful"
     REPORT[f"vision_B{b}"] = res
     log(f"vision B={b}:", json.dumps(res))
-    del graphs, m
+    if profile:
+        REPORT[f"kernel_split_B{b}"] = kernel_split(padded, pixels, pos, geo, attend)
+        log(f"kernel split B={b}:", json.dumps(REPORT[f"kernel_split_B{b}"], indent=1))
+    del graphs, m, padded
     torch.cuda.empty_cache()
+
+
+def kernel_split(model, pixels, pos, geo, attend) -> dict:
+    """CUDA time per kernel class of one eager fused forward (profiler), in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.fused, model.dense_attention = True, False
+    with torch.no_grad():
+        model(pixels, pos, geo, attend)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(pixels, pos, geo, attend)
+            torch.cuda.synchronize()
+    classes: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t <= 0 or ev.key.startswith("aten::") or ev.key.startswith("cuda"):
+            continue
+        name = ev.key
+        low = name.lower()
+        cls = ("attention" if "flash" in low or "fmha" in low or "attn" in low else
+               "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
+               "triton" if "triton" in low or "_kernel" in low else "other")
+        classes[cls] = classes.get(cls, 0.0) + t / 1e3
+        kernels[name[:90]] = kernels.get(name[:90], 0.0) + t / 1e3
+    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:14])
+    return {"by_class_ms": {k: round(v, 3) for k, v in classes.items()}, "top_kernels_ms": {k: round(v, 3) for k, v in top.items()}}
+
+
+def gemm_shapes(reps: int = 20):
+    """The tower's four GEMMs (bf16, bias epilogue) at B=1 and B=32 rows, with the MLP width 4304 vs 4352."""
+    res = {}
+    for m_rows in (1680, 32 * 1680):
+        x = torch.randn(m_rows, 4352, device="cuda").bfloat16()
+        for name, k, n in (("qkv", 1152, 3456), ("wo", 1152, 1152), ("fc0_4304", 1152, 4304), ("fc0_4352", 1152, 4352),
+                           ("fc1_4304", 4304, 1152), ("fc1_4352", 4352, 1152)):
+            w = torch.randn(n, k, device="cuda").bfloat16() / k ** 0.5
+            b = torch.zeros(n, device="cuda").bfloat16()
+            a = x[:, :k].contiguous()
+            F.linear(a, w, b)
+            t = statistics.median(events_ms(lambda: F.linear(a, w, b), reps))
+            res[f"M{m_rows}_{name}"] = {"ms": round(t, 4), "tflops": round(2 * m_rows * k * n / t / 1e9, 1)}
+    REPORT["gemms"] = res
+    log("gemms:", json.dumps(res, indent=1))
 
 
 def attention_variants(b: int, p: int, real: int, reps: int):
@@ -287,7 +365,8 @@ def main():
     REPORT["env"] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
                      "date": time.strftime("%Y-%m-%d")}
     log(REPORT["env"])
-    steps = [("resize", check_resize), ("preprocess", preprocess_split),
+    steps = [("resize", check_resize), ("preprocess", preprocess_split), ("engine", engine_preprocess),
+             ("gemms", gemm_shapes),
              ("vision1", lambda: vision_ab(1, 1680, 1656, (36, 46), 40)),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),
              ("attn32", lambda: attention_variants(32, 1680, 1656, 10)),

@@ -141,6 +141,22 @@ class MoonViT(nn.Module):
             x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
         return h
 
+    @torch.no_grad()
+    def pad_mlp(self, multiple: int = 128) -> None:
+        """Zero-pad the MLP's intermediate width (4304) up to a multiple of `multiple`, after the
+        weights are loaded: the extra fc0 rows and bias are 0, gelu(0) = 0, and the extra fc1
+        columns are 0, so the function is unchanged while the GEMMs get whole tiles."""
+        for block in self.blocks:
+            width = block.fc0.weight.shape[0]
+            extra = -width % multiple
+            if extra == 0:
+                continue
+            w0, b0, w1 = block.fc0.weight, block.fc0.bias, block.fc1.weight
+            block.fc0.weight = nn.Parameter(torch.cat([w0, w0.new_zeros(extra, w0.shape[1])]), requires_grad=False)
+            block.fc0.bias = nn.Parameter(torch.cat([b0, b0.new_zeros(extra)]), requires_grad=False)
+            block.fc1.weight = nn.Parameter(torch.cat([w1, w1.new_zeros(w1.shape[0], extra)], dim=1),
+                                            requires_grad=False)
+
     def clear_cache(self) -> None:
         self._pos_cache.clear()
 

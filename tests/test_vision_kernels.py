@@ -146,8 +146,14 @@ def test_fused_tower_bf16_on_gpu_within_bf16_noise():
     for fused, dense in ((False, False), (True, False), (True, True)):
         m.fused, m.dense_attention = fused, dense
         outs[(fused, dense)] = m(pixels, pos, geo, attend).view(n, -1).float()
+    import copy
+
+    padded = copy.deepcopy(m)
+    padded.pad_mlp(128)
+    padded.fused, padded.dense_attention = True, False
+    outs["padded"] = padded(pixels, pos, geo, attend).view(n, -1).float()
     keep = torch.cat([torch.arange(i * slot, i * slot + geo.num_patches, device="cuda") for i, geo in enumerate(geo1)])
     ref = outs[(False, False)][keep]
-    for key in ((True, False), (True, True)):
+    for key in ((True, False), (True, True), "padded"):
         err = ((outs[key][keep] - ref).norm() / ref.norm()).item()
         assert err < 2e-2, (key, err)
