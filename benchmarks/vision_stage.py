@@ -175,8 +175,7 @@ def vision_flops(cfg: VisionConfig, n: int) -> float:
     return cfg.num_hidden_layers * (per_token * n + attn) + 2 * n * 3 * cfg.patch_size ** 2 * h
 
 
-def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, dense_variant: bool = False,
-              profile: bool = True):
+def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profile: bool = True):
     cfg = VisionConfig()
     m = random_vision(cfg)
     geo1 = vision_geometry([grid], cfg, "cuda")
@@ -202,17 +201,11 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, dense
     used = torch.full((b,), real, dtype=torch.int32, device="cuda")
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
-    import copy
+    variants = [("unfused", m, False), ("fused", m, True)]
+    for name, model, fused in variants:
 
-    padded = copy.deepcopy(m)
-    padded.pad_mlp(128)  # intermediate 4304 -> 4352
-    variants = [("unfused", m, False, False), ("fused", m, True, False), ("fused+pad_mlp128", padded, True, False)]
-    if dense_variant:
-        variants.append(("fused+dense_cudnn", m, True, True))
-    for name, model, fused, dense in variants:
-
-        def body(name=name, model=model, fused=fused, dense=dense):
-            model.fused, model.dense_attention = fused, dense
+        def body(name=name, model=model, fused=fused):
+            model.fused = fused
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
@@ -251,9 +244,9 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, dense
     REPORT[f"vision_B{b}"] = res
     log(f"vision B={b}:", json.dumps(res))
     if profile:
-        REPORT[f"kernel_split_B{b}"] = kernel_split(padded, pixels, pos, geo, attend)
+        REPORT[f"kernel_split_B{b}"] = kernel_split(m, pixels, pos, geo, attend)
         log(f"kernel split B={b}:", json.dumps(REPORT[f"kernel_split_B{b}"], indent=1))
-    del graphs, m, padded
+    del graphs, m
     torch.cuda.empty_cache()
 
 
@@ -261,7 +254,7 @@ def kernel_split(model, pixels, pos, geo, attend) -> dict:
     """CUDA time per kernel class of one eager fused forward (profiler), in ms."""
     from torch.profiler import ProfilerActivity, profile
 
-    model.fused, model.dense_attention = True, False
+    model.fused = True
     with torch.no_grad():
         model(pixels, pos, geo, attend)
         torch.cuda.synchronize()

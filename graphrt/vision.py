@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VisionConfig
 from . import vision_kernels as vk
-from .attention.ranges import VisionRanges
-from .attention.vision_dense import DenseVisionRanges
+from .config import VisionConfig
 from .layers import LayerNorm, Linear, empty_param
 
 # attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
@@ -112,9 +110,6 @@ class MoonViT(nn.Module):
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         # Fused Triton kernels where they can run (CUDA); GRAPHRT_VISION_FUSED=0 turns them off (A/B).
         self.fused = os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0"
-        # Attention of the slot layout as one dense masked SDPA call (cuDNN) instead of varlen FA2:
-        # GRAPHRT_VISION_ATTENTION=dense (A/B; see graphrt/attention/vision_dense.py).
-        self.dense_attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "varlen") == "dense"
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (cached per grid)."""
@@ -141,22 +136,6 @@ class MoonViT(nn.Module):
             x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
         return h
 
-    @torch.no_grad()
-    def pad_mlp(self, multiple: int = 128) -> None:
-        """Zero-pad the MLP's intermediate width (4304) up to a multiple of `multiple`, after the
-        weights are loaded: the extra fc0 rows and bias are 0, gelu(0) = 0, and the extra fc1
-        columns are 0, so the function is unchanged while the GEMMs get whole tiles."""
-        for block in self.blocks:
-            width = block.fc0.weight.shape[0]
-            extra = -width % multiple
-            if extra == 0:
-                continue
-            w0, b0, w1 = block.fc0.weight, block.fc0.bias, block.fc1.weight
-            block.fc0.weight = nn.Parameter(torch.cat([w0, w0.new_zeros(extra, w0.shape[1])]), requires_grad=False)
-            block.fc0.bias = nn.Parameter(torch.cat([b0, b0.new_zeros(extra)]), requires_grad=False)
-            block.fc1.weight = nn.Parameter(torch.cat([w1, w1.new_zeros(w1.shape[0], extra)], dim=1),
-                                            requires_grad=False)
-
     def clear_cache(self) -> None:
         self._pos_cache.clear()
 
@@ -168,8 +147,6 @@ class MoonViT(nn.Module):
         `geo` carries cos/sin [N, head_dim/2] and merge_index [N] (VisionGeometry or static buffers)."""
         x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
         x = x + pos
-        if self.dense_attention and isinstance(attend, VisionRanges):
-            attend = DenseVisionRanges(attend.patches, attend.seqused)
         if self.fused and vk.available(x):
             x = self._blocks_fused(x, geo, attend)
         else:

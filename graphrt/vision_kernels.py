@@ -52,21 +52,22 @@ if triton is not None:
         tl.store(h_ptr + row * cols + offs, (diff * rstd * w + b).to(h_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_2d_kernel(qkv_ptr, cos_ptr, sin_ptr, row_stride, heads, HALF: tl.constexpr,
-                        BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr):
-        # One token per program: q and k of every head, pairs (2i, 2i+1) turned by angle i.
+    def _rope_2d_kernel(qkv_ptr, cos_ptr, sin_ptr, row_stride, WIDTH: tl.constexpr, HALF: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        # One token per program. q (then k) is one contiguous row of H*D values: loaded whole
+        # (wide, coalesced), split into (even, odd) pairs in registers; pair j of the row is pair
+        # j % HALF of its head, turned by that angle.
         row = tl.program_id(0).to(tl.int64)
-        hs = tl.arange(0, BLOCK_H)[:, None]
-        ps = tl.arange(0, BLOCK_P)[None, :]
-        mask = (hs < heads) & (ps < HALF)
-        c = tl.load(cos_ptr + row * HALF + ps, mask=ps < HALF, other=0.0)
-        s = tl.load(sin_ptr + row * HALF + ps, mask=ps < HALF, other=0.0)
+        offs = tl.arange(0, BLOCK)
+        pair = tl.arange(0, BLOCK // 2)
+        c = tl.load(cos_ptr + row * HALF + pair % HALF)
+        s = tl.load(sin_ptr + row * HALF + pair % HALF)
         for part in range(2):  # q, then k
-            base = qkv_ptr + row * row_stride + part * heads * 2 * HALF + hs * 2 * HALF + 2 * ps
-            a = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-            b = tl.load(base + 1, mask=mask, other=0.0).to(tl.float32)
-            tl.store(base, (a * c - b * s).to(qkv_ptr.dtype.element_ty), mask=mask)
-            tl.store(base + 1, (a * s + b * c).to(qkv_ptr.dtype.element_ty), mask=mask)
+            base = qkv_ptr + row * row_stride + part * WIDTH
+            x = tl.load(base + offs, mask=offs < WIDTH, other=0.0).to(tl.float32)
+            a, b = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
+            y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK,))
+            tl.store(base + offs, y.to(qkv_ptr.dtype.element_ty), mask=offs < WIDTH)
 
 
 def add_layernorm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
@@ -86,9 +87,8 @@ def rope_2d_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"rope_2d_ needs a contiguous [N, 3, H, D] tensor, got {tuple(qkv.shape)}")
-    half = d // 2
-    _rope_2d_kernel[(n,)](qkv, cos.contiguous(), sin.contiguous(), qkv.stride(0), heads, HALF=half,
-                          BLOCK_H=triton.next_power_of_2(heads), BLOCK_P=triton.next_power_of_2(half), num_warps=4)
+    _rope_2d_kernel[(n,)](qkv, cos.contiguous(), sin.contiguous(), qkv.stride(0), WIDTH=heads * d, HALF=d // 2,
+                          BLOCK=triton.next_power_of_2(heads * d), num_warps=4)
     return qkv
 
 

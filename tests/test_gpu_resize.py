@@ -4,6 +4,10 @@ device path equals its PIL path (downscale to the patch budget included)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +95,30 @@ def test_bad_arguments():
         resize_bicubic(torch.zeros(4, 4, 3), (2, 2))  # float, not uint8
     with pytest.raises(ValueError):
         resize_bicubic(torch.zeros(4, 4, 3, dtype=torch.uint8), (0, 2))
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def test_triton_pass_in_interpreter():
+    """The GPU kernel's arithmetic, run by Triton's CPU interpreter in a fresh process (Triton
+    reads TRITON_INTERPRET when it is imported)."""
+    pytest.importorskip("triton")
+    if INTERPRETED:
+        pytest.skip("already interpreted")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interp_"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 subprocess")
+def test_interp_triton_resize_equals_pil():
+    from graphrt import gpu_resize
+
+    rs = np.random.RandomState(3)
+    for w, h, size in [(30, 20, (56, 28)), (17, 45, (28, 56)), (40, 33, (20, 33)), (28, 28, (28, 14))]:
+        arr = random_pixels(rs, w, h)
+        t = torch.from_numpy(arr)
+        assert gpu_resize._use_triton(t)
+        np.testing.assert_array_equal(resize_bicubic(t, size).numpy(), pil_resize(arr, size), err_msg=f"{w}x{h}")

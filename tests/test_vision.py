@@ -54,19 +54,3 @@ def test_vision_attention_is_block_diagonal():
     out2 = vision_attention(q[4:], q[4:], q[4:], SimpleNamespace(seqlens=[6]))
     torch.testing.assert_close(out[4:], out2)
 
-
-@torch.no_grad()
-def test_padded_mlp_computes_the_same_function(tiny_engine):
-    import copy
-
-    vision = tiny_engine.model.vision
-    padded = copy.deepcopy(vision)
-    padded.pad_mlp(48)  # tiny intermediate 128 -> 144
-    assert padded.blocks[0].fc0.weight.shape[0] == 144 and padded.blocks[0].fc1.weight.shape[1] == 144
-    grids = [(4, 6)]
-    geo = vision_geometry(grids, vision.cfg, "cpu")
-    p = vision.cfg.patch_size
-    pixels = torch.randn(geo.num_patches, 3, p, p, generator=torch.Generator().manual_seed(0))
-    pos = vision.positions(grids)
-    torch.testing.assert_close(padded(pixels, pos, geo, vision_attention), vision(pixels, pos, geo, vision_attention),
-                               rtol=1e-5, atol=1e-5)

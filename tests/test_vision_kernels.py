@@ -143,17 +143,10 @@ def test_fused_tower_bf16_on_gpu_within_bf16_noise():
     attend = VisionRanges(torch_fa2, slot, (torch.arange(3, device="cuda") * slot).to(torch.int32), used)
     pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, device="cuda")
     outs = {}
-    for fused, dense in ((False, False), (True, False), (True, True)):
-        m.fused, m.dense_attention = fused, dense
-        outs[(fused, dense)] = m(pixels, pos, geo, attend).view(n, -1).float()
-    import copy
-
-    padded = copy.deepcopy(m)
-    padded.pad_mlp(128)
-    padded.fused, padded.dense_attention = True, False
-    outs["padded"] = padded(pixels, pos, geo, attend).view(n, -1).float()
+    for fused in (False, True):
+        m.fused = fused
+        outs[fused] = m(pixels, pos, geo, attend).view(n, -1).float()
     keep = torch.cat([torch.arange(i * slot, i * slot + geo.num_patches, device="cuda") for i, geo in enumerate(geo1)])
-    ref = outs[(False, False)][keep]
-    for key in ((True, False), (True, True), "padded"):
-        err = ((outs[key][keep] - ref).norm() / ref.norm()).item()
-        assert err < 2e-2, (key, err)
+    ref, got = outs[False][keep], outs[True][keep]
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < err < 2e-2, err  # bf16 rounding differs (the GELU epilogue rounds once), nothing else
