@@ -41,7 +41,7 @@ def random_pixels(rs, width: int, height: int) -> np.ndarray:
 
 
 def devices():
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.mark.parametrize("device", devices())
