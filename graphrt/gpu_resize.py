@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from functools import lru_cache
 
 import torch
@@ -62,7 +63,8 @@ def fixed_point_taps(in_size: int, out_size: int) -> tuple[tuple[int, ...], tupl
 
 
 def sum_in_order(values: list[float]) -> float:
-    """Left-to-right double sum (as the C loop does; Python's sum() is the same, named for clarity)."""
+    """Plain left-to-right double sum, as the C loop does (Python 3.12's sum() compensates
+    rounding for floats, which could move a weight by an ulp)."""
     total = 0.0
     for v in values:
         total += v
@@ -70,21 +72,23 @@ def sum_in_order(values: list[float]) -> float:
 
 
 _TAP_CACHE: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_TAP_LOCK = threading.Lock()
 
 
 def _tap_tensors(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """[taps, out] source indices and int32 weights (short rows padded with weight 0)."""
     key = (in_size, out_size, str(device))
-    if key not in _TAP_CACHE:
-        if len(_TAP_CACHE) >= 64:  # bounded: a stream of odd sizes must not grow it forever
-            _TAP_CACHE.pop(next(iter(_TAP_CACHE)))
-        starts, weights = fixed_point_taps(in_size, out_size)
-        taps = max(len(w) for w in weights)
-        index = [[min(s + t, in_size - 1) for s in starts] for t in range(taps)]
-        weight = [[w[t] if t < len(w) else 0 for w in weights] for t in range(taps)]
-        _TAP_CACHE[key] = (torch.tensor(index, dtype=torch.long).to(device),
-                           torch.tensor(weight, dtype=torch.int32).to(device))
-    return _TAP_CACHE[key]
+    with _TAP_LOCK:  # the engine preprocesses on several threads
+        if key not in _TAP_CACHE:
+            if len(_TAP_CACHE) >= 64:  # bounded: a stream of odd sizes must not grow it forever
+                _TAP_CACHE.pop(next(iter(_TAP_CACHE)))
+            starts, weights = fixed_point_taps(in_size, out_size)
+            taps = max(len(w) for w in weights)
+            index = [[min(s + t, in_size - 1) for s in starts] for t in range(taps)]
+            weight = [[w[t] if t < len(w) else 0 for w in weights] for t in range(taps)]
+            _TAP_CACHE[key] = (torch.tensor(index, dtype=torch.long).to(device),
+                               torch.tensor(weight, dtype=torch.int32).to(device))
+        return _TAP_CACHE[key]
 
 
 def _use_triton(x: torch.Tensor) -> bool:
