@@ -53,4 +53,3 @@ def test_vision_attention_is_block_diagonal():
     out = vision_attention(q, q, q, SimpleNamespace(seqlens=[4, 6]))
     out2 = vision_attention(q[4:], q[4:], q[4:], SimpleNamespace(seqlens=[6]))
     torch.testing.assert_close(out[4:], out2)
-
