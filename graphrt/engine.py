@@ -187,7 +187,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.options = options
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
-        self.processor = ImageProcessor(preprocessor, options.max_image_pixels)
+        # On a GPU the pad-up resize runs there, bit-identical to PIL (graphrt/gpu_resize.py).
+        self.processor = ImageProcessor(preprocessor, options.max_image_pixels,
+                                        resize_device=model.device if model.device.type == "cuda" else None)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
         self.runtime = None
         self.runtime_reason = "graphs off"

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import PreprocessorConfig
 from .errors import InputError
+from .gpu_resize import resize_bicubic
 
 MAX_GRID_SIDE = 512  # the vision RoPE table is 512 x 512 patches
 
@@ -214,9 +215,15 @@ def _float_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
 
 
 class ImageProcessor:
-    def __init__(self, cfg: PreprocessorConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(self, cfg: PreprocessorConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 resize_device: torch.device | str | None = None):
+        """`max_pixels`: larger images are refused before decoding (EngineOptions.max_image_pixels).
+        `resize_device`: where the pad-up resize runs (None: PIL on the host). On a GPU it runs
+        as integer tensor ops bit-identical to PIL's (graphrt/gpu_resize.py), so the host only
+        hands over the decoded pixels."""
         self.cfg = cfg
         self.max_pixels = max_pixels
+        self.resize_device = torch.device(resize_device) if resize_device is not None else None
 
     def capped_size(self, width: int, height: int) -> tuple[int, int]:
         """Step 1: shrink to the patch budget, keeping the aspect ratio."""
@@ -241,17 +248,36 @@ class ImageProcessor:
         for size in (self.capped_size(*image.size), self.target_size(*image.size)):
             if size != image.size:
                 image = image.resize(size, Image.Resampling.BICUBIC)
-        p = self.cfg.patch_size
-        if image.width // p >= MAX_GRID_SIDE or image.height // p >= MAX_GRID_SIDE:
-            raise InputError(f"image too large for the vision position table ({image.width}x{image.height})")
+        self._check_grid(*image.size)
         return image
+
+    def rescale_on_device(self, image: Image.Image, device: torch.device) -> torch.Tensor:
+        """Same pixels as `rescale`, as a uint8 [H, W, 3] tensor on `device`. The downscale to the
+        patch budget (only images above ~5 MP) stays in PIL: Pillow 13 picks the order of its two
+        passes by size when both sides shrink, so only PIL itself is sure to match there. The
+        pad-up to multiples of 28 (every image) never shrinks a side, so its order is fixed
+        (horizontal, then vertical) and it runs on the device."""
+        capped = self.capped_size(*image.size)
+        if capped != image.size:
+            image = image.resize(capped, Image.Resampling.BICUBIC)
+        target = self.rounded_size(*image.size)
+        self._check_grid(*target)
+        rgb = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device)
+        return resize_bicubic(rgb, target) if target != image.size else rgb
+
+    def _check_grid(self, width: int, height: int) -> None:
+        p = self.cfg.patch_size
+        if width // p >= MAX_GRID_SIDE or height // p >= MAX_GRID_SIDE:
+            raise InputError(f"image too large for the vision position table ({width}x{height})")
 
     def __call__(self, image) -> ProcessedImage:
         rgb = load_image(image, self.max_pixels)
-        resized = self.rescale(rgb)
+        if self.resize_device is not None:
+            arr = self.rescale_on_device(rgb, self.resize_device)
+        else:
+            arr = torch.from_numpy(np.array(self.rescale(rgb), dtype=np.uint8))  # [H, W, 3], a writable copy
         p = self.cfg.patch_size
-        arr = torch.from_numpy(np.array(resized, dtype=np.uint8))  # [H, W, 3], a writable copy
-        return ProcessedImage(arr, (resized.height // p, resized.width // p), rgb.size,
+        return ProcessedImage(arr, (arr.shape[0] // p, arr.shape[1] // p), rgb.size,
                               tuple(self.cfg.image_mean), tuple(self.cfg.image_std))
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import vision_kernels as vk
 from .config import VisionConfig
 from .layers import LayerNorm, Linear, empty_param
 from .lru import LRU
@@ -89,6 +91,16 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention):
+        """The same block on fused kernels. Takes x and h = norm0(x); returns x after the
+        attention branch and the MLP branch output, which the caller adds with the next norm."""
+        n = x.shape[0]
+        qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
+        vk.rope_2d_(qkv, geo.cos, geo.sin)
+        out = self.wo(attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo).reshape(n, -1))
+        x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
+
 
 class MoonViT(nn.Module):
     def __init__(self, cfg: VisionConfig, dtype, device=None):
@@ -102,6 +114,10 @@ class MoonViT(nn.Module):
         self.blocks = nn.ModuleList(MoonViTBlock(cfg, dtype, device) for _ in range(cfg.num_hidden_layers))
         self.final_layernorm = LayerNorm(h, cfg.layer_norm_eps, dtype, device)
         self._pos_cache: LRU[torch.Tensor] = LRU(POSITION_TABLES_KEPT)
+        # Fused Triton kernels: None = on CUDA tensors (the CPU path stays the plain-torch reference),
+        # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
+        # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
+        self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""
@@ -118,6 +134,17 @@ class MoonViT(nn.Module):
                 table = table.permute(1, 2, 0).to(self.pos_emb.dtype)
         return table.reshape(-1, table.shape[-1]).contiguous()
 
+    def _blocks_fused(self, x: torch.Tensor, geo, attend: VisionAttention) -> torch.Tensor:
+        """Each residual add is fused with the LayerNorm that follows it (the next block's norm0,
+        or the final norm)."""
+        first = self.blocks[0].norm0
+        x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
+        for i, block in enumerate(self.blocks):
+            x, branch = block.forward_fused(x, h, geo, attend)
+            norm = self.blocks[i + 1].norm0 if i + 1 < len(self.blocks) else self.final_layernorm
+            x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
+        return h
+
     def clear_cache(self) -> None:
         self._pos_cache.clear()
 
@@ -129,8 +156,11 @@ class MoonViT(nn.Module):
         `geo` carries cos/sin [N, head_dim/2] and merge_index [N] (VisionGeometry or static buffers)."""
         x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
         x = x + pos
-        for block in self.blocks:
-            x = block(x, geo, attend)
-        x = self.final_layernorm(x)
+        if (x.is_cuda if self.fused is None else self.fused) and vk.available(x):
+            x = self._blocks_fused(x, geo, attend)
+        else:
+            for block in self.blocks:
+                x = block(x, geo, attend)
+            x = self.final_layernorm(x)
         kh, kw = self.cfg.merge_kernel_size
         return x[geo.merge_index].reshape(-1, kh * kw * x.shape[-1])

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from graphrt import Engine, EngineOptions
-from weights.synth import write_preset
-
 if not torch.cuda.is_available():
     # Triton kernels (graphrt/kernels) run on CPU tensors in Triton's interpreter; read when a
-    # kernel module is first imported, so set before any test imports one.
+    # kernel module is first imported, so set before graphrt (whose vision kernels import Triton) is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from graphrt import Engine, EngineOptions  # noqa: E402
+from weights.synth import write_preset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

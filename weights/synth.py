@@ -18,6 +18,7 @@ from graphrt.prompt import DEFAULT_CHAT_TEMPLATE
 from .loader import INDEX_FILE
 from .presets import PRESETS, TokenLayout
 from .spec import WeightEntry, weight_spec
+from .synth_tokenizer import build_bpe
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -129,23 +130,10 @@ def special_tokens(cfg: ModelConfig, layout: TokenLayout) -> dict[int, str]:
 
 
 def write_tokenizer(cfg: ModelConfig, layout: TokenLayout, out: Path) -> None:
-    """vocab.json + merges.txt + tokenizer_config.json, the file set the official checkpoint ships."""
-    byte_chars = _bytes_to_unicode()
-    vocab = {byte_chars[b]: b for b in range(256)}
-    merges = ["n o", "no n", "non e"]
-    words = {"no": None, "non": None, "none": cfg.tokens.none}
-    next_free = 256
-    for word, fixed in words.items():
-        if fixed is None:
-            while next_free == cfg.tokens.none:
-                next_free += 1
-            vocab[word], next_free = next_free, next_free + 1
-        else:
-            vocab[word] = fixed
-    used = set(vocab.values())
-    for i in range(layout.base_vocab):  # unreachable filler so ids stay contiguous, as in the real vocab
-        if i not in used:
-            vocab[f"tok{i}"] = i
+    """vocab.json + merges.txt + tokenizer_config.json, the file set the official checkpoint ships.
+    The BPE is trained on the prompt's words (weights/synth_tokenizer.py) so prompt lengths are
+    close to the real tokenizer's."""
+    vocab, merges = build_bpe(layout.base_vocab, cfg.tokens.none)
     added = special_tokens(cfg, layout)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
@@ -167,16 +155,3 @@ def write_tokenizer(cfg: ModelConfig, layout: TokenLayout, out: Path) -> None:
         "split_special_tokens": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 byte-level alphabet: printable bytes map to themselves, the rest to code points >= 256."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars

@@ -1,0 +1,383 @@
+"""Vision stage and preprocessing on the GPU, one run (H100, bf16, random MoonViT weights):
+
+1. GPU resize vs PIL, bit for bit: the pad-up resize over random sizes, and the processor's
+   device path vs its PIL path (640x480 and others).
+2. Where a 640x480 call's host preprocessing goes: decode (JPEG bytes), RGB convert, PIL resize,
+   numpy copy, prompt build (template + tokenization), and the device path's host time.
+3. The vision tower (27 layers, 1680-patch slot, 640x480 = 1656 real patches) as CUDA graphs,
+   unfused vs fused kernels interleaved A/B, at B=1 and B=32, with TFLOP/s; fused vs unfused
+   output difference.
+4. Attention with head dim 72: the varlen FA2 call used today vs padding the head to 80/96/128,
+   and the dense SDPA backends (cuDNN, flash, efficient), at B=1 and B=32.
+
+    python benchmarks/vision_stage.py --out results.json
+Random weights: only timings and path equivalence mean anything here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from graphrt.attention.ranges import VisionRanges  # noqa: E402
+from graphrt.attention.varlen import torch_fa2  # noqa: E402
+from graphrt.config import PreprocessorConfig, VisionConfig  # noqa: E402
+from graphrt.gpu_resize import resize_bicubic  # noqa: E402
+from graphrt.processor import ImageProcessor, load_image  # noqa: E402
+from graphrt.vision import MoonViT, vision_geometry  # noqa: E402
+
+REPORT: dict = {}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def events_ms(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        out.append(s.elapsed_time(e))
+    return out
+
+
+def host_ms(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+def check_resize():
+    rs = np.random.RandomState(0)
+    proc = ImageProcessor(PreprocessorConfig())
+    bad, n = [], 300
+    for _ in range(n):
+        w, h = (int(v) for v in rs.randint(14, 1300, size=2))
+        target = proc.rounded_size(w, h)
+        arr = rs.randint(0, 256, size=(h, w, 3)).astype(np.uint8)
+        ref = np.asarray(Image.fromarray(arr).resize(target, Image.Resampling.BICUBIC))
+        got = resize_bicubic(torch.from_numpy(arr).cuda(), target).cpu().numpy()
+        if not np.array_equal(ref, got):
+            bad.append((w, h, target))
+    host, dev = ImageProcessor(PreprocessorConfig()), ImageProcessor(PreprocessorConfig(), resize_device="cuda")
+    proc_bad = []
+    for i, size in enumerate([(640, 480), (1024, 768), (1920, 1080), (4000, 3000), (333, 129)]):
+        im = Image.fromarray(np.random.RandomState(i).randint(0, 256, size=(size[1], size[0], 3)).astype(np.uint8))
+        if not torch.equal(host(im).rgb, dev(im).rgb.cpu()):
+            proc_bad.append(size)
+    import PIL
+
+    REPORT["resize"] = {"pillow": PIL.__version__, "pad_up_sizes": n, "pad_up_mismatches": bad,
+                        "processor_sizes_checked": 5, "processor_mismatches": proc_bad}
+    log("resize:", REPORT["resize"])
+
+
+def preprocess_split():
+    from graphrt.prompt import PromptBuilder, load_tokenizer
+    from weights.presets import PRESETS
+    from weights.synth import write_tokenizer
+    import tempfile
+
+    rs = np.random.RandomState(1)
+    arr = rs.randint(0, 256, size=(480, 640, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    pil = Image.fromarray(arr)
+    proc = ImageProcessor(PreprocessorConfig())
+    dev = ImageProcessor(PreprocessorConfig(), resize_device="cuda")
+    tmp = Path(tempfile.mkdtemp())
+    write_tokenizer(PRESETS["mid"].config, PRESETS["mid"].layout, tmp)
+    prompts = PromptBuilder(load_tokenizer(tmp), PRESETS["mid"].config)
+    resized = pil.resize((644, 504), Image.Resampling.BICUBIC)
+    dev(pil)
+    reps = 30
+    for _ in range(2):  # the first pass warms the host (clocks, caches); the second is reported
+        split = {
+            "decode_jpeg_bytes": host_ms(lambda: load_image(jpeg), reps),
+            "load_image_of_pil_rgb (convert)": host_ms(lambda: load_image(pil), reps),
+            "pil_bicubic_640x480_to_644x504": host_ms(lambda: pil.resize((644, 504), Image.Resampling.BICUBIC), reps),
+            "numpy_copy": host_ms(lambda: np.array(resized, dtype=np.uint8), reps),
+            "prompt_build (template + tokenize)": host_ms(lambda: prompts.build("person", 414), reps),
+            "processor_pil_path_total": host_ms(lambda: proc(pil), reps),
+            "processor_gpu_path_host (no sync)": host_ms(lambda: dev(pil), reps),
+        }
+    t = torch.from_numpy(arr).cuda()
+    split["gpu_resize_device_ms"] = statistics.median(events_ms(lambda: resize_bicubic(t, (644, 504)), 30))
+    split["prompt_tokens_640x480"] = len(prompts.build("person", 414).ids)
+    REPORT["preprocess_split_ms"] = split
+    log("preprocess:", json.dumps(split, indent=1))
+
+
+def engine_preprocess(reps: int = 15):
+    """preprocess_ms as the Engine reports it for one 640x480 call (mid preset: real widths, 2
+    layers; eager path: the preprocessing is the same on either path)."""
+    import tempfile
+
+    from graphrt import Engine
+    from weights.synth import write_preset
+
+    ckpt = write_preset("mid", Path(tempfile.mkdtemp()) / "mid", device="cuda", progress=False)
+    engine = Engine.from_pretrained(ckpt, progress=False, fixed_steps=1, graphs="off")
+    image = Image.fromarray(np.random.RandomState(3).randint(0, 256, size=(480, 640, 3)).astype(np.uint8))
+    times = []
+    for _ in range(reps + 3):
+        r = engine.locate(image, "person")
+        times.append(r.timings_ms["preprocess_ms"])
+    REPORT["engine_one_frame"] = {"preprocess_ms_p50": round(statistics.median(times[3:]), 3),
+                                  "preprocess_ms_max": round(max(times[3:]), 3), "prompt_tokens": r.prompt_tokens,
+                                  "image_tokens": r.image_tokens, "resize_on": str(engine.processor.resize_device)}
+    log("engine:", REPORT["engine_one_frame"])
+
+
+def random_vision(cfg: VisionConfig) -> MoonViT:
+    torch.manual_seed(0)
+    m = MoonViT(cfg, torch.bfloat16, "cuda")
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p, dtype=torch.float32))
+            elif p.dim() == 1:
+                p.copy_(0.1 * torch.randn_like(p, dtype=torch.float32))
+            elif name == "pos_emb":
+                p.copy_(torch.randn_like(p, dtype=torch.float32))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn_like(p, dtype=torch.float32) / math.sqrt(fan_in))
+    return m
+
+
+def vision_flops(cfg: VisionConfig, n: int) -> float:
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    per_token = 2 * h * (3 * h + h + 2 * i)
+    attn = 4 * n * n * h  # QK^T and PV, per image of n patches
+    return cfg.num_hidden_layers * (per_token * n + attn) + 2 * n * 3 * cfg.patch_size ** 2 * h
+
+
+def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profile: bool = True):
+    cfg = VisionConfig()
+    m = random_vision(cfg)
+    geo1 = vision_geometry([grid], cfg, "cuda")
+    n = b * p
+    ps = cfg.patch_size
+    pixels = torch.randn(n, 3, ps, ps, device="cuda")
+    pos = torch.zeros(n, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+    cos = torch.zeros(n, cfg.head_dim // 2, device="cuda")
+    sin = torch.zeros_like(cos)
+    pe = m.position_embedding(grid)
+    for i in range(b):
+        cos[i * p: i * p + real] = geo1.cos
+        sin[i * p: i * p + real] = geo1.sin
+        pos[i * p: i * p + real] = pe
+    merge = torch.arange(n, device="cuda")
+
+    class Geo:
+        pass
+
+    geo = Geo()
+    geo.cos, geo.sin, geo.merge_index = cos, sin, merge
+    cu = (torch.arange(b + 1, device="cuda") * p).to(torch.int32)
+    used = torch.full((b,), real, dtype=torch.int32, device="cuda")
+    attend = VisionRanges(torch_fa2, p, cu, used)
+    outs, graphs = {}, {}
+    variants = [("unfused", m, False), ("fused", m, True)]
+    for name, model, fused in variants:
+
+        def body(name=name, model=model, fused=fused):
+            model.fused = fused
+            outs[name] = model(pixels, pos, geo, attend)
+
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                body()
+                body()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g), torch.no_grad():
+                body()
+            graphs[name] = g
+        except Exception as exc:  # noqa: BLE001 - a variant that cannot be captured is a result too
+            log(f"vision variant {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+            outs.pop(name, None)
+            torch.cuda.synchronize()
+    times = {k: [] for k in graphs}
+    for r in range(reps):
+        for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+            times[k] += events_ms(graphs[k].replay, 1)
+    torch.cuda.synchronize()
+    # Compare only real patches (rows of pad patches are never used), against the unfused output.
+    keep = torch.cat([torch.arange(i * p, i * p + real, device="cuda") for i in range(b)])
+    rows = {k: o.view(n, -1).float()[keep] for k, o in outs.items()}  # merge_index is the identity here
+    a = rows["unfused"]
+    rel = {k: float((r - a).norm() / a.norm()) for k, r in rows.items() if k != "unfused"}
+    flops = b * vision_flops(cfg, real)
+    res = {}
+    for k, v in times.items():
+        med = statistics.median(v)
+        res[k] = {"p50_ms": round(med, 3), "p90_ms": round(float(np.percentile(v, 90)), 3),
+                  "tflops": round(flops / med / 1e9, 1)}
+    res["rel_err_vs_unfused"] = rel
+    res["work"] = f"B={b}, slot {p} patches, {real} real ({grid[0]}x{grid[1]}), {flops / 1e12:.2f} TFLOP useful"
+    REPORT[f"vision_B{b}"] = res
+    log(f"vision B={b}:", json.dumps(res))
+    if profile:
+        REPORT[f"kernel_split_B{b}"] = kernel_split(m, pixels, pos, geo, attend)
+        log(f"kernel split B={b}:", json.dumps(REPORT[f"kernel_split_B{b}"], indent=1))
+    del graphs, m
+    torch.cuda.empty_cache()
+
+
+def kernel_split(model, pixels, pos, geo, attend) -> dict:
+    """CUDA time per kernel class of one eager fused forward (profiler), in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.fused = True
+    with torch.no_grad():
+        model(pixels, pos, geo, attend)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(pixels, pos, geo, attend)
+            torch.cuda.synchronize()
+    classes: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t <= 0 or ev.key.startswith("aten::") or ev.key.startswith("cuda"):
+            continue
+        name = ev.key
+        low = name.lower()
+        cls = ("attention" if "flash" in low or "fmha" in low or "attn" in low else
+               "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
+               "triton" if "triton" in low or "_kernel" in low else "other")
+        classes[cls] = classes.get(cls, 0.0) + t / 1e3
+        kernels[name[:90]] = kernels.get(name[:90], 0.0) + t / 1e3
+    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:14])
+    return {"by_class_ms": {k: round(v, 3) for k, v in classes.items()}, "top_kernels_ms": {k: round(v, 3) for k, v in top.items()}}
+
+
+def gemm_shapes(reps: int = 20):
+    """The tower's four GEMMs (bf16, bias epilogue) at B=1 and B=32 rows, with the MLP width 4304 vs 4352."""
+    res = {}
+    for m_rows in (1680, 32 * 1680):
+        x = torch.randn(m_rows, 4352, device="cuda").bfloat16()
+        for name, k, n in (("qkv", 1152, 3456), ("wo", 1152, 1152), ("fc0_4304", 1152, 4304), ("fc0_4352", 1152, 4352),
+                           ("fc1_4304", 4304, 1152), ("fc1_4352", 4352, 1152)):
+            w = torch.randn(n, k, device="cuda").bfloat16() / k ** 0.5
+            b = torch.zeros(n, device="cuda").bfloat16()
+            a = x[:, :k].contiguous()
+            F.linear(a, w, b)
+            t = statistics.median(events_ms(lambda: F.linear(a, w, b), reps))
+            res[f"M{m_rows}_{name}"] = {"ms": round(t, 4), "tflops": round(2 * m_rows * k * n / t / 1e9, 1)}
+    REPORT["gemms"] = res
+    log("gemms:", json.dumps(res, indent=1))
+
+
+def attention_variants(b: int, p: int, real: int, reps: int):
+    heads, d = 16, 72
+    n = b * p
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(n, heads, d, device="cuda", generator=g).bfloat16() for _ in range(3))
+    cu = (torch.arange(b + 1, device="cuda") * p).to(torch.int32)
+    used = torch.full((b,), real, dtype=torch.int32, device="cuda")
+    scale = d ** -0.5
+    flops = b * 4 * real * real * heads * d
+    res = {}
+    ref = torch_fa2(q, k, v, cu, cu, p, p, used, False)
+
+    def record(name, fn, out_fn=None):
+        try:
+            fn()
+            torch.cuda.synchronize()
+            t = statistics.median(events_ms(fn, reps))
+            entry = {"ms": round(t, 3), "tflops_useful": round(flops / t / 1e9, 1)}
+            if out_fn is not None:
+                out = out_fn()
+                sel = torch.cat([torch.arange(i * p, i * p + real, device="cuda") for i in range(b)])
+                entry["rel_err_vs_fa2_72"] = float((out[sel].float() - ref[sel].float()).norm() / ref[sel].float().norm())
+            res[name] = entry
+        except Exception as exc:  # noqa: BLE001 - a backend that refuses is a result too
+            res[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        log(f"  attn B={b} {name}: {res[name]}")
+
+    record("fa2_varlen_hd72 (today)", lambda: torch_fa2(q, k, v, cu, cu, p, p, used, False))
+    for pad in (80, 96, 128):
+        qp, kp, vp = (F.pad(t, (0, pad - d)) for t in (q, k, v))
+        holder = {}
+        record(f"fa2_varlen_pad{pad} (kernel only)",
+               lambda: holder.__setitem__("o", torch_fa2(qp, kp, vp, cu, cu, p, p, used, False, scale=scale)),
+               lambda: holder["o"][..., :d])
+        record(f"pad{pad}_copy_cost (3 pads)", lambda: [F.pad(t, (0, pad - d)) for t in (q, k, v)])
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qd, kd, vd = (t.view(b, p, heads, d).transpose(1, 2) for t in (q, k, v))
+    mask = torch.zeros(b, 1, 1, p, device="cuda", dtype=torch.bfloat16)
+    mask[..., real:] = float("-inf")
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        def dense(backend=backend, m=None):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=m)
+
+        record(f"sdpa_{backend.name}_dense_no_mask (all {p} keys)", dense)
+        holder = {}
+        record(f"sdpa_{backend.name}_key_mask",
+               lambda backend=backend: holder.__setitem__("o", dense(backend, mask.expand(b, heads, p, p))),
+               lambda: holder["o"].transpose(1, 2).reshape(n, heads, d))
+    REPORT[f"attention_B{b}"] = res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="vision_stage.json")
+    ap.add_argument("--skip", nargs="*", default=[])
+    args = ap.parse_args()
+    import triton
+
+    REPORT["env"] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
+                     "date": time.strftime("%Y-%m-%d")}
+    log(REPORT["env"])
+    steps = [("resize", check_resize), ("preprocess", preprocess_split), ("engine", engine_preprocess),
+             ("gemms", gemm_shapes),
+             ("vision1", lambda: vision_ab(1, 1680, 1656, (36, 46), 40)),
+             ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),
+             ("attn32", lambda: attention_variants(32, 1680, 1656, 10)),
+             ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10))]
+    for name, fn in steps:
+        if name in args.skip:
+            continue
+        t = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - keep the other measurements
+            import traceback
+
+            traceback.print_exc()
+            REPORT[name + "_error"] = f"{type(exc).__name__}: {exc}"
+        log(f"[{name}] {time.perf_counter() - t:.1f} s")
+        Path(args.out).write_text(json.dumps(REPORT, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The tensor bicubic resize equals PIL's 8-bit bicubic bit for bit: the pad-up resize of the
+processor over 240 random sizes, PIL-order resizes in general, and the processor's output on the
+device path equals its PIL path (downscale to the patch budget included)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graphrt.config import PreprocessorConfig
+from graphrt.gpu_resize import resize_bicubic
+from graphrt.processor import ImageProcessor
+
+from conftest import random_image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small int32 ops: torch's CPU threads only add overhead (and contend on a shared host).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def pil_resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BICUBIC))
+
+
+def random_pixels(rs, width: int, height: int) -> np.ndarray:
+    # Smooth gradients plus noise: edges and flat areas both (clipping at 0/255 is exercised).
+    base = rs.randint(0, 256, size=(height, width, 3)).astype(np.float64)
+    ramp = np.linspace(-80, 80, width)[None, :, None]
+    return np.clip(base + ramp, 0, 255).astype(np.uint8)
+
+
+def devices():
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", devices())
+def test_pad_up_resize_equals_pil_on_240_sizes(device):
+    rs = np.random.RandomState(13)
+    proc = ImageProcessor(PreprocessorConfig())
+    for _ in range(240):
+        w, h = (int(v) for v in rs.randint(14, 400, size=2))
+        target = proc.rounded_size(w, h)  # each side up to a multiple of 28 (or unchanged)
+        arr = random_pixels(rs, w, h)
+        out = resize_bicubic(torch.from_numpy(arr).to(device), target).cpu().numpy()
+        np.testing.assert_array_equal(out, pil_resize(arr, target), err_msg=f"{w}x{h} -> {target}")
+
+
+@pytest.mark.parametrize("device", devices())
+def test_general_resizes_equal_pil(device):
+    """Up in both sides, down in width only, down in height only (one pass), strong shrinks in
+    one side: the cases where every Pillow version runs horizontal then vertical."""
+    rs = np.random.RandomState(7)
+    for _ in range(60):
+        w, h = (int(v) for v in rs.randint(2, 200, size=2))
+        kind = rs.randint(4)
+        if kind == 0:
+            size = (w + int(rs.randint(1, 150)), h + int(rs.randint(1, 150)))
+        elif kind == 1:
+            size = (max(1, w // int(rs.randint(1, 6))), h + int(rs.randint(0, 100)))
+        elif kind == 2:
+            size = (w, max(1, h // int(rs.randint(1, 8))))
+        else:
+            size = (max(1, int(rs.randint(1, w + 1))), h)
+        arr = random_pixels(rs, w, h)
+        out = resize_bicubic(torch.from_numpy(arr).to(device), size).cpu().numpy()
+        np.testing.assert_array_equal(out, pil_resize(arr, size), err_msg=f"{w}x{h} -> {size}")
+
+
+@pytest.mark.parametrize("device", devices())
+def test_processor_device_path_equals_pil_path(device):
+    # A small patch budget makes the downscale step run on small images too.
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
+    for i, size in enumerate([(640, 480), (333, 129), (56, 28), (500, 90), (97, 301), (20, 20)]):
+        image = random_image(*size, seed=i)
+        a, b = host(image), dev(image)
+        assert a.grid == b.grid and a.size == b.size
+        assert b.rgb.device.type == torch.device(device).type
+        assert torch.equal(a.rgb, b.rgb.cpu()), size
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        resize_bicubic(torch.zeros(4, 4, 3), (2, 2))  # float, not uint8
+    with pytest.raises(ValueError):
+        resize_bicubic(torch.zeros(4, 4, 3, dtype=torch.uint8), (0, 2))
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def test_triton_pass_in_interpreter():
+    """The GPU kernel's arithmetic, run by Triton's CPU interpreter in a fresh process (Triton
+    reads TRITON_INTERPRET when it is imported)."""
+    pytest.importorskip("triton")
+    if INTERPRETED:
+        pytest.skip("already interpreted")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interp_"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 subprocess")
+def test_interp_triton_resize_equals_pil():
+    from graphrt import gpu_resize
+
+    rs = np.random.RandomState(3)
+    for w, h, size in [(30, 20, (56, 28)), (17, 45, (28, 56)), (40, 33, (20, 33)), (28, 28, (28, 14))]:
+        arr = random_pixels(rs, w, h)
+        t = torch.from_numpy(arr)
+        assert gpu_resize._use_triton(t)
+        np.testing.assert_array_equal(resize_bicubic(t, size).numpy(), pil_resize(arr, size), err_msg=f"{w}x{h}")

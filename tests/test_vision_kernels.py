@@ -1,0 +1,152 @@
+"""Fused vision kernels against the unfused torch ops: on CPU through Triton's interpreter
+(TRITON_INTERPRET=1, small float32 tensors), on the GPU in bf16 (marked gpu)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graphrt.attention.sdpa import vision_attention
+from graphrt.vision import apply_rope_2d, vision_geometry
+
+pytest.importorskip("triton")
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 subprocess (test_kernels_in_interpreter)")
+
+
+def test_kernels_in_interpreter():
+    """Triton reads TRITON_INTERPRET when it is imported, so the CPU checks run in a fresh process."""
+    if INTERPRETED:
+        pytest.skip("already interpreted")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interp_"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "3 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+@pytest.fixture
+def vk():
+    import graphrt.vision_kernels as module
+
+    return module
+
+
+@interpreted
+def test_interp_add_layernorm(vk):
+    g = torch.Generator().manual_seed(1)
+    x, d = torch.randn(7, 48, generator=g), torch.randn(7, 48, generator=g)
+    w, b = torch.randn(48, generator=g), torch.randn(48, generator=g)
+    xo, h = vk.add_layernorm(x, d, w, b, 1e-5)
+    torch.testing.assert_close(xo, x + d)
+    torch.testing.assert_close(h, F.layer_norm(x + d, (48,), w, b, 1e-5), rtol=1e-5, atol=1e-5)
+    same, h0 = vk.add_layernorm(x, None, w, b, 1e-5)
+    assert same is x
+    torch.testing.assert_close(h0, F.layer_norm(x, (48,), w, b, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+@interpreted
+def test_interp_rope_in_place(vk, tiny_engine):
+    cfg = tiny_engine.cfg.vision
+    geo = vision_geometry([(4, 6), (2, 4)], cfg, "cpu")
+    n, heads, d = geo.num_patches, cfg.num_attention_heads, cfg.head_dim
+    qkv = torch.randn(n, 3, heads, d, generator=torch.Generator().manual_seed(2))
+    want = [apply_rope_2d(qkv[:, 0], geo.cos, geo.sin), apply_rope_2d(qkv[:, 1], geo.cos, geo.sin), qkv[:, 2].clone()]
+    vk.rope_2d_(qkv, geo.cos, geo.sin)
+    for got, ref in zip(qkv.unbind(1), want):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+@interpreted
+@torch.no_grad()
+def test_interp_fused_tower_equals_unfused(vk, tiny_engine):
+    vision = tiny_engine.model.vision
+    grids = [(4, 6), (2, 2)]
+    geo = vision_geometry(grids, vision.cfg, "cpu")
+    p = vision.cfg.patch_size
+    pixels = torch.randn(geo.num_patches, 3, p, p, generator=torch.Generator().manual_seed(3))
+    pos = vision.positions(grids)
+    fused = vision.fused
+    try:
+        vision.fused = False
+        ref = vision(pixels, pos, geo, vision_attention)
+        vision.fused = True
+        got = vision(pixels, pos, geo, vision_attention)
+    finally:
+        vision.fused = fused
+    assert vk.available(pixels)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_fused_kernels_bf16_on_gpu():
+    import graphrt.vision_kernels as vk
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    x = torch.randn(300, 1152, device="cuda", generator=g).bfloat16()
+    d = torch.randn(300, 1152, device="cuda", generator=g).bfloat16()
+    w = (1 + 0.1 * torch.randn(1152, device="cuda", generator=g)).bfloat16()
+    b = (0.1 * torch.randn(1152, device="cuda", generator=g)).bfloat16()
+    xo, h = vk.add_layernorm(x, d, w, b, 1e-5)
+    assert torch.equal(xo, x + d)
+    ref = F.layer_norm(x + d, (1152,), w, b, 1e-5)
+    assert ((h.float() - ref.float()).norm() / ref.float().norm()) < 4e-3
+    fc_w = (torch.randn(4304, 1152, device="cuda", generator=g) / 34).bfloat16()
+    fc_b = (0.1 * torch.randn(4304, device="cuda", generator=g)).bfloat16()
+    assert vk.epilogue_gelu_is_tanh(h.device, h.dtype)  # the fused epilogue is really in use
+    got = vk.linear_gelu(h, fc_w, fc_b)
+    ref = F.gelu(F.linear(h, fc_w, fc_b), approximate="tanh")
+    assert ((got.float() - ref.float()).norm() / ref.float().norm()) < 8e-3
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_fused_tower_bf16_on_gpu_within_bf16_noise():
+    """Real widths (1152, head dim 72), 3 layers, two images in varlen slots: fused vs unfused."""
+    from graphrt.attention.ranges import VisionRanges
+    from graphrt.attention.varlen import torch_fa2
+    from graphrt.config import VisionConfig
+    from graphrt.vision import MoonViT
+
+    cfg = VisionConfig(num_hidden_layers=3)
+    torch.manual_seed(5)
+    m = MoonViT(cfg, torch.bfloat16, "cuda")
+    for name, prm in m.named_parameters():
+        if prm.dim() == 1:
+            prm.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(prm.float()))
+        else:
+            prm.copy_(torch.randn_like(prm.float()) / prm[0].numel() ** 0.5)
+    grids, slot = [(20, 24), (12, 16)], 480
+    geo1 = [vision_geometry([g], cfg, "cuda") for g in grids]
+    n = slot * len(grids)
+    cos = torch.zeros(n, cfg.head_dim // 2, device="cuda")
+    sin = torch.zeros_like(cos)
+    pos = torch.zeros(n, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+    for i, (g, geo) in enumerate(zip(grids, geo1)):
+        cos[i * slot : i * slot + geo.num_patches] = geo.cos
+        sin[i * slot : i * slot + geo.num_patches] = geo.sin
+        pos[i * slot : i * slot + geo.num_patches] = m.position_embedding(g)
+
+    class Geo:
+        pass
+
+    geo = Geo()
+    geo.cos, geo.sin, geo.merge_index = cos, sin, torch.arange(n, device="cuda")
+    used = torch.tensor([geo.num_patches for geo in geo1], dtype=torch.int32, device="cuda")
+    attend = VisionRanges(torch_fa2, slot, (torch.arange(3, device="cuda") * slot).to(torch.int32), used)
+    pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, device="cuda")
+    outs = {}
+    for fused in (False, True):
+        m.fused = fused
+        outs[fused] = m(pixels, pos, geo, attend).view(n, -1).float()
+    keep = torch.cat([torch.arange(i * slot, i * slot + geo.num_patches, device="cuda") for i, geo in enumerate(geo1)])
+    ref, got = outs[False][keep], outs[True][keep]
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < err < 2e-2, err  # bf16 rounding differs (the GELU epilogue rounds once), nothing else
