@@ -5,6 +5,8 @@
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl [--overlay DIR]
   graphrt locate --checkpoint ckpt/ --image photos/ --query car --format coco --out boxes.json
   graphrt status --checkpoint ckpt/                              backend, buckets, memory
+  graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl --ray --engines 8   (graphrt[ray])
+  graphrt serve --checkpoint ckpt/ --port 8000 [--ray --replicas 8]                             (graphrt[ray])
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .errors import GraphrtError
+from .scaleout.commands import add_locate_options, add_serve_command, run_locate as run_locate_ray, run_serve
 
 EPILOG = "Random checkpoints produce random tokens: their boxes mean nothing. Exit status 2 means bad input."
 
@@ -52,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="batch output: one JSON row per request, or one COCO-style JSON document")
     loc.add_argument("--json", action="store_true", help="single image: print the result as one JSON object")
     loc.add_argument("--overlay", help="folder to write each image with its boxes and labels drawn (PNG)")
+    add_locate_options(loc)
 
     stat = sub.add_parser("status", help="load a checkpoint and print the backend, buckets and memory",
                           description="Load the engine as `locate` would (capturing graphs on a GPU) and print "
                                       "device, dtype, attention kernel, graph count and capture time, buckets, "
                                       "generation defaults and GPU memory, as JSON.")
     _engine_args(stat)
+    add_serve_command(sub, _engine_args)
 
     args = parser.parse_args(argv)
     try:
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return _synth(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "serve":
+            return run_serve(args, _engine_options(args, "auto"))
         return _locate(args, parser)
     except GraphrtError as exc:
         print(f"graphrt: error: {exc}", file=sys.stderr)
@@ -97,16 +104,21 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _engine(args, graphs: str):
-    from .engine import Engine, EngineOptions
+    from .engine import Engine
+
+    return Engine.from_pretrained(args.checkpoint, _engine_options(args, graphs))
+
+
+def _engine_options(args, graphs: str):
+    from .engine import EngineOptions
     from .generate import GenerationConfig
     from .sampler import SamplingConfig
 
     gen = GenerationConfig(mode=args.mode, max_new_tokens=args.max_new_tokens,
                            sampling=SamplingConfig(temperature=args.temperature))
-    opts = EngineOptions(device=args.device, dtype=args.dtype, task=args.task, generation=gen,
+    return EngineOptions(device=args.device, dtype=args.dtype, task=args.task, generation=gen,
                          progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
                          sampling_graphs=args.temperature > 0)
-    return Engine.from_pretrained(args.checkpoint, opts)
 
 
 def _status(args) -> int:
@@ -120,6 +132,8 @@ def _locate(args, parser) -> int:
     if args.image and not args.query:
         parser.error("--image needs --query")
     if args.image and not Path(args.image).is_dir():
+        if args.ray is not None:
+            parser.error("--ray takes a folder (--image DIR) or --jsonl, not one image")
         return _locate_one(args)
     from .batch_io import read_folder, read_jsonl
 
@@ -133,6 +147,8 @@ def _locate(args, parser) -> int:
     if not requests:
         print("graphrt: error: no requests (empty JSONL file or no images in the folder)", file=sys.stderr)
         return 2
+    if args.ray is not None:
+        return run_locate_ray(args, _engine_options(args, "auto"), requests)
     return _locate_many(args, _engine(args, "auto"), requests)
 
 
