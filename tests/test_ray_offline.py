@@ -17,7 +17,6 @@ from graphrt.batch_io import read_jsonl  # noqa: E402
 from graphrt.engine import EngineOptions  # noqa: E402
 from graphrt.generate import GenerationConfig  # noqa: E402
 from graphrt.scaleout import offline  # noqa: E402
-from graphrt.scaleout.commands import _preprocessor  # noqa: E402
 
 from conftest import random_image  # noqa: E402
 
@@ -107,7 +106,7 @@ def test_killed_engine_rows_are_retried(cluster, batch, tiny_ckpt, tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     requests = read_jsonl(root / "req.jsonl", root)
     out = tmp_path / "ray.jsonl"
-    summary = offline.run(_config(tiny_ckpt, engines=2), requests, str(out), _preprocessor(tiny_ckpt), worker=DiesOnce)
+    summary = offline.run(_config(tiny_ckpt, engines=2), requests, str(out), worker=DiesOnce)
     lost = [int(x) for x in (tmp_path / "died").read_text().split()]
     assert lost, "the engine did not die holding rows"
     assert _rows(out) == ref  # the dead engine's rows are answered all the same, each once
@@ -122,12 +121,12 @@ def test_resume_skips_rows_already_written(cluster, batch, tiny_ckpt, tmp_path):
     kept = [dict(ref[1], text="written by the first run"), ref[2], ref[7]]
     out.write_text("".join(json.dumps(r) + "\n" for r in kept) + json.dumps(ref[8])[:25])
     requests = read_jsonl(root / "req.jsonl", root)
-    summary = offline.run(_config(tiny_ckpt), requests, str(out), _preprocessor(tiny_ckpt))
+    summary = offline.run(_config(tiny_ckpt), requests, str(out))
     rows = _rows(out)
     assert summary["skipped"] == 3 and summary["ran"] == 6
     assert rows[1]["text"] == "written by the first run"
     assert {k: v for k, v in rows.items() if k != 1} == {k: v for k, v in ref.items() if k != 1}
-    again = offline.run(_config(tiny_ckpt), requests, str(out), _preprocessor(tiny_ckpt))
+    again = offline.run(_config(tiny_ckpt), requests, str(out))
     assert again["ran"] == 0 and again["skipped"] == 10 and _rows(out) == rows
 
 

@@ -6,9 +6,7 @@ is imported only when one of them runs."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from ..errors import GraphrtError
 
@@ -68,7 +66,7 @@ def run_locate(args, options, requests) -> int:
     cfg = offline.OfflineConfig(str(args.checkpoint), options, engines=args.engines,
                                 gpus_per_engine=args.gpus_per_engine, overlay=args.overlay, fmt=args.format)
     offline.connect(_address(args.ray))
-    summary = offline.run(cfg, requests, args.out, _preprocessor(args.checkpoint))
+    summary = offline.run(cfg, requests, args.out)
     records = summary["records"]
     errors = [rec["line"] for rec in records if "error" in rec]
     answered = len(records) - len(errors)
@@ -98,10 +96,3 @@ def run_serve(args, options) -> int:
     opts = serve.ServeOptions(args.host, args.port, args.replicas, args.gpus_per_engine)
     serve.deploy(cfg, opts, _address(args.ray), blocking=True)
     return 0
-
-
-def _preprocessor(checkpoint):
-    from ..config import PreprocessorConfig
-
-    path = Path(checkpoint) / "preprocessor_config.json"
-    return PreprocessorConfig.from_dict(json.loads(path.read_text())) if path.is_file() else PreprocessorConfig()

@@ -18,6 +18,7 @@ class Journal:
         self.records: list[dict] = []
         if self.path.is_file():
             self._recover()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _recover(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from ..batch_io import Request, coco, draw_overlay, result_record
 from ..boxes import Detection
 from ..config import PreprocessorConfig
 from ..engine import EngineOptions
-from ..errors import InputError
+from ..errors import GraphrtError, InputError
 from ..processor import ImageProcessor
 from .journal import Journal
 from .replica import load_engine, pack, unpack
@@ -59,8 +60,8 @@ class OfflineConfig:
     def rows_per_batch(self) -> int:
         if self.batch_rows:
             return self.batch_rows
-        if self.options.graphs == "off" or self.gpus_per_engine == 0:
-            return self.options.eager_batch
+        if self.options.graphs == "off" or self.gpus_per_engine == 0 or self.options.device == "cpu":
+            return self.options.eager_batch  # no graphs: the eager path's batch
         from capture import Buckets
 
         return (self.options.buckets or Buckets()).max_batch
@@ -128,14 +129,28 @@ def draw_overlays(batch: dict, folder: str) -> dict:
 
 def connect(address: str | None) -> None:
     """Join the cluster at `address` ("auto": the running one), or start a local one (None)."""
-    if ray.is_initialized():
-        return
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar and summary say what matters
 
 
-def run(cfg: OfflineConfig, requests: list[Request], out: str, preprocessor: PreprocessorConfig,
-        worker: type = EngineWorker) -> dict:
+def check_resources(engines: int, gpus_per_engine: float) -> None:
+    """Fail at once when the cluster cannot place the engines (Ray would wait for them forever)."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if engines * gpus_per_engine > have:
+        raise GraphrtError(f"{engines} engine(s) x {gpus_per_engine:g} GPU need {engines * gpus_per_engine:g} GPUs; "
+                           f"the Ray cluster has {have:g} (use --engines, or --gpus-per-engine 0 for CPU engines)")
+
+
+def preprocessor_config(checkpoint: str | Path) -> PreprocessorConfig:
+    path = Path(checkpoint) / "preprocessor_config.json"
+    return PreprocessorConfig.from_dict(json.loads(path.read_text())) if path.is_file() else PreprocessorConfig()
+
+
+def run(cfg: OfflineConfig, requests: list[Request], out: str, worker: type = EngineWorker) -> dict:
     """Answer `requests` into `out`, resuming from what it holds. Returns the run's summary."""
+    check_resources(cfg.engines, cfg.gpus_per_engine)
+    preprocessor = preprocessor_config(cfg.checkpoint)
     journal_path = out if cfg.fmt == "jsonl" else f"{out}.rows.jsonl"
     t0 = time.perf_counter()
     with Journal(journal_path) as journal:
@@ -148,8 +163,10 @@ def run(cfg: OfflineConfig, requests: list[Request], out: str, preprocessor: Pre
         bar = tqdm(total=len(requests), initial=len(journal.done), unit="row", desc="locate", file=sys.stderr,
                    disable=not sys.stderr.isatty())
         images = set()
+        first_row_s = None  # start-up: actors placed, engines loaded, first batch answered
         if todo:
             for row in _pipeline(cfg, todo, preprocessor, worker).iter_rows():
+                first_row_s = first_row_s or time.perf_counter() - t0
                 rec = json.loads(row["record"])
                 journal.write(rec)
                 if "error" not in rec:
@@ -161,7 +178,8 @@ def run(cfg: OfflineConfig, requests: list[Request], out: str, preprocessor: Pre
         Path(out).write_text(json.dumps(coco(records)) + "\n", encoding="utf-8")
         Path(journal_path).unlink()
     wall = time.perf_counter() - t0
-    return {"records": records, "skipped": skipped, "ran": len(todo), "images": len(images), "wall_s": wall}
+    return {"records": records, "skipped": skipped, "ran": len(todo), "images": len(images), "wall_s": wall,
+            "first_row_s": first_row_s}
 
 
 def _pipeline(cfg: OfflineConfig, todo: list[Request], preprocessor: PreprocessorConfig, worker: type):

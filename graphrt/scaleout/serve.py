@@ -9,7 +9,7 @@ import dataclasses
 import uvicorn
 from ray import serve
 
-from .offline import connect
+from .offline import check_resources, connect
 from .service import LocateService, ServiceConfig, build_app
 
 APP_NAME = "graphrt"
@@ -43,6 +43,7 @@ def run_local(cfg: ServiceConfig, host: str, port: int) -> None:
 def deploy(cfg: ServiceConfig, opts: ServeOptions, address: str | None = None, blocking: bool = True) -> None:
     """Start Serve's HTTP proxy on host:port and `replicas` engine replicas on the cluster."""
     connect(address)
+    check_resources(opts.replicas, opts.gpus_per_engine)
     serve.start(http_options={"host": opts.host, "port": opts.port})
     rows = cfg.batch_rows or 32
     deployment = serve.deployment(
