@@ -83,6 +83,16 @@ def test_same_rows_as_single_process(cluster, batch, tiny_ckpt, tmp_path, capsys
         ["000001_a.png", "000007_b.png", "000008_a.png", "000009_c.png", "000010_b.png"]
 
 
+def test_clear_errors_before_any_work(cluster, batch, tiny_ckpt, tmp_path, capsys):
+    root, _ = batch
+    args = _args(tiny_ckpt, root, tmp_path / "out.jsonl")
+    assert cli.main([*args[:-2], "--ray"]) == 2  # no --out
+    assert "--ray needs --out" in capsys.readouterr().err
+    assert cli.main([*args, "--ray", "--engines", "3", "--gpus-per-engine", "1"]) == 2  # the cluster has 2 GPUs
+    assert "need 3 GPUs; the Ray cluster has 2" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 class DiesOnce(offline.EngineWorker):
     """An engine whose process exits in the middle of its first batch (once per marker file)."""
 

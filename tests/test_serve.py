@@ -168,3 +168,25 @@ def test_bad_requests_get_4xx_while_good_ones_are_served(server):
     assert answers[-1][1]["text"] == answers[-2][1]["text"]
     assert _get(url + "/health") == (200, {"status": "ok"})
     assert _post(url, good)[0] == 200  # still up after the bad ones
+
+
+def test_serve_command_answers_on_loopback(tiny_ckpt, tmp_path, tiny_engine):
+    """`graphrt serve` itself (argument wiring, the uvicorn replica): up, one answer, stopped."""
+    import subprocess
+    import sys
+
+    random_image(90, 70, seed=1).save(tmp_path / "a.png")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "graphrt.cli", "serve", "--checkpoint", str(tiny_ckpt), "--device",
+                             "cpu", "--max-new-tokens", str(TOKENS), "--host", HOST, "--port", str(port),
+                             "--image-root", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://{HOST}:{port}"
+        _wait_healthy(url, within_s=120)
+        code, got = _post(url, {"image_path": "a.png", "query": "cat"})
+        assert code == 200
+        assert got["text"] == tiny_engine.locate(tmp_path / "a.png", "cat", max_new_tokens=TOKENS).text
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"serving {tiny_ckpt} on {url}" in err and "one local replica" in err
