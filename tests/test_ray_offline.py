@@ -93,6 +93,15 @@ def test_clear_errors_before_any_work(cluster, batch, tiny_ckpt, tmp_path, capsy
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_without_ray_the_error_names_the_extra(batch, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    root, _ = batch
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "graphrt.scaleout.offline")
+    monkeypatch.delattr("graphrt.scaleout.offline")
+    assert cli.main([*_args(tiny_ckpt, root, tmp_path / "out.jsonl"), "--ray"]) == 2
+    assert "--ray needs Ray (ray is missing): pip install 'graphrt[ray]'" in capsys.readouterr().err
+
+
 class DiesOnce(offline.EngineWorker):
     """An engine whose process exits in the middle of its first batch (once per marker file)."""
 
