@@ -8,6 +8,8 @@ examples:
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl [--overlay DIR]
   graphrt locate --checkpoint ckpt/ --image photos/ --query car --format coco --out boxes.json
   graphrt status --checkpoint ckpt/
+  graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl --ray --engines 8   (graphrt[ray])
+  graphrt serve --checkpoint ckpt/ --port 8000 [--ray --replicas 8]                             (graphrt[ray])
 
 `graphrt COMMAND --help` explains each command and its options.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from pathlib import Path
 from . import __version__
 from .errors import GraphrtError, InputError
 from .prompt import PHRASE_TASKS, TASKS
+from .scaleout.commands import add_locate_options, add_serve_command, run_locate as run_locate_ray, run_serve
 
 EPILOG = ("Random checkpoints (synth-checkpoint) produce random tokens: their boxes mean nothing. "
           "Exit status 2: bad input or options (one line on stderr saying which).")
@@ -132,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overlay", help="folder to write each image with its boxes and labels drawn, as PNG "
                                        "(default: none)")
 
+    add_locate_options(loc)
     stat = sub.add_parser("status", help="load a checkpoint as `locate` would; print device, kernels, graphs, memory",
                           formatter_class=_HelpFormatter, epilog=EPILOG,
                           description="Load the engine as `locate` would (capturing CUDA graphs on a GPU) and "
                                       "print device, dtype, attention kernel, graph count and capture time, "
                                       "buckets, generation defaults and GPU memory, as JSON.")
     _engine_args(stat, generation=False)
+    add_serve_command(sub, lambda p: _engine_args(p, generation=True), formatter_class=_HelpFormatter, epilog=EPILOG)
     return parser
 
 
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print(json.dumps(_engine(args, "auto").status(), indent=2))
             return 0
+        if args.command == "serve":
+            return run_serve(args, _engine_options(args, "auto"))
         return _locate(args, parser)
     except (GraphrtError, ValueError, OSError) as exc:  # bad input, bad option values, files
         print(f"graphrt: error: {exc}", file=sys.stderr)
@@ -219,7 +227,13 @@ def _synth(args) -> int:
 
 
 def _engine(args, graphs: str):
-    from .engine import Engine, EngineOptions
+    from .engine import Engine
+
+    return Engine.from_pretrained(args.checkpoint, _engine_options(args, graphs))
+
+
+def _engine_options(args, graphs: str):
+    from .engine import EngineOptions
     from .generate import GenerationConfig
     from .sampler import SamplingConfig
 
@@ -229,7 +243,7 @@ def _engine(args, graphs: str):
     if hasattr(args, "max_new_tokens"):
         options.update(task=args.task, prompt_format=args.prompt_format, generation=GenerationConfig(
             mode=args.mode, max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(temperature=temperature)))
-    return Engine.from_pretrained(args.checkpoint, EngineOptions(**options))
+    return EngineOptions(**options)
 
 
 # ---------------------------------------------------------------------- locate
@@ -246,6 +260,8 @@ def _locate(args, parser) -> int:
     from .batch_io import Request, read_folder, read_jsonl
 
     single = bool(args.image) and not Path(args.image).is_dir()
+    if single and args.ray is not None:
+        parser.error("--ray takes a folder (--image DIR) or --jsonl, not one image")
     if single:
         if not Path(args.image).is_file():
             raise InputError(f"--image {args.image}: image not found")
@@ -264,6 +280,8 @@ def _locate(args, parser) -> int:
     try:
         if single:
             return _locate_one(args, out)
+        if args.ray is not None:
+            return run_locate_ray(args, _engine_options(args, "auto"), requests)
         return _locate_many(args, _engine(args, "auto"), requests, out)
     finally:
         if out is not None:
@@ -281,7 +299,9 @@ def _cli_exemplar(args):
 
 
 def _open_outputs(args):
-    """Open --out and make sure --overlay can take files, or raise InputError naming the option."""
+    """Open --out and make sure --overlay can take files, or raise InputError naming the option.
+    With --ray, --out is only checked (a rerun resumes from the rows in it; the Ray run appends to
+    it itself), so nothing is returned."""
     if args.overlay:
         folder = Path(args.overlay)
         try:
@@ -298,6 +318,10 @@ def _open_outputs(args):
     if not path.parent.is_dir():
         raise InputError(f"--out {path}: folder {path.parent} does not exist")
     try:
+        if getattr(args, "ray", None) is not None:  # checked, not touched: the run appends to it
+            if not os.access(path if path.exists() else path.parent, os.W_OK):
+                raise InputError(f"--out {path}: cannot write (permission denied)")
+            return None
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"--out {path}: cannot write ({exc.strerror or exc})") from None
