@@ -5,6 +5,7 @@
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl [--overlay DIR]
   graphrt locate --checkpoint ckpt/ --image photos/ --query car --format coco --out boxes.json
   graphrt status --checkpoint ckpt/                              backend, buckets, memory
+  graphrt calibrate --checkpoint ckpt/ --images DIR --out calib.json   FP8 scales (then --fp8 calib.json)
 """
 
 from __future__ import annotations
@@ -59,12 +60,20 @@ def main(argv: list[str] | None = None) -> int:
                                       "generation defaults and GPU memory, as JSON.")
     _engine_args(stat)
 
+    from calib.cli import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub, EPILOG)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "synth-checkpoint":
             return _synth(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "calibrate":
+            from calib.cli import run as run_calibrate
+
+            return run_calibrate(args)
         return _locate(args, parser)
     except GraphrtError as exc:
         print(f"graphrt: error: {exc}", file=sys.stderr)
@@ -94,6 +103,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graphs", choices=["auto", "on", "off"], default=None,
                    help="CUDA graphs (capture costs seconds). Default: off for one image, auto for a folder "
                         "or JSONL file and for status")
+    p.add_argument("--fp8", metavar="CALIB_JSON", help="FP8 linears with the static scales of this calibration file "
+                                                       "(from `graphrt calibrate` for this checkpoint; CUDA + bf16)")
 
 
 def _engine(args, graphs: str):
@@ -105,7 +116,7 @@ def _engine(args, graphs: str):
                            sampling=SamplingConfig(temperature=args.temperature))
     opts = EngineOptions(device=args.device, dtype=args.dtype, task=args.task, generation=gen,
                          progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
-                         sampling_graphs=args.temperature > 0)
+                         sampling_graphs=args.temperature > 0, fp8=args.fp8)
     return Engine.from_pretrained(args.checkpoint, opts)
 
 
