@@ -37,6 +37,7 @@ from latency import QUERIES, images, interleaved, summarize  # noqa: E402
 
 from calib import DEFAULT_SCOPE, FP8Linear, calibrate  # noqa: E402
 from calib.report import accuracy_report, markdown  # noqa: E402
+from calib.triton_gemm import skinny_fp8_linear  # noqa: E402
 from capture import Buckets  # noqa: E402
 from graphrt import Engine  # noqa: E402
 
@@ -90,6 +91,9 @@ def stage_ab(engines: dict, keys: list[tuple], reps: int) -> dict:
     return out
 
 
+SKINNY_CONFIGS = [(16, 256, 4, 4), (32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3)]  # BN, BK, warps, stages
+
+
 def gemm_bench(device, rows_list, reps: int = 20) -> list[dict]:
     """bf16 F.linear vs FP8Linear (quantize + _scaled_mm) vs _scaled_mm alone on the LM's shapes."""
     shapes = {"qkv_proj": (2048, 2560), "o_proj": (2048, 2048), "gate_up_proj": (2048, 22016),
@@ -103,6 +107,18 @@ def gemm_bench(device, rows_list, reps: int = 20) -> list[dict]:
             q, rs = lin.quantize(x)
             fns = {"bf16": lambda: F.linear(x, w), "fp8": lambda: lin(x), "fp8_gemm_only": lambda: lin.forward_fp8(q, rs)}
             row = {"linear": name, "rows": m, "K": k, "N": n}
+            if m <= 16:
+                want = lin.forward_fp8(q, rs).float()
+                for cfg in SKINNY_CONFIGS:
+                    try:
+                        got = skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, None, *cfg).float()
+                        err = ((got - want).norm() / want.norm()).item()
+                    except Exception as exc:  # a config the compiler refuses: say so, keep measuring
+                        row[f"triton{cfg}_error"] = str(exc).splitlines()[0][:160]
+                        continue
+                    row[f"triton{cfg}_rel_diff"] = round(err, 6)
+                    fns[f"triton{cfg}"] = lambda cfg=cfg: skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale,
+                                                                            None, *cfg)
             for label, fn in fns.items():
                 fn()
                 torch.cuda.synchronize()
@@ -131,7 +147,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="MTP steps per pair in calibration and the report")
     ap.add_argument("--answer-steps", type=int, default=4, help="MTP steps of the free-running answers")
     ap.add_argument("--percentile", type=float, default=None)
-    ap.add_argument("--scopes", default=f"{DEFAULT_SCOPE};lm;vision",
+    ap.add_argument("--scopes", default=f"{DEFAULT_SCOPE};lm",
                     help="';'-separated FP8 scopes for the accuracy report; the first is timed")
     ap.add_argument("--eager-batch", type=int, default=16)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
@@ -141,7 +157,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--slow-iters", type=int, default=6)
-    ap.add_argument("--stage-reps", type=int, default=20)
+    ap.add_argument("--stage-reps", type=int, default=10)
     ap.add_argument("--gemm-rows", type=int, nargs="*", default=[12, 384, 18432])
     ap.add_argument("--skip", default="", help="comma list of parts to skip: report,tokens,e2e,stages,gemm")
     ap.add_argument("--wait-for", help="before timing, wait (up to 240 s) until this file exists (a concurrent "
@@ -219,18 +235,20 @@ def main() -> None:
         buckets = Buckets(batch_sizes=tuple(sorted(set(args.batch) | {8})), patch_budgets=(patch,),
                           prefill_lengths=(64, 576), max_new_tokens=64)
         t = time.perf_counter()
-        engines = {"A bf16": base.with_options(graphs="on", buckets=buckets),
-                   "B fp8": base.with_options(graphs="on", buckets=buckets, fp8=str(calib_path),
-                                              fp8_scope=scopes[0])}
+        common = dict(graphs="on", buckets=buckets, max_new_tokens=buckets.max_new_tokens)
+        engines = {"A bf16": base.with_options(**common),
+                   "B fp8": base.with_options(**common, fp8=str(calib_path), fp8_scope=scopes[0])}
         report["capture_s"] = round(time.perf_counter() - t, 1)
         report["statuses"] = {k: e.status() for k, e in engines.items()}
         fp8 = engines["B fp8"]
         if "tokens" not in skip:
             pairs = held[:8]
-            g = [r.tokens for r in fp8.locate_batch(pairs)]
-            e = [r.tokens for r in fp8.with_options(graphs="off", eager_batch=8).locate_batch(pairs)]
+            gr = fp8.locate_batch(pairs)
+            er = fp8.with_options(graphs="off", eager_batch=8).locate_batch(pairs)
+            g, e = [r.tokens for r in gr], [r.tokens for r in er]
             report["fp8_graphs_vs_eager"] = {"rows": len(pairs), "rows_equal": sum(a == b for a, b in zip(g, e)),
-                                             "tokens_per_row": len(g[0])}
+                                             "tokens_per_row": len(g[0]),
+                                             "backends": sorted({r.backend for r in gr} | {r.backend for r in er})}
             print(json.dumps(report["fp8_graphs_vs_eager"]), flush=True)
             save()
         rows = []
@@ -325,12 +343,12 @@ def summary_md(r: dict) -> str:
                     stage = key.split("/")[0]
                     ach, floor = "", ""
                     if stage == "step" and f:
-                        ach = f"{f['step_weight_bytes'] / v['p50_ms'] / 1e9:.2f} TB/s weights"
-                        floor = f"{f['step_floor_ms']} ms at {HBM_TBS} TB/s ({v['p50_ms'] / f['step_floor_ms']:.1f}x)"
+                        ach = f"{f['step_weight_bytes'] / max(v['p50_ms'], 1e-9) / 1e9:.2f} TB/s weights"
+                        floor = f"{f['step_floor_ms']} ms at {HBM_TBS} TB/s ({v['p50_ms'] / max(f['step_floor_ms'], 1e-9):.1f}x)"
                     elif stage == "vision" and f:
-                        ach = f"{int(batch) * f['vision_linear_flop_per_image'] / v['p50_ms'] / 1e9:.0f} TFLOP/s linears"
+                        ach = f"{int(batch) * f['vision_linear_flop_per_image'] / max(v['p50_ms'], 1e-9) / 1e9:.0f} TFLOP/s linears"
                     elif stage == "prefill" and f:
-                        ach = f"{int(batch) * f['prefill_linear_flop_per_row'] / v['p50_ms'] / 1e9:.0f} TFLOP/s linears"
+                        ach = f"{int(batch) * f['prefill_linear_flop_per_row'] / max(v['p50_ms'], 1e-9) / 1e9:.0f} TFLOP/s linears"
                     if stage != "step":
                         floor = f"peak {PEAK_TFLOPS['fp8' if 'fp8' in name else 'bf16']:.0f}"
                     lines.append(f"| {batch} | {key} | {name} | {v['p50_ms']} | {v['p90_ms']} | {ach} | {floor} |")
@@ -342,6 +360,14 @@ def summary_md(r: dict) -> str:
         for g in r["gemm"]:
             lines.append(f"| {g['linear']} | {g['rows']} | {g['bf16_us']} | {g['fp8_us']} | {g['fp8_gemm_only_us']} | "
                          f"{g['bf16_weight_GBs']} / {g['fp8_weight_GBs']} | {g['bf16_TFLOPs']} / {g['fp8_TFLOPs']} |")
+        tri = [(g, min((v, key) for key, v in g.items() if key.startswith("triton(") and key.endswith("_us")))
+               for g in r["gemm"] if any(key.startswith("triton(") and key.endswith("_us") for key in g)]
+        if tri:
+            lines += ["", "| linear | rows | _scaled_mm GEMM us | best Triton skinny GEMM us (BN, BK, warps, stages) | "
+                      "its weight GB/s |", "| --- | ---: | ---: | --- | ---: |"]
+            for g, (us, key) in tri:
+                gbs = round(g["K"] * g["N"] / us / 1e3, 1)
+                lines.append(f"| {g['linear']} | {g['rows']} | {g['fp8_gemm_only_us']} | {us} {key[6:-3]} | {gbs} |")
         for m in sorted({g["rows"] for g in r["gemm"]}):
             sel = [g for g in r["gemm"] if g["rows"] == m]
             lines.append(f"| 36 layers x 4 linears | {m} | {36 * sum(g['bf16_us'] for g in sel) / 1000:.2f} ms | "
