@@ -94,8 +94,10 @@ def stage_ab(engines: dict, keys: list[tuple], reps: int) -> dict:
 SKINNY_CONFIGS = [(16, 256, 4, 4), (32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3)]  # BN, BK, warps, stages
 
 
-def gemm_bench(device, rows_list, reps: int = 20) -> list[dict]:
-    """bf16 F.linear vs FP8Linear (quantize + _scaled_mm) vs _scaled_mm alone on the LM's shapes."""
+def gemm_bench(device, rows_list, reps: int = 20, sweep: bool = False) -> list[dict]:
+    """bf16 F.linear vs FP8Linear (quantize + its GEMM: the Triton skinny kernel up to 64 rows,
+    else _scaled_mm) vs its GEMM alone vs _scaled_mm alone, on the LM's shapes; `sweep` also
+    times four Triton skinny configs at <= 16 rows."""
     shapes = {"qkv_proj": (2048, 2560), "o_proj": (2048, 2048), "gate_up_proj": (2048, 22016),
               "down_proj": (11008, 2048)}
     out = []
@@ -105,9 +107,10 @@ def gemm_bench(device, rows_list, reps: int = 20) -> list[dict]:
         for m in rows_list:
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
             q, rs = lin.quantize(x)
-            fns = {"bf16": lambda: F.linear(x, w), "fp8": lambda: lin(x), "fp8_gemm_only": lambda: lin.forward_fp8(q, rs)}
+            fns = {"bf16": lambda: F.linear(x, w), "fp8": lambda: lin(x), "fp8_gemm_only": lambda: lin.forward_fp8(q, rs),
+                   "scaled_mm_only": lambda: lin._mm(q, rs, lin.weight_scale, None)}
             row = {"linear": name, "rows": m, "K": k, "N": n}
-            if m <= 16:
+            if m <= 16 and sweep:
                 want = lin.forward_fp8(q, rs).float()
                 for cfg in SKINNY_CONFIGS:
                     try:
@@ -159,6 +162,7 @@ def main() -> None:
     ap.add_argument("--slow-iters", type=int, default=6)
     ap.add_argument("--stage-reps", type=int, default=10)
     ap.add_argument("--gemm-rows", type=int, nargs="*", default=[12, 384, 18432])
+    ap.add_argument("--sweep-skinny", action="store_true", help="time four Triton skinny GEMM configs at <= 16 rows")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: report,tokens,e2e,stages,gemm")
     ap.add_argument("--wait-for", help="before timing, wait (up to 240 s) until this file exists (a concurrent "
                                        "test run has finished), so timings see an idle GPU")
@@ -215,7 +219,7 @@ def main() -> None:
                                   batch=args.eager_batch)
             acc["seconds"] = round(time.perf_counter() - t, 1)
             md = markdown(acc, f"FP8 ({scope}) vs bf16, {device_name}, {report['date']}")
-            (out_dir / f"{stem}_accuracy_{scope.replace(',', '+')}.md").write_text(md)
+            (out_dir / f"{stem}_accuracy_{scope.replace(',', '_').replace('-', 'no_')}.md").write_text(md)
             report["accuracy"][scope] = {k: v for k, v in acc.items() if k != "layers"}
             report["accuracy"][scope]["layers"] = acc["layers"]
             print(md, flush=True)
@@ -243,13 +247,16 @@ def main() -> None:
         fp8 = engines["B fp8"]
         if "tokens" not in skip:
             pairs = held[:8]
-            gr = fp8.locate_batch(pairs)
-            er = fp8.with_options(graphs="off", eager_batch=8).locate_batch(pairs)
-            g, e = [r.tokens for r in gr], [r.tokens for r in er]
-            report["fp8_graphs_vs_eager"] = {"rows": len(pairs), "rows_equal": sum(a == b for a, b in zip(g, e)),
-                                             "tokens_per_row": len(g[0]),
-                                             "backends": sorted({r.backend for r in gr} | {r.backend for r in er})}
-            print(json.dumps(report["fp8_graphs_vs_eager"]), flush=True)
+            for label, eng in (("fp8", fp8), ("bf16", engines["A bf16"])):  # bf16: the control
+                gr = eng.locate_batch(pairs)
+                er = eng.with_options(graphs="off", eager_batch=8).locate_batch(pairs)
+                g, e = [r.tokens for r in gr], [r.tokens for r in er]
+                first = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None) for x, y in zip(g, e)]
+                report[f"{label}_graphs_vs_eager"] = {
+                    "rows": len(pairs), "rows_equal": sum(a == b for a, b in zip(g, e)), "tokens_per_row": len(g[0]),
+                    "same_tokens": sum(a == b for x, y in zip(g, e) for a, b in zip(x, y)),
+                    "first_difference": first, "backends": sorted({r.backend for r in gr} | {r.backend for r in er})}
+                print(label, json.dumps(report[f"{label}_graphs_vs_eager"]), flush=True)
             save()
         rows = []
         stages = {}
@@ -280,7 +287,7 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache()
     if torch.cuda.is_available() and "gemm" not in skip:
-        report["gemm"] = gemm_bench("cuda", args.gemm_rows)
+        report["gemm"] = gemm_bench("cuda", args.gemm_rows, sweep=args.sweep_skinny)
     save()
     (out_dir / f"{stem}.md").write_text(summary_md(report))
     print(summary_md(report))
@@ -320,10 +327,12 @@ def summary_md(r: dict) -> str:
                              f"{s['logit_cos_min']:.6f} | {s['kl_mean']:.2e} | {a['answers']['exact_fraction']:.3f} / "
                              f"{a['answers']['token_agreement']:.3f} |")
         lines.append("")
-    if r.get("fp8_graphs_vs_eager"):
-        g = r["fp8_graphs_vs_eager"]
-        lines += [f"FP8 graphs vs FP8 eager: {g['rows_equal']}/{g['rows']} rows equal token for token "
-                  f"({g['tokens_per_row']} tokens each).", ""]
+    for label in ("fp8", "bf16"):
+        g = r.get(f"{label}_graphs_vs_eager")
+        if g:
+            lines += [f"{label} graphs vs {label} eager (FlashAttention varlen vs dense SDPA): {g['rows_equal']}/"
+                      f"{g['rows']} rows equal token for token, {g.get('same_tokens')}/{g['rows'] * g['tokens_per_row']}"
+                      f" tokens; first differing token per row {g.get('first_difference')}.", ""]
     if r.get("e2e"):
         lines += ["## End to end (interleaved A/B)", "", "| config | B | e2e P50 | P90 | P99 | preprocess | vision | "
                   "prefill | decode | img/s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -355,11 +364,12 @@ def summary_md(r: dict) -> str:
         lines.append("")
     if r.get("gemm"):
         lines += ["## LM linear shapes as GEMMs (CUDA graph of 20 calls, median)", "",
-                  "| linear | rows | bf16 us | fp8 (quant+GEMM) us | fp8 GEMM only us | bf16 / fp8 weight GB/s | "
-                  "bf16 / fp8 TFLOP/s |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+                  "| linear | rows | bf16 us | fp8 (quant+GEMM) us | fp8 GEMM only us | _scaled_mm only us | "
+                  "bf16 / fp8 weight GB/s | bf16 / fp8 TFLOP/s |", "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for g in r["gemm"]:
             lines.append(f"| {g['linear']} | {g['rows']} | {g['bf16_us']} | {g['fp8_us']} | {g['fp8_gemm_only_us']} | "
-                         f"{g['bf16_weight_GBs']} / {g['fp8_weight_GBs']} | {g['bf16_TFLOPs']} / {g['fp8_TFLOPs']} |")
+                         f"{g.get('scaled_mm_only_us')} | {g['bf16_weight_GBs']} / {g['fp8_weight_GBs']} | "
+                         f"{g['bf16_TFLOPs']} / {g['fp8_TFLOPs']} |")
         tri = [(g, min((v, key) for key, v in g.items() if key.startswith("triton(") and key.endswith("_us")))
                for g in r["gemm"] if any(key.startswith("triton(") and key.endswith("_us") for key in g)]
         if tri:
@@ -372,7 +382,8 @@ def summary_md(r: dict) -> str:
             sel = [g for g in r["gemm"] if g["rows"] == m]
             lines.append(f"| 36 layers x 4 linears | {m} | {36 * sum(g['bf16_us'] for g in sel) / 1000:.2f} ms | "
                          f"{36 * sum(g['fp8_us'] for g in sel) / 1000:.2f} ms | "
-                         f"{36 * sum(g['fp8_gemm_only_us'] for g in sel) / 1000:.2f} ms | | |")
+                         f"{36 * sum(g['fp8_gemm_only_us'] for g in sel) / 1000:.2f} ms | "
+                         f"{36 * sum(g.get('scaled_mm_only_us', 0) for g in sel) / 1000:.2f} ms | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,7 @@ def add_parser(sub, epilog: str) -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the FP8-vs-bf16 accuracy report here (.md, with a .json beside it)")
     p.add_argument("--held-out", type=int, default=64, help="held-out pairs for --report (default 64)")
     p.add_argument("--fp8", help="existing calibration file: skip calibrating, only report")
-    p.add_argument("--fp8-scope", default=None, help="linears made FP8 for the report (default: lm,vision)")
+    p.add_argument("--fp8-scope", default=None, help="linears made FP8 for the report (default: lm; see calib/apply.py)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     return p

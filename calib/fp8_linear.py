@@ -22,13 +22,16 @@ import os
 import torch
 from torch import nn
 
+from . import triton_gemm
 from .quantize import FP8, dequantize, quantize_input, quantize_input_torch, quantize_weight
+from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear
 
 log = logging.getLogger(__name__)
 
 # GEMM form that works on each device type, found on first use: "rowwise+bias" (scales and bias
 # in the _scaled_mm epilogue), "rowwise" (bias added after), "tensorwise" (channel scales after).
 _GEMM_MODE: dict[str, str] = {}
+_SKINNY_BROKEN: list[str] = []
 
 
 def _fallback(device_type: str, mode: str, exc: Exception) -> str:
@@ -38,7 +41,11 @@ def _fallback(device_type: str, mode: str, exc: Exception) -> str:
 
 
 def gemm_mode(device_type: str) -> str:
-    return _GEMM_MODE.get(device_type, "rowwise+bias")
+    big = "_scaled_mm e4m3 " + _GEMM_MODE.get(device_type, "rowwise+bias")
+    if device_type != "cuda" or triton_gemm.triton is None or os.environ.get("GRAPHRT_FP8_SKINNY", "triton") != "triton":
+        return big
+    small = f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN else "Triton skinny GEMM"
+    return f"{small} for <= {SKINNY_MAX_ROWS} rows, {big} above"
 
 
 class FP8Linear(nn.Module):
@@ -63,6 +70,9 @@ class FP8Linear(nn.Module):
         self.register_buffer("one", torch.ones((1, 1), dtype=torch.float32, device=dev), persistent=False)
         self.use_triton = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_QUANT", "triton") == "triton"
         self.fast_accum = os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1"
+        # Rows <= 64 (decode steps): the Triton skinny GEMM (calib/triton_gemm.py), bf16 models on CUDA.
+        self.use_skinny = (dev.type == "cuda" and weight.dtype == torch.bfloat16 and triton_gemm.triton is not None
+                           and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
 
     @classmethod
     def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "") -> "FP8Linear":
@@ -82,6 +92,12 @@ class FP8Linear(nn.Module):
 
     def forward_fp8(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
         """q [M, K] e4m3 row-major, row_scale [M, 1] float32 -> [M, N] in the model dtype."""
+        if self.use_skinny and q.shape[0] <= SKINNY_MAX_ROWS and not _SKINNY_BROKEN:
+            try:
+                return skinny_fp8_linear(q, self.weight_fp8, row_scale, self.weight_scale, self.bias)
+            except Exception as exc:  # compile/launch failure on this install: _scaled_mm, said once
+                _SKINNY_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
+                log.warning("Triton skinny FP8 GEMM unavailable, using _scaled_mm: %s", _SKINNY_BROKEN[0])
         mode = _GEMM_MODE.get(q.device.type, "rowwise+bias")
         if mode == "rowwise+bias":
             try:

@@ -58,7 +58,7 @@ class EngineOptions:
     preprocess_workers: int = 0  # CPU threads preparing images for large batches; 0: min(8, cores)
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
     fp8: str | None = None  # calibration file (graphrt calibrate): FP8 linears with its static scales
-    fp8_scope: str = "lm,vision"  # linears made FP8 (calib/apply.py); embeddings, head, projector stay bf16
+    fp8_scope: str = "lm"  # linears made FP8 (calib/apply.py): lm, vision, projector, -NAME; default the LM's
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

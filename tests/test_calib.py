@@ -201,12 +201,14 @@ def test_quantized_copy_shares_weights_and_engine_switches(tiny_engine, calib_fi
     assert fp8.model is not tiny_engine.model
     assert fp8.model.llm.embed_tokens.weight is tiny_engine.model.llm.embed_tokens.weight  # shared, not copied
     assert isinstance(fp8.model.llm.layers[0].qkv_proj, FP8Linear)
+    assert not isinstance(fp8.model.vision.blocks[0].wqkv, FP8Linear)
     assert not isinstance(tiny_engine.model.llm.layers[0].qkv_proj, FP8Linear)  # the base is untouched
     assert not isinstance(fp8.model.projector.fc1, FP8Linear)  # projector stays in the model dtype
     status = fp8.status()["fp8"]
-    assert status["fp8_linears"] == 16 and status["bf16_linears"] == 2
+    assert status["fp8_linears"] == 8 and status["bf16_linears"] == 10  # default scope: the LM's linears
     assert fp8.with_options(fp8=None).model is tiny_engine.model
     assert fp8.with_options(graphs="off").model is fp8.model
+    assert isinstance(fp8.with_options(fp8_scope="lm,vision").model.vision.blocks[1].fc1, FP8Linear)
 
 
 def test_in_place_fp8_load(tiny_ckpt, calib_file, pairs):
@@ -222,7 +224,7 @@ def test_in_place_fp8_load(tiny_ckpt, calib_file, pairs):
 def test_fp8_changes_the_answer_path(tiny_engine, calib_file, pairs):
     """The FP8 linears are really on the path: logits move (a mutation that left bf16 linears in
     place would make them identical)."""
-    fp8 = tiny_engine.with_options(fp8=str(calib_file), graphs="off")
+    fp8 = tiny_engine.with_options(fp8=str(calib_file), graphs="off", fp8_scope="lm,vision")
     seen = {}
     for name, e in (("bf16", tiny_engine), ("fp8", fp8)):
         emb = e.encode_images([e.processor(pairs[5][0])])[0]

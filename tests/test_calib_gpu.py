@@ -1,6 +1,6 @@
 """FP8 on CUDA (skipped without a GPU): the Triton activation quantizer equals the torch rule bit
-for bit, the cuBLAS/CUTLASS row-wise FP8 GEMM equals the dequantized reference within the e4m3
-bound, and FP8 CUDA graphs equal the same FP8 bodies uncaptured and the FP8 eager loop, token for
+for bit, the FP8 GEMMs (Triton skinny kernel up to 64 rows, row-wise _scaled_mm above) equal the
+dequantized reference, and FP8 CUDA graphs equal the same FP8 bodies uncaptured and the FP8 eager loop, token for
 token, on the mid checkpoint (real widths, bf16, random weights)."""
 
 from __future__ import annotations
@@ -57,6 +57,27 @@ def test_fp8_gemm_matches_dequantized_reference(rows, bias):
     exact = x.float() @ w.float().t() + (b.float() if bias else 0)
     rel = ((y.float() - exact).norm() / exact.norm()).item()
     assert 0.005 < rel < 0.06  # e4m3 rounding of both operands: a few percent, never zero
+
+
+@pytest.mark.parametrize("rows", [1, 12, 33, 64])
+@pytest.mark.parametrize("shape", [(2048, 2560), (11008, 2048), (1152, 4304)])
+def test_triton_skinny_gemm_equals_scaled_mm(rows, shape):
+    """The skinny kernel (used up to 64 rows) and _scaled_mm compute the same float32 sums of the
+    same e4m3 products; they differ only in summation order and the final bf16 rounding."""
+    from calib.triton_gemm import skinny_fp8_linear
+
+    k, n = shape
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
+    b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
+    lin = FP8Linear(w, b, input_scale=4.0 / FP8_MAX)
+    x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    q, rs = lin.quantize(x)
+    got = skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias).float()
+    want = lin._mm(q, rs, lin.weight_scale, lin.bias).float()
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=2e-3)
+    torch.testing.assert_close(got, lin.reference(x), rtol=2**-7, atol=2e-3)
+    assert torch.equal(lin(x), skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias))  # the path used
 
 
 @pytest.fixture(scope="module")
