@@ -275,3 +275,11 @@ def test_cli_calibrate_and_report(tiny_ckpt, tmp_path):
                           "--images", str(tmp_path / "none"), "--out", str(out)], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "image folder not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_status_shows_fp8(tiny_ckpt, calib_file):
+    out = subprocess.run([sys.executable, "-m", "graphrt.cli", "status", "--checkpoint", str(tiny_ckpt), "--device",
+                          "cpu", "--fp8", str(calib_file)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    fp8 = json.loads(out.stdout)["fp8"]
+    assert fp8["scope"] == "lm" and fp8["fp8_linears"] == 8 and fp8["calibration"] == str(calib_file)
