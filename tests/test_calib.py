@@ -283,3 +283,16 @@ def test_cli_status_shows_fp8(tiny_ckpt, calib_file):
     assert out.returncode == 0, out.stderr
     fp8 = json.loads(out.stdout)["fp8"]
     assert fp8["scope"] == "lm" and fp8["fp8_linears"] == 8 and fp8["calibration"] == str(calib_file)
+
+
+def test_jsonl_pairs_split_and_bad_rows(tmp_path):
+    from calib.dataset import jsonl_pairs
+
+    good = tmp_path / "p.jsonl"
+    good.write_text("\n".join(json.dumps({"image": f"{i}.png", "query": "cat"}) for i in range(5)) + "\n")
+    cal, held = jsonl_pairs(good, 3, 4, image_root=tmp_path)
+    assert [p[0] for p in cal] == [str(tmp_path / f"{i}.png") for i in range(3)] and len(held) == 2
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({"image": "a.png", "query": "cat"}) + "\n{oops\n")
+    with pytest.raises(CalibrationError, match="line 2"):
+        jsonl_pairs(bad, 3, 0)
