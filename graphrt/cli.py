@@ -8,6 +8,7 @@ examples:
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl [--overlay DIR]
   graphrt locate --checkpoint ckpt/ --image photos/ --query car --format coco --out boxes.json
   graphrt status --checkpoint ckpt/
+  graphrt calibrate --checkpoint ckpt/ --images DIR --out calib.json   FP8 scales (then --fp8 calib.json)
   graphrt locate --checkpoint ckpt/ --jsonl requests.jsonl --out results.jsonl --ray --engines 8   (graphrt[ray])
   graphrt serve --checkpoint ckpt/ --port 8000 [--ray --replicas 8]                             (graphrt[ray])
 
@@ -27,6 +28,8 @@ from pathlib import Path
 from . import __version__
 from .errors import GraphrtError, InputError
 from .prompt import PHRASE_TASKS, TASKS
+from calib.cli import add_parser as add_calibrate_parser, run as run_calibrate
+
 from .scaleout.commands import add_locate_options, add_serve_command, run_locate as run_locate_ray, run_serve
 
 EPILOG = ("Random checkpoints (synth-checkpoint) produce random tokens: their boxes mean nothing. "
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "buckets, generation defaults and GPU memory, as JSON.")
     _engine_args(stat, generation=False)
     add_serve_command(sub, lambda p: _engine_args(p, generation=True), formatter_class=_HelpFormatter, epilog=EPILOG)
+    add_calibrate_parser(sub, EPILOG, formatter_class=_HelpFormatter)
     return parser
 
 
@@ -155,6 +159,9 @@ def _engine_args(p: argparse.ArgumentParser, generation: bool) -> None:
     p.add_argument("--graphs", choices=["auto", "on", "off"], default=None,
                    help="CUDA graphs (capture costs seconds at load). auto: on a GPU in bf16/fp16. Default: "
                         + ("off for one image, auto for a folder or JSONL file" if generation else "auto"))
+    p.add_argument("--fp8", metavar="CALIB_JSON", help="FP8 linears with the static scales of this calibration file "
+                                                       "(from `graphrt calibrate` for this checkpoint; CUDA + bf16; "
+                                                       "default: none, bf16 linears)")
     p.add_argument("--kernels", choices=["auto", "fused", "torch"], default="auto",
                    help="decoder kernels inside the graphs: fused Triton kernels (auto: on CUDA in fp16/bf16) "
                         "or plain torch ops")
@@ -178,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "synth-checkpoint":
             return _synth(args)
+        if args.command == "calibrate":
+            return run_calibrate(args)
         _check_engine_args(args)
         if args.command == "status":
             print(json.dumps(_engine(args, "auto").status(), indent=2))
@@ -239,7 +248,7 @@ def _engine_options(args, graphs: str):
 
     temperature = getattr(args, "temperature", 0.0)
     options = dict(device=args.device, dtype=args.dtype, progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
-                   sampling_graphs=temperature > 0, kernels=args.kernels)
+                   sampling_graphs=temperature > 0, kernels=args.kernels, fp8=args.fp8)
     if hasattr(args, "max_new_tokens"):
         options.update(task=args.task, prompt_format=args.prompt_format, generation=GenerationConfig(
             mode=args.mode, max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(temperature=temperature)))

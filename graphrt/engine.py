@@ -82,6 +82,8 @@ class EngineOptions:
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # limits: see the table above
     max_query_chars: int | None = 16_384
     max_rows: int | None = 100_000
+    fp8: str | None = None  # calibration file (graphrt calibrate): FP8 linears with its static scales
+    fp8_scope: str = "lm"  # linears made FP8 (calib/apply.py): lm, vision, projector, -NAME; default the LM's
 
     def __post_init__(self):
         device = self.device
@@ -183,6 +185,10 @@ class Engine:
                  preprocessor: PreprocessorConfig, options: EngineOptions, chat_template: str):
         self.checkpoint_dir = checkpoint_dir
         self.cfg = cfg
+        if options.fp8 is not None or getattr(model, "fp8_info", None) is not None:
+            from calib import engine_model
+
+            model = engine_model(model, checkpoint_dir, options.fp8, options.fp8_scope)
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
@@ -225,6 +231,10 @@ class Engine:
         model = LocateAnything(cfg, options.resolved_dtype(device), device)
         load_weights(model, root, cfg, progress=options.progress)
         model.eval()
+        if options.fp8 is not None:  # in place: the bf16 copies of the FP8 linears are freed
+            from calib import quantize_model
+
+            model = quantize_model(model, options.fp8, options.fp8_scope, inplace=True, checkpoint_dir=root)
         return cls(root, cfg, model, load_tokenizer(root), preprocessor, options, load_chat_template(root))
 
     def with_options(self, **overrides) -> "Engine":
@@ -596,6 +606,7 @@ class Engine:
             "buckets": dataclasses.asdict(self.runtime.buckets) if self.runtime else None,
             "generation": dataclasses.asdict(self.options.generation),
             "share_prefix": self.options.share_prefix,
+            "fp8": self.model.fp8_info.summary() if getattr(self.model, "fp8_info", None) else "off (bf16 linears)",
         }
         if self.model.device.type == "cuda":
             out["gpu"] = torch.cuda.get_device_name(self.model.device)

@@ -1,0 +1,133 @@
+"""FP8 linears that replace graphrt.layers.Linear modules at load time.
+
+    y = (q_x @ q_W^T) * (s_x * s_W[n]) + b
+
+q_W: the bf16 weight quantized per output channel to e4m3 when the engine loads (nothing extra
+on disk); s_x: the static activation scale from the calibration file; q_x: the input quantized
+with it (calib/quantize.py). The GEMM is `torch._scaled_mm` in row-wise mode ([M, 1] input scales,
+[1, N] weight scales, bf16 out, bias in the epilogue), so the per-channel scales cost nothing.
+
+Interface for fused producers (the fused decode step, issue 12): a kernel that produces the
+input of a linear (RMSNorm output, SiLU(gate)*up) may quantize it itself with
+`linear.inv_input_scale` (float32 scalar tensor, the exact rule in calib/quantize.py), write the
+row-scale vector (`linear.input_scale` repeated, [M, 1] float32) and call
+`linear.forward_fp8(q, row_scale)`; `linear.forward(x)` does the quantization itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from . import triton_gemm
+from .quantize import FP8, dequantize, quantize_input, quantize_input_torch, quantize_weight
+from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear
+
+log = logging.getLogger(__name__)
+
+# GEMM form that works on each device type, found on first use: "rowwise+bias" (scales and bias
+# in the _scaled_mm epilogue), "rowwise" (bias added after), "tensorwise" (channel scales after).
+_GEMM_MODE: dict[str, str] = {}
+_SKINNY_BROKEN: list[str] = []
+
+
+def _fallback(device_type: str, mode: str, exc: Exception) -> str:
+    log.warning("FP8 GEMM: falling back to %s (%s)", mode, str(exc).splitlines()[0][:200])
+    _GEMM_MODE[device_type] = mode
+    return mode
+
+
+def gemm_mode(device_type: str) -> str:
+    big = "_scaled_mm e4m3 " + _GEMM_MODE.get(device_type, "rowwise+bias")
+    if device_type != "cuda" or triton_gemm.triton is None or os.environ.get("GRAPHRT_FP8_SKINNY", "triton") != "triton":
+        return big
+    small = f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN else "Triton skinny GEMM"
+    return f"{small} for <= {SKINNY_MAX_ROWS} rows, {big} above"
+
+
+class FP8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, input_scale: float, name: str = ""):
+        super().__init__()
+        if weight.dim() != 2:
+            raise ValueError("FP8Linear takes a 2-D weight")
+        if not input_scale > 0 or input_scale != input_scale or input_scale == float("inf"):
+            raise ValueError(f"{name or 'linear'}: input scale must be positive and finite, got {input_scale}")
+        self.name = name
+        self.out_features, self.in_features = weight.shape
+        self.out_dtype = weight.dtype
+        q, s = quantize_weight(weight)
+        # [N, K] row-major e4m3; _scaled_mm takes its transpose (column-major [K, N]) without a copy.
+        self.register_buffer("weight_fp8", q, persistent=False)
+        self.register_buffer("weight_scale", s, persistent=False)  # [1, N] float32
+        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
+        dev = weight.device
+        self.register_buffer("input_scale", torch.tensor(float(input_scale), dtype=torch.float32, device=dev),
+                             persistent=False)
+        self.register_buffer("inv_input_scale", 1.0 / self.input_scale, persistent=False)
+        self.register_buffer("one", torch.ones((1, 1), dtype=torch.float32, device=dev), persistent=False)
+        self.use_triton = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_QUANT", "triton") == "triton"
+        self.fast_accum = os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1"
+        # Rows <= 64 (decode steps): the Triton skinny GEMM (calib/triton_gemm.py), bf16 models on CUDA.
+        self.use_skinny = (dev.type == "cuda" and weight.dtype == torch.bfloat16 and triton_gemm.triton is not None
+                           and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "") -> "FP8Linear":
+        return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, input_scale, name)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "
+                f"input_scale={float(self.input_scale):.4g}")
+
+    def quantize(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_input(x2d, self.inv_input_scale, self.input_scale, self.use_triton)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        q, row_scale = self.quantize(x.reshape(-1, self.in_features))
+        return self.forward_fp8(q, row_scale).view(*lead, self.out_features)
+
+    def forward_fp8(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
+        """q [M, K] e4m3 row-major, row_scale [M, 1] float32 -> [M, N] in the model dtype."""
+        if self.use_skinny and q.shape[0] <= SKINNY_MAX_ROWS and not _SKINNY_BROKEN:
+            try:
+                return skinny_fp8_linear(q, self.weight_fp8, row_scale, self.weight_scale, self.bias)
+            except Exception as exc:  # compile/launch failure on this install: _scaled_mm, said once
+                _SKINNY_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
+                log.warning("Triton skinny FP8 GEMM unavailable, using _scaled_mm: %s", _SKINNY_BROKEN[0])
+        mode = _GEMM_MODE.get(q.device.type, "rowwise+bias")
+        if mode == "rowwise+bias":
+            try:
+                return self._mm(q, row_scale, self.weight_scale, self.bias)
+            except RuntimeError as exc:  # this torch build has no bias in the row-wise epilogue
+                mode = _fallback(q.device.type, "rowwise", exc)
+        if mode == "rowwise":
+            try:
+                y = self._mm(q, row_scale, self.weight_scale, None)
+                return y if self.bias is None else y + self.bias
+            except RuntimeError as exc:  # no row-wise scaling at all: per-tensor GEMM, channel scales after
+                mode = _fallback(q.device.type, "tensorwise", exc)
+        y = self._mm(q, row_scale[:1], self.one, None).float() * self.weight_scale
+        return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
+
+    def _mm(self, q, scale_a, scale_b, bias):
+        return torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale_a, scale_b=scale_b, bias=bias,
+                                out_dtype=self.out_dtype, use_fast_accum=self.fast_accum)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 math on the dequantized operands: what forward computes up to GEMM rounding."""
+        q, row_scale = quantize_input_torch(x.reshape(-1, self.in_features), self.inv_input_scale, self.input_scale)
+        y = dequantize(q, row_scale) @ dequantize(self.weight_fp8, self.weight_scale.t()).t()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.weight_fp8, self.weight_scale.t())
+
+    @property
+    def fp8_dtype(self) -> torch.dtype:
+        return FP8

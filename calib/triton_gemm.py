@@ -1,0 +1,75 @@
+"""A skinny FP8 GEMM in Triton for decode-step row counts (M <= 64).
+
+At the step's 12 rows per sequence, torch._scaled_mm's row-wise FP8 kernel was slower than the
+bf16 GEMM on three of the LM's four shapes (H100, 2026-11-24: qkv 8.2 vs 5.4 us, down 35.1 vs
+22.8 us), while this kernel took 4.7 / 5.0 / 19.3 / 16.8 us for qkv / o / gate_up / down
+(benchmarks/fp8_ab.py), so FP8Linear uses it for M <= SKINNY_MAX_ROWS on CUDA.
+
+Each program owns BLOCK_N output channels of all M rows and walks the whole K: the weight tile
+is read once, upcast to fp16 (every e4m3 value is exact in fp16) and multiplied on the tensor
+cores with float32 accumulation; the epilogue applies the row and channel scales and the bias.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _skinny_fp8(x_ptr, w_ptr, rs_ptr, ws_ptr, b_ptr, y_ptr, M, N, K, HAS_BIAS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            a = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            b = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)
+            acc += tl.dot(a.to(tl.float16), tl.trans(b.to(tl.float16)))
+        rs = tl.load(rs_ptr + rm, mask=rm < M, other=0.0)
+        ws = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
+        out = acc * rs[:, None] * ws[None, :]
+        if HAS_BIAS:
+            out += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], out.to(tl.bfloat16), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+SKINNY_MAX_ROWS = 64
+
+
+def skinny_config(n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, warps, stages): the fastest of four measured configs per LM shape
+    (H100, 12 rows): wide N -> 64x128, long K -> 16x512 (3 stages), else 32x256."""
+    if n >= 8192:
+        return 64, 128, 4, 4
+    if k >= 8192:
+        return 16, 512, 4, 3
+    return 32, 256, 4, 4
+
+
+def skinny_fp8_linear(q: torch.Tensor, w_fp8: torch.Tensor, row_scale: torch.Tensor, w_scale: torch.Tensor,
+                      bias: torch.Tensor | None = None, block_n: int | None = None, block_k: int | None = None,
+                      num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+    """q [M, K] e4m3 (M <= 64), w_fp8 [N, K] e4m3, row_scale [M, 1], w_scale [1, N] -> [M, N] bf16."""
+    m, k = q.shape
+    n = w_fp8.shape[0]
+    if m > SKINNY_MAX_ROWS:
+        raise ValueError(f"skinny_fp8_linear is for M <= {SKINNY_MAX_ROWS}")
+    cfg = skinny_config(n, k)
+    block_n, block_k = block_n or cfg[0], block_k or cfg[1]
+    num_warps, num_stages = num_warps or cfg[2], num_stages or cfg[3]
+    block_m = max(16, triton.next_power_of_2(m))
+    y = torch.empty((m, n), dtype=torch.bfloat16, device=q.device)
+    _skinny_fp8[(triton.cdiv(n, block_n),)](q, w_fp8, row_scale, w_scale, bias if bias is not None else w_scale, y,
+                                            m, n, k, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+                                            BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return y

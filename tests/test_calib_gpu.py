@@ -1,0 +1,119 @@
+"""FP8 on CUDA (skipped without a GPU): the Triton activation quantizer equals the torch rule bit
+for bit, the FP8 GEMMs (Triton skinny kernel up to 64 rows, row-wise _scaled_mm above) equal the
+dequantized reference, and FP8 CUDA graphs equal the same FP8 bodies uncaptured and the FP8 eager loop, token for
+token, on the mid checkpoint (real widths, bf16, random weights)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from calib import FP8Linear, calibrate
+from calib.quantize import FP8_MAX, quantize_input_torch, quantize_input_triton
+from capture import Buckets, GraphRuntime
+from graphrt import Engine
+from test_engine_gpu import GEN, small
+from test_static_path import A, B, C, eager_tokens, prepare
+from weights.synth import write_preset
+
+pytestmark = pytest.mark.gpu
+
+BUCKETS = Buckets(batch_sizes=(1, 2, 4, 8), patch_budgets=(128, 256), prefill_lengths=(64, 192, 320),
+                  max_new_tokens=40)
+
+
+@pytest.mark.parametrize("shape", [(1, 2048), (12, 2048), (33, 11008), (7, 1000)])
+def test_triton_quantizer_equals_torch_rule(shape):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.randn(*shape, device="cuda", generator=g) * 5).to(torch.bfloat16)
+    x[0, 0] = 1e4  # clipped
+    scale = torch.tensor(30.0 / FP8_MAX, device="cuda")
+    inv = 1.0 / scale
+    qt, rt = quantize_input_triton(x, inv, scale)
+    qr, rr = quantize_input_torch(x, inv, scale)
+    assert torch.equal(qt.view(torch.uint8), qr.view(torch.uint8))
+    assert torch.equal(rt, rr) and rt.shape == (shape[0], 1)
+    strided = torch.randn(shape[0], 2 * shape[1], device="cuda", dtype=torch.bfloat16)[:, ::2]
+    assert torch.equal(quantize_input_triton(strided, inv, scale)[0].view(torch.uint8),
+                       quantize_input_torch(strided, inv, scale)[0].view(torch.uint8))
+
+
+@pytest.mark.parametrize("rows", [1, 12, 384])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fp8_gemm_matches_dequantized_reference(rows, bias):
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    k, n = 2048, 2560
+    w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
+    b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16) if bias else None
+    x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    lin = FP8Linear(w, b, input_scale=float(x.abs().max()) / FP8_MAX)
+    y = lin(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
+    ref = lin.reference(x)
+    # float32 accumulation of exact e4m3 products; the only extra rounding is the bf16 output
+    torch.testing.assert_close(y.float(), ref, rtol=2**-7, atol=1e-3)
+    exact = x.float() @ w.float().t() + (b.float() if bias else 0)
+    rel = ((y.float() - exact).norm() / exact.norm()).item()
+    assert 0.005 < rel < 0.06  # e4m3 rounding of both operands: a few percent, never zero
+
+
+@pytest.mark.parametrize("rows", [1, 12, 33, 64])
+@pytest.mark.parametrize("shape", [(2048, 2560), (11008, 2048), (1152, 4304)])
+def test_triton_skinny_gemm_equals_scaled_mm(rows, shape):
+    """The skinny kernel (used up to 64 rows) and _scaled_mm compute the same float32 sums of the
+    same e4m3 products; they differ only in summation order and the final bf16 rounding."""
+    from calib.triton_gemm import skinny_fp8_linear
+
+    k, n = shape
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
+    b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
+    lin = FP8Linear(w, b, input_scale=4.0 / FP8_MAX)
+    x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    q, rs = lin.quantize(x)
+    got = skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias).float()
+    want = lin._mm(q, rs, lin.weight_scale, lin.bias).float()
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=2e-3)
+    torch.testing.assert_close(got, lin.reference(x), rtol=2**-7, atol=2e-3)
+    assert torch.equal(lin(x), skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias))  # the path used
+
+
+@pytest.fixture(scope="module")
+def mid_engines(tmp_path_factory):
+    ckpt = write_preset("mid", tmp_path_factory.mktemp("mid_fp8"), device="cuda", progress=False)
+    base = Engine.from_pretrained(ckpt, device="cuda", dtype="bfloat16", graphs="off", progress=False)
+    pairs = [(small(A), "cat"), (small(B), "dog"), (small(C), "person</c>car"), (small(A), "a red car")]
+    path = calibrate(base, pairs, steps=2, batch=4, progress=False).save(tmp_path_factory.mktemp("c") / "c.json")
+    return base, base.with_options(fp8=str(path)), str(path)
+
+
+CASES = {
+    "single": [(A, "person</c>car")],
+    "same image, two queries": [(A, "cat"), (A, "a red car on the left")],
+    "different images and prompt lengths": [(A, "cat"), (B, "the tallest person in the picture"), (C, "x")],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fp8_graphs_equal_fp8_eager(mid_engines, name):
+    _, fp8, _ = mid_engines
+    pairs = [(small(img), q) for img, q in CASES[name]]
+    images, rows = prepare(fp8, pairs)
+    graphs = GraphRuntime(fp8.model, BUCKETS, GEN, attention="torch-fa2", strict=True)
+    graphs.warmup(progress=False)
+    replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
+    uncaptured = GraphRuntime(fp8.model, BUCKETS, GEN, attention="torch-fa2", strict=True, use_graphs=False)
+    assert replayed == [r.tokens for r in uncaptured.run(images, rows, GEN)]  # capture changes nothing
+    assert replayed == eager_tokens(fp8, images, rows, GEN)
+
+
+def test_fp8_engine_on_graphs_and_status(mid_engines):
+    base, _, path = mid_engines
+    engine = base.with_options(fp8=path, graphs="on", buckets=BUCKETS, strict=True)
+    result = engine.locate(small(A), "cat", max_new_tokens=24)
+    assert result.backend == "graphs"
+    assert result.tokens == engine.with_options(graphs="off").locate(small(A), "cat", max_new_tokens=24).tokens
+    st = engine.status()
+    assert st["fp8"]["fp8_linears"] > 0 and st["graphs"] > 0
