@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
-timeout ${TEST_TIMEOUT:-330} python -m pytest -q -p no:cacheprovider -x ${TESTS:-tests} > "$OUT/pytest_gpu.log" 2>&1
+timeout ${TEST_TIMEOUT:-330} python -m pytest -q -p no:cacheprovider ${TESTS:-tests} > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
 tail -4 "$OUT/pytest_gpu.log"
 [ -n "${NO_BENCH:-}" ] && exit 0

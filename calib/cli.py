@@ -27,22 +27,25 @@ def add_parser(sub, epilog: str, **parser_options) -> argparse.ArgumentParser:
         epilog=epilog, **parser_options)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (official HF layout)")
     src = p.add_argument_group("pairs (one of)")
-    src.add_argument("--images", help="folder of images; each is paired with built-in queries (or --queries)")
+    src.add_argument("--images", help="folder of images; each is paired with built-in queries (or --queries); this or "
+                                      "--jsonl is required")
     src.add_argument("--jsonl", help="JSONL rows {\"image\": path, \"query\": ...}: the first --pairs calibrate, "
-                                     "the next --held-out are held out")
-    p.add_argument("--image-root", help="folder that relative image paths in --jsonl are taken from")
+                                     "the next --held-out are held out; this or --images is required")
+    p.add_argument("--image-root", help="folder that relative image paths in --jsonl are taken from "
+                                          "(default: the current directory)")
     p.add_argument("--queries", help="with --images: queries joined by ';' (default: a built-in list of 20)")
     p.add_argument("--out", help="calibration file to write (required unless --fp8 is given)")
     p.add_argument("--pairs", type=int, default=256, help="calibration pairs (default 256)")
     p.add_argument("--steps", type=int, default=2, help="MTP steps run per pair (default 2)")
     p.add_argument("--batch", type=int, default=8, help="pairs per eager batch (default 8)")
     p.add_argument("--percentile", type=float, default=None,
-                   help="scale from this percentile of |x| (e.g. 99.99) instead of the max; clips outliers")
-    p.add_argument("--report", help="write the FP8-vs-bf16 accuracy report here (.md, with a .json beside it)")
+                   help="scale from this percentile of |x| (e.g. 99.99) instead of the max; clips outliers "
+                        "(default: the max)")
+    p.add_argument("--report", help="write the FP8-vs-bf16 accuracy report here (.md, with a .json beside it; default: none)")
     p.add_argument("--held-out", type=int, default=64, help="held-out pairs for --report (default 64)")
-    p.add_argument("--fp8", help="existing calibration file: skip calibrating, only report")
+    p.add_argument("--fp8", help="existing calibration file: skip calibrating, only report (default: none)")
     p.add_argument("--fp8-scope", default=None, help="linears made FP8 for the report (default: lm; see calib/apply.py)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 on CPU")
     return p
 
