@@ -80,6 +80,9 @@ def calibrate(engine, pairs: list[tuple], steps: int = 2, batch: int = 8, percen
         raise ValueError("calibration needs at least one (image, query) pair")
     eager = engine.with_options(graphs="off", fixed_steps=steps, progress=False, eager_batch=batch)
     observer = RangeObserver(eager.model, percentile)
+    # The fused vision tower runs fc0 inside a GEMM epilogue, past its module hook: observe unfused.
+    vision, fused = eager.model.vision, eager.model.vision.fused
+    vision.fused = False
     show = sys.stderr.isatty() if progress is None else progress
     try:
         with tqdm(total=len(pairs), unit="pair", desc="calibrate", disable=not show, file=sys.stderr) as bar:
@@ -89,6 +92,7 @@ def calibrate(engine, pairs: list[tuple], steps: int = 2, batch: int = 8, percen
                 bar.update(len(chunk))
     finally:
         observer.close()
+        vision.fused = fused
     linears = observer.linears()
     unseen = [n for n in observer.shapes if n not in linears]
     if unseen:

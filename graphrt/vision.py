@@ -99,7 +99,9 @@ class MoonViTBlock(nn.Module):
         vk.rope_2d_(qkv, geo.cos, geo.sin)
         out = self.wo(attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo).reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
-        return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
+        if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
+            return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
+        return x, self.fc1(F.gelu(self.fc0(h), approximate="tanh"))  # a replaced linear (FP8) keeps its own GEMM
 
 
 class MoonViT(nn.Module):

@@ -296,3 +296,19 @@ def test_jsonl_pairs_split_and_bad_rows(tmp_path):
     bad.write_text(json.dumps({"image": "a.png", "query": "cat"}) + "\n{oops\n")
     with pytest.raises(CalibrationError, match="line 2"):
         jsonl_pairs(bad, 3, 0)
+
+
+def test_calibration_observes_every_linear_of_a_fused_vision_tower(tiny_engine):
+    """The fused tower runs fc0 inside a GEMM epilogue, past its module hook (on CUDA by default;
+    forced here on Triton's CPU interpreter): calibration must still see every linear, and leave
+    the tower's setting as it was."""
+    pytest.importorskip("triton")
+    vision = tiny_engine.model.vision
+    before = vision.fused
+    vision.fused = True
+    try:
+        cal = calibrate(tiny_engine, [(random_image(60, 50, seed=1), "cat")], steps=1, batch=1, progress=False)
+        assert vision.fused is True
+    finally:
+        vision.fused = before
+    assert set(cal.linears) == set(linear_modules(tiny_engine.model))
