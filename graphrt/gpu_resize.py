@@ -14,11 +14,12 @@ or as tensor ops elsewhere; GPU and CPU give the same bits as PIL.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from functools import lru_cache
 
 import torch
+
+from .kernels import triton_runs_on
 
 try:
     import triton
@@ -92,7 +93,7 @@ def _tap_tensors(in_size: int, out_size: int, device: torch.device) -> tuple[tor
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return triton is not None and triton_runs_on(x)
 
 
 if triton is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels import triton_runs_on
+
 try:
     import triton
     import triton.language as tl
@@ -24,9 +26,7 @@ except ImportError:  # CPU-only installs: the fused path is simply unavailable
 
 def available(x: torch.Tensor) -> bool:
     """Whether the fused kernels can run on this tensor's device."""
-    import os
-
-    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return triton is not None and triton_runs_on(x)
 
 
 if triton is not None:

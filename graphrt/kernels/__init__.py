@@ -27,6 +27,12 @@ def triton_available() -> bool:
     return True
 
 
+def triton_runs_on(x: torch.Tensor) -> bool:
+    """Whether Triton kernels can run on this tensor: a CUDA tensor, or any tensor under Triton's
+    CPU interpreter (TRITON_INTERPRET=1, which the CPU tests set)."""
+    return triton_available() and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
 def select_kernels(name: str, device: torch.device | str, dtype: torch.dtype, strict: bool = False) -> tuple[str, str]:
     """-> (kernel set, reason). auto = fused where it can run (CUDA, fp16/bf16, triton), else torch;
     an explicit "fused" that cannot run raises, as does auto on a CUDA device under strict."""
