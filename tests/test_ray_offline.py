@@ -160,3 +160,22 @@ def test_folder_to_coco_as_single_process(cluster, tiny_ckpt, tmp_path):
     assert cli.main([*common, "--out", str(tmp_path / "ray.json"), "--ray", "--gpus-per-engine", "1"]) == 0
     assert json.loads((tmp_path / "ray.json").read_text()) == json.loads((tmp_path / "ref.json").read_text())
     assert not (tmp_path / "ray.json.rows.jsonl").exists()
+
+
+def test_task_and_exemplar_rows_as_single_process(cluster, tiny_ckpt, tmp_path):
+    """Rows naming a task or a visual prompt reach the engine actors with their fields: a point
+    task, an exemplar box (cropped from the image as read), an exemplar image, and a bad box."""
+    random_image(90, 70, seed=4).save(tmp_path / "q.png")
+    random_image(30, 40, seed=5).save(tmp_path / "ex.png")
+    rows = [{"image": "q.png", "query": "the cup", "task": "point"},
+            {"image": "q.png", "task": "detect_visual_prompt", "exemplar_box": [100, 100, 600, 700]},
+            {"image": "q.png", "task": "detect_visual_prompt", "exemplar": "ex.png"},
+            {"image": "q.png", "task": "detect_visual_prompt", "exemplar_box": [600, 100, 100, 700]}]
+    (tmp_path / "req.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref, out = tmp_path / "ref.jsonl", tmp_path / "ray.jsonl"
+    assert cli.main(_args(tiny_ckpt, tmp_path, ref)) == 0
+    assert cli.main(_args(tiny_ckpt, tmp_path, out, "--ray", "--gpus-per-engine", "1")) == 0
+    want = _rows(ref)
+    assert _rows(out) == want
+    assert [line for line, r in want.items() if "error" in r] == [4]
+    assert want[1]["task"] == "point" and want[2]["task"] == want[3]["task"] == "detect_visual_prompt"
