@@ -369,7 +369,8 @@ class Engine:
         gen = state.generation_config()
         prepared = [_Prepared(ProcessedImage(torch.empty(0), tuple(m["grid"]), tuple(m["size"])),
                               [_Row(m["index"], m["query"], Prompt(m["ids"], m["image_start"], m["image_tokens"],
-                                                                   m["prefix_len"]), m["temperature"])], 0.0)
+                                                                   m["prefix_len"]), m["temperature"],
+                                   m.get("task", ""))], 0.0)
                     for m in state.rows]
         run = Generation(self, prepared, gen, state.backend)
         run.steps_done = state.steps_done

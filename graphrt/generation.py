@@ -136,4 +136,4 @@ class Generation:
 def _row_meta(p, r) -> dict:
     return {"index": r.index, "query": r.query, "ids": r.prompt.ids, "image_start": r.prompt.image_start,
             "image_tokens": r.prompt.image_tokens, "prefix_len": r.prompt.prefix_len, "temperature": r.temperature,
-            "grid": list(p.image.grid), "size": list(p.image.size)}
+            "grid": list(p.image.grid), "size": list(p.image.size), "task": r.task}

@@ -150,15 +150,16 @@ def test_fixed_steps(request, which):
 @pytest.mark.parametrize("which", ["eager_engine", "static_engine"])
 def test_pause_resume(request, which, tmp_path):
     engine = request.getfixturevalue(which)
-    pairs = [(A, "cat"), (B, "dog"), (A, "x")]
-    want = tokens(engine.locate_batch(pairs))
+    pairs = [(A, "cat"), (B, "dog"), (A, "x", {"task": "point"})]
+    direct = engine.locate_batch(pairs)
     run = engine.start(pairs)
     run.advance(2)
     state = run.pause()
     engine.locate(C, "displaces the buffers")  # other work while paused
     state.save(tmp_path / "state.pt")
-    resumed = engine.resume(GenerationState.load(tmp_path / "state.pt"))
-    assert tokens(resumed.finish()) == want
+    resumed = engine.resume(GenerationState.load(tmp_path / "state.pt")).finish()
+    assert tokens(resumed) == tokens(direct)
+    assert [r.task for r in resumed] == [r.task for r in direct] == ["detect", "detect", "point"]
 
 
 def test_displaced_generation_raises(static_engine):
