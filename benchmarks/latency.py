@@ -30,16 +30,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from capture import Buckets
 from graphrt import Engine
 
 QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella", "bus", "cat"]
 
 
 def parse_config(text: str) -> dict:
-    """"graphs=off,share_prefix=false,attention=torch-fa2" -> EngineOptions / GenerationConfig overrides."""
+    """"graphs=off,share_prefix=false,attention=torch-fa2" -> EngineOptions / GenerationConfig overrides.
+    `prefill=64:256:480:576` sets the prefill buckets (the other bucket lists keep their defaults)."""
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
+        if key.strip() == "prefill":
+            out["buckets"] = Buckets(prefill_lengths=tuple(int(v) for v in value.split(":")))
+            continue
         low = value.lower()
         out[key.strip()] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() \
             else value
