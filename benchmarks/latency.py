@@ -184,12 +184,17 @@ def main() -> None:
               "checkpoint": str(checkpoint), "preset": args.preset, "dtype": str(base.model.dtype),
               "fixed_steps": args.steps, "load_s": round(load_s, 1), "gpu_memory": memory,
               "statuses": {name: e.status() for name, e in engines.items()}, "rows": rows, "locate_many": many}
-    out = Path(args.out_dir)
+    write_report(report, markdown(report), args.out_dir, args.tag)
+
+
+def write_report(report: dict, text: str, out_dir: str, tag: str) -> None:
+    """`report` as DATE_TAG_DEVICE.json and its markdown `text` as .md in `out_dir`; prints the markdown."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['date']}_{args.tag}_{device.replace(' ', '-')}"
+    stem = f"{report['date']}_{tag}_{report['device'].replace(' ', '-')}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    (out / f"{stem}.md").write_text(text)
+    print(text)
 
 
 def markdown(report: dict) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latency import write_report  # noqa: E402  (sibling benchmark: one report writer)
 from graphrt import Engine
 
 QUERIES = ["person", "car", "dog", "traffic light", "bicycle", "the red umbrella on the left", "cat</c>bus",
@@ -175,12 +176,7 @@ def main() -> None:
               "total_s": round(time.perf_counter() - t_start, 1), "status": status,
               "memory": {"loaded": loaded, "start (after window 1)": first, "middle": mid, "end": last},
               "growth_after_window_1_mib": growth, "windows": windows}
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['date']}_{args.tag}_{device.replace(' ', '-')}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(report, markdown(report), args.out_dir, args.tag)
 
 
 def markdown(r: dict) -> str:

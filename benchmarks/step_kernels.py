@@ -27,6 +27,7 @@ from PIL import Image
 
 from capture import Buckets, GraphRuntime
 from capture.runtime import GraphRow
+from latency import write_report  # noqa: E402  (sibling benchmark: one report writer)
 from graphrt import Engine, GenerationConfig
 
 GEMM_MARKS = ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
@@ -182,12 +183,7 @@ def main() -> None:
                       f"tokens (bucket {length}); step = 12 query tokens per row, logits for 6",
               "tokens_agree_rows": agree, "rows": report_rows,
               "kernel_tables": {str(k): {"gemm_share": round(v[1], 3), "kernels": v[0]} for k, v in tables.items()}}
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['date']}_{args.tag}_{device.replace(' ', '-')}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(report, markdown(report), args.out_dir, args.tag)
 
 
 def markdown(r: dict) -> str:
