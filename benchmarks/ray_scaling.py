@@ -37,7 +37,7 @@ from PIL import Image
 
 from graphrt.batch_io import Request
 from graphrt.engine import EngineOptions
-from graphrt.generate import GenerationConfig
+from graphrt.decode import GenerationConfig
 from graphrt.processor import ImageProcessor
 from graphrt.scaleout import offline
 from graphrt.scaleout.journal import Journal

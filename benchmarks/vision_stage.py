@@ -32,8 +32,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graphrt.attention.ranges import VisionRanges  # noqa: E402
-from graphrt.attention.varlen import torch_fa2  # noqa: E402
+from capture.ranges import VisionRanges  # noqa: E402
+from capture.varlen import torch_fa2  # noqa: E402
 from graphrt.config import PreprocessorConfig, VisionConfig  # noqa: E402
 from graphrt.gpu_resize import resize_bicubic  # noqa: E402
 from graphrt.processor import ImageProcessor, load_image  # noqa: E402

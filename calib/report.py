@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from graphrt.attention import sdpa
 from graphrt.boxes import parse_detections
-from graphrt.generate import EagerDecoder, GenerationConfig, RowRequest
+from graphrt.decode import GenerationConfig
+from graphrt.generate import EagerDecoder, RowRequest
 
 from .apply import linear_modules
 from .fp8_linear import FP8Linear

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import torch
 
-from graphrt.attention.ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
-from graphrt.attention.varlen import VarlenKernel
+from .ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
+from .varlen import VarlenKernel
 from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
 
@@ -115,7 +115,7 @@ class StaticPipeline:
         self.rows_2blk = self.rows.repeat_interleave(2 * blk)
         self.step_attention = {}
         if self.fused:  # one split/merge pair (and its partial buffers) per step batch size
-            from graphrt.kernels.step_attention import StepAttention
+            from graphrt.kernels.step_attention import StepAttention  # lazy: triton is optional
 
             t = cfg.text
             for b in buckets.batch_sizes:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from graphrt.attention.varlen import select_kernel
-from graphrt.generate import GenerationConfig, RowResult, context_budget, draw_seed
+from .varlen import select_kernel
+from graphrt.decode import GenerationConfig, RowResult, context_budget, draw_seed
 from graphrt.lru import LRU
 from graphrt.kernels import select_kernels
 from graphrt.processor import ProcessedImage, patchify

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from graphrt.generate import GenerationConfig, RowResult
+from graphrt.decode import GenerationConfig, RowResult
 from graphrt.prefetch import NOT_READY
 from graphrt.processor import ProcessedImage
 from graphrt.prompt import Prompt

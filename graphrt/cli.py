@@ -243,7 +243,7 @@ def _engine(args, graphs: str):
 
 def _engine_options(args, graphs: str):
     from .engine import EngineOptions
-    from .generate import GenerationConfig
+    from .decode import GenerationConfig
     from .sampler import SamplingConfig
 
     temperature = getattr(args, "temperature", 0.0)

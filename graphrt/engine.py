@@ -27,12 +27,19 @@ from types import SimpleNamespace
 
 import torch
 
+from calib import engine_model, quantize_model
+from capture.buckets import Buckets
+from capture.runtime import GraphRow, GraphRuntime
+from capture.scheduler import Job, run_jobs
+from weights.loader import load_weights
+
 from .attention import sdpa
 from .boxes import Detection, parse_detections
 from .config import ModelConfig, PreprocessorConfig
 from .errors import CheckpointError, InputError, OptionError
 from .generation import Generation, GenerationState
-from .generate import EagerDecoder, GenerationConfig, RowRequest, RowResult, context_budget, share_prefixes
+from .decode import GenerationConfig, RowResult, context_budget
+from .generate import EagerDecoder, RowRequest, share_prefixes
 from .model import LocateAnything
 from .prefetch import NOT_READY, Prefetcher
 from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage, load_image
@@ -186,8 +193,6 @@ class Engine:
         self.checkpoint_dir = checkpoint_dir
         self.cfg = cfg
         if options.fp8 is not None or getattr(model, "fp8_info", None) is not None:
-            from calib import engine_model
-
             model = engine_model(model, checkpoint_dir, options.fp8, options.fp8_scope)
         self.model = model
         self.tokenizer = tokenizer
@@ -202,8 +207,6 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
         half = model.dtype in (torch.float16, torch.bfloat16)
         if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda" and half):
-            from capture import Buckets, GraphRuntime
-
             self.runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,
                                         options.strict, use_graphs=model.device.type == "cuda",
                                         sampling_graphs=options.sampling_graphs, kernels=options.kernels)
@@ -219,8 +222,6 @@ class Engine:
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":
         """Load a checkpoint. Overrides are EngineOptions fields, or GenerationConfig fields
         (max_new_tokens=64, mode="hybrid", fixed_steps=2) applied to the generation defaults."""
-        from weights.loader import load_weights
-
         options = _override(options or EngineOptions(), overrides)
         root = Path(checkpoint_dir)
         if not root.is_dir():
@@ -232,8 +233,6 @@ class Engine:
         load_weights(model, root, cfg, progress=options.progress)
         model.eval()
         if options.fp8 is not None:  # in place: the bf16 copies of the FP8 linears are freed
-            from calib import quantize_model
-
             model = quantize_model(model, options.fp8, options.fp8_scope, inplace=True, checkpoint_dir=root)
         return cls(root, cfg, model, load_tokenizer(root), preprocessor, options, load_chat_template(root))
 
@@ -353,8 +352,6 @@ class Engine:
             images, rows = _graph_batch(prepared)
             reason = self.runtime.unsupported(images, rows, gen)
         if reason is None:
-            from capture import Buckets
-
             run = Generation(self, prepared, gen, "graphs")
             run.targets, run.batch = list(range(len(rows))), Buckets.fit(self.runtime.buckets.batch_sizes, len(rows))
             self.runtime.begin(owner=run)
@@ -506,8 +503,6 @@ class Engine:
         log.warning("running eager: %s", reason)
 
     def _stream_graphs(self, jobs: Prefetcher, gen: GenerationConfig):
-        from capture.scheduler import Job, run_jobs
-
         failures: list = []
         leftovers: list[_Prepared] = []  # images the graphs cannot take run eager afterwards
 
@@ -634,8 +629,6 @@ def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
 def _graph_batch(prepared: list[_Prepared]):
     """Images and graph-runtime rows of prepared groups: the query images first (row.image
     indexes them), then each row's exemplars (row.extra), in row order."""
-    from capture.runtime import GraphRow
-
     images = [p.image for p in prepared]
     rows = []
     for i, p in enumerate(prepared):

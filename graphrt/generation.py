@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .generate import GenerationConfig
+from .decode import GenerationConfig
 from .mtp import MTPConfig
 from .sampler import SamplingConfig
 

@@ -20,7 +20,7 @@ from graphrt.attention.sdpa import lm_attention
 from graphrt.generate import RowRequest, generate
 from graphrt.sampler import probabilities
 from graphrt import Engine, EngineOptions, GenerationConfig
-from graphrt.attention.varlen import emulated, select_kernel
+from capture.varlen import emulated, select_kernel
 from test_static_path import CASES, eager_tokens, prepare
 from weights.synth import write_preset
 

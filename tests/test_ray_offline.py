@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray", reason="needs the Ray extra: pip install 'graph
 from graphrt import cli  # noqa: E402
 from graphrt.batch_io import read_jsonl  # noqa: E402
 from graphrt.engine import EngineOptions  # noqa: E402
-from graphrt.generate import GenerationConfig  # noqa: E402
+from graphrt.decode import GenerationConfig  # noqa: E402
 from graphrt.scaleout import offline  # noqa: E402
 
 from conftest import random_image  # noqa: E402

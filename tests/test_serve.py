@@ -21,7 +21,7 @@ pytest.importorskip("ray", reason="needs the Ray extra: pip install 'graphrt[ray
 pytest.importorskip("fastapi", reason="needs the Ray extra: pip install 'graphrt[ray]'")
 
 from graphrt.engine import EngineOptions  # noqa: E402
-from graphrt.generate import GenerationConfig  # noqa: E402
+from graphrt.decode import GenerationConfig  # noqa: E402
 
 from conftest import random_image  # noqa: E402
 

@@ -123,7 +123,7 @@ def test_bucket_expansion():
 
 
 def test_emulated_kernel_bottom_right_causal_and_empty_rows():
-    from graphrt.attention.varlen import emulated
+    from capture.varlen import emulated
 
     q = torch.randn(6, 2, 8)
     k = torch.randn(20, 1, 8)
@@ -137,7 +137,7 @@ def test_emulated_kernel_bottom_right_causal_and_empty_rows():
 
 
 def test_kernel_selection_rules():
-    from graphrt.attention.varlen import select_kernel
+    from capture.varlen import select_kernel
 
     assert select_kernel("auto", "cpu")[0] == "emulated"
     with pytest.raises(RuntimeError, match="needs CUDA"):

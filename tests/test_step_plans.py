@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graphrt.attention.ranges import StepRanges, StepRangesLSE
-from graphrt.attention.varlen import select_kernel
+from capture.ranges import StepRanges, StepRangesLSE
+from capture.varlen import select_kernel
 from graphrt.kv_cache import KVCache
 
 BLK, S, HQ, HKV = 6, 80, 8, 2

@@ -98,8 +98,8 @@ def test_fused_kernels_bf16_on_gpu():
 @torch.no_grad()
 def test_fused_tower_bf16_on_gpu_within_bf16_noise():
     """Real widths (1152, head dim 72), 3 layers, two images in varlen slots: fused vs unfused."""
-    from graphrt.attention.ranges import VisionRanges
-    from graphrt.attention.varlen import torch_fa2
+    from capture.ranges import VisionRanges
+    from capture.varlen import torch_fa2
     from graphrt.config import VisionConfig
     from graphrt.vision import MoonViT
 

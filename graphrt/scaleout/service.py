@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..engine import EngineOptions, LocateResult
 from ..errors import InputError
-from ..generate import GenerationConfig
+from ..decode import GenerationConfig
 from .batcher import Batcher
 from .replica import load_engine, task_view
 

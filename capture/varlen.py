@@ -70,7 +70,7 @@ def torch_fa2(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, 
 
 def _flash_attn_kernel() -> VarlenKernel | None:
     try:
-        from flash_attn import flash_attn_varlen_func
+        from flash_attn import flash_attn_varlen_func  # optional package, probed at kernel selection
     except ImportError:
         return None
     if "seqused_k" not in inspect.signature(flash_attn_varlen_func).parameters:

@@ -64,7 +64,7 @@ class PrefillRanges:
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
         """Fused path: one kernel ropes q/k and writes K/V into the cache, then the varlen call."""
-        from graphrt.kernels.layer_ops import rope_write
+        from graphrt.kernels.layer_ops import rope_write  # lazy: triton is optional (fused kernel set only)
 
         q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
@@ -143,7 +143,7 @@ class StepKernelRanges:
     attention: object  # graphrt.kernels.step_attention.StepAttention for this B
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
-        from graphrt.kernels.layer_ops import rope_write
+        from graphrt.kernels.layer_ops import rope_write  # lazy: triton is optional (fused kernel set only)
 
         q = rope_write(qkv, cos, sin, self.write_rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
