@@ -24,6 +24,7 @@ from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
 
 from .buckets import Buckets
+from .state import RowState
 
 
 class StaticPipeline:
@@ -77,27 +78,15 @@ class StaticPipeline:
         self.p_last = z(bm)
         self.p_budget = torch.ones(bm, dtype=torch.long, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
-        self.p_temperature = z(bm, dtype=torch.float32)
         self.p_target = z(bm)  # cache row of each prefill segment
-        self.p_step_limit = torch.full((bm,), 1 << 30, dtype=torch.long, device=dev)
-        self.p_ignore_end = z(bm, dtype=torch.bool)
-        self.p_noise_key = z(bm)  # sampling-stream key per row (graphrt.sampler.noise_keys)
+        # per-segment seeds of the rows a prefill fills (RowState's prompt-id set: pad = V)
+        self.seed_inputs = RowState.seed_inputs(bm, tm + 1, self.vocab, dev)
 
-        # step state
-        self.pending = z(bm, blk)
-        self.pending_count = torch.ones(bm, dtype=torch.long, device=dev)
-        self.cache_len = torch.ones(bm, dtype=torch.long, device=dev)
-        self.n_gen = z(bm)
-        self.budget = torch.ones(bm, dtype=torch.long, device=dev)
-        self.finished = torch.ones(bm, dtype=torch.bool, device=dev)
-        self.ended = z(bm, dtype=torch.bool)  # finished by an end token (not the budget)
-        self.steps = z(bm)
-        self.temperature = z(bm, dtype=torch.float32)
-        self.step_limit = torch.full((bm,), 1 << 30, dtype=torch.long, device=dev)  # fixed-step benchmarks
-        self.ignore_end = z(bm, dtype=torch.bool)
-        self.noise_key = z(bm)
-        self.seen = z(bm, self.vocab + 1, dtype=torch.bool)  # column V absorbs padding
-        self.out_tokens = z(bm, buckets.max_new_tokens + 2 * blk + 1)
+        # per-row step state, declared once in capture/state.py; step() reads its fields as
+        # attributes (self.pending, self.cache_len, ...), the same tensors
+        widths = {"block": blk, "vocab": self.vocab + 1, "out": buckets.max_new_tokens + 2 * blk + 1}
+        self.state = RowState.allocate(bm, widths, dev)
+        vars(self).update(self.state.tensors())
         self.trash_col = self.out_tokens.shape[1] - 1
         self.all_done = z((), dtype=torch.bool)
 
@@ -121,12 +110,13 @@ class StaticPipeline:
             for b in buckets.batch_sizes:
                 self.step_attention[b] = StepAttention(b, blk, t.num_attention_heads, t.num_key_value_heads,
                                                        t.head_dim, dev)
+        # what a captured graph of each stage runs, keyed like the graphs: (stage, *bucket)
+        self.stages = {"vision": self.vision, "prefill": self.prefill, "step": self.step}
 
     def reset_state(self) -> None:
         """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
-        for t, v in ((self.pending_count, 1), (self.cache_len, 1), (self.n_gen, 0), (self.budget, 1),
-                     (self.finished, True), (self.ended, False), (self.steps, 0), (self.p_seqused, 1),
-                     (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True)):
+        self.state.reset()
+        for t, v in ((self.p_seqused, 1), (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True)):
             t.fill_(v)
         self.p_target.copy_(self.rows)
 
@@ -156,26 +146,7 @@ class StaticPipeline:
         accepted token. Other rows keep their state (they may be decoding)."""
         target, real = self.p_target[:b], ~self.p_padding_row[:b]
         hits = (self.rows[:, None] == target[None, :]) & real[None, :]  # [rows, segments]
-        hit, src = hits.any(1), hits.int().argmax(1)
-
-        def put(state: torch.Tensor, new: torch.Tensor) -> None:
-            mask = hit.view(-1, *([1] * (state.dim() - 1)))
-            state.copy_(torch.where(mask, new[src], state))
-
-        put(self.pending, self.p_last[:b, None].expand(b, self.block))
-        put(self.pending_count, torch.ones_like(target))
-        put(self.cache_len, self.p_seqused[:b].long())
-        put(self.n_gen, torch.zeros_like(target))
-        put(self.steps, torch.zeros_like(target))
-        put(self.budget, self.p_budget[:b])
-        put(self.finished, torch.zeros_like(real))
-        put(self.ended, torch.zeros_like(real))
-        put(self.temperature, self.p_temperature[:b])
-        put(self.step_limit, self.p_step_limit[:b])
-        put(self.ignore_end, self.p_ignore_end[:b])
-        put(self.noise_key, self.p_noise_key[:b])
-        seen = torch.zeros(b, self.vocab + 1, dtype=torch.bool, device=target.device)
-        put(self.seen, seen.scatter_(1, self.p_seen[:b], True))
+        self.state.seed(self.seed_inputs, b, hits.any(1), hits.int().argmax(1))
 
     def share_prefix(self, dst: int, src: int, width: int) -> None:
         """Copy cache slots [0, width) of row src to row dst (a shared prompt prefix): two

@@ -35,6 +35,8 @@ from graphrt.vision import vision_geometry
 from .buckets import Buckets
 from .graphs import GraphSet
 from .pipeline import StaticPipeline
+from .staging import Staging
+from .state import RowState
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +70,6 @@ class _Segment:
     budget: int
 
 
-# Per-row device state of the step graphs: what a paused generation must carry.
-STATE_TENSORS = ("pending", "pending_count", "cache_len", "n_gen", "budget", "finished", "ended", "steps",
-                 "temperature", "step_limit", "ignore_end", "noise_key", "seen", "out_tokens")
-
-
 class GraphRuntime:
     def __init__(self, model, buckets: Buckets, generation: GenerationConfig, attention: str = "auto",
                  strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False,
@@ -88,6 +85,12 @@ class GraphRuntime:
         sample = sampling_graphs or generation.sampling.temperature > 0
         self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan,
                                    self.kernels)
+        pipe = self.pipe
+        self._vision_stage = Staging({"merge_index": pipe.merge_index, "v_seqused": pipe.v_seqused})
+        self._prefill_stage = Staging({"ids": pipe.p_ids, "is_image": pipe.p_is_image, "image_row": pipe.p_image_row,
+                                       "positions": pipe.p_positions, "slots": pipe.p_slots, "seqused": pipe.p_seqused,
+                                       "padding": pipe.p_padding_row, "target": pipe.p_target})
+        self._seed_stage = Staging(pipe.seed_inputs)
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
         self.pool_bytes = 0
@@ -120,7 +123,7 @@ class GraphRuntime:
 
     def _body(self, key: tuple) -> None:
         stage, *dims = key
-        getattr(self.pipe, stage)(*dims)
+        self.pipe.stages[stage](*dims)
 
     def _run(self, key: tuple) -> None:
         if self.use_graphs:
@@ -298,7 +301,7 @@ class GraphRuntime:
         """The device state of rows `targets` (KV included) as CPU tensors."""
         pipe = self.pipe
         index = torch.tensor(targets, device=self.model.device)
-        state = {name: getattr(pipe, name)[index].cpu() for name in STATE_TENSORS}
+        state = pipe.state.snapshot(index)
         width = int(state["cache_len"].max()) + 2 * pipe.block  # pending tokens and window sit above
         width = min(width, pipe.slots)
         state["cache_k"] = pipe.cache.k[:, index, :width].cpu()
@@ -308,8 +311,7 @@ class GraphRuntime:
     def restore(self, state: dict, targets: list[int]) -> None:
         pipe = self.pipe
         index = torch.tensor(targets, device=self.model.device)
-        for name in STATE_TENSORS:
-            getattr(pipe, name)[index] = state[name].to(self.model.device)
+        pipe.state.restore(state, index)
         width = state["cache_k"].shape[2]
         pipe.cache.k[:, index, :width] = state["cache_k"].to(self.model.device, pipe.cache.k.dtype)
         pipe.cache.v[:, index, :width] = state["cache_v"].to(self.model.device, pipe.cache.v.dtype)
@@ -340,8 +342,8 @@ class GraphRuntime:
             pipe.pix_mean.copy_(torch.tensor(images[0].mean).repeat_interleave(cols))
             pipe.pix_std.copy_(torch.tensor(images[0].std).repeat_interleave(cols))
             self._norm = (images[0].mean, images[0].std)
-        merge = np.zeros(bv * p, dtype=np.int64)
-        used = np.full(bv, p, dtype=np.int32)
+        host = self._vision_stage.fill()
+        merge, used = host["merge_index"], host["v_seqused"]
         for i, im in enumerate(images):
             n, start = im.num_patches, i * p
             if (im.mean, im.std) != (images[0].mean, images[0].std):
@@ -356,28 +358,21 @@ class GraphRuntime:
             merge[start : start + n] = order + start
             merge[start + n : start + p] = start
             used[i] = n
-        for i in range(len(images), bv):
+        for i in range(len(images), bv):  # padding slots
             merge[i * p : (i + 1) * p] = i * p
-        pipe.merge_index[: bv * p].copy_(torch.from_numpy(merge))
-        pipe.v_seqused[:bv].copy_(torch.from_numpy(used))
+            used[i] = p
+        self._vision_stage.send({"merge_index": bv * p, "v_seqused": bv})
 
     def _fill_prefill(self, segments: list[_Segment], bb: int, t: int, image_base: list[int],
                       gen: GenerationConfig) -> None:
         """`image_base[k]`: the first vision_out row of batch image k."""
-        pipe, vocab = self.pipe, self.pipe.vocab
-        ids = np.zeros(bb * t, dtype=np.int64)
-        is_image = np.zeros(bb * t, dtype=bool)
-        image_row = np.zeros(bb * t, dtype=np.int64)
-        positions = np.zeros(bb * t, dtype=np.int64)
-        slots = np.full(bb * t, pipe.dead, dtype=np.int64)
-        seqused = np.ones(bb, dtype=np.int32)
-        seen = np.full((bb, pipe.p_seen.shape[1]), vocab, dtype=np.int64)  # full rows: contiguous copy
-        last = np.zeros(bb, dtype=np.int64)
-        budget = np.ones(bb, dtype=np.int64)
-        padding = np.ones(bb, dtype=bool)
-        temps = np.zeros(bb, dtype=np.float32)
-        target = np.zeros(bb, dtype=np.int64)
-        step_limit = np.full(bb, 1 << 30, dtype=np.int64)
+        pipe, n = self.pipe, bb * t
+        host = self._prefill_stage.fill()
+        for name, value in (("ids", 0), ("is_image", False), ("image_row", 0), ("positions", 0), ("slots", pipe.dead)):
+            host[name][:n] = value
+        for name, value in (("seqused", 1), ("padding", True), ("target", 0)):  # padding segments
+            host[name][:bb] = value
+        ids, is_image, image_row, positions, slots = (host[k] for k in ("ids", "is_image", "image_row", "positions", "slots"))
         for i, seg in enumerate(segments):
             prompt = seg.row.prompt.ids
             m = seg.end - seg.start
@@ -387,29 +382,16 @@ class GraphRuntime:
             spans = seg.row.prompt.image_spans
             if len(spans) != len(seg.row.images):
                 raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.row.images)}")
-            for (start, n), image in zip(spans, seg.row.images):
+            for (start, count), image in zip(spans, seg.row.images):
                 # The part of each image inside this segment (a shared-prefix tail holds the
                 # exemplars but not image 1) reads its rows of vision_out.
-                lo, hi = max(start, seg.start), min(start + n, seg.end)
+                lo, hi = max(start, seg.start), min(start + count, seg.end)
                 if lo < hi:
                     s0 = base + lo - seg.start
                     is_image[s0 : s0 + hi - lo] = True
                     image_row[s0 : s0 + hi - lo] = image_base[image] + np.arange(lo - start, hi - start)
-            seqused[i], last[i], budget[i], padding[i], target[i] = seg.end, prompt[-1], seg.budget, False, seg.target
-            seen[i, : len(prompt)] = prompt
-            temps[i] = gen.sampling.temperature if seg.row.temperature is None else seg.row.temperature
-            if gen.fixed_steps is not None:
-                step_limit[i] = gen.fixed_steps
-        for i in range(len(segments), bb):  # padding segments: one token into row 0's dead slot
-            slots[i * t + t - 1] = pipe.dead
-        for buf, arr in ((pipe.p_ids, ids), (pipe.p_is_image, is_image), (pipe.p_image_row, image_row),
-                         (pipe.p_positions, positions), (pipe.p_slots, slots)):
-            buf[: bb * t].copy_(torch.from_numpy(arr))
-        pipe.p_seen[:bb].copy_(torch.from_numpy(seen))
-        for buf, arr in ((pipe.p_seqused, seqused), (pipe.p_last, last), (pipe.p_budget, budget),
-                         (pipe.p_padding_row, padding), (pipe.p_temperature, temps), (pipe.p_target, target),
-                         (pipe.p_step_limit, step_limit)):
-            buf[:bb].copy_(torch.from_numpy(arr))
-        pipe.p_ignore_end[:bb].fill_(gen.fixed_steps is not None)
-        streams = [s.target if s.row.stream is None else s.row.stream for s in segments]
-        pipe.p_noise_key[: len(segments)].copy_(noise_keys(gen.seed if gen.seed is not None else draw_seed(), streams))
+            host["seqused"][i], host["padding"][i], host["target"][i] = seg.end, False, seg.target
+        self._prefill_stage.send(dict(dict.fromkeys(("ids", "is_image", "image_row", "positions", "slots"), n),
+                                      seqused=bb, padding=bb, target=bb))
+        RowState.fill_seeds(self._seed_stage.fill(), segments, gen, pipe.vocab)
+        self._seed_stage.send({name: bb for name in pipe.seed_inputs})
