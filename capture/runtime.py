@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .varlen import select_kernel
 from graphrt.decode import GenerationConfig, RowResult, context_budget, draw_seed
-from graphrt.lru import LRU
 from graphrt.kernels import select_kernels
+from graphrt.lru import LRU
 from graphrt.processor import ProcessedImage, patchify
-from graphrt.sampler import noise_keys
 from graphrt.prompt import Prompt
+from graphrt.request import ImageJob
 from graphrt.timing import StageClock
 from graphrt.vision import vision_geometry
 
@@ -37,6 +36,7 @@ from .graphs import GraphSet
 from .pipeline import StaticPipeline
 from .staging import Staging
 from .state import RowState
+from .varlen import select_kernel
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,19 @@ class GraphRow:
     def images(self) -> tuple[int, ...]:
         """Batch image index of each of the prompt's image spans, in placeholder order."""
         return (self.image, *self.extra)
+
+
+def pack(jobs: list[ImageJob]) -> tuple[list[ProcessedImage], list[GraphRow]]:
+    """Images and graph rows of image jobs: the jobs' images first (a row's `image` indexes them),
+    then each row's exemplars (its `extra`), in row order. A row's sampling stream is its index."""
+    images = [job.image for job in jobs]
+    rows = []
+    for i, job in enumerate(jobs):
+        for row in job.rows:
+            extra = tuple(range(len(images), len(images) + len(row.exemplars)))
+            rows.append(GraphRow(row.prompt, i, row.temperature, row.max_new_tokens, extra, row.index))
+            images += row.exemplars
+    return images, rows
 
 
 @dataclass(frozen=True)

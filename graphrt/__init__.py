@@ -12,9 +12,10 @@ from .config import ModelConfig
 from .decode import GenerationConfig
 from .errors import CheckpointError, GraphrtError, InputError, OptionError
 from .generation import Generation, GenerationState
+from .request import LocateResult
 from .sampler import SamplingConfig
 
-_ENGINE_NAMES = ("Engine", "EngineOptions", "LocateResult")
+_ENGINE_NAMES = ("Engine", "EngineOptions")
 
 __all__ = [
     "CheckpointError", "Detection", "Engine", "EngineOptions", "Generation", "GenerationConfig", "GenerationState", "GraphrtError", "InputError",

@@ -21,32 +21,29 @@ import numbers
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from calib import engine_model, quantize_model
+from capture.backend import GraphBackend
 from capture.buckets import Buckets
-from capture.runtime import GraphRow, GraphRuntime
-from capture.scheduler import Job, run_jobs
+from capture.runtime import GraphRuntime
 from weights.loader import load_weights
 
-from .attention import sdpa
-from .boxes import Detection, parse_detections
+from .backend import Backend, JobFeed, JobSource
 from .config import ModelConfig, PreprocessorConfig
+from .decode import GenerationConfig, context_budget
+from .eager import EagerBackend, encode_images
 from .errors import CheckpointError, InputError, OptionError
 from .generation import Generation, GenerationState
-from .decode import GenerationConfig, RowResult, context_budget
-from .generate import EagerDecoder, RowRequest, share_prefixes
 from .model import LocateAnything
-from .prefetch import NOT_READY, Prefetcher
+from .prefetch import Prefetcher
 from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage, load_image
 from .prompt import PHRASE_TASKS, TASKS, Prompt, PromptBuilder, check_task, load_chat_template, load_tokenizer, normalize_query
+from .request import ImageJob, LocateResult, Row
 from .visual_prompt import VisualPrompt, exemplar_inputs
-from .timing import StageClock
-from .vision import vision_geometry
 
 log = logging.getLogger(__name__)
 
@@ -136,55 +133,7 @@ class EngineOptions:
         return self.preprocess_workers or min(8, os.cpu_count() or 1)
 
 
-@dataclass
-class LocateResult:
-    detections: list[Detection]
-    text: str  # raw generated text, special tokens kept
-    tokens: list[int]
-    stop_reason: str  # "end" | "max_new_tokens" | "fixed_steps" (benchmarks) | "error"
-    steps: int  # LM decode steps (MTP or AR)
-    image_size: tuple[int, int]
-    image_patches: int
-    image_tokens: int
-    prompt_tokens: int
-    query: str = ""
-    task: str = ""
-    exemplars: int = 0  # visual-prompt images sent after the query image
-    empty_frames: int = 0
-    malformed: int = 0
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    error: str | None = None  # set (and nothing else) when this request could not run
-    backend: str = ""  # "graphs" | "eager": which path answered
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["detections"] = [d.to_dict() for d in self.detections]
-        return out
-
-    @classmethod
-    def failed(cls, query, message: str) -> "LocateResult":
-        return cls([], "", [], "error", 0, (0, 0), 0, 0, 0, query=str(query), error=message)
-
-
-@dataclass
-class _Row:
-    index: int  # position in the caller's list
-    query: str
-    prompt: Prompt
-    temperature: float | None
-    task: str = ""
-    exemplars: list[ProcessedImage] = field(default_factory=list)  # images 2..N (visual prompt)
-
-
 PAIR_OPTIONS = ("task", "exemplar", "exemplar_box", "box_format")  # keys of a pair's third element
-
-
-@dataclass
-class _Prepared:
-    """One image with the rows that ask about it."""
-    image: ProcessedImage
-    rows: list[_Row]
-    preprocess_ms: float
 
 
 class Engine:
@@ -202,21 +151,22 @@ class Engine:
         self.processor = ImageProcessor(preprocessor, options.max_image_pixels,
                                         resize_device=model.device if model.device.type == "cuda" else None)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
-        self.runtime = None
-        self.runtime_reason = "graphs off"
         self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
-        half = model.dtype in (torch.float16, torch.bfloat16)
-        if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda" and half):
-            self.runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,
-                                        options.strict, use_graphs=model.device.type == "cuda",
-                                        sampling_graphs=options.sampling_graphs, kernels=options.kernels)
-            self.runtime.warmup(progress=options.progress)
-        elif options.graphs == "auto":
-            self.runtime_reason = "no CUDA device" if model.device.type != "cuda" else "fp32 (graphs need fp16/bf16)"
         if options.kernels not in ("auto", "fused", "torch"):
             raise ValueError("kernels must be auto, fused or torch")
-        if options.kernels == "fused" and self.runtime is None:  # the eager path is plain torch only
-            raise ValueError(f"kernels='fused' needs the graph runtime, which is off ({self.runtime_reason})")
+        graphs_off = _graphs_off(options, model)
+        if options.kernels == "fused" and graphs_off:  # the eager path is plain torch only
+            raise ValueError(f"kernels='fused' needs the graph runtime, which is off ({graphs_off})")
+        # The eager backend runs what the graphs cannot (and everything when they are off).
+        self.eager = EagerBackend(model, options.eager_batch, options.share_prefix, graphs_off)
+        self.backend: Backend = self.eager
+        if graphs_off is None:
+            runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,
+                                   options.strict, use_graphs=model.device.type == "cuda",
+                                   sampling_graphs=options.sampling_graphs, kernels=options.kernels)
+            runtime.warmup(progress=options.progress)
+            self.backend = GraphBackend(runtime, options.share_prefix)
+        self.runtime = self.backend.runtime  # the graph runtime, None when graphs are off (introspection)
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":
@@ -306,28 +256,35 @@ class Engine:
                 yield i, LocateResult.failed(_query_text(pair[1]) if _is_pair(pair) else "", f"pair {i}: {problem}")
         if not good:
             return
-        reason = self._graph_reason(gen, [temps[i] for i in good])
-        batch = self.runtime.buckets.max_batch if reason is None else self.options.eager_batch
-        groups = _group_by_image(pairs, batch, good)
+        backend = self._backend_for_config(gen, [temps[i] for i in good])
+        groups = _group_by_image(pairs, backend.max_batch, good)
         prepare = lambda indices: self._prepare(pairs, indices, temps, gen, errors, task)  # noqa: E731
-        if len(good) <= batch and len(groups) <= batch:
+        if len(good) <= backend.max_batch and len(groups) <= backend.max_batch:
             # One batch: one image is prepared inline (no thread hand-off on the latency path),
             # several in parallel on the CPU threads.
-            prepared = []
+            jobs = []
             outcomes = [prepare(groups[0])] if len(groups) == 1 else list(self._threads().map(prepare, groups))
-            for item, failures in outcomes:
+            for job, failures in outcomes:
                 yield from failures
-                if item is not None:
-                    prepared.append(item)
-            if prepared:
-                yield from self._run_batch(prepared, gen, reason)
+                if job is not None:
+                    jobs.append(job)
+            if jobs:
+                backend = self._backend_for_batch(backend, jobs, gen)
+                timings = backend.run(jobs, gen)
+                for job in jobs:
+                    job.timings_ms = dict(timings)
+                yield from self._results(jobs, backend.name)
             return
-        with Prefetcher(prepare, groups, self._threads(), ahead=2 * batch) as jobs:
-            if reason is None:
-                yield from self._stream_graphs(jobs, gen)
-            else:
-                self._eager_fallback(reason)
-                yield from self._stream_eager(jobs, gen, batch)
+        with Prefetcher(prepare, groups, self._threads(), ahead=2 * backend.max_batch) as prepared:
+            feed = JobFeed(prepared, backend.unsupported_job)
+            for job in backend.stream(feed, gen):
+                yield from feed.drain_failures()
+                yield from self._results([job], backend.name)
+            yield from feed.drain_failures()
+        if feed.set_aside:  # images the backend could not take run eager afterwards
+            self._fallback(f"{len(feed.set_aside)} image(s): {backend.unsupported_job(feed.set_aside[0])}")
+            for job in self.eager.stream(JobSource(feed.set_aside), gen):
+                yield from self._results([job], self.eager.name)
 
     def start(self, pairs, temperatures: list[float | None] | None = None, task: str | None = None,
               **generation) -> Generation:
@@ -345,61 +302,23 @@ class Engine:
         for i, (pair, temperature) in enumerate(zip(pairs, temps)):
             if problem := _pair_problem(pair) or _temperature_problem(temperature):
                 raise InputError(f"pair {i}: {problem}")
-        reason = self._graph_reason(gen, temps)
-        limit = self.runtime.buckets.max_batch if self.runtime else len(pairs)
-        prepared = [self._prepare(pairs, g, temps, gen, "raise", task)[0] for g in _group_by_image(pairs, limit)]
-        if reason is None:
-            images, rows = _graph_batch(prepared)
-            reason = self.runtime.unsupported(images, rows, gen)
-        if reason is None:
-            run = Generation(self, prepared, gen, "graphs")
-            run.targets, run.batch = list(range(len(rows))), Buckets.fit(self.runtime.buckets.batch_sizes, len(rows))
-            self.runtime.begin(owner=run)
-            self.runtime.admit(images, rows, run.targets, gen, self.options.share_prefix)
-            return run
-        run = Generation(self, prepared, gen, "eager")
-        run.decoder = EagerDecoder(self.model, sdpa.lm_attention, self._requests(prepared), gen)
-        return run
+        jobs = [self._prepare(pairs, g, temps, gen, "raise", task)[0] for g in _group_by_image(pairs, len(pairs))]
+        backend = self._backend_for_config(gen, temps, quiet=True)
+        backend = self._backend_for_batch(backend, jobs, gen, quiet=True)
+        return Generation(self, jobs, gen, backend.name, backend.start(jobs, gen))
 
     def resume(self, state: GenerationState) -> Generation:
         """Continue a paused generation (from pause(), or GenerationState.load)."""
         gen = state.generation_config()
-        prepared = [_Prepared(ProcessedImage(torch.empty(0), tuple(m["grid"]), tuple(m["size"])),
-                              [_Row(m["index"], m["query"], Prompt(m["ids"], m["image_start"], m["image_tokens"],
-                                                                   m["prefix_len"]), m["temperature"],
-                                   m.get("task", ""))], 0.0)
-                    for m in state.rows]
-        run = Generation(self, prepared, gen, state.backend)
+        jobs = [ImageJob(ProcessedImage(torch.empty(0), tuple(m["grid"]), tuple(m["size"])), [_row_of(m)])
+                for m in state.rows]
+        backend = {b.name: b for b in (self.eager, self.backend)}.get(state.backend)
+        if backend is None:
+            raise InputError(f"this state was paused on the {state.backend} backend; this engine has none "
+                             f"(graph runtime {'on' if self.runtime else 'off'})")
+        run = Generation(self, jobs, gen, backend.name, backend.resume(jobs, gen, state.tensors, state.extra))
         run.steps_done = state.steps_done
-        if state.backend == "graphs":
-            if self.runtime is None:
-                raise InputError("this state was paused on the graph runtime; the engine has none")
-            run.targets, run.batch, run._done = list(range(len(prepared))), state.extra["batch"], state.extra["done"]
-            self.runtime.begin(owner=run)
-            self.runtime.restore(state.tensors, run.targets)
-            return run
-        requests = [RowRequest(m["ids"], None, m["image_start"], m["temperature"]) for m in state.rows]
-        raw = dict(state.extra, **state.tensors)
-        raw.setdefault("rng", None)
-        run.decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, raw)
-        run._done = run.decoder.done
         return run
-
-    def _requests(self, prepared: list[_Prepared]) -> list[RowRequest]:
-        """Eager rows, with shared prefixes marked for rows of one image (the prefix ends at the
-        query image's `</img>`, before any exemplar, so rows with other exemplars share it too)."""
-        images, rows = _graph_batch(prepared)
-        embeds = self.encode_images(images)
-        requests, keys, prefix = [], [], []
-        flat = [(i, r) for i, p in enumerate(prepared) for r in p.rows]
-        for (i, r), g in zip(flat, rows):
-            extra = tuple((start, embeds[k]) for (start, _), k in zip(r.prompt.image_spans[1:], g.extra))
-            requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
-                                       extra_images=extra, stream=r.index))
-            keys.append(i if self.options.share_prefix else len(keys))
-            prefix.append(r.prompt.prefix_len)
-        share_prefixes(requests, keys, prefix)
-        return requests
 
     def _check_rows(self, n: int, call: str) -> None:
         limit = self.options.max_rows
@@ -412,15 +331,34 @@ class Engine:
             self._pool = ThreadPoolExecutor(self.options.workers(), thread_name_prefix="graphrt-prep")
         return self._pool
 
-    def _graph_reason(self, gen: GenerationConfig, temps) -> str | None:
-        if self.runtime is None:
-            return self.runtime_reason
-        return self.runtime.unsupported_config(gen, temps)
+    # ------------------------------------------------------------------ scheduling choice
+
+    def _backend_for_config(self, gen: GenerationConfig, temps, quiet: bool = False) -> Backend:
+        """The engine's backend when it takes these settings, else eager (saying why unless quiet)."""
+        return self._choose(self.backend, self.backend.unsupported_config(gen, temps), quiet)
+
+    def _backend_for_batch(self, backend: Backend, jobs: list[ImageJob], gen: GenerationConfig,
+                           quiet: bool = False) -> Backend:
+        """`backend` when it takes this batch, else eager."""
+        return self._choose(backend, backend.unsupported(jobs, gen), quiet)
+
+    def _choose(self, backend: Backend, reason: str | None, quiet: bool) -> Backend:
+        if reason is None:
+            return backend
+        if not quiet:
+            self._fallback(reason)
+        return self.eager
+
+    def _fallback(self, reason: str) -> None:
+        """Say why the engine's backend is not used (or refuse, in strict mode)."""
+        if self.options.strict:
+            raise InputError(f"request does not fit the captured graphs: {reason}")
+        log.warning("running eager: %s", reason)
 
     # ------------------------------------------------------------------ preparation
 
     def _prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str, task: str):
-        """Image and prompts of one group -> (_Prepared or None, [(index, failed result)]). A bad
+        """Image and prompts of one group -> (ImageJob or None, [(index, failed result)]). A bad
         image fails all its rows; a bad query (or task, or exemplar) only its own."""
         t0 = time.perf_counter()
         specs = {}
@@ -461,9 +399,9 @@ class Engine:
                 failures.append((i, LocateResult.failed(_query_text(query), str(exc))))
                 continue
             phrase = normalize_query(query) if row_task in PHRASE_TASKS else ""
-            rows.append(_Row(i, phrase, prompt, temps[i], row_task, exemplars))
-        prepared = _Prepared(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
-        return prepared, failures
+            rows.append(Row(i, phrase, row_task, prompt, temps[i], exemplars=exemplars))
+        job = ImageJob(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
+        return job, failures
 
     def _check_query_length(self, query) -> None:
         if not isinstance(query, (str, list, tuple)):
@@ -479,112 +417,18 @@ class Engine:
         except InputError as exc:
             raise InputError(f"exemplar {k + 1}: {exc}") from exc
 
-    # ------------------------------------------------------------------ execution
-
-    def _run_batch(self, prepared: list[_Prepared], gen: GenerationConfig, reason: str | None):
-        if reason is None:
-            images, rows = _graph_batch(prepared)
-            reason = self.runtime.unsupported(images, rows, gen)
-            if reason is None:
-                results = self.runtime.run(images, rows, gen, self.options.share_prefix)
-                laps = self.runtime.last_timings_ms
-                timings = {k: laps[k] for k in ("vision_ms", "prefill_ms", "decode_ms")}
-                yield from self._results(prepared, results, timings, "graphs")
-                return
-        self._eager_fallback(reason)
-        yield from self._run_eager(prepared, gen)
-
-    def _eager_fallback(self, reason: str) -> None:
-        """Say why the graphs are not used (or refuse, in strict mode)."""
-        if self.runtime is None:
-            return
-        if self.options.strict:
-            raise InputError(f"request does not fit the captured graphs: {reason}")
-        log.warning("running eager: %s", reason)
-
-    def _stream_graphs(self, jobs: Prefetcher, gen: GenerationConfig):
-        failures: list = []
-        leftovers: list[_Prepared] = []  # images the graphs cannot take run eager afterwards
-
-        def next_job(fetch):
-            while True:
-                item = fetch()
-                if item is None or item is NOT_READY:
-                    return item
-                prepared, bad = item
-                failures.extend(bad)
-                if prepared is None:
-                    continue
-                if self.runtime.unsupported_job(*_graph_batch([prepared])):
-                    leftovers.append(prepared)
-                    continue
-                return Job(prepared.image, [r.prompt for r in prepared.rows], [r.temperature for r in prepared.rows],
-                           [None] * len(prepared.rows), tag=prepared, streams=[r.index for r in prepared.rows],
-                           exemplars=[r.exemplars for r in prepared.rows] if _has_exemplars(prepared) else [])
-
-        source = SimpleNamespace(poll=lambda: next_job(jobs.poll), wait=lambda: next_job(jobs.wait))
-        for job in run_jobs(self.runtime, source, gen, self.runtime.buckets.max_batch, self.options.share_prefix):
-            yield from _drain(failures)
-            yield from self._results([job.tag], job.results, dict(job.timings_ms), "graphs")
-        yield from _drain(failures)
-        if leftovers:
-            reason = self.runtime.unsupported_job(*_graph_batch(leftovers[:1]))
-            self._eager_fallback(f"{len(leftovers)} image(s): {reason}")
-            yield from self._run_eager(leftovers, gen)
-
-    def _stream_eager(self, jobs: Prefetcher, gen: GenerationConfig, batch: int):
-        chunk: list[_Prepared] = []
-        while (item := jobs.wait()) is not None:
-            prepared, failures = item
-            yield from failures
-            if prepared is None:
-                continue
-            if chunk and sum(len(p.rows) for p in chunk) + len(prepared.rows) > batch:
-                yield from self._run_eager(chunk, gen)
-                chunk = []
-            chunk.append(prepared)
-        if chunk:
-            yield from self._run_eager(chunk, gen)
-
-    @torch.no_grad()
-    def _run_eager(self, prepared: list[_Prepared], gen: GenerationConfig):
-        clock = StageClock(self.model.device)
-        requests = self._requests(prepared)
-        clock.lap("vision_ms")
-        decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen)
-        clock.lap("prefill_ms")
-        while not decoder.done:
-            decoder.step()
-        clock.lap("decode_ms")
-        yield from self._results(prepared, decoder.results, clock.laps, "eager")
-
-    def _results(self, prepared: list[_Prepared], rows: list[RowResult], timings: dict, backend: str):
-        it = iter(rows)
-        for p in prepared:
-            for r in p.rows:
-                yield r.index, self._result(p, r, next(it), dict(timings, preprocess_ms=p.preprocess_ms), backend)
-
-    def _result(self, p: _Prepared, r: _Row, row: RowResult, timings: dict, backend: str) -> LocateResult:
-        parsed = parse_detections(row.tokens, self.cfg.tokens, self.prompts.decode, p.image.size)
-        timings["steps"] = row.steps
-        return LocateResult(
-            detections=parsed.detections, text=self.prompts.decode(row.tokens), tokens=row.tokens,
-            stop_reason=row.stop_reason, steps=row.steps, image_size=p.image.size,
-            image_patches=p.image.num_patches, image_tokens=r.prompt.image_tokens, prompt_tokens=len(r.prompt.ids),
-            query=r.query, task=r.task, exemplars=len(r.prompt.image_spans) - 1, empty_frames=parsed.empty_frames,
-            malformed=parsed.malformed, timings_ms=timings, backend=backend)
+    def _results(self, jobs: list[ImageJob], backend: str):
+        """(index, LocateResult) of each row of finished jobs."""
+        for job in jobs:
+            timings = dict(job.timings_ms, preprocess_ms=job.preprocess_ms)
+            for row in job.rows:
+                yield row.index, LocateResult.of(job, row, self.cfg.tokens, self.prompts.decode, timings, backend)
 
     # ------------------------------------------------------------------ pieces
 
-    @torch.no_grad()
     def encode_images(self, images: list[ProcessedImage]) -> list[torch.Tensor]:
         """All images in one packed vision call; returns LM-width embeddings per image."""
-        device = self.model.device
-        geo = vision_geometry([im.grid for im in images], self.cfg.vision, device)
-        pixels = torch.cat([im.pixels for im in images]).to(device)
-        out = self.model.encode_images(pixels, geo, sdpa.vision_attention)
-        merge = self.cfg.vision.merge_kernel_size[0] * self.cfg.vision.merge_kernel_size[1]
-        return list(out.split([im.num_patches // merge for im in images]))
+        return encode_images(self.model, images)
 
     def status(self) -> dict:
         params = sum(p.numel() for p in self.model.parameters())
@@ -593,13 +437,7 @@ class Engine:
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "parameters": params,
-            "attention": self.runtime.kernel_name if self.runtime else "sdpa (dense mask, eager)",
-            "kernels": f"{self.runtime.kernels} ({self.runtime.kernels_reason})" if self.runtime else "torch (eager)",
-            "graphs": len(self.runtime.graphs) if self.runtime else 0,
-            "graph_runtime": "on" if self.runtime else f"off ({self.runtime_reason})",
-            "capture_s": round(self.runtime.capture_seconds, 1) if self.runtime else 0.0,
-            "graph_pool_mib": round(self.runtime.pool_bytes / 2**20, 1) if self.runtime else 0.0,
-            "buckets": dataclasses.asdict(self.runtime.buckets) if self.runtime else None,
+            **self.backend.status(),
             "generation": dataclasses.asdict(self.options.generation),
             "share_prefix": self.options.share_prefix,
             "fp8": self.model.fp8_info.summary() if getattr(self.model, "fp8_info", None) else "off (bf16 linears)",
@@ -613,6 +451,22 @@ class Engine:
         return out
 
 
+def _graphs_off(options: EngineOptions, model) -> str | None:
+    """Why this engine runs without graphs (None: it captures them)."""
+    half = model.dtype in (torch.float16, torch.bfloat16)
+    if options.graphs == "on" or (options.graphs == "auto" and model.device.type == "cuda" and half):
+        return None
+    if options.graphs == "off":
+        return "graphs off"
+    return "no CUDA device" if model.device.type != "cuda" else "fp32 (graphs need fp16/bf16)"
+
+
+def _row_of(meta: dict) -> Row:
+    """A row of a paused generation (GenerationState.rows)."""
+    prompt = Prompt(meta["ids"], meta["image_start"], meta["image_tokens"], meta["prefix_len"])
+    return Row(meta["index"], meta["query"], meta.get("task", ""), prompt, meta["temperature"])
+
+
 def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     """EngineOptions fields, and GenerationConfig fields applied to options.generation."""
     overrides = dict(overrides)
@@ -624,23 +478,6 @@ def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     if gen_over:
         overrides["generation"] = dataclasses.replace(overrides.get("generation", options.generation), **gen_over)
     return dataclasses.replace(options, **overrides)
-
-
-def _graph_batch(prepared: list[_Prepared]):
-    """Images and graph-runtime rows of prepared groups: the query images first (row.image
-    indexes them), then each row's exemplars (row.extra), in row order."""
-    images = [p.image for p in prepared]
-    rows = []
-    for i, p in enumerate(prepared):
-        for r in p.rows:
-            rows.append(GraphRow(r.prompt, i, r.temperature, stream=r.index,
-                                 extra=tuple(range(len(images), len(images) + len(r.exemplars)))))
-            images += r.exemplars
-    return images, rows
-
-
-def _has_exemplars(p: _Prepared) -> bool:
-    return any(r.exemplars for r in p.rows)
 
 
 def _pair_options(pair, task: str) -> tuple:
@@ -723,11 +560,6 @@ def _temperature_problem(temperature) -> str | None:
     if not math.isfinite(temperature) or temperature < 0:
         return f"temperature must be finite and >= 0 (0: greedy), found {temperature!r}"
     return None
-
-
-def _drain(items: list):
-    while items:
-        yield items.pop(0)
 
 
 def _query_text(query) -> str:

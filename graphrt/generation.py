@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .backend import Decode
 from .decode import GenerationConfig
+from .errors import InputError
 from .mtp import MTPConfig
+from .request import ImageJob, Row
 from .sampler import SamplingConfig
 
 
@@ -68,72 +70,46 @@ class GenerationState:
 
 
 class Generation:
-    def __init__(self, engine, prepared: list, gen: GenerationConfig, backend: str):
-        self.engine, self.prepared, self.gen, self.backend = engine, prepared, gen, backend
+    """A batch in flight on one backend (the engine's graphs or its eager loop), step by step."""
+
+    def __init__(self, engine, jobs: list[ImageJob], gen: GenerationConfig, backend: str, decode: Decode):
+        self.engine, self.jobs, self.gen, self.backend, self.decode = engine, jobs, gen, backend, decode
         self.steps_done = 0
-        self.decoder = None  # eager
-        self.targets: list[int] = []  # graphs: cache rows [0, n)
-        self.batch = 0
-        self._done = False
 
     # ------------------------------------------------------------------ running
 
     @property
     def done(self) -> bool:
-        return self._done
+        return self.decode.done
 
     def advance(self, steps: int = 1) -> bool:
         """Run up to `steps` decode steps of every unfinished row; True when all rows are done."""
         for _ in range(steps):
-            if self._done:
+            if self.decode.done:
                 break
-            if self.backend == "eager":
-                self.decoder.step()
-                self._done = self.decoder.done
-            else:
-                self._check_owner()
-                self.engine.runtime.step(self.batch)
-                self._done = bool(self.engine.runtime.pipe.all_done)
+            self.decode.step()
             self.steps_done += 1
-        return self._done
+        return self.decode.done
 
     def finish(self) -> list:
         """Run to the end; results in the order of the pairs given to start()."""
-        while not self._done:
+        while not self.decode.done:
             self.advance(64)
-        if self.backend == "eager":
-            rows = self.decoder.results
-        else:
-            self._check_owner()
-            rows = self.engine.runtime.collect(self.targets)
-            self.engine.runtime.owner = None
-        results = dict(self.engine._results(self.prepared, rows, {"steps_total": self.steps_done}, self.backend))
+        self.decode.finish()
+        for job in self.jobs:
+            job.timings_ms = {"steps_total": self.steps_done}
+        results = dict(self.engine._results(self.jobs, self.backend))
         return [results[i] for i in sorted(results)]
-
-    def _check_owner(self) -> None:
-        if self.engine.runtime.owner is not self:
-            raise InputError("this generation was displaced by another call on the engine; pause() it first")
 
     # ------------------------------------------------------------------ pause / resume
 
     def pause(self) -> GenerationState:
-        rows = [_row_meta(p, r) for p in self.prepared for r in p.rows]
-        state = GenerationState(self.backend, dataclasses.asdict(self.gen), rows, steps_done=self.steps_done)
-        if self.backend == "eager":
-            raw = self.decoder.state_dict()
-            state.tensors = {k: raw.pop(k) for k in ("cache_k", "cache_v", "seen")}
-            if (rng := raw.pop("rng")) is not None:
-                state.tensors["rng"] = rng
-            state.extra = raw
-        else:
-            self._check_owner()
-            state.tensors = self.engine.runtime.snapshot(self.targets)
-            state.extra = {"batch": self.batch, "done": self._done}
-            self.engine.runtime.owner = None
-        return state
+        rows = [_row_meta(job, r) for job in self.jobs for r in job.rows]
+        tensors, extra = self.decode.pause()
+        return GenerationState(self.backend, dataclasses.asdict(self.gen), rows, tensors, extra, self.steps_done)
 
 
-def _row_meta(p, r) -> dict:
+def _row_meta(job: ImageJob, r: Row) -> dict:
     return {"index": r.index, "query": r.query, "ids": r.prompt.ids, "image_start": r.prompt.image_start,
             "image_tokens": r.prompt.image_tokens, "prefix_len": r.prompt.prefix_len, "temperature": r.temperature,
-            "grid": list(p.image.grid), "size": list(p.image.size), "task": r.task}
+            "grid": list(job.image.grid), "size": list(job.image.size), "task": r.task}

@@ -9,10 +9,11 @@ import dataclasses
 import pytest
 
 from capture import GraphRuntime
-from capture.scheduler import Job, run_jobs
+from capture.scheduler import run_jobs
 from graphrt import Engine, EngineOptions, GenerationConfig, GenerationState, InputError
 from graphrt.attention.sdpa import lm_attention
 from graphrt.generate import RowRequest, generate, share_prefixes
+from graphrt.request import ImageJob, Row
 
 from conftest import random_image
 from test_static_path import BUCKETS, CASES, GEN, A, B, C, prepare
@@ -86,12 +87,14 @@ def check_refills(engine, runtime, cases):
     jobs = []
     for i, (image, query, cap) in enumerate(cases):
         im = engine.processor(image)
-        jobs.append(Job(im, [engine.prompts.build(query, im.num_tokens((2, 2)))], [None], [cap], tag=i))
+        jobs.append(ImageJob(im, [Row(i, query, "detect", engine.prompts.build(query, im.num_tokens((2, 2))),
+                                      max_new_tokens=cap)]))
     done = list(run_jobs(runtime, jobs, GEN, batch=2))
-    assert sorted(j.tag for j in done) == list(range(len(cases)))
-    assert [j.tag for j in done] != list(range(len(cases)))  # short jobs overtook long ones
+    tags = [j.rows[0].index for j in done]
+    assert sorted(tags) == list(range(len(cases)))
+    assert tags != list(range(len(cases)))  # short jobs overtook long ones
     for job in done:
-        assert job.results[0].tokens == expected[job.tag], f"job {job.tag}"
+        assert job.results[0].tokens == expected[job.rows[0].index], f"job {job.rows[0].index}"
 
 
 def test_scheduler_refills_rows(tiny_engine):
@@ -105,15 +108,17 @@ def test_scheduler_refills_rows(tiny_engine):
 def test_scheduler_multi_query_jobs(tiny_engine):
     runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
     im_a, im_b = tiny_engine.processor(A), tiny_engine.processor(B)
-    jobs = [Job(im_a, [tiny_engine.prompts.build(q, im_a.num_tokens((2, 2))) for q in QUERIES[:3]], [None] * 3,
-                [None, 5, 9], tag="a"),
-            Job(im_b, [tiny_engine.prompts.build(q, im_b.num_tokens((2, 2))) for q in ("dog", "y")], [None] * 2,
-                [4, None], tag="b")]
-    done = {j.tag: j for j in run_jobs(runtime, jobs, GEN, batch=4)}
+    def make_job(im, queries, caps, first):
+        return ImageJob(im, [Row(first + k, q, "detect", tiny_engine.prompts.build(q, im.num_tokens((2, 2))),
+                                 max_new_tokens=c) for k, (q, c) in enumerate(zip(queries, caps))])
+
+    jobs = [make_job(im_a, QUERIES[:3], [None, 5, 9], 0), make_job(im_b, ["dog", "y"], [4, None], 3)]
+    done = {"a" if j.rows[0].index == 0 else "b": j for j in run_jobs(runtime, jobs, GEN, batch=4)}
     for job, image in ((done["a"], A), (done["b"], B)):
-        queries = QUERIES[:3] if job.tag == "a" else ["dog", "y"]
+        queries = [r.query for r in job.rows]
+        assert queries == (QUERIES[:3] if job is done["a"] else ["dog", "y"])
         images, rows = prepare(tiny_engine, [(image, q) for q in queries])
-        rows = [dataclasses.replace(r, max_new_tokens=c) for r, c in zip(rows, job.max_new_tokens)]
+        rows = [dataclasses.replace(r, max_new_tokens=row.max_new_tokens) for r, row in zip(rows, job.rows)]
         assert tokens(job.results) == tokens(runtime.run(images, rows, GEN))
 
 

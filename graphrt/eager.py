@@ -1,0 +1,116 @@
+"""The eager backend: image jobs through the plain-PyTorch loop of generate.py (graphrt.backend's
+interface). It runs anything the model can: any device and dtype, every generation mode; the
+engine uses it when there are no graphs, or for a batch the graphs cannot take."""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import sdpa
+from .backend import Backend, Decode
+from .decode import GenerationConfig, RowResult
+from .generate import EagerDecoder, RowRequest, share_prefixes
+from .processor import ProcessedImage
+from .request import ImageJob
+from .timing import StageClock
+from .vision import vision_geometry
+
+
+@torch.no_grad()
+def encode_images(model, images: list[ProcessedImage]) -> list[torch.Tensor]:
+    """All images in one packed vision call; returns LM-width embeddings per image."""
+    vision = model.cfg.vision
+    geo = vision_geometry([im.grid for im in images], vision, model.device)
+    pixels = torch.cat([im.pixels for im in images]).to(model.device)
+    out = model.encode_images(pixels, geo, sdpa.vision_attention)
+    merge = vision.merge_kernel_size[0] * vision.merge_kernel_size[1]
+    return list(out.split([im.num_patches // merge for im in images]))
+
+
+class EagerDecode(Decode):
+    def __init__(self, decoder: EagerDecoder, jobs: list[ImageJob], timings_ms: dict):
+        super().__init__(jobs, timings_ms)
+        self.decoder = decoder
+        self.done = decoder.done
+
+    def _step(self) -> None:
+        self.decoder.step()
+        self.done = self.decoder.done
+
+    def _results(self) -> list[RowResult]:
+        return self.decoder.results
+
+    def pause(self) -> tuple[dict, dict]:
+        raw = self.decoder.state_dict()
+        tensors = {k: raw.pop(k) for k in ("cache_k", "cache_v", "seen")}
+        if (rng := raw.pop("rng")) is not None:
+            tensors["rng"] = rng
+        return tensors, raw
+
+
+class EagerBackend(Backend):
+    name = "eager"
+
+    def __init__(self, model, max_batch: int, share_prefix: bool = True, graphs_off: str | None = None):
+        super().__init__(model.device, max_batch)
+        self.model = model
+        self.share_prefix = share_prefix
+        self.graphs_off = graphs_off  # why the engine has no graphs (status), None when it has them
+
+    @torch.no_grad()
+    def start(self, jobs: list[ImageJob], gen: GenerationConfig) -> EagerDecode:
+        clock = StageClock(self.device)
+        requests = self.requests(jobs)
+        clock.lap("vision_ms")
+        decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen)
+        clock.lap("prefill_ms")
+        return EagerDecode(decoder, jobs, clock.laps)
+
+    def resume(self, jobs: list[ImageJob], gen: GenerationConfig, tensors: dict, extra: dict) -> EagerDecode:
+        requests = [RowRequest(r.prompt.ids, None, r.prompt.image_start, r.temperature) for job in jobs
+                    for r in job.rows]
+        raw = dict(extra, **tensors)
+        raw.setdefault("rng", None)
+        decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, raw)
+        return EagerDecode(decoder, jobs, {})
+
+    def stream(self, feed, gen: GenerationConfig):
+        """Micro-batches of at most max_batch rows, whole jobs each, in feed order."""
+        chunk: list[ImageJob] = []
+        while (job := feed.wait()) is not None:
+            if chunk and sum(len(j.rows) for j in chunk) + len(job.rows) > self.max_batch:
+                yield from self._run_chunk(chunk, gen)
+                chunk = []
+            chunk.append(job)
+        if chunk:
+            yield from self._run_chunk(chunk, gen)
+
+    def _run_chunk(self, jobs: list[ImageJob], gen: GenerationConfig):
+        timings = self.run(jobs, gen)
+        for job in jobs:
+            job.timings_ms.update(timings)
+            yield job
+
+    def requests(self, jobs: list[ImageJob]) -> list[RowRequest]:
+        """Rows of the eager loop, with shared prefixes marked for rows of one image (the prefix
+        ends at the query image's `</img>`, before any exemplar, so rows with other exemplars
+        share it too)."""
+        images = [job.image for job in jobs] + [e for job in jobs for r in job.rows for e in r.exemplars]
+        embeds = encode_images(self.model, images)
+        requests, keys, prefix = [], [], []
+        next_exemplar = len(jobs)
+        for i, job in enumerate(jobs):
+            for r in job.rows:
+                mine = range(next_exemplar, next_exemplar + len(r.exemplars))
+                extra = tuple((start, embeds[k]) for (start, _), k in zip(r.prompt.image_spans[1:], mine))
+                next_exemplar += len(r.exemplars)
+                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
+                                           r.max_new_tokens, extra_images=extra, stream=r.index))
+                keys.append(i if self.share_prefix else len(keys))
+                prefix.append(r.prompt.prefix_len)
+        share_prefixes(requests, keys, prefix)
+        return requests
+
+    def status(self) -> dict:
+        return {"attention": "sdpa (dense mask, eager)", "kernels": "torch (eager)", "graphs": 0,
+                "graph_runtime": f"off ({self.graphs_off})", "capture_s": 0.0, "graph_pool_mib": 0.0, "buckets": None}
