@@ -20,9 +20,8 @@ from typing import Callable
 
 import torch
 
+from graphrt.decode import NO_STEP_LIMIT as NO_LIMIT
 from graphrt.sampler import noise_keys
-
-NO_LIMIT = 1 << 30  # step_limit of rows without a fixed step count
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,8 @@ class Backend(ABC):
         """Each job of `feed` (a JobFeed or JobSource: poll()/wait()), its rows' results set, as
         soon as all its rows are done."""
 
-    def run(self, jobs: list[ImageJob], gen: GenerationConfig) -> dict:
-        """One batch from start to end; returns its stage timings (vision, prefill, decode)."""
+    def run(self, jobs: list[ImageJob], gen: GenerationConfig) -> None:
+        """One batch from start to end: each row's result, each job's stage timings."""
         decode = self.start(jobs, gen)
         clock = StageClock(self.device)
         while not decode.done:
@@ -99,7 +99,8 @@ class Backend(ABC):
         clock.lap("decode_ms")
         decode.timings_ms.update(clock.laps, steps=decode.steps_done)
         decode.finish()
-        return {k: decode.timings_ms[k] for k in ("vision_ms", "prefill_ms", "decode_ms")}
+        for job in jobs:
+            job.timings_ms.update({k: decode.timings_ms[k] for k in ("vision_ms", "prefill_ms", "decode_ms")})
 
     def status(self) -> dict:
         """What Engine.status reports about the backend."""

@@ -15,6 +15,13 @@ from .sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
 
+NO_STEP_LIMIT = 1 << 30  # a row's step limit when the run has no fixed step count
+
+# A paused generation's per-row tensors, the same names and meaning on every backend (the graph
+# runtime's RowState fields, capture/state.py), besides the KV cache rows `cache_k`, `cache_v`.
+PAUSED_TENSORS = ("pending", "pending_count", "cache_len", "n_gen", "budget", "finished", "ended", "steps",
+                  "temperature", "step_limit", "ignore_end", "noise_key", "seen", "out_tokens")
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -39,6 +46,12 @@ class GenerationConfig:
 def draw_seed() -> int:
     """A seed for a call that names none: from torch's global RNG (torch.manual_seed fixes it)."""
     return int(torch.randint(0, 2**62, (1,)))
+
+
+def stop_reasons(finished, ended, steps, step_limit) -> list[str]:
+    """Each row's stop reason from its state flags ("" while it runs)."""
+    return ["" if not f else "end" if e else "fixed_steps" if s >= lim else "max_new_tokens"
+            for f, e, s, lim in zip(finished, ended, steps, step_limit)]
 
 
 @dataclass

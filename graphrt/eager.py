@@ -41,11 +41,7 @@ class EagerDecode(Decode):
         return self.decoder.results
 
     def pause(self) -> tuple[dict, dict]:
-        raw = self.decoder.state_dict()
-        tensors = {k: raw.pop(k) for k in ("cache_k", "cache_v", "seen")}
-        if (rng := raw.pop("rng")) is not None:
-            tensors["rng"] = rng
-        return tensors, raw
+        return self.decoder.state_dict()
 
 
 class EagerBackend(Backend):
@@ -69,9 +65,7 @@ class EagerBackend(Backend):
     def resume(self, jobs: list[ImageJob], gen: GenerationConfig, tensors: dict, extra: dict) -> EagerDecode:
         requests = [RowRequest(r.prompt.ids, None, r.prompt.image_start, r.temperature) for job in jobs
                     for r in job.rows]
-        raw = dict(extra, **tensors)
-        raw.setdefault("rng", None)
-        decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, raw)
+        decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, tensors, extra)
         return EagerDecode(decoder, jobs, {})
 
     def stream(self, feed, gen: GenerationConfig):
@@ -86,10 +80,8 @@ class EagerBackend(Backend):
             yield from self._run_chunk(chunk, gen)
 
     def _run_chunk(self, jobs: list[ImageJob], gen: GenerationConfig):
-        timings = self.run(jobs, gen)
-        for job in jobs:
-            job.timings_ms.update(timings)
-            yield job
+        self.run(jobs, gen)
+        yield from jobs
 
     def requests(self, jobs: list[ImageJob]) -> list[RowRequest]:
         """Rows of the eager loop, with shared prefixes marked for rows of one image (the prefix

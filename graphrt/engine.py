@@ -239,12 +239,7 @@ class Engine:
         pairs = _as_list(pairs, "pairs", "a list of (image, query) pairs")
         if not pairs:
             return
-        task = check_task(task or self.options.task)
-        gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
-        temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
-            else [None] * len(pairs)
-        if len(temps) != len(pairs):
-            raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {len(pairs)} pairs)")
+        task, gen, temps = self._call_settings(len(pairs), temperatures, task, generation)
         good = []
         for i, (pair, temperature) in enumerate(zip(pairs, temps)):
             problem = _pair_problem(pair) or _temperature_problem(temperature)
@@ -270,9 +265,7 @@ class Engine:
                     jobs.append(job)
             if jobs:
                 backend = self._backend_for_batch(backend, jobs, gen)
-                timings = backend.run(jobs, gen)
-                for job in jobs:
-                    job.timings_ms = dict(timings)
+                backend.run(jobs, gen)
                 yield from self._results(jobs, backend.name)
             return
         with Prefetcher(prepare, groups, self._threads(), ahead=2 * backend.max_batch) as prepared:
@@ -293,12 +286,7 @@ class Engine:
         if not pairs:
             raise InputError("start() needs at least one (image, query) pair")
         self._check_rows(len(pairs), "start")
-        task = check_task(task or self.options.task)
-        gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
-        temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
-            else [None] * len(pairs)
-        if len(temps) != len(pairs):
-            raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {len(pairs)} pairs)")
+        task, gen, temps = self._call_settings(len(pairs), temperatures, task, generation)
         for i, (pair, temperature) in enumerate(zip(pairs, temps)):
             if problem := _pair_problem(pair) or _temperature_problem(temperature):
                 raise InputError(f"pair {i}: {problem}")
@@ -319,6 +307,16 @@ class Engine:
         run = Generation(self, jobs, gen, backend.name, backend.resume(jobs, gen, state.tensors, state.extra))
         run.steps_done = state.steps_done
         return run
+
+    def _call_settings(self, n: int, temperatures, task: str | None, generation: dict) -> tuple:
+        """(task, GenerationConfig, one temperature per pair) of a call on n pairs."""
+        task = check_task(task or self.options.task)
+        gen = _check_generation(dataclasses.replace(self.options.generation, **generation))
+        temps = _as_list(temperatures, "temperatures", "a list (one per pair)") if temperatures is not None \
+            else [None] * n
+        if len(temps) != n:
+            raise InputError(f"temperatures must have one entry per pair ({len(temps)} for {n} pairs)")
+        return task, gen, temps
 
     def _check_rows(self, n: int, call: str) -> None:
         limit = self.options.max_rows

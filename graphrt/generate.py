@@ -8,14 +8,13 @@ not advancing the row's cache length past the accepted tokens.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
 import torch
 
 from .attention.plan import PlanBuilder
-from .decode import GenerationConfig, RowResult, context_budget, draw_seed
+from .decode import NO_STEP_LIMIT, GenerationConfig, RowResult, context_budget, draw_seed, stop_reasons
 from .errors import InputError
 from .kv_cache import KVCache
 from .mtp import StepKind, accept, ar_switch, propose
@@ -98,10 +97,9 @@ class EagerDecoder:
     and continue it later (in another process too), token for token.
     """
 
-    STATE = ("cached", "pending", "results", "ar_mode", "active", "budgets", "steps_done")
-
     @torch.no_grad()
-    def __init__(self, model, attend, requests: list[RowRequest], gen: GenerationConfig, state: dict | None = None):
+    def __init__(self, model, attend, requests: list[RowRequest], gen: GenerationConfig,
+                 state: tuple[dict, dict] | None = None):
         cfg, device = model.cfg, model.device
         self.model, self.attend, self.gen = model, attend, gen
         self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
@@ -112,7 +110,7 @@ class EagerDecoder:
         seed = gen.seed if gen.seed is not None else draw_seed() if any(self.sampled) else 0
         self.keys = noise_keys(seed, [i if r.stream is None else r.stream for i, r in enumerate(requests)]).to(device)
         if state is not None:
-            self._load(state)
+            self._load(*state)
             return
         check_sharing(requests)
         self.budgets = [context_budget(cfg, len(r.prompt), r.max_new_tokens or gen.max_new_tokens) for r in requests]
@@ -224,28 +222,60 @@ class EagerDecoder:
 
     # ------------------------------------------------------------------ pause / resume
 
-    def state_dict(self) -> dict:
-        """Everything needed to continue, as CPU tensors and plain Python values."""
-        state = {name: getattr(self, name) for name in self.STATE}
-        state["results"] = [dataclasses.asdict(r) for r in self.results]
-        state["cache_k"], state["cache_v"] = self.cache.k.cpu(), self.cache.v.cpu()
-        state["seen"] = self.seen.cpu()
-        state["rng"] = self.keys.cpu()  # the rows' sampling-stream keys
-        return state
+    def state_dict(self) -> tuple[dict, dict]:
+        """Everything needed to continue: (CPU tensors named as decode.PAUSED_TENSORS, plus the
+        KV cache; plain values of the eager loop alone: AR mode, per-step counts and kinds)."""
+        n, blk, gen = len(self.results), self.block, self.gen
+        pending = torch.zeros(n, blk, dtype=torch.long)
+        for row, tokens in enumerate(self.pending):  # right-aligned, as the graph runtime keeps them
+            pending[row, blk - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        width = max([len(r.tokens) for r in self.results] + [1])
+        out = torch.zeros(n, width, dtype=torch.long)
+        for row, r in enumerate(self.results):
+            out[row, : len(r.tokens)] = torch.tensor(r.tokens, dtype=torch.long)
+        active = set(self.active)
+        limit = NO_STEP_LIMIT if gen.fixed_steps is None else gen.fixed_steps
+        long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+        flags = lambda values: torch.tensor(values, dtype=torch.bool)  # noqa: E731
+        tensors = {
+            "pending": pending, "pending_count": long([len(p) for p in self.pending]), "cache_len": long(self.cached),
+            "n_gen": long([len(r.tokens) for r in self.results]), "budget": long(self.budgets),
+            "finished": flags([row not in active for row in range(n)]),
+            "ended": flags([r.stop_reason == "end" for r in self.results]),
+            "steps": long([r.steps for r in self.results]), "temperature": self.temps.cpu(),
+            "step_limit": long([limit] * n), "ignore_end": flags([gen.fixed_steps is not None] * n),
+            "noise_key": self.keys.cpu(),
+            "seen": torch.cat([self.seen.cpu(), torch.zeros(n, 1, dtype=torch.bool)], 1),  # column V: padding
+            "out_tokens": out, "cache_k": self.cache.k.cpu(), "cache_v": self.cache.v.cpu(),
+        }
+        extra = {"ar_mode": list(self.ar_mode), "accepted": [r.accepted for r in self.results],
+                 "kinds": [r.kinds for r in self.results], "steps_done": self.steps_done}
+        return tensors, extra
 
-    def _load(self, state: dict) -> None:
-        device = self.model.device
-        for name in self.STATE:
-            setattr(self, name, state[name])
-        self.results = [RowResult(**r) for r in state["results"]]
-        k = state["cache_k"]
+    def _load(self, tensors: dict, extra: dict) -> None:
+        device, blk = self.model.device, self.block
+        count, n_gen, steps = (tensors[k].tolist() for k in ("pending_count", "n_gen", "steps"))
+        reasons = stop_reasons(tensors["finished"].tolist(), tensors["ended"].tolist(), steps,
+                               tensors["step_limit"].tolist())
+        self.cached = tensors["cache_len"].tolist()
+        self.pending = [tensors["pending"][row, blk - k :].tolist() for row, k in enumerate(count)]
+        self.results = [RowResult(tensors["out_tokens"][row, :n].tolist(), reason, s, list(acc), list(kinds))
+                        for row, (n, reason, s, acc, kinds)
+                        in enumerate(zip(n_gen, reasons, steps, extra["accepted"], extra["kinds"]))]
+        self.ar_mode = list(extra["ar_mode"])
+        self.active = [row for row, done in enumerate(tensors["finished"].tolist()) if not done]
+        self.budgets = tensors["budget"].tolist()
+        self.steps_done = extra["steps_done"]
+        k = tensors["cache_k"]
         self.cache = KVCache(k.shape[0], k.shape[1], k.shape[2], k.shape[3], k.shape[4], self.model.dtype, device)
         self.cache.k.copy_(k)
-        self.cache.v.copy_(state["cache_v"])
-        self.seen = state["seen"].to(device)
-        if state["rng"] is not None and state["rng"].dtype == torch.long:  # older states: a generator's bytes
-            self.keys = state["rng"].to(device)
+        self.cache.v.copy_(tensors["cache_v"])
+        self.seen = tensors["seen"][:, : self.model.cfg.text.vocab_size].to(device)
+        self.keys = tensors["noise_key"].to(device)
+        self.temps = tensors["temperature"].to(device)
+        self.sampled = [t > 0 for t in self.temps.tolist()]
 
     @classmethod
-    def from_state(cls, model, attend, requests: list[RowRequest], gen: GenerationConfig, state: dict):
-        return cls(model, attend, requests, gen, state=state)
+    def from_state(cls, model, attend, requests: list[RowRequest], gen: GenerationConfig, tensors: dict,
+                   extra: dict) -> "EagerDecoder":
+        return cls(model, attend, requests, gen, state=(tensors, extra))

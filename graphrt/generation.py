@@ -20,21 +20,27 @@ from pathlib import Path
 import torch
 
 from .backend import Decode
-from .decode import GenerationConfig
+from .decode import PAUSED_TENSORS, GenerationConfig
 from .errors import InputError
 from .mtp import MTPConfig
 from .request import ImageJob, Row
 from .sampler import SamplingConfig
 
 
+# Format 2 (2026-11-24): per-row tensors named as graphrt.decode.PAUSED_TENSORS on both backends.
+# Format 1 (no `format` key: each backend its own names) is refused with an InputError saying so.
+STATE_FORMAT = 2
+
+
 @dataclass
 class GenerationState:
-    backend: str  # "graphs" | "eager"
+    backend: str  # "graphs" | "eager": the backend that paused it, and the one that resumes it
     generation: dict  # GenerationConfig as a dict
     rows: list[dict]  # per row: what results need (query, prompt, image size, ...)
-    tensors: dict = field(default_factory=dict)  # CPU tensors (device state, KV)
-    extra: dict = field(default_factory=dict)  # plain Python state of the eager loop
+    tensors: dict = field(default_factory=dict)  # CPU tensors: PAUSED_TENSORS and the KV rows
+    extra: dict = field(default_factory=dict)  # plain values only one backend has (eager: AR mode, ...)
     steps_done: int = 0
+    format: int = 1  # a state file without the key is format 1
 
     def save(self, path: str | Path) -> None:
         torch.save(dataclasses.asdict(self), str(path))
@@ -58,6 +64,12 @@ class GenerationState:
         if state.backend not in ("graphs", "eager") or not isinstance(state.rows, list) \
                 or not isinstance(state.generation, dict) or not isinstance(state.tensors, dict):
             raise InputError(f"generation state {path}: malformed (backend {state.backend!r})")
+        if state.format != STATE_FORMAT:
+            raise InputError(f"generation state {path}: format {state.format} (an older graphrt); this version "
+                             f"resumes format {STATE_FORMAT} only: run the request again")
+        missing = sorted(set(PAUSED_TENSORS) - set(state.tensors))
+        if missing:
+            raise InputError(f"generation state {path}: malformed (no tensors {', '.join(missing)})")
         try:
             state.generation_config()
         except (TypeError, KeyError, ValueError) as exc:
@@ -106,7 +118,8 @@ class Generation:
     def pause(self) -> GenerationState:
         rows = [_row_meta(job, r) for job in self.jobs for r in job.rows]
         tensors, extra = self.decode.pause()
-        return GenerationState(self.backend, dataclasses.asdict(self.gen), rows, tensors, extra, self.steps_done)
+        return GenerationState(self.backend, dataclasses.asdict(self.gen), rows, tensors, extra, self.steps_done,
+                               STATE_FORMAT)
 
 
 def _row_meta(job: ImageJob, r: Row) -> dict:

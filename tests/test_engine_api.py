@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from capture import GraphRuntime
 from capture.scheduler import run_jobs
 from graphrt import Engine, EngineOptions, GenerationConfig, GenerationState, InputError
 from graphrt.attention.sdpa import lm_attention
+from graphrt.decode import PAUSED_TENSORS
 from graphrt.generate import RowRequest, generate, share_prefixes
+from graphrt.generation import STATE_FORMAT
 from graphrt.request import ImageJob, Row
 
 from conftest import random_image
@@ -165,6 +168,46 @@ def test_pause_resume(request, which, tmp_path):
     resumed = engine.resume(GenerationState.load(tmp_path / "state.pt")).finish()
     assert tokens(resumed) == tokens(direct)
     assert [r.task for r in resumed] == [r.task for r in direct] == ["detect", "detect", "point"]
+
+
+def test_one_pause_format(static_engine, eager_engine):
+    """Both backends pause into the same per-row tensors (graphrt.decode.PAUSED_TENSORS): the same
+    dtypes, and after the same steps the same values (pending tokens right-aligned; the graphs'
+    padding column of `seen` and their wider token buffer aside)."""
+    pairs = [(A, "cat"), (B, "dog"), (A, "x", {"task": "point"})]
+    paused = []
+    for engine in (static_engine, eager_engine):
+        run = engine.start(pairs)
+        run.advance(2)
+        paused.append(run.pause())
+    graphs, eager = paused
+    assert (graphs.backend, eager.backend) == ("graphs", "eager") and graphs.format == eager.format == STATE_FORMAT
+    g, e = graphs.tensors, eager.tensors
+    count = e["pending_count"]
+    assert torch.equal(g["pending_count"], count) and count.min() >= 1
+    vocab = static_engine.cfg.text.vocab_size
+    for name in PAUSED_TENSORS:
+        assert g[name].dtype == e[name].dtype and g[name].shape[0] == e[name].shape[0] == len(pairs), name
+        if name == "pending":
+            for row, k in enumerate(count.tolist()):
+                assert torch.equal(g[name][row, -k:], e[name][row, -k:]), f"pending of row {row}"
+        elif name == "out_tokens":
+            for row, n in enumerate(e["n_gen"].tolist()):
+                assert torch.equal(g[name][row, :n], e[name][row, :n]), f"tokens of row {row}"
+        elif name == "seen":
+            assert torch.equal(g[name][:, :vocab], e[name][:, :vocab])
+        else:
+            assert torch.equal(g[name], e[name]), name
+    assert e["n_gen"].min() > 0  # the rows did decode
+
+
+def test_old_state_format_refused(eager_engine, tmp_path):
+    state = eager_engine.start([(A, "cat")]).pause()
+    old = dataclasses.asdict(state)
+    del old["format"]  # format 1 files have no such key
+    torch.save(old, str(tmp_path / "old.pt"))
+    with pytest.raises(InputError, match="format 1 .*run the request again"):
+        GenerationState.load(tmp_path / "old.pt")
 
 
 def test_displaced_generation_raises(static_engine):
