@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import torch
 
-from .ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
-from .varlen import VarlenKernel
 from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
 
 from .buckets import Buckets
+from .ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
 from .state import RowState
+from .varlen import VarlenKernel
 
 
 class StaticPipeline:
@@ -74,9 +74,6 @@ class StaticPipeline:
         self.p_positions = z(bm * tm)
         self.p_slots = torch.full((bm * tm,), self.dead, dtype=torch.long, device=dev)
         self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
-        self.p_seen = torch.full((bm, tm + 1), self.vocab, dtype=torch.long, device=dev)  # prompt ids, pad = V
-        self.p_last = z(bm)
-        self.p_budget = torch.ones(bm, dtype=torch.long, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
         self.p_target = z(bm)  # cache row of each prefill segment
         # per-segment seeds of the rows a prefill fills (RowState's prompt-id set: pad = V)

@@ -40,7 +40,7 @@ def row_field(dtype: torch.dtype, free=0, seed=None, width: str | None = None):
     return dataclasses.field(metadata={"dtype": dtype, "free": free, "seed": seed, "width": width})
 
 
-def _each(fn: Callable) -> FromSegments:
+def per_segment(fn: Callable) -> FromSegments:
     """A seed computed segment by segment: fn(segment, gen)."""
     return FromSegments(lambda segments, gen: [fn(seg, gen) for seg in segments])
 
@@ -57,19 +57,19 @@ def _stream_keys(segments, gen):
 @dataclass
 class RowState:
     # accepted tokens not yet in the cache, right-aligned; a new row starts with its last prompt token
-    pending: torch.Tensor = row_field(torch.long, 0, _each(lambda seg, gen: seg.row.prompt.ids[-1]), "block")
+    pending: torch.Tensor = row_field(torch.long, 0, per_segment(lambda seg, gen: seg.row.prompt.ids[-1]), "block")
     pending_count: torch.Tensor = row_field(torch.long, 1, 1)
-    cache_len: torch.Tensor = row_field(torch.long, 1, _each(lambda seg, gen: seg.end))  # KV slots cached
+    cache_len: torch.Tensor = row_field(torch.long, 1, per_segment(lambda seg, gen: seg.end))  # KV slots cached
     n_gen: torch.Tensor = row_field(torch.long, 0, 0)  # tokens generated
-    budget: torch.Tensor = row_field(torch.long, 1, _each(lambda seg, gen: seg.budget))  # max new tokens
+    budget: torch.Tensor = row_field(torch.long, 1, per_segment(lambda seg, gen: seg.budget))  # max new tokens
     finished: torch.Tensor = row_field(torch.bool, True, False)
     ended: torch.Tensor = row_field(torch.bool, False, False)  # finished by an end token (not the budget)
     steps: torch.Tensor = row_field(torch.long, 0, 0)
-    temperature: torch.Tensor = row_field(torch.float32, 0.0, _each(_temperature))
+    temperature: torch.Tensor = row_field(torch.float32, 0.0, per_segment(_temperature))
     # fixed-step benchmarks: run exactly this many steps, end tokens ignored
-    step_limit: torch.Tensor = row_field(torch.long, NO_LIMIT, _each(
+    step_limit: torch.Tensor = row_field(torch.long, NO_LIMIT, per_segment(
         lambda seg, gen: NO_LIMIT if gen.fixed_steps is None else gen.fixed_steps))
-    ignore_end: torch.Tensor = row_field(torch.bool, False, _each(lambda seg, gen: gen.fixed_steps is not None))
+    ignore_end: torch.Tensor = row_field(torch.bool, False, per_segment(lambda seg, gen: gen.fixed_steps is not None))
     noise_key: torch.Tensor = row_field(torch.long, 0, FromSegments(_stream_keys))  # sampling stream (sampler.uniforms)
     # tokens seen (repetition penalty); column V absorbs padding
     seen: torch.Tensor = row_field(torch.bool, False, TokenSet(lambda seg, gen: seg.row.prompt.ids), "vocab")

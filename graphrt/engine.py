@@ -19,7 +19,6 @@ import logging
 import math
 import numbers
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +33,16 @@ from weights.loader import load_weights
 
 from .backend import Backend, JobFeed, JobSource
 from .config import ModelConfig, PreprocessorConfig
-from .decode import GenerationConfig, context_budget
+from .decode import GenerationConfig
 from .eager import EagerBackend, encode_images
 from .errors import CheckpointError, InputError, OptionError
 from .generation import Generation, GenerationState
+from .intake import PAIR_OPTIONS, Intake, group_by_image, query_text
 from .model import LocateAnything
 from .prefetch import Prefetcher
-from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage, load_image
-from .prompt import PHRASE_TASKS, TASKS, Prompt, PromptBuilder, check_task, load_chat_template, load_tokenizer, normalize_query
-from .request import ImageJob, LocateResult, Row
-from .visual_prompt import VisualPrompt, exemplar_inputs
+from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage
+from .prompt import TASKS, PromptBuilder, check_task, load_chat_template, load_tokenizer
+from .request import ImageJob, LocateResult
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +130,6 @@ class EngineOptions:
 
     def workers(self) -> int:
         return self.preprocess_workers or min(8, os.cpu_count() or 1)
-
-
-PAIR_OPTIONS = ("task", "exemplar", "exemplar_box", "box_format")  # keys of a pair's third element
 
 
 class Engine:
@@ -248,12 +244,13 @@ class Engine:
             elif errors == "raise":
                 raise InputError(f"pair {i}: {problem}")
             else:
-                yield i, LocateResult.failed(_query_text(pair[1]) if _is_pair(pair) else "", f"pair {i}: {problem}")
+                yield i, LocateResult.failed(query_text(pair[1]) if _is_pair(pair) else "", f"pair {i}: {problem}")
         if not good:
             return
         backend = self._backend_for_config(gen, [temps[i] for i in good])
-        groups = _group_by_image(pairs, backend.max_batch, good)
-        prepare = lambda indices: self._prepare(pairs, indices, temps, gen, errors, task)  # noqa: E731
+        groups = group_by_image(pairs, backend.max_batch, good)
+        intake = self._intake()
+        prepare = lambda indices: intake.prepare(pairs, indices, temps, gen, errors, task)  # noqa: E731
         if len(good) <= backend.max_batch and len(groups) <= backend.max_batch:
             # One batch: one image is prepared inline (no thread hand-off on the latency path),
             # several in parallel on the CPU threads.
@@ -290,7 +287,8 @@ class Engine:
         for i, (pair, temperature) in enumerate(zip(pairs, temps)):
             if problem := _pair_problem(pair) or _temperature_problem(temperature):
                 raise InputError(f"pair {i}: {problem}")
-        jobs = [self._prepare(pairs, g, temps, gen, "raise", task)[0] for g in _group_by_image(pairs, len(pairs))]
+        intake = self._intake()
+        jobs = [intake.prepare(pairs, g, temps, gen, "raise", task)[0] for g in group_by_image(pairs, len(pairs))]
         backend = self._backend_for_config(gen, temps, quiet=True)
         backend = self._backend_for_batch(backend, jobs, gen, quiet=True)
         return Generation(self, jobs, gen, backend.name, backend.start(jobs, gen))
@@ -298,15 +296,19 @@ class Engine:
     def resume(self, state: GenerationState) -> Generation:
         """Continue a paused generation (from pause(), or GenerationState.load)."""
         gen = state.generation_config()
-        jobs = [ImageJob(ProcessedImage(torch.empty(0), tuple(m["grid"]), tuple(m["size"])), [_row_of(m)])
-                for m in state.rows]
+        jobs = state.jobs()
         backend = {b.name: b for b in (self.eager, self.backend)}.get(state.backend)
         if backend is None:
-            raise InputError(f"this state was paused on the {state.backend} backend; this engine has none "
-                             f"(graph runtime {'on' if self.runtime else 'off'})")
+            raise InputError(f"this state was paused on the {state.backend} backend, which this engine does not have")
         run = Generation(self, jobs, gen, backend.name, backend.resume(jobs, gen, state.tensors, state.extra))
         run.steps_done = state.steps_done
         return run
+
+    def _intake(self) -> Intake:
+        """Pairs to jobs with the engine's processor and prompts as they are now (scale-out replaces
+        the processor, and makes views with other prompts)."""
+        return Intake(self.cfg, self.processor, self.prompts, self.options.max_image_pixels,
+                      self.options.max_query_chars)
 
     def _call_settings(self, n: int, temperatures, task: str | None, generation: dict) -> tuple:
         """(task, GenerationConfig, one temperature per pair) of a call on n pairs."""
@@ -355,66 +357,6 @@ class Engine:
 
     # ------------------------------------------------------------------ preparation
 
-    def _prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str, task: str):
-        """Image and prompts of one group -> (ImageJob or None, [(index, failed result)]). A bad
-        image fails all its rows; a bad query (or task, or exemplar) only its own."""
-        t0 = time.perf_counter()
-        specs = {}
-        for i in indices:
-            try:
-                specs[i] = _pair_options(pairs[i], task)
-            except InputError as exc:
-                specs[i] = exc
-        try:
-            src = pairs[indices[0]][0]
-            # Boxes are cropped from the image as read (before the processor resizes it).
-            boxed = any(not isinstance(v, Exception) and v[2] is not None and v[2].box is not None
-                        for v in specs.values())
-            rgb = load_image(src, self.options.max_image_pixels) if boxed else None
-            image = self.processor(rgb if boxed else src)
-        except InputError as exc:
-            if errors == "raise":
-                raise
-            return None, [(i, LocateResult.failed(_query_text(pairs[i][1]), str(exc))) for i in indices]
-        rows, failures = [], []
-        merge = self.cfg.vision.merge_kernel_size
-        for i in indices:
-            query = pairs[i][1]
-            try:
-                if isinstance(specs[i], Exception):
-                    raise specs[i]
-                _, row_task, visual = specs[i]
-                if query is not None or row_task in PHRASE_TASKS:
-                    self._check_query_length(query)
-                exemplars = [] if visual is None else [
-                    self._exemplar(k, x) for k, x in enumerate(exemplar_inputs(rgb, visual))]
-                counts = [image.num_tokens(merge)] + [e.num_tokens(merge) for e in exemplars]
-                prompt = self.prompts.build(query, counts, row_task)
-                context_budget(self.cfg, len(prompt.ids), gen.max_new_tokens)
-            except InputError as exc:
-                if errors == "raise":
-                    raise
-                failures.append((i, LocateResult.failed(_query_text(query), str(exc))))
-                continue
-            phrase = normalize_query(query) if row_task in PHRASE_TASKS else ""
-            rows.append(Row(i, phrase, row_task, prompt, temps[i], exemplars=exemplars))
-        job = ImageJob(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
-        return job, failures
-
-    def _check_query_length(self, query) -> None:
-        if not isinstance(query, (str, list, tuple)):
-            raise InputError(f"query must be a non-empty string or a list of strings, found {type(query).__name__}")
-        limit = self.options.max_query_chars
-        text = normalize_query(query)
-        if limit is not None and len(text) > limit:
-            raise InputError(f"query of {len(text):,} characters is over EngineOptions.max_query_chars = {limit:,}")
-
-    def _exemplar(self, k: int, src) -> ProcessedImage:
-        try:
-            return self.processor(src)
-        except InputError as exc:
-            raise InputError(f"exemplar {k + 1}: {exc}") from exc
-
     def _results(self, jobs: list[ImageJob], backend: str):
         """(index, LocateResult) of each row of finished jobs."""
         for job in jobs:
@@ -459,12 +401,6 @@ def _graphs_off(options: EngineOptions, model) -> str | None:
     return "no CUDA device" if model.device.type != "cuda" else "fp32 (graphs need fp16/bf16)"
 
 
-def _row_of(meta: dict) -> Row:
-    """A row of a paused generation (GenerationState.rows)."""
-    prompt = Prompt(meta["ids"], meta["image_start"], meta["image_tokens"], meta["prefix_len"])
-    return Row(meta["index"], meta["query"], meta.get("task", ""), prompt, meta["temperature"])
-
-
 def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     """EngineOptions fields, and GenerationConfig fields applied to options.generation."""
     overrides = dict(overrides)
@@ -476,45 +412,6 @@ def _override(options: EngineOptions, overrides: dict) -> EngineOptions:
     if gen_over:
         overrides["generation"] = dataclasses.replace(overrides.get("generation", options.generation), **gen_over)
     return dataclasses.replace(options, **overrides)
-
-
-def _pair_options(pair, task: str) -> tuple:
-    """(query, task, VisualPrompt or None) of an (image, query) or (image, query, options) pair."""
-    if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
-        raise InputError("a pair is (image, query) or (image, query, {task, exemplar, exemplar_box, box_format})")
-    opts = pair[2] if len(pair) == 3 and pair[2] is not None else {}
-    if not isinstance(opts, dict):
-        raise InputError(f"a pair's third element must be a dict of {', '.join(PAIR_OPTIONS)}")
-    unknown = sorted(set(opts) - set(PAIR_OPTIONS))
-    if unknown:
-        raise InputError(f"unknown pair option(s) {', '.join(unknown)}; known: {', '.join(PAIR_OPTIONS)}")
-    row_task = check_task(opts.get("task") or task)
-    visual = VisualPrompt.of(opts.get("exemplar"), opts.get("exemplar_box"),
-                             opts.get("box_format") or "normalized_1000")
-    return pair[1], row_task, visual
-
-
-def _image_key(src):
-    if isinstance(src, (str, Path)):
-        try:
-            return "path", str(Path(src).resolve())
-        except (OSError, ValueError):  # e.g. a NUL byte: the processor names the problem
-            return "path", str(src)
-    return "object", id(src)
-
-
-def _group_by_image(pairs, limit: int, indices=None) -> list[list[int]]:
-    """Indices of pairs (all, or `indices`) grouped by image (same path or same object), in first-seen
-    order; a group holds at most `limit` rows (the largest batch), so a job always fits a batch."""
-    groups: dict = {}
-    order: list[list[int]] = []
-    for i in range(len(pairs)) if indices is None else indices:
-        key = _image_key(pairs[i][0])
-        if key not in groups or len(groups[key]) >= limit:
-            groups[key] = []
-            order.append(groups[key])
-        groups[key].append(i)
-    return order
 
 
 def _is_cuda_index(device: str) -> bool:
@@ -558,10 +455,3 @@ def _temperature_problem(temperature) -> str | None:
     if not math.isfinite(temperature) or temperature < 0:
         return f"temperature must be finite and >= 0 (0: greedy), found {temperature!r}"
     return None
-
-
-def _query_text(query) -> str:
-    if query is None:
-        return ""
-    return query if isinstance(query, str) else "</c>".join(map(str, query)) if isinstance(query, (list, tuple)) \
-        else repr(query)

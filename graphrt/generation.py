@@ -23,6 +23,8 @@ from .backend import Decode
 from .decode import PAUSED_TENSORS, GenerationConfig
 from .errors import InputError
 from .mtp import MTPConfig
+from .processor import ProcessedImage
+from .prompt import Prompt
 from .request import ImageJob, Row
 from .sampler import SamplingConfig
 
@@ -76,6 +78,11 @@ class GenerationState:
             raise InputError(f"generation state {path}: its generation settings are unusable ({exc})") from exc
         return state
 
+    def jobs(self) -> list[ImageJob]:
+        """The paused rows as image jobs (one row each; the images themselves are not kept)."""
+        return [ImageJob(ProcessedImage(torch.empty(0), tuple(m["grid"]), tuple(m["size"])), [_row_of(m)])
+                for m in self.rows]
+
     def generation_config(self) -> GenerationConfig:
         d = dict(self.generation)
         return GenerationConfig(**dict(d, sampling=SamplingConfig(**d["sampling"]), mtp=MTPConfig(**d["mtp"])))
@@ -126,3 +133,8 @@ def _row_meta(job: ImageJob, r: Row) -> dict:
     return {"index": r.index, "query": r.query, "ids": r.prompt.ids, "image_start": r.prompt.image_start,
             "image_tokens": r.prompt.image_tokens, "prefix_len": r.prompt.prefix_len, "temperature": r.temperature,
             "grid": list(job.image.grid), "size": list(job.image.size), "task": r.task}
+
+
+def _row_of(meta: dict) -> Row:
+    prompt = Prompt(meta["ids"], meta["image_start"], meta["image_tokens"], meta["prefix_len"])
+    return Row(meta["index"], meta["query"], meta.get("task", ""), prompt, meta["temperature"])

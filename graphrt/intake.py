@@ -1,0 +1,131 @@
+"""Pairs to image jobs: each (image, query[, options]) pair's options read, its image decoded and
+resized on the CPU, exemplars cropped or loaded, the prompt built and checked against the context;
+the rows of one image become one ImageJob. A bad image fails all its rows, a bad query only its own."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import ModelConfig
+from .decode import GenerationConfig, context_budget
+from .errors import InputError
+from .processor import ImageProcessor, ProcessedImage, load_image
+from .prompt import PHRASE_TASKS, PromptBuilder, check_task, normalize_query
+from .request import ImageJob, LocateResult, Row
+from .visual_prompt import VisualPrompt, exemplar_inputs
+
+PAIR_OPTIONS = ("task", "exemplar", "exemplar_box", "box_format")  # keys of a pair's third element
+
+
+class Intake:
+    def __init__(self, cfg: ModelConfig, processor: ImageProcessor, prompts: PromptBuilder,
+                 max_image_pixels: int | None, max_query_chars: int | None):
+        self.cfg, self.processor, self.prompts = cfg, processor, prompts
+        self.max_image_pixels, self.max_query_chars = max_image_pixels, max_query_chars
+
+    def prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str, task: str):
+        """Image and prompts of one group -> (ImageJob or None, [(index, failed result)]). A bad
+        image fails all its rows; a bad query (or task, or exemplar) only its own."""
+        t0 = time.perf_counter()
+        specs = {}
+        for i in indices:
+            try:
+                specs[i] = pair_options(pairs[i], task)
+            except InputError as exc:
+                specs[i] = exc
+        try:
+            src = pairs[indices[0]][0]
+            # Boxes are cropped from the image as read (before the processor resizes it).
+            boxed = any(not isinstance(v, Exception) and v[2] is not None and v[2].box is not None
+                        for v in specs.values())
+            rgb = load_image(src, self.max_image_pixels) if boxed else None
+            image = self.processor(rgb if boxed else src)
+        except InputError as exc:
+            if errors == "raise":
+                raise
+            return None, [(i, LocateResult.failed(query_text(pairs[i][1]), str(exc))) for i in indices]
+        rows, failures = [], []
+        merge = self.cfg.vision.merge_kernel_size
+        for i in indices:
+            query = pairs[i][1]
+            try:
+                if isinstance(specs[i], Exception):
+                    raise specs[i]
+                _, row_task, visual = specs[i]
+                if query is not None or row_task in PHRASE_TASKS:
+                    self.check_query_length(query)
+                exemplars = [] if visual is None else [
+                    self._exemplar(k, x) for k, x in enumerate(exemplar_inputs(rgb, visual))]
+                counts = [image.num_tokens(merge)] + [e.num_tokens(merge) for e in exemplars]
+                prompt = self.prompts.build(query, counts, row_task)
+                context_budget(self.cfg, len(prompt.ids), gen.max_new_tokens)
+            except InputError as exc:
+                if errors == "raise":
+                    raise
+                failures.append((i, LocateResult.failed(query_text(query), str(exc))))
+                continue
+            phrase = normalize_query(query) if row_task in PHRASE_TASKS else ""
+            rows.append(Row(i, phrase, row_task, prompt, temps[i], exemplars=exemplars))
+        job = ImageJob(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
+        return job, failures
+
+    def check_query_length(self, query) -> None:
+        if not isinstance(query, (str, list, tuple)):
+            raise InputError(f"query must be a non-empty string or a list of strings, found {type(query).__name__}")
+        limit = self.max_query_chars
+        text = normalize_query(query)
+        if limit is not None and len(text) > limit:
+            raise InputError(f"query of {len(text):,} characters is over EngineOptions.max_query_chars = {limit:,}")
+
+    def _exemplar(self, k: int, src) -> ProcessedImage:
+        try:
+            return self.processor(src)
+        except InputError as exc:
+            raise InputError(f"exemplar {k + 1}: {exc}") from exc
+
+
+def pair_options(pair, task: str) -> tuple:
+    """(query, task, VisualPrompt or None) of an (image, query) or (image, query, options) pair."""
+    if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
+        raise InputError("a pair is (image, query) or (image, query, {task, exemplar, exemplar_box, box_format})")
+    opts = pair[2] if len(pair) == 3 and pair[2] is not None else {}
+    if not isinstance(opts, dict):
+        raise InputError(f"a pair's third element must be a dict of {', '.join(PAIR_OPTIONS)}")
+    unknown = sorted(set(opts) - set(PAIR_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown pair option(s) {', '.join(unknown)}; known: {', '.join(PAIR_OPTIONS)}")
+    row_task = check_task(opts.get("task") or task)
+    visual = VisualPrompt.of(opts.get("exemplar"), opts.get("exemplar_box"),
+                             opts.get("box_format") or "normalized_1000")
+    return pair[1], row_task, visual
+
+
+def image_key(src):
+    if isinstance(src, (str, Path)):
+        try:
+            return "path", str(Path(src).resolve())
+        except (OSError, ValueError):  # e.g. a NUL byte: the processor names the problem
+            return "path", str(src)
+    return "object", id(src)
+
+
+def group_by_image(pairs, limit: int, indices=None) -> list[list[int]]:
+    """Indices of pairs (all, or `indices`) grouped by image (same path or same object), in first-seen
+    order; a group holds at most `limit` rows (the largest batch), so a job always fits a batch."""
+    groups: dict = {}
+    order: list[list[int]] = []
+    for i in range(len(pairs)) if indices is None else indices:
+        key = image_key(pairs[i][0])
+        if key not in groups or len(groups[key]) >= limit:
+            groups[key] = []
+            order.append(groups[key])
+        groups[key].append(i)
+    return order
+
+
+def query_text(query) -> str:
+    if query is None:
+        return ""
+    return query if isinstance(query, str) else "</c>".join(map(str, query)) if isinstance(query, (list, tuple)) \
+        else repr(query)
