@@ -58,7 +58,7 @@ def memory(engine) -> dict:
         out.update(gpu_allocated_mib=round(torch.cuda.memory_allocated() / 2**20, 1),
                    gpu_reserved_mib=round(torch.cuda.memory_reserved() / 2**20, 1),
                    gpu_device_used_mib=round((total - free) / 2**20, 1))
-    cache = getattr(engine.runtime, "_geometry", None)
+    cache = getattr(getattr(engine.runtime, "inputs", None), "geometry", None)
     if cache is not None:
         out["grid_cache_entries"] = len(cache)
     return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from capture import GraphRuntime
-from capture.runtime import GRIDS_KEPT
+from capture.inputs import GRIDS_KEPT
 from graphrt.lru import LRU
 from graphrt.vision import POSITION_TABLES_KEPT
 
@@ -64,10 +64,10 @@ def runtime(tiny_engine):
 def test_runtime_grid_caches_stay_bounded(runtime):
     entry, held = [], []
     for grid in GRIDS:
-        geometry, order = runtime._grid_geometry(grid), runtime._patch_order(grid)
+        geometry, order = runtime.inputs.grid_geometry(grid), runtime.inputs.patch_order(grid)
         entry.append(tensor_bytes([geometry, order]))
-        assert len(runtime._geometry) <= GRIDS_KEPT and len(runtime._patch_orders) <= GRIDS_KEPT
-        held.append(tensor_bytes(runtime._geometry.values()) + tensor_bytes(runtime._patch_orders.values()))
+        assert len(runtime.inputs.geometry) <= GRIDS_KEPT and len(runtime.inputs.patch_orders) <= GRIDS_KEPT
+        held.append(tensor_bytes(runtime.inputs.geometry.values()) + tensor_bytes(runtime.inputs.patch_orders.values()))
     # Exactly the last GRIDS_KEPT grids' tables are held, however many sizes came before.
     for i in range(len(GRIDS)):
         assert held[i] == sum(entry[max(0, i + 1 - GRIDS_KEPT) : i + 1])
@@ -88,11 +88,11 @@ def test_engine_memory_flat_over_many_sizes(tiny_engine):
         for w, h in sizes:
             image = (rng.rand(h, w, 3) * 255).astype(np.uint8)
             assert engine.locate(image, "cat").error is None
-            rt = engine.runtime
-            held.append(tensor_bytes(rt._geometry.values()) + tensor_bytes(rt._patch_orders.values())
+            rt = engine.runtime.inputs
+            held.append(tensor_bytes(rt.geometry.values()) + tensor_bytes(rt.patch_orders.values())
                         + tensor_bytes(engine.model.vision._pos_cache.values()))
             traced.append(tracemalloc.get_traced_memory()[0])
-            assert len(rt._geometry) <= GRIDS_KEPT and len(engine.model.vision._pos_cache) <= POSITION_TABLES_KEPT
+            assert len(rt.geometry) <= GRIDS_KEPT and len(engine.model.vision._pos_cache) <= POSITION_TABLES_KEPT
     finally:
         tracemalloc.stop()
     warm = max(held[:GRIDS_KEPT + 4])

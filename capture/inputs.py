@@ -1,0 +1,112 @@
+"""The host side of the stages' inputs: per-grid tables kept for the last few image sizes, and the
+fills of the vision and prefill inputs through persistent (pinned on CUDA) staging mirrors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from graphrt.decode import GenerationConfig
+from graphrt.lru import LRU
+from graphrt.processor import ProcessedImage, patchify
+from graphrt.vision import vision_geometry
+
+from .pipeline import StaticPipeline
+from .staging import Staging
+from .state import RowState
+
+# Image grids whose input tables (RoPE cos/sin, merge order, position table, patch-order index; ~30 MB
+# on the GPU at 1024x768 for the 3B model) are kept; a run over many image sizes stays flat.
+GRIDS_KEPT = 8
+
+
+class StageInputs:
+    def __init__(self, model, pipe: StaticPipeline):
+        self.model, self.pipe = model, pipe
+        self._vision = Staging({"merge_index": pipe.merge_index, "v_seqused": pipe.v_seqused})
+        self._prefill = Staging({"ids": pipe.p_ids, "is_image": pipe.p_is_image, "image_row": pipe.p_image_row,
+                                 "positions": pipe.p_positions, "slots": pipe.p_slots, "seqused": pipe.p_seqused,
+                                 "padding": pipe.p_padding_row, "target": pipe.p_target})
+        self._seeds = Staging(pipe.seed_inputs)
+        self.geometry: LRU[tuple] = LRU(GRIDS_KEPT)  # grid -> (cos, sin, merge order, position table)
+        self.patch_orders: LRU[torch.Tensor] = LRU(GRIDS_KEPT)  # grid -> pixel gather index
+        self._norm = None  # (mean, std) now in the pipeline's normalization buffers
+
+    def grid_geometry(self, grid: tuple[int, int]):
+        def make():
+            geo = vision_geometry([grid], self.model.cfg.vision, self.model.device)
+            pos = self.model.vision.position_embedding(grid)
+            return geo.cos, geo.sin, geo.merge_index.cpu().numpy(), pos
+
+        return self.geometry.get(tuple(grid), make)
+
+    def patch_order(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Device index: byte k of the patch-ordered pixels comes from byte index[k] of the HWC image."""
+        def make():
+            p = self.model.cfg.vision.patch_size
+            hwc = torch.arange(grid[0] * p * grid[1] * p * 3).view(grid[0] * p, grid[1] * p, 3)
+            return patchify(hwc, grid).reshape(-1).to(self.model.device)
+
+        return self.patch_orders.get(tuple(grid), make)
+
+    def fill_vision(self, images: list[ProcessedImage], bv: int, p: int) -> None:
+        pipe = self.pipe
+        if (images[0].mean, images[0].std) != self._norm:
+            cols = pipe.pix_mean.shape[0] // 3
+            pipe.pix_mean.copy_(torch.tensor(images[0].mean).repeat_interleave(cols))
+            pipe.pix_std.copy_(torch.tensor(images[0].std).repeat_interleave(cols))
+            self._norm = (images[0].mean, images[0].std)
+        host = self._vision.fill()
+        merge, used = host["merge_index"], host["v_seqused"]
+        for i, im in enumerate(images):
+            n, start = im.num_patches, i * p
+            if (im.mean, im.std) != (images[0].mean, images[0].std):
+                raise ValueError("images of one batch must share the normalization constants")
+            stage = pipe.rgb_stage[: im.rgb.numel()]
+            stage.copy_(im.rgb.view(-1))  # uint8 HWC to the device; the gather puts it in patch order
+            torch.index_select(stage, 0, self.patch_order(im.grid), out=pipe.pixels_u8[start : start + n].view(-1))
+            cos, sin, order, pos = self.grid_geometry(im.grid)
+            pipe.cos[start : start + n].copy_(cos)
+            pipe.sin[start : start + n].copy_(sin)
+            pipe.pos[start : start + n].copy_(pos)
+            merge[start : start + n] = order + start
+            merge[start + n : start + p] = start
+            used[i] = n
+        for i in range(len(images), bv):  # padding slots
+            merge[i * p : (i + 1) * p] = i * p
+            used[i] = p
+        self._vision.send({"merge_index": bv * p, "v_seqused": bv})
+
+    def fill_prefill(self, segments: list, bb: int, t: int, image_base: list[int],
+                      gen: GenerationConfig) -> None:
+        """Prompt segments (capture.runtime._Segment) right-aligned in bucket (bb, t) and the seeds
+        of the rows they fill; `image_base[k]`: the first vision_out row of batch image k."""
+        pipe, n = self.pipe, bb * t
+        host = self._prefill.fill()
+        for name, value in (("ids", 0), ("is_image", False), ("image_row", 0), ("positions", 0), ("slots", pipe.dead)):
+            host[name][:n] = value
+        for name, value in (("seqused", 1), ("padding", True), ("target", 0)):  # padding segments
+            host[name][:bb] = value
+        ids, is_image, image_row, positions, slots = (host[k] for k in ("ids", "is_image", "image_row", "positions", "slots"))
+        for i, seg in enumerate(segments):
+            prompt = seg.row.prompt.ids
+            m = seg.end - seg.start
+            base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
+            ids[base : base + m] = prompt[seg.start : seg.end]
+            positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.end)
+            spans = seg.row.prompt.image_spans
+            if len(spans) != len(seg.row.images):
+                raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.row.images)}")
+            for (start, count), image in zip(spans, seg.row.images):
+                # The part of each image inside this segment (a shared-prefix tail holds the
+                # exemplars but not image 1) reads its rows of vision_out.
+                lo, hi = max(start, seg.start), min(start + count, seg.end)
+                if lo < hi:
+                    s0 = base + lo - seg.start
+                    is_image[s0 : s0 + hi - lo] = True
+                    image_row[s0 : s0 + hi - lo] = image_base[image] + np.arange(lo - start, hi - start)
+            host["seqused"][i], host["padding"][i], host["target"][i] = seg.end, False, seg.target
+        self._prefill.send(dict(dict.fromkeys(("ids", "is_image", "image_row", "positions", "slots"), n),
+                                      seqused=bb, padding=bb, target=bb))
+        RowState.fill_seeds(self._seeds.fill(), segments, gen, pipe.vocab)
+        self._seeds.send({name: bb for name in pipe.seed_inputs})
