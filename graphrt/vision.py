@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import vision_kernels as vk
+from .attention.ranges import VisionRanges
 from .config import VisionConfig
 from .layers import LayerNorm, Linear, empty_param
 from .lru import LRU
@@ -23,6 +24,13 @@ POSITION_TABLES_KEPT = 8
 
 # attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
 VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+# Attention of the fused tower over image slots (VisionRanges, the graph path):
+#   "slot-rope"  vision_kernels.slot_attention with q/k RoPE in the kernel (no RoPE pass)
+#   "slot"       the RoPE pass, then slot_attention
+#   "varlen"     the RoPE pass, then the slots' own varlen kernel (torch's FA2)
+# GRAPHRT_VISION_ATTENTION overrides the default (A/B); other attend callables always take "varlen".
+VISION_ATTENTION_MODES = ("slot-rope", "slot", "varlen")
 
 
 @dataclass
@@ -91,13 +99,18 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
-    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention):
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen"):
         """The same block on fused kernels. Takes x and h = norm0(x); returns x after the
         attention branch and the MLP branch output, which the caller adds with the next norm."""
         n = x.shape[0]
         qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
-        vk.rope_2d_(qkv, geo.cos, geo.sin)
-        out = self.wo(attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo).reshape(n, -1))
+        if mode == "slot-rope":
+            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches, geo.cos, geo.sin)
+        else:
+            vk.rope_2d_(qkv, geo.cos, geo.sin)
+            att = (vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches) if mode == "slot"
+                   else attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo))
+        out = self.wo(att.reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
             return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
@@ -120,6 +133,10 @@ class MoonViT(nn.Module):
         # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
         # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
         self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
+        self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot-rope")
+        if self.attention not in VISION_ATTENTION_MODES:
+            raise ValueError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
+                             f"not {self.attention!r}")
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""
@@ -140,9 +157,11 @@ class MoonViT(nn.Module):
         """Each residual add is fused with the LayerNorm that follows it (the next block's norm0,
         or the final norm)."""
         first = self.blocks[0].norm0
+        slots = isinstance(attend, VisionRanges) and vk.slot_attention_runs(self.cfg.head_dim, x)
+        mode = self.attention if slots else "varlen"
         x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend)
+            x, branch = block.forward_fused(x, h, geo, attend, mode)
             norm = self.blocks[i + 1].norm0 if i + 1 < len(self.blocks) else self.final_layernorm
             x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
         return h

@@ -5,7 +5,11 @@
 - `rope_2d_`: 2D RoPE of q and k in place inside the packed qkv (fp32 complex multiply, as
   `vision.apply_rope_2d`), instead of ~10 elementwise kernels per tensor;
 - `linear_gelu`: fc0's bias and tanh-GELU in the matmul's epilogue (cuBLASLt through torch's
-  `_addmm_activation`), so the 4304-wide activation is written once.
+  `_addmm_activation`), so the 4304-wide activation is written once;
+- `slot_attention`: full attention inside each image slot straight from the packed qkv, for
+  head dim 72 without padding it in memory: the head is split 64 + 16 (8 masked) in registers, so
+  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel; with
+  `rope` it also turns q and k (2D RoPE) as they are loaded, so the separate RoPE pass goes.
 
 Unfused and fused agree within bf16 rounding (tests/test_vision_kernels.py; on the GPU,
 benchmarks/vision_stage.py). `TRITON_INTERPRET=1` runs the Triton kernels on CPU tensors.
@@ -70,6 +74,84 @@ if triton is not None:
             tl.store(base + offs, y.to(qkv_ptr.dtype.element_ty), mask=offs < WIDTH)
 
 
+    @triton.jit
+    def _rope_tile(x, cos_ptr, sin_ptr, rows, row_ok, pair0, HALF: tl.constexpr, R: tl.constexpr,
+                   W: tl.constexpr):
+        # x [R, W] fp32 holds head columns 2*pair0 .. 2*pair0 + W; pair j turns by angle pair0 + j
+        # of its row (pairs past HALF are padding, their x is 0 and stays 0).
+        pair = pair0 + tl.arange(0, W // 2)
+        ok = row_ok[:, None] & (pair < HALF)[None, :]
+        c = tl.load(cos_ptr + rows[:, None] * HALF + pair[None, :], mask=ok, other=1.0)
+        s = tl.load(sin_ptr + rows[:, None] * HALF + pair[None, :], mask=ok, other=0.0)
+        a, b = tl.split(tl.reshape(x, (R, W // 2, 2)))
+        return tl.reshape(tl.join(a * c - b * s, a * s + b * c), (R, W))
+
+    @triton.jit
+    def _slot_attention_kernel(qkv_ptr, out_ptr, cu_ptr, used_ptr, cos_ptr, sin_ptr, slot, qk_scale,
+                               HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
+                               ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # Program (query block, image * head). Image b owns rows cu[b] .. cu[b] + slot of the packed
+        # qkv [N, 3, HEADS, D]; its first used[b] rows are real keys. Every query row of the slot
+        # is computed (pad rows too, as FA2 does), so no output row is left uninitialized.
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // HEADS
+        h = bh % HEADS
+        start = tl.load(cu_ptr + b).to(tl.int64)
+        n_keys = tl.load(used_ptr + b)
+        row_stride: tl.constexpr = 3 * HEADS * D
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        d_lo = tl.arange(0, D_LO)
+        d_hi = D_LO + tl.arange(0, D_HI)
+        hi_ok = d_hi < D
+        q_ok = offs_m < slot
+        q_rows = start + offs_m.to(tl.int64)
+        q_ptr = qkv_ptr + q_rows[:, None] * row_stride + h * D
+        q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
+        q_hi = tl.load(q_ptr + d_hi[None, :], mask=q_ok[:, None] & hi_ok[None, :], other=0.0)
+        if ROPE:
+            q_lo = _rope_tile(q_lo.to(tl.float32), cos_ptr, sin_ptr, q_rows, q_ok, 0, D // 2, BLOCK_M, D_LO)
+            q_hi = _rope_tile(q_hi.to(tl.float32), cos_ptr, sin_ptr, q_rows, q_ok, D_LO // 2, D // 2, BLOCK_M, D_HI)
+            q_lo = q_lo.to(qkv_ptr.dtype.element_ty)
+            q_hi = q_hi.to(qkv_ptr.dtype.element_ty)
+        k_ptr = qkv_ptr + start * row_stride + HEADS * D + h * D
+        v_ptr = k_ptr + HEADS * D
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc_lo = tl.zeros([BLOCK_M, D_LO], tl.float32)
+        acc_hi = tl.zeros([BLOCK_M, D_HI], tl.float32)
+        for n0 in range(0, n_keys, BLOCK_N):
+            cols = n0 + offs_n
+            col_ok = cols < n_keys
+            kv_rows = cols.to(tl.int64)[:, None] * row_stride
+            k_lo = tl.load(k_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
+            k_hi = tl.load(k_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
+            if ROPE:
+                k_lo = _rope_tile(k_lo.to(tl.float32), cos_ptr, sin_ptr, start + cols, col_ok, 0, D // 2,
+                                  BLOCK_N, D_LO).to(qkv_ptr.dtype.element_ty)
+                k_hi = _rope_tile(k_hi.to(tl.float32), cos_ptr, sin_ptr, start + cols, col_ok, D_LO // 2, D // 2,
+                                  BLOCK_N, D_HI).to(qkv_ptr.dtype.element_ty)
+            s = tl.dot(q_lo, tl.trans(k_lo))
+            s = tl.dot(q_hi, tl.trans(k_hi), s)
+            s = tl.where(col_ok[None, :], s * qk_scale, float("-inf"))  # log2 units: exp2 below
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v_lo = tl.load(v_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
+            v_hi = tl.load(v_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
+            p = p.to(v_lo.dtype)
+            acc_lo = tl.dot(p, v_lo, acc_lo * alpha[:, None])
+            acc_hi = tl.dot(p, v_hi, acc_hi * alpha[:, None])
+            m_i = m_new
+        inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros, as the varlen contract says
+        o_ptr = out_ptr + q_rows[:, None] * (HEADS * D) + h * D
+        tl.store(o_ptr + d_lo[None, :], (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=q_ok[:, None])
+        tl.store(o_ptr + d_hi[None, :], (acc_hi * inv[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=q_ok[:, None] & hi_ok[None, :])
+
+
 def add_layernorm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + delta, LayerNorm(x + delta)) for [N, C] rows; delta None: (x, LayerNorm(x))."""
@@ -116,3 +198,47 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     if epilogue_gelu_is_tanh(x.device, x.dtype):
         return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
     return torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
+
+
+# Tile sizes of `slot_attention` (block_m, block_n, num_warps, num_stages); the H100 sweep of
+# benchmarks/vision_stage.py picked them (docs/notes.md).
+SLOT_ATTENTION_TILES = (128, 64, 4, 3)
+
+
+def head_split(d: int) -> tuple[int, int]:
+    """Head dim -> the two power-of-two column blocks the slot kernel computes: the largest power
+    of two below d, and the rest padded up to at least 16 (72 -> 64 + 16); a power of two halves."""
+    d_lo = 1 << (d.bit_length() - 1)
+    if d == d_lo:
+        return d // 2, d // 2
+    return d_lo, triton.next_power_of_2(max(d - d_lo, 16))
+
+
+def slot_attention_runs(head_dim: int, x: torch.Tensor) -> bool:
+    """Whether `slot_attention` runs for this head dim here: compiled tensor-core dots need blocks
+    of at least 16 columns (the interpreter takes any)."""
+    return available(x) and (not x.is_cuda or min(head_split(head_dim)) >= 16)
+
+
+def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int, cos: torch.Tensor | None = None,
+                   sin: torch.Tensor | None = None, scale: float | None = None, tiles=None) -> torch.Tensor:
+    """Full attention inside each image slot of a packed [N, 3, H, D] qkv -> [N, H, D].
+
+    Slot b is rows cu[b] .. cu[b] + slot (cu [B+1] int32 on the device, may change between graph
+    replays); its first used[b] rows are keys; every row of the slot gets an output. With cos/sin
+    ([N, D/2] fp32) q and k are 2D-RoPE-turned as loaded (same arithmetic as `rope_2d_`), and
+    qkv is left as it is."""
+    n, three, heads, d = qkv.shape
+    if three != 3 or not qkv.is_contiguous():
+        raise ValueError(f"slot_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
+    d_lo, d_hi = head_split(d)
+    block_m, block_n, warps, stages = tiles or SLOT_ATTENTION_TILES
+    batch = cu.numel() - 1
+    out = torch.empty(n, heads, d, device=qkv.device, dtype=qkv.dtype)
+    rope = cos is not None
+    qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
+    grid = (triton.cdiv(slot, block_m), batch * heads)
+    _slot_attention_kernel[grid](qkv, out, cu, used, cos if rope else qkv, sin if rope else qkv, slot, qk_scale,
+                                 HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi, ROPE=rope, BLOCK_M=block_m, BLOCK_N=block_n,
+                                 num_warps=warps, num_stages=stages)
+    return out

@@ -1,0 +1,131 @@
+"""The vision tower's slot attention kernel (graphrt/vision_kernels.slot_attention) against plain
+torch attention per image: on CPU through Triton's interpreter (float32), on the GPU in bf16
+against torch's FA2 varlen call (marked gpu). Head dim 72 (the real one: split 64 + 16 in the
+kernel) and a power of two; slots with pad rows, a slot with no keys, RoPE in the kernel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graphrt.vision import apply_rope_2d, vision_geometry
+from graphrt.config import VisionConfig
+
+pytest.importorskip("triton")
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernel in the gpu tests")
+
+
+def reference(qkv, slot, used, cos=None, sin=None):
+    """Per slot: softmax attention of every row of the slot over its first `used` rows (zeros when none)."""
+    q, k, v = qkv.float().unbind(1)
+    if cos is not None:
+        q, k = apply_rope_2d(q, cos, sin), apply_rope_2d(k, cos, sin)
+    out = torch.zeros_like(q)
+    for b, n in enumerate(used):
+        rows = slice(b * slot, (b + 1) * slot)
+        if n == 0:
+            continue
+        keys = slice(b * slot, b * slot + n)
+        o = F.scaled_dot_product_attention(q[rows].transpose(0, 1), k[keys].transpose(0, 1), v[keys].transpose(0, 1))
+        out[rows] = o.transpose(0, 1)
+    return out
+
+
+def slots_geometry(grids, slot, head_dim, device):
+    cfg = VisionConfig(hidden_size=head_dim * 2, num_attention_heads=2)
+    cos = torch.zeros(slot * len(grids), head_dim // 2, device=device)
+    sin = torch.zeros_like(cos)
+    for i, g in enumerate(grids):
+        if not g[0]:
+            continue
+        geo = vision_geometry([g], cfg, device)
+        cos[i * slot : i * slot + geo.num_patches] = geo.cos
+        sin[i * slot : i * slot + geo.num_patches] = geo.sin
+    return cos, sin
+
+
+@interpreted
+@pytest.mark.parametrize("head_dim", [72, 32])
+@pytest.mark.parametrize("rope", [False, True])
+def test_interp_slot_attention_equals_per_image_attention(head_dim, rope):
+    import graphrt.vision_kernels as vk
+
+    grids, slot, heads = [(4, 4), (2, 4), (0, 0)], 20, 2  # 16 and 8 real rows, then an empty slot
+    used = [h * w for h, w in grids]
+    g = torch.Generator().manual_seed(7)
+    qkv = torch.randn(slot * len(grids), 3, heads, head_dim, generator=g)
+    cos, sin = slots_geometry(grids, slot, head_dim, "cpu") if rope else (None, None)
+    cu = (torch.arange(len(grids) + 1) * slot).to(torch.int32)
+    before = qkv.clone()
+    got = vk.slot_attention(qkv, cu, torch.tensor(used, dtype=torch.int32), slot, cos, sin, tiles=(16, 16, 4, 1))
+    assert torch.equal(qkv, before)  # RoPE in the kernel leaves qkv as it is
+    torch.testing.assert_close(got, reference(qkv, slot, used, cos, sin), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+@pytest.mark.parametrize("rope", [False, True])
+def test_slot_attention_bf16_on_gpu_matches_fa2(rope):
+    """Real shape (16 heads x 72), two 640x480-like slots with pad rows: against torch's FA2 varlen
+    call on the same (rotated) q/k/v, within bf16 noise."""
+    import graphrt.vision_kernels as vk
+    from graphrt.attention.varlen import torch_fa2
+
+    grids, slot, heads, d = [(36, 46), (20, 30)], 1680, 16, 72  # 1656 and 600 real rows
+    used = torch.tensor([h * w for h, w in grids], dtype=torch.int32, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(8)
+    qkv = torch.randn(slot * 2, 3, heads, d, device="cuda", generator=g).bfloat16()
+    cu = (torch.arange(3, device="cuda") * slot).to(torch.int32)
+    cos, sin = slots_geometry(grids, slot, d, "cuda") if rope else (None, None)
+    got = vk.slot_attention(qkv, cu, used, slot, cos, sin)
+    turned = qkv.clone()
+    if rope:
+        vk.rope_2d_(turned, cos, sin)
+    ref = torch_fa2(turned[:, 0], turned[:, 1], turned[:, 2], cu, cu, slot, slot, used, False)
+    assert torch.isfinite(got).all()  # pad rows too
+    for b, n in enumerate(used.tolist()):
+        a, r = got[b * slot : b * slot + n].float(), ref[b * slot : b * slot + n].float()
+        assert ((a - r).norm() / r.norm()).item() < 1e-2
+
+
+@interpreted
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["slot-rope", "slot"])
+def test_interp_fused_tower_on_slots_equals_unfused(tiny_engine, mode):
+    """The fused tower with the slot kernel (images in padded slots, as the graphs lay them out)
+    gives the unfused tower's features for every real patch."""
+    from graphrt.attention.ranges import VisionRanges
+    from graphrt.attention.varlen import emulated
+
+    vision = tiny_engine.model.vision
+    cfg = vision.cfg
+    grids, slot = [(4, 6), (2, 4)], 28
+    cos, sin = slots_geometry(grids, slot, cfg.head_dim, "cpu")
+    n = slot * len(grids)
+    pos = torch.zeros(n, cfg.hidden_size)
+    for i, g in enumerate(grids):
+        pos[i * slot : i * slot + g[0] * g[1]] = vision.position_embedding(g)
+
+    class Geo:
+        pass
+
+    geo = Geo()
+    geo.cos, geo.sin, geo.merge_index = cos, sin, torch.arange(n)
+    used = torch.tensor([h * w for h, w in grids], dtype=torch.int32)
+    attend = VisionRanges(emulated, slot, (torch.arange(len(grids) + 1) * slot).to(torch.int32), used)
+    pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, generator=torch.Generator().manual_seed(9))
+    fused, attention = vision.fused, vision.attention
+    try:
+        vision.fused, vision.attention = False, "varlen"
+        ref = vision(pixels, pos, geo, attend).view(n, -1)
+        vision.fused, vision.attention = True, mode
+        got = vision(pixels, pos, geo, attend).view(n, -1)
+    finally:
+        vision.fused, vision.attention = fused, attention
+    keep = torch.cat([torch.arange(i * slot, i * slot + g[0] * g[1]) for i, g in enumerate(grids)])
+    torch.testing.assert_close(got[keep], ref[keep], rtol=1e-4, atol=1e-4)
