@@ -376,8 +376,7 @@ def attention_variants(b: int, p: int, real: int, reps: int):
     REPORT[f"attention_B{b}"] = res
 
 
-SLOT_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3),
-              (64, 32, 4, 4), (128, 64, 4, 2), (128, 128, 8, 2)]
+SLOT_TILES = [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)]
 
 
 def slot_attention_sweep(b: int, p: int, real: int, grid, reps: int):
