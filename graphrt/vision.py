@@ -25,12 +25,11 @@ POSITION_TABLES_KEPT = 8
 # attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
 VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
 
-# Attention of the fused tower over image slots (VisionRanges, the graph path):
-#   "slot-rope"  vision_kernels.slot_attention with q/k RoPE in the kernel (no RoPE pass)
-#   "slot"       the RoPE pass, then slot_attention
-#   "varlen"     the RoPE pass, then the slots' own varlen kernel (torch's FA2)
+# Attention of the fused tower over image slots (VisionRanges, the graph path), after the RoPE pass:
+#   "slot"    vision_kernels.slot_attention (head 72 as 64 + 16 columns)
+#   "varlen"  the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
 # GRAPHRT_VISION_ATTENTION overrides the default (A/B); other attend callables always take "varlen".
-VISION_ATTENTION_MODES = ("slot-rope", "slot", "varlen")
+VISION_ATTENTION_MODES = ("slot", "varlen")
 
 
 @dataclass
@@ -104,12 +103,9 @@ class MoonViTBlock(nn.Module):
         attention branch and the MLP branch output, which the caller adds with the next norm."""
         n = x.shape[0]
         qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
-        if mode == "slot-rope":
-            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches, geo.cos, geo.sin)
-        else:
-            vk.rope_2d_(qkv, geo.cos, geo.sin)
-            att = (vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches) if mode == "slot"
-                   else attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo))
+        vk.rope_2d_(qkv, geo.cos, geo.sin)
+        att = (vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches) if mode == "slot"
+               else attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo))
         out = self.wo(att.reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
@@ -133,7 +129,7 @@ class MoonViT(nn.Module):
         # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
         # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
         self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
-        self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot-rope")
+        self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
             raise ValueError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
                              f"not {self.attention!r}")

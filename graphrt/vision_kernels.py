@@ -8,8 +8,7 @@
   `_addmm_activation`), so the 4304-wide activation is written once;
 - `slot_attention`: full attention inside each image slot straight from the packed qkv, for
   head dim 72 without padding it in memory: the head is split 64 + 16 (8 masked) in registers, so
-  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel; with
-  `rope` it also turns q and k (2D RoPE) as they are loaded, so the separate RoPE pass goes.
+  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel.
 
 Unfused and fused agree within bf16 rounding (tests/test_vision_kernels.py; on the GPU,
 benchmarks/vision_stage.py). `TRITON_INTERPRET=1` runs the Triton kernels on CPU tensors.
@@ -75,24 +74,45 @@ if triton is not None:
 
 
     @triton.jit
-    def _rope_tile(x, cos_ptr, sin_ptr, rows, row_ok, pair0, HALF: tl.constexpr, R: tl.constexpr,
-                   W: tl.constexpr):
-        # x [R, W] fp32 holds head columns 2*pair0 .. 2*pair0 + W; pair j turns by angle pair0 + j
-        # of its row (pairs past HALF are padding, their x is 0 and stays 0).
-        pair = pair0 + tl.arange(0, W // 2)
-        ok = row_ok[:, None] & (pair < HALF)[None, :]
-        c = tl.load(cos_ptr + rows[:, None] * HALF + pair[None, :], mask=ok, other=1.0)
-        s = tl.load(sin_ptr + rows[:, None] * HALF + pair[None, :], mask=ok, other=0.0)
-        a, b = tl.split(tl.reshape(x, (R, W // 2, 2)))
-        return tl.reshape(tl.join(a * c - b * s, a * s + b * c), (R, W))
+    def _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0, n_keys, qk_scale,
+                              offs_n, d_lo, d_hi, hi_ok, row_stride: tl.constexpr, MASK_KEYS: tl.constexpr):
+        # One block of BLOCK_N keys into the running (max, sum, output) of the query block.
+        cols = n0 + offs_n
+        kv_rows = cols.to(tl.int64)[:, None] * row_stride
+        if MASK_KEYS:  # the last block: keys past used[b] are pads
+            col_ok = cols < n_keys
+            k_lo = tl.load(k_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
+            k_hi = tl.load(k_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
+        else:
+            k_lo = tl.load(k_ptr + kv_rows + d_lo[None, :])
+            k_hi = tl.load(k_ptr + kv_rows + d_hi[None, :], mask=hi_ok[None, :], other=0.0)
+        s = tl.dot(q_lo, tl.trans(k_lo))
+        s = tl.dot(q_hi, tl.trans(k_hi), s) * qk_scale  # log2 units: exp2 below
+        if MASK_KEYS:
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASK_KEYS:
+            v_lo = tl.load(v_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
+            v_hi = tl.load(v_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
+        else:
+            v_lo = tl.load(v_ptr + kv_rows + d_lo[None, :])
+            v_hi = tl.load(v_ptr + kv_rows + d_hi[None, :], mask=hi_ok[None, :], other=0.0)
+        p = p.to(v_lo.dtype)
+        acc_lo = tl.dot(p, v_lo, acc_lo * alpha[:, None])
+        acc_hi = tl.dot(p, v_hi, acc_hi * alpha[:, None])
+        return acc_lo, acc_hi, m_new, l_i
 
     @triton.jit
-    def _slot_attention_kernel(qkv_ptr, out_ptr, cu_ptr, used_ptr, cos_ptr, sin_ptr, slot, qk_scale,
+    def _slot_attention_kernel(qkv_ptr, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
                                HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
-                               ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_EVERY_BLOCK: tl.constexpr):
         # Program (query block, image * head). Image b owns rows cu[b] .. cu[b] + slot of the packed
         # qkv [N, 3, HEADS, D]; its first used[b] rows are real keys. Every query row of the slot
-        # is computed (pad rows too, as FA2 does), so no output row is left uninitialized.
+        # is computed (pad rows too, as FA2 does), so no output row is left uninitialized. Full key
+        # blocks run unmasked, the last one masked.
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // HEADS
@@ -110,41 +130,23 @@ if triton is not None:
         q_ptr = qkv_ptr + q_rows[:, None] * row_stride + h * D
         q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
         q_hi = tl.load(q_ptr + d_hi[None, :], mask=q_ok[:, None] & hi_ok[None, :], other=0.0)
-        if ROPE:
-            q_lo = _rope_tile(q_lo.to(tl.float32), cos_ptr, sin_ptr, q_rows, q_ok, 0, D // 2, BLOCK_M, D_LO)
-            q_hi = _rope_tile(q_hi.to(tl.float32), cos_ptr, sin_ptr, q_rows, q_ok, D_LO // 2, D // 2, BLOCK_M, D_HI)
-            q_lo = q_lo.to(qkv_ptr.dtype.element_ty)
-            q_hi = q_hi.to(qkv_ptr.dtype.element_ty)
         k_ptr = qkv_ptr + start * row_stride + HEADS * D + h * D
         v_ptr = k_ptr + HEADS * D
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc_lo = tl.zeros([BLOCK_M, D_LO], tl.float32)
         acc_hi = tl.zeros([BLOCK_M, D_HI], tl.float32)
-        for n0 in range(0, n_keys, BLOCK_N):
-            cols = n0 + offs_n
-            col_ok = cols < n_keys
-            kv_rows = cols.to(tl.int64)[:, None] * row_stride
-            k_lo = tl.load(k_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
-            k_hi = tl.load(k_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
-            if ROPE:
-                k_lo = _rope_tile(k_lo.to(tl.float32), cos_ptr, sin_ptr, start + cols, col_ok, 0, D // 2,
-                                  BLOCK_N, D_LO).to(qkv_ptr.dtype.element_ty)
-                k_hi = _rope_tile(k_hi.to(tl.float32), cos_ptr, sin_ptr, start + cols, col_ok, D_LO // 2, D // 2,
-                                  BLOCK_N, D_HI).to(qkv_ptr.dtype.element_ty)
-            s = tl.dot(q_lo, tl.trans(k_lo))
-            s = tl.dot(q_hi, tl.trans(k_hi), s)
-            s = tl.where(col_ok[None, :], s * qk_scale, float("-inf"))  # log2 units: exp2 below
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v_lo = tl.load(v_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
-            v_hi = tl.load(v_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
-            p = p.to(v_lo.dtype)
-            acc_lo = tl.dot(p, v_lo, acc_lo * alpha[:, None])
-            acc_hi = tl.dot(p, v_hi, acc_hi * alpha[:, None])
-            m_i = m_new
+        full = n_keys // BLOCK_N * BLOCK_N
+        if MASK_EVERY_BLOCK:
+            full = full * 0
+        for n0 in range(0, full, BLOCK_N):
+            acc_lo, acc_hi, m_i, l_i = _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0,
+                                                             n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride,
+                                                             False)
+        for n0 in range(full, n_keys, BLOCK_N):
+            acc_lo, acc_hi, m_i, l_i = _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0,
+                                                             n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride,
+                                                             True)
         inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros, as the varlen contract says
         o_ptr = out_ptr + q_rows[:, None] * (HEADS * D) + h * D
         tl.store(o_ptr + d_lo[None, :], (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=q_ok[:, None])
@@ -200,8 +202,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
 
 
-# Tile sizes of `slot_attention` (block_m, block_n, num_warps, num_stages); the H100 sweep of
-# benchmarks/vision_stage.py picked them (docs/notes.md).
+# Tile sizes of `slot_attention` (block_m, block_n, num_warps, num_stages): best or within 1.3% of
+# the best of the H100 sweep at B=1 and B=32 (benchmarks/vision_stage.py, docs/notes.md).
 SLOT_ATTENTION_TILES = (128, 64, 4, 3)
 
 
@@ -220,25 +222,22 @@ def slot_attention_runs(head_dim: int, x: torch.Tensor) -> bool:
     return available(x) and (not x.is_cuda or min(head_split(head_dim)) >= 16)
 
 
-def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int, cos: torch.Tensor | None = None,
-                   sin: torch.Tensor | None = None, scale: float | None = None, tiles=None) -> torch.Tensor:
-    """Full attention inside each image slot of a packed [N, 3, H, D] qkv -> [N, H, D].
+def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int, scale: float | None = None,
+                   tiles=None, mask_every_block: bool = False) -> torch.Tensor:
+    """Full attention inside each image slot of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
 
     Slot b is rows cu[b] .. cu[b] + slot (cu [B+1] int32 on the device, may change between graph
-    replays); its first used[b] rows are keys; every row of the slot gets an output. With cos/sin
-    ([N, D/2] fp32) q and k are 2D-RoPE-turned as loaded (same arithmetic as `rope_2d_`), and
-    qkv is left as it is."""
+    replays); its first used[b] rows are keys; every row of the slot gets an output (zeros where
+    used[b] is 0). `mask_every_block` (A/B only) masks every key block, not just the last."""
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"slot_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
     d_lo, d_hi = head_split(d)
     block_m, block_n, warps, stages = tiles or SLOT_ATTENTION_TILES
-    batch = cu.numel() - 1
     out = torch.empty(n, heads, d, device=qkv.device, dtype=qkv.dtype)
-    rope = cos is not None
     qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
-    grid = (triton.cdiv(slot, block_m), batch * heads)
-    _slot_attention_kernel[grid](qkv, out, cu, used, cos if rope else qkv, sin if rope else qkv, slot, qk_scale,
-                                 HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi, ROPE=rope, BLOCK_M=block_m, BLOCK_N=block_n,
+    grid = (triton.cdiv(slot, block_m), (cu.numel() - 1) * heads)
+    _slot_attention_kernel[grid](qkv, out, cu, used, slot, qk_scale, HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi,
+                                 BLOCK_M=block_m, BLOCK_N=block_n, MASK_EVERY_BLOCK=mask_every_block,
                                  num_warps=warps, num_stages=stages)
     return out

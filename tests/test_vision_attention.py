@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graphrt.vision import apply_rope_2d, vision_geometry
+from graphrt.vision import vision_geometry
 from graphrt.config import VisionConfig
 
 pytest.importorskip("triton")
@@ -20,11 +20,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernel in the gpu tests")
 
 
-def reference(qkv, slot, used, cos=None, sin=None):
+def reference(qkv, slot, used):
     """Per slot: softmax attention of every row of the slot over its first `used` rows (zeros when none)."""
     q, k, v = qkv.float().unbind(1)
-    if cos is not None:
-        q, k = apply_rope_2d(q, cos, sin), apply_rope_2d(k, cos, sin)
     out = torch.zeros_like(q)
     for b, n in enumerate(used):
         rows = slice(b * slot, (b + 1) * slot)
@@ -51,28 +49,25 @@ def slots_geometry(grids, slot, head_dim, device):
 
 @interpreted
 @pytest.mark.parametrize("head_dim", [72, 32])
-@pytest.mark.parametrize("rope", [False, True])
-def test_interp_slot_attention_equals_per_image_attention(head_dim, rope):
+@pytest.mark.parametrize("mask_every_block", [False, True])
+def test_interp_slot_attention_equals_per_image_attention(head_dim, mask_every_block):
     import graphrt.vision_kernels as vk
 
-    grids, slot, heads = [(4, 4), (2, 4), (0, 0)], 20, 2  # 16 and 8 real rows, then an empty slot
+    grids, slot, heads = [(4, 4), (2, 4), (0, 0)], 20, 2  # 16 (a full key block) and 8 real rows, an empty slot
     used = [h * w for h, w in grids]
     g = torch.Generator().manual_seed(7)
     qkv = torch.randn(slot * len(grids), 3, heads, head_dim, generator=g)
-    cos, sin = slots_geometry(grids, slot, head_dim, "cpu") if rope else (None, None)
     cu = (torch.arange(len(grids) + 1) * slot).to(torch.int32)
-    before = qkv.clone()
-    got = vk.slot_attention(qkv, cu, torch.tensor(used, dtype=torch.int32), slot, cos, sin, tiles=(16, 16, 4, 1))
-    assert torch.equal(qkv, before)  # RoPE in the kernel leaves qkv as it is
-    torch.testing.assert_close(got, reference(qkv, slot, used, cos, sin), rtol=1e-4, atol=1e-4)
+    got = vk.slot_attention(qkv, cu, torch.tensor(used, dtype=torch.int32), slot, tiles=(16, 16, 4, 1),
+                            mask_every_block=mask_every_block)
+    torch.testing.assert_close(got, reference(qkv, slot, used), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
 @torch.no_grad()
-@pytest.mark.parametrize("rope", [False, True])
-def test_slot_attention_bf16_on_gpu_matches_fa2(rope):
-    """Real shape (16 heads x 72), two 640x480-like slots with pad rows: against torch's FA2 varlen
-    call on the same (rotated) q/k/v, within bf16 noise."""
+def test_slot_attention_bf16_on_gpu_matches_fa2():
+    """Real shape (16 heads x 72), two slots with pad rows: against torch's FA2 varlen call on
+    the same q/k/v, within bf16 noise; pad rows finite."""
     import graphrt.vision_kernels as vk
     from graphrt.attention.varlen import torch_fa2
 
@@ -81,12 +76,8 @@ def test_slot_attention_bf16_on_gpu_matches_fa2(rope):
     g = torch.Generator(device="cuda").manual_seed(8)
     qkv = torch.randn(slot * 2, 3, heads, d, device="cuda", generator=g).bfloat16()
     cu = (torch.arange(3, device="cuda") * slot).to(torch.int32)
-    cos, sin = slots_geometry(grids, slot, d, "cuda") if rope else (None, None)
-    got = vk.slot_attention(qkv, cu, used, slot, cos, sin)
-    turned = qkv.clone()
-    if rope:
-        vk.rope_2d_(turned, cos, sin)
-    ref = torch_fa2(turned[:, 0], turned[:, 1], turned[:, 2], cu, cu, slot, slot, used, False)
+    got = vk.slot_attention(qkv, cu, used, slot)
+    ref = torch_fa2(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, slot, slot, used, False)
     assert torch.isfinite(got).all()  # pad rows too
     for b, n in enumerate(used.tolist()):
         a, r = got[b * slot : b * slot + n].float(), ref[b * slot : b * slot + n].float()
@@ -95,8 +86,7 @@ def test_slot_attention_bf16_on_gpu_matches_fa2(rope):
 
 @interpreted
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["slot-rope", "slot"])
-def test_interp_fused_tower_on_slots_equals_unfused(tiny_engine, mode):
+def test_interp_fused_tower_on_slots_equals_unfused(tiny_engine):
     """The fused tower with the slot kernel (images in padded slots, as the graphs lay them out)
     gives the unfused tower's features for every real patch."""
     from graphrt.attention.ranges import VisionRanges
@@ -123,7 +113,7 @@ def test_interp_fused_tower_on_slots_equals_unfused(tiny_engine, mode):
     try:
         vision.fused, vision.attention = False, "varlen"
         ref = vision(pixels, pos, geo, attend).view(n, -1)
-        vision.fused, vision.attention = True, mode
+        vision.fused, vision.attention = True, "slot"
         got = vision(pixels, pos, geo, attend).view(n, -1)
     finally:
         vision.fused, vision.attention = fused, attention
