@@ -25,10 +25,35 @@ POSITION_TABLES_KEPT = 8
 # attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
 VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
 
+@dataclass
+class PackedImages:
+    """Attention ranges of images packed back to back (each image exactly its own patches, no
+    slot padding), so a batch of mixed sizes costs the sum of its images, not B times the largest.
+    The fused tower runs vision_kernels.slot_attention over the real lengths; other paths attend
+    image by image (geo.seqlens)."""
+
+    cu: torch.Tensor  # [B+1] int32 start row of each image, then the total
+    seqused: torch.Tensor  # [B] int32 patches per image
+    longest: int  # patches of the largest image (the kernel's grid)
+
+    @classmethod
+    def of(cls, seqlens: list[int], device) -> "PackedImages":
+        lengths = torch.tensor(seqlens, dtype=torch.int32)
+        cu = torch.zeros(len(seqlens) + 1, dtype=torch.int32)
+        cu[1:] = lengths.cumsum(0)
+        return cls(cu.to(device), lengths.to(device), max(seqlens))
+
+    def __call__(self, q, k, v, geo):
+        from .attention.sdpa import vision_attention
+
+        return vision_attention(q, k, v, geo)
+
+
 # Attention of the fused tower over image slots (VisionRanges, the graph path), after the RoPE pass:
 #   "slot"    vision_kernels.slot_attention (head 72 as 64 + 16 columns)
 #   "varlen"  the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
-# GRAPHRT_VISION_ATTENTION overrides the default (A/B); other attend callables always take "varlen".
+# GRAPHRT_VISION_ATTENTION overrides the default (A/B). PackedImages takes the slot kernel over the
+# real lengths ("packed"); other attend callables always take "varlen".
 VISION_ATTENTION_MODES = ("slot", "varlen")
 
 
@@ -104,8 +129,12 @@ class MoonViTBlock(nn.Module):
         n = x.shape[0]
         qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
         vk.rope_2d_(qkv, geo.cos, geo.sin)
-        att = (vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches) if mode == "slot"
-               else attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo))
+        if mode == "slot":
+            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
+        elif mode == "packed":
+            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
+        else:
+            att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
         out = self.wo(att.reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
@@ -153,8 +182,12 @@ class MoonViT(nn.Module):
         """Each residual add is fused with the LayerNorm that follows it (the next block's norm0,
         or the final norm)."""
         first = self.blocks[0].norm0
-        slots = isinstance(attend, VisionRanges) and vk.slot_attention_runs(self.cfg.head_dim, x)
-        mode = self.attention if slots else "varlen"
+        mode = "varlen"
+        if vk.slot_attention_runs(self.cfg.head_dim, x):
+            if isinstance(attend, VisionRanges):
+                mode = self.attention
+            elif isinstance(attend, PackedImages):
+                mode = "packed"
         x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
         for i, block in enumerate(self.blocks):
             x, branch = block.forward_fused(x, h, geo, attend, mode)

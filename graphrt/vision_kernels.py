@@ -108,11 +108,14 @@ if triton is not None:
     @triton.jit
     def _slot_attention_kernel(qkv_ptr, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
                                HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_EVERY_BLOCK: tl.constexpr):
-        # Program (query block, image * head). Image b owns rows cu[b] .. cu[b] + slot of the packed
-        # qkv [N, 3, HEADS, D]; its first used[b] rows are real keys. Every query row of the slot
-        # is computed (pad rows too, as FA2 does), so no output row is left uninitialized. Full key
-        # blocks run unmasked, the last one masked.
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_EVERY_BLOCK: tl.constexpr,
+                               PACKED: tl.constexpr):
+        # Program (query block, image * head). Image b starts at row cu[b] of the packed qkv
+        # [N, 3, HEADS, D]; its first used[b] rows are real (keys and queries). Slots (PACKED
+        # false): the image owns `slot` rows and every one gets an output, so none is left
+        # uninitialized: pad rows in a block with real rows attend as FA2 would, blocks of pad
+        # rows only get zeros (no key loop). Packed: images back to back, only real rows written.
+        # Full key blocks run unmasked, the last one masked.
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // HEADS
@@ -125,7 +128,7 @@ if triton is not None:
         d_lo = tl.arange(0, D_LO)
         d_hi = D_LO + tl.arange(0, D_HI)
         hi_ok = d_hi < D
-        q_ok = offs_m < slot
+        q_ok = offs_m < (n_keys if PACKED else slot)
         q_rows = start + offs_m.to(tl.int64)
         q_ptr = qkv_ptr + q_rows[:, None] * row_stride + h * D
         q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
@@ -136,14 +139,15 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc_lo = tl.zeros([BLOCK_M, D_LO], tl.float32)
         acc_hi = tl.zeros([BLOCK_M, D_HI], tl.float32)
-        full = n_keys // BLOCK_N * BLOCK_N
+        keys = tl.where(pid_m * BLOCK_M < n_keys, n_keys, 0)  # a block of pad queries only: no keys, zeros
+        full = keys // BLOCK_N * BLOCK_N
         if MASK_EVERY_BLOCK:
             full = full * 0
         for n0 in range(0, full, BLOCK_N):
             acc_lo, acc_hi, m_i, l_i = _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0,
                                                              n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride,
                                                              False)
-        for n0 in range(full, n_keys, BLOCK_N):
+        for n0 in range(full, keys, BLOCK_N):
             acc_lo, acc_hi, m_i, l_i = _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0,
                                                              n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride,
                                                              True)
@@ -223,12 +227,14 @@ def slot_attention_runs(head_dim: int, x: torch.Tensor) -> bool:
 
 
 def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int, scale: float | None = None,
-                   tiles=None, mask_every_block: bool = False) -> torch.Tensor:
-    """Full attention inside each image slot of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
+                   tiles=None, mask_every_block: bool = False, packed: bool = False) -> torch.Tensor:
+    """Full attention inside each image of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
 
-    Slot b is rows cu[b] .. cu[b] + slot (cu [B+1] int32 on the device, may change between graph
-    replays); its first used[b] rows are keys; every row of the slot gets an output (zeros where
-    used[b] is 0). `mask_every_block` (A/B only) masks every key block, not just the last."""
+    Image b starts at row cu[b] (cu [B+1] int32 on the device; may change between graph replays)
+    and has used[b] real rows. Slots (default): image b owns `slot` rows and every row of the slot
+    gets an output (pad rows: finite values or zeros). packed: images back to back (cu[b+1] =
+    cu[b] + used[b]), `slot` is the longest image, and only the real rows are written (rows of no
+    image stay uninitialized). `mask_every_block` (A/B only) masks every key block, not just the last."""
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"slot_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
@@ -239,5 +245,5 @@ def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot
     grid = (triton.cdiv(slot, block_m), (cu.numel() - 1) * heads)
     _slot_attention_kernel[grid](qkv, out, cu, used, slot, qk_scale, HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi,
                                  BLOCK_M=block_m, BLOCK_N=block_n, MASK_EVERY_BLOCK=mask_every_block,
-                                 num_warps=warps, num_stages=stages)
+                                 PACKED=packed, num_warps=warps, num_stages=stages)
     return out

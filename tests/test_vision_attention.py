@@ -20,17 +20,15 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernel in the gpu tests")
 
 
-def reference(qkv, slot, used):
-    """Per slot: softmax attention of every row of the slot over its first `used` rows (zeros when none)."""
+def reference(qkv, starts, used):
+    """Per image: softmax attention of its real rows over its real rows; other rows zero."""
     q, k, v = qkv.float().unbind(1)
     out = torch.zeros_like(q)
-    for b, n in enumerate(used):
-        rows = slice(b * slot, (b + 1) * slot)
-        if n == 0:
-            continue
-        keys = slice(b * slot, b * slot + n)
-        o = F.scaled_dot_product_attention(q[rows].transpose(0, 1), k[keys].transpose(0, 1), v[keys].transpose(0, 1))
-        out[rows] = o.transpose(0, 1)
+    for s, n in zip(starts, used):
+        if n:
+            rows = slice(s, s + n)
+            out[rows] = F.scaled_dot_product_attention(q[rows].transpose(0, 1), k[rows].transpose(0, 1),
+                                                       v[rows].transpose(0, 1)).transpose(0, 1)
     return out
 
 
@@ -60,7 +58,26 @@ def test_interp_slot_attention_equals_per_image_attention(head_dim, mask_every_b
     cu = (torch.arange(len(grids) + 1) * slot).to(torch.int32)
     got = vk.slot_attention(qkv, cu, torch.tensor(used, dtype=torch.int32), slot, tiles=(16, 16, 4, 1),
                             mask_every_block=mask_every_block)
-    torch.testing.assert_close(got, reference(qkv, slot, used), rtol=1e-4, atol=1e-4)
+    ref = reference(qkv, [i * slot for i in range(len(grids))], used)
+    real = torch.cat([torch.arange(i * slot, i * slot + n) for i, n in enumerate(used)])
+    torch.testing.assert_close(got[real], ref[real], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(got).all()  # pad rows are written too
+    assert not got[slot + 16 :].any()  # a block of pad rows only (and the empty slot): zeros
+
+
+@interpreted
+@pytest.mark.parametrize("head_dim", [72, 32])
+def test_interp_packed_images_equal_per_image_attention(head_dim):
+    import graphrt.vision_kernels as vk
+
+    used, heads = [24, 8, 40], 2  # back to back; the longest sets the grid
+    starts = [0, 24, 32]
+    g = torch.Generator().manual_seed(11)
+    qkv = torch.randn(sum(used) + 5, 3, heads, head_dim, generator=g)  # 5 rows of no image at the end
+    cu = torch.tensor(starts + [sum(used)], dtype=torch.int32)
+    got = vk.slot_attention(qkv, cu, torch.tensor(used, dtype=torch.int32), max(used), tiles=(16, 16, 4, 1), packed=True)
+    ref = reference(qkv, starts, used)
+    torch.testing.assert_close(got[: sum(used)], ref[: sum(used)], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
@@ -119,3 +136,34 @@ def test_interp_fused_tower_on_slots_equals_unfused(tiny_engine):
         vision.fused, vision.attention = fused, attention
     keep = torch.cat([torch.arange(i * slot, i * slot + g[0] * g[1]) for i, g in enumerate(grids)])
     torch.testing.assert_close(got[keep], ref[keep], rtol=1e-4, atol=1e-4)
+
+
+@interpreted
+@torch.no_grad()
+def test_interp_packed_tower_equals_per_image_and_unfused(tiny_engine):
+    """Images of three sizes packed back to back (PackedImages): the fused tower gives each image
+    the features it gets alone, and the unfused per-image tower's."""
+    from graphrt.attention.sdpa import vision_attention
+    from graphrt.vision import PackedImages
+
+    vision = tiny_engine.model.vision
+    grids = [(4, 6), (2, 4), (6, 4)]
+    geo = vision_geometry(grids, vision.cfg, "cpu")
+    p = vision.cfg.patch_size
+    pixels = torch.randn(geo.num_patches, 3, p, p, generator=torch.Generator().manual_seed(12))
+    fused = vision.fused
+    try:
+        vision.fused = False
+        ref = vision(pixels, vision.positions(grids), geo, vision_attention)
+        vision.fused = True
+        got = vision(pixels, vision.positions(grids), geo, PackedImages.of(geo.seqlens, "cpu"))
+        alone, start = [], 0
+        for g in grids:
+            one = vision_geometry([g], vision.cfg, "cpu")
+            alone.append(vision(pixels[start : start + one.num_patches], vision.positions([g]), one,
+                                PackedImages.of(one.seqlens, "cpu")))
+            start += one.num_patches
+    finally:
+        vision.fused = fused
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, torch.cat(alone), rtol=1e-5, atol=1e-5)
