@@ -420,6 +420,96 @@ def slot_attention_sweep(b: int, p: int, real: int, reps: int):
     log(f"slot attention B={b} best:", res["best"], "fa2:", res["fa2_varlen"], "rope pass:", res["rope_pass (in place)"])
 
 
+def mixed_batch(reps: int = 20):
+    """Images of 320x240, 640x480 and 1024x768 in one tower call: slots of the largest (VisionRanges,
+    as the graphs lay a batch out today) vs packed back to back (PackedImages), fused tower with the
+    slot kernel, both as CUDA graphs, interleaved; and packed vs each image alone."""
+    from graphrt.vision import PackedImages
+
+    cfg = VisionConfig()
+    m = random_vision(cfg)
+    proc = ImageProcessor(PreprocessorConfig())
+    ps = cfg.patch_size
+    grids = []
+    for w, h in ((320, 240), (640, 480), (1024, 768)):
+        tw, th = proc.target_size(w, h)
+        grids.append((th // ps, tw // ps))
+    lens = [h * w for h, w in grids]
+    slot = max(lens)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    real_pixels = [torch.randn(n, 3, ps, ps, device="cuda", generator=g) for n in lens]
+    geos = [vision_geometry([gr], cfg, "cuda") for gr in grids]
+    pes = [m.position_embedding(gr) for gr in grids]
+
+    class Geo:
+        pass
+
+    def layout(starts, total):
+        geo = Geo()
+        geo.cos = torch.zeros(total, cfg.head_dim // 2, device="cuda")
+        geo.sin = torch.zeros_like(geo.cos)
+        geo.merge_index = torch.arange(total, device="cuda")
+        pixels = torch.zeros(total, 3, ps, ps, device="cuda")
+        pos = torch.zeros(total, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+        for s0, n, px, ge, pe in zip(starts, lens, real_pixels, geos, pes):
+            geo.cos[s0: s0 + n], geo.sin[s0: s0 + n] = ge.cos, ge.sin
+            pixels[s0: s0 + n], pos[s0: s0 + n] = px, pe
+        return geo, pixels, pos
+
+    slot_starts = [i * slot for i in range(3)]
+    packed_starts = [0, lens[0], lens[0] + lens[1]]
+    cases = {
+        "slots of the largest (3 x %d rows)" % slot: (layout(slot_starts, 3 * slot), slot_starts, VisionRanges(
+            torch_fa2, slot, (torch.arange(4, device="cuda") * slot).to(torch.int32),
+            torch.tensor(lens, dtype=torch.int32, device="cuda"))),
+        "packed (%d rows)" % sum(lens): (layout(packed_starts, sum(lens)), packed_starts,
+                                         PackedImages.of(lens, "cuda")),
+    }
+    m.fused, m.attention = True, "slot"
+    outs, graphs = {}, {}
+    for name, ((geo, pixels, pos), starts, attend) in cases.items():
+        def body(name=name, geo=geo, pixels=pixels, pos=pos, attend=attend):
+            outs[name] = m(pixels, pos, geo, attend)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            body()
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        graphs[name] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[name]), torch.no_grad():
+            body()
+    times = {k: [] for k in graphs}
+    for r in range(reps):
+        for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+            times[k] += events_ms(graphs[k].replay, 1)
+    torch.cuda.synchronize()
+    feats = {}
+    for name, (_, starts, _) in cases.items():
+        rows = outs[name].view(-1, cfg.hidden_size).float()
+        feats[name] = torch.cat([rows[s0: s0 + n] for s0, n in zip(starts, lens)])
+    alone = []
+    with torch.no_grad():
+        for n, px, ge, pe in zip(lens, real_pixels, geos, pes):
+            one = Geo()
+            one.cos, one.sin, one.merge_index = ge.cos, ge.sin, torch.arange(n, device="cuda")  # rows as above
+            alone.append(m(px, pe, one, PackedImages.of([n], "cuda")).view(-1, cfg.hidden_size).float())
+    alone = torch.cat(alone)
+    names = list(cases)
+    flops = sum(vision_flops(cfg, n) for n in lens)
+    res = {k: {"p50_ms": round(statistics.median(v), 3), "p90_ms": round(float(np.percentile(v, 90)), 3),
+               "useful_tflops": round(flops / statistics.median(v) / 1e9, 1)} for k, v in times.items()}
+    res["grids"] = grids
+    res["rel_err_packed_vs_slots"] = float((feats[names[1]] - feats[names[0]]).norm() / feats[names[0]].norm())
+    res["rel_err_packed_vs_each_image_alone"] = float((feats[names[1]] - alone).norm() / alone.norm())
+    res["work"] = f"3 images, {lens} patches, fused tower, slot kernel, {flops / 1e12:.2f} TFLOP useful"
+    REPORT["mixed_batch"] = res
+    log("mixed batch:", json.dumps(res))
+    del graphs, m
+    torch.cuda.empty_cache()
+
+
 def prefill_stage(t: int = 480, reps: int = 30):
     """One B=1 prefill of the 3B LM (random weights) at the 480 bucket, fused kernels, as a graph."""
     from torch.profiler import ProfilerActivity, profile
@@ -521,6 +611,7 @@ def main():
              ("slot32", lambda: slot_attention_sweep(32, 1680, 1656, 10)),
              ("vision1", lambda: vision_ab(1, 1680, 1656, (36, 46), 40)),
              ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10)),
+             ("mixed", mixed_batch),
              ("prefill", prefill_stage),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),
              ("attn32", lambda: attention_variants(32, 1680, 1656, 10))]
