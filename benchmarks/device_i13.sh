@@ -10,7 +10,7 @@ if [[ $PARTS == *stage* ]]; then
   timeout ${STAGE_TIMEOUT:-240} python benchmarks/vision_stage.py --out $OUT/vision_stage.json "$@" 2>&1 | tee $OUT/vision_stage.log | grep -v "^  slot\|^  attn"
 fi
 if [[ $PARTS == *tests* ]]; then
-  timeout ${TEST_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider -m gpu tests/test_vision_attention.py tests/test_vision_kernels.py tests/test_gpu_resize.py tests/test_vision.py tests/test_processor.py tests/test_graphs_gpu.py ${EXTRA_TESTS:-} -x 2>&1 | tee $OUT/pytest_gpu.log | tail -5
+  timeout ${TEST_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider -m gpu ${TESTS:-tests/test_vision_attention.py tests/test_prefill_triton.py tests/test_vision_kernels.py tests/test_gpu_resize.py tests/test_vision.py tests/test_processor.py tests/test_graphs_gpu.py} -x 2>&1 | tee $OUT/pytest_gpu.log | tail -5
 fi
 if [[ $PARTS == *e2e* ]]; then
   python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"

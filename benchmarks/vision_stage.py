@@ -12,8 +12,10 @@
    slot_attention: head split 64 + 16) over a sweep of tiles, last-block-only masking vs every block.
 5. The tower A/B as graphs: unfused, fused + FA2 (before), fused + slot kernel; kernel split of
    the fastest variant by profiler.
-6. Prefill at B=1 (3B widths, 480-token bucket, fused LM kernels, random weights): graph replay,
-   kernel split by class, each GEMM alone with TFLOP/s, against the weight-read and compute floors.
+6. Prefill at B=1 and B=32 (3B widths, 480-token bucket, fused LM kernels, random weights) as
+   graphs, FA2 vs graphrt's Triton prefill attention interleaved; kernel split by class against
+   the weight-read and compute floors; the attention call alone over tiles.
+7. A mixed batch (320x240, 640x480, 1024x768): slots of the largest vs packed, side by side.
 
     python benchmarks/vision_stage.py --out results.json
 Random weights: only timings and path equivalence mean anything here.
@@ -510,10 +512,16 @@ def mixed_batch(reps: int = 20):
     torch.cuda.empty_cache()
 
 
-def prefill_stage(t: int = 480, reps: int = 30):
-    """One B=1 prefill of the 3B LM (random weights) at the 480 bucket, fused kernels, as a graph."""
+PREFILL_TILES = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3)]
+
+
+def prefill_stage(t: int = 480, real: int = 451, reps: int = 20):
+    """The 3B prefill (random weights, fused LM kernels, the 480-token bucket with 451 real tokens)
+    as CUDA graphs at B=1 and B=32: FA2 vs graphrt's Triton prefill attention interleaved, kernel
+    split by class, the floors; and the attention kernel alone over tiles."""
     from torch.profiler import ProfilerActivity, profile
 
+    import graphrt.attention.prefill_triton as pt
     from graphrt.attention.ranges import PrefillRanges
     from graphrt.config import TextConfig
     from graphrt.llm import Qwen2
@@ -527,71 +535,95 @@ def prefill_stage(t: int = 480, reps: int = 30):
                 prm.fill_(1.0) if "norm" in name else prm.normal_(0, 0.02)
             else:
                 prm.normal_(0, 0.02)
-    slots = 1024
-    cache = llm.new_cache(1, slots)
-    emb = (torch.randn(t, cfg.hidden_size, device="cuda") * 0.5).bfloat16()
-    real = 451
-    positions = (torch.arange(t, device="cuda") - (t - real)).clamp(min=0)
-    write = torch.where(torch.arange(t, device="cuda") >= t - real, positions, torch.full_like(positions, slots - 1))
-    ranges = PrefillRanges(torch_fa2, t, slots, positions, torch.zeros(t, dtype=torch.long, device="cuda"), write,
-                           torch.tensor([0, t], dtype=torch.int32, device="cuda"),
-                           torch.tensor([0, slots], dtype=torch.int32, device="cuda"),
-                           torch.tensor([real], dtype=torch.int32, device="cuda"))
-    idx = torch.tensor([t - 1], device="cuda")
-
-    def body():
-        llm(emb, ranges, cache, ranges, logits_index=idx, fused=True)
-
-    with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            body()
-            body()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            body()
-        ms = events_ms(graph.replay, reps)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            body()
-            torch.cuda.synchronize()
-    classes, kernels = {}, {}
-    for ev in prof.key_averages():
-        tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-        if tt <= 0 or ev.key.startswith("aten::") or ev.key.startswith("cuda"):
-            continue
-        low = ev.key.lower()
-        cls = ("attention" if "flash" in low or "fmha" in low or "attn" in low else
-               "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
-               "triton" if "triton" in low or "_kernel" in low else "other")
-        classes[cls] = classes.get(cls, 0.0) + tt / 1e3
-        kernels[ev.key[:90]] = kernels.get(ev.key[:90], 0.0) + tt / 1e3
+    slots, bmax = 1024, 32
+    cache = llm.new_cache(bmax, slots)
     h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
-    shapes = {"qkv": (h, h + 2 * kv, True), "o": (h, h, False), "gate_up": (h, 2 * i, False), "down": (i, h, False)}
-    gemms = {}
-    per_layer_params = sum(k * n for k, n, _ in shapes.values())
-    for name, (k, n, bias) in shapes.items():
-        x = torch.randn(t, k, device="cuda").bfloat16()
-        w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
-        bb = torch.zeros(n, device="cuda").bfloat16() if bias else None
-        tm = statistics.median(events_ms(lambda: F.linear(x, w, bb), reps))
-        gemms[name] = {"M": t, "K": k, "N": n, "ms": round(tm, 4), "tflops": round(2 * t * k * n / tm / 1e9, 1),
-                       "x36_ms": round(36 * tm, 3)}
-    flops = 2 * t * per_layer_params * cfg.num_hidden_layers
-    weight_bytes = 2 * per_layer_params * cfg.num_hidden_layers
-    res = {"work": f"B=1, {t}-token bucket ({real} real), 36 layers, {flops / 1e12:.2f} TFLOP in the linears (bucket rows)",
-           "graph_p50_ms": round(statistics.median(ms), 3), "graph_p90_ms": round(float(np.percentile(ms, 90)), 3),
-           "tflops_bucket_rows": round(flops / statistics.median(ms) / 1e9, 1),
-           "floor_compute_ms_at_790": round(flops / 790e12 * 1e3, 3),
-           "floor_weights_ms_at_3.35TBps": round(weight_bytes / 3.35e12 * 1e3, 3),
-           "kernel_class_ms": {k: round(v, 3) for k, v in classes.items()},
-           "kernel_total_ms": round(sum(classes.values()), 3),
-           "top_kernels_ms": {k: round(v, 3) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:12]},
-           "gemms_alone": gemms, "gemms_alone_x36_ms": round(sum(g["x36_ms"] for g in gemms.values()), 3)}
-    REPORT["prefill_B1"] = res
-    log("prefill:", json.dumps(res, indent=1))
-    del llm, cache, graph
+    per_layer_params = h * (h + 2 * kv) + h * h + h * 2 * i + i * h
+    res = {}
+    for b in (1, 32):
+        n = b * t
+        emb = (torch.randn(n, h, device="cuda") * 0.5).bfloat16()
+        col = torch.arange(t, device="cuda").repeat(b)
+        positions = (col - (t - real)).clamp(min=0)
+        write = torch.where(col >= t - real, positions, torch.full_like(positions, slots - 1))
+        rows = torch.arange(b, device="cuda").repeat_interleave(t)
+        cu_q = (torch.arange(b + 1, device="cuda") * t).to(torch.int32)
+        cu_k = torch.cat([torch.arange(b, device="cuda") * slots, torch.tensor([bmax * slots], device="cuda")]).to(torch.int32)
+        ranges = PrefillRanges(torch_fa2, t, slots, positions, rows, write, cu_q, cu_k,
+                               torch.full((b,), real, dtype=torch.int32, device="cuda"))
+        idx = torch.arange(b, device="cuda") * t + t - 1
+        graphs = {}
+        for mode in ("varlen", "triton"):
+            pt.MODE = mode
+
+            def body():
+                llm(emb, ranges, cache, ranges, logits_index=idx, fused=True)
+
+            with torch.no_grad():
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    body()
+                    body()
+                torch.cuda.current_stream().wait_stream(side)
+                graphs[mode] = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graphs[mode]):
+                    body()
+        times = {k: [] for k in graphs}
+        for r in range(reps if b == 1 else max(4, reps // 3)):
+            for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+                times[k] += events_ms(graphs[k].replay, 1)
+        flops = 2 * n * per_layer_params * cfg.num_hidden_layers
+        entry = {"work": f"B={b}, {t}-token bucket ({real} real) per row, 36 layers; {flops / 1e12:.2f} TFLOP in the "
+                         f"linears over bucket rows", "floor_compute_ms_at_790": round(flops / 790e12 * 1e3, 3),
+                 "floor_weights_ms_at_3.35TBps": round(2 * per_layer_params * 36 / 3.35e12 * 1e3, 3)}
+        for k, v in times.items():
+            entry[f"attention={k}"] = {"p50_ms": round(statistics.median(v), 3),
+                                       "p90_ms": round(float(np.percentile(v, 90)), 3),
+                                       "tflops_bucket_rows": round(flops / statistics.median(v) / 1e9, 1)}
+        for mode in ("varlen", "triton"):
+            pt.MODE = mode
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+                llm(emb, ranges, cache, ranges, logits_index=idx, fused=True)
+                torch.cuda.synchronize()
+            classes, kernels = {}, {}
+            for ev in prof.key_averages():
+                tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+                if tt <= 0 or ev.key.startswith("aten::") or ev.key.startswith("cuda"):
+                    continue
+                low = ev.key.lower()
+                cls = ("attention" if "flash" in low or "fmha" in low or "prefill" in low else
+                       "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
+                       "triton" if "triton" in low or "_kernel" in low else "other")
+                classes[cls] = classes.get(cls, 0.0) + tt / 1e3
+                kernels[ev.key[:80]] = kernels.get(ev.key[:80], 0.0) + tt / 1e3
+            entry[f"kernels attention={mode}"] = {
+                "class_ms": {k: round(v, 3) for k, v in classes.items()}, "total_ms": round(sum(classes.values()), 3),
+                "top_ms": {k: round(v, 3) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]}}
+        res[f"B{b}"] = entry
+        log(f"prefill B={b}:", json.dumps(entry, indent=1))
+        if b == 1:  # the attention call alone, over tiles (layer 0's cache as written above)
+            q = (torch.randn(n, cfg.num_attention_heads, cfg.head_dim, device="cuda")).bfloat16()
+            kf, vf = cache.k[0].flatten(0, 1), cache.v[0].flatten(0, 1)
+            args = (q, kf, vf, cu_q, cu_k, t, slots, ranges.seqused, True)
+            ref = torch_fa2(*args).float()
+            live = slice(t - real, t)
+            sweep = {"fa2": round(statistics.median(events_ms(lambda: torch_fa2(*args), 30)), 4)}
+            for tiles in PREFILL_TILES:
+                try:
+                    out = pt.prefill_attention(*args, tiles=tiles).float()
+                    err = float((out[live] - ref[live]).norm() / ref[live].norm())
+                    sweep[str(tiles)] = {"ms": round(statistics.median(events_ms(
+                        lambda: pt.prefill_attention(*args, tiles=tiles), 30)), 4), "rel_err_vs_fa2": err}
+                except Exception as exc:  # noqa: BLE001
+                    sweep[str(tiles)] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+            sweep["default"] = list(pt.TILES)
+            res["attention_alone_B1"] = sweep
+            log("prefill attention alone B=1:", json.dumps(sweep))
+        del graphs
+    pt.MODE = "triton"
+    REPORT["prefill"] = res
+    del llm, cache
     torch.cuda.empty_cache()
 
 

@@ -63,13 +63,16 @@ class PrefillRanges:
         return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
-        """Fused path: one kernel ropes q/k and writes K/V into the cache, then the varlen call."""
+        """Fused path: one kernel ropes q/k and writes K/V into the cache, then the varlen call
+        (graphrt/attention/prefill_triton.py's kernel where it runs: faster than FA2 here)."""
         from graphrt.kernels.layer_ops import rope_write
+
+        from .prefill_triton import kernel_for
 
         q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        out = self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        out = kernel_for(q, self.kernel)(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
         return out.reshape(qkv.shape[0], -1)
 
 
