@@ -63,3 +63,36 @@ def test_prefill_attention_bf16_on_gpu_matches_fa2():
     assert not got[~live].any()
     err = ((got[live].float() - ref[live].float()).norm() / ref[live].float().norm()).item()
     assert err < 1e-2, err
+
+
+def guarded(n: int, gen: torch.Generator, pad: int = 2048) -> torch.Tensor:
+    """n random values inside a buffer of NaNs: a read outside the tensor turns an output NaN."""
+    buf = torch.full((n + 2 * pad,), float("nan"))
+    buf[pad : pad + n] = torch.randn(n, generator=gen)
+    return buf[pad : pad + n]
+
+
+@interpreted
+def test_interp_prefill_attention_reads_only_its_ranges():
+    """Random bucket lengths, cache sizes and key counts (0 .. all slots, shorter and longer than
+    the bucket), rows in random order, inside NaN guards: equal to the reference everywhere. (A
+    negative key-block start for tiles of pad queries once read before the cache: an illegal
+    address on the GPU.)"""
+    import random
+
+    from graphrt.attention.prefill_triton import prefill_attention
+
+    rnd, gen = random.Random(0), torch.Generator().manual_seed(0)
+    b, hq, hkv, d = 3, 4, 2, 16
+    for _ in range(12):
+        t = rnd.randint(1, 120)
+        slots = t + rnd.randint(0, 80)
+        q = guarded(b * t * hq * d, gen).view(b * t, hq, d)
+        k = guarded(b * slots * hkv * d, gen).view(b * slots, hkv, d)
+        v = guarded(b * slots * hkv * d, gen).view(b * slots, hkv, d)
+        cu_q = (torch.arange(b + 1) * t).to(torch.int32)
+        cu_k = torch.cat([torch.randperm(b, generator=gen) * slots, torch.tensor([b * slots])]).to(torch.int32)
+        used = torch.tensor([rnd.randint(0, slots) for _ in range(b)], dtype=torch.int32)
+        got = prefill_attention(q, k, v, cu_q, cu_k, t, slots, used, True, tiles=(16, 16, 4, 1))
+        ref = emulated(q, k, v, cu_q, cu_k, t, slots, used, True)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

@@ -81,12 +81,14 @@ if triton is not None:
         shift = n_keys - nq
         if CAUSAL:
             hi = tl.minimum(n_keys, shift + first + BLOCK_M)  # past the tile's last row: unseen
-            full = tl.minimum(tl.maximum(shift + first + 1, 0), hi)  # seen by every row of the tile
+            full = shift + first + 1  # keys below it are seen by every row of the tile
         else:
             hi = n_keys
             full = n_keys
+        # Both bounds clamped to 0 before rounding: a negative bound (pad rows that see no key)
+        # must not round down to a negative block start.
         hi = tl.where(first < nq, tl.maximum(hi, 0), 0)  # a tile past the segment: no keys, no writes
-        full = tl.minimum(full, hi) // BLOCK_N * BLOCK_N
+        full = tl.minimum(tl.maximum(full, 0), hi) // BLOCK_N * BLOCK_N
         q = tl.load(q_ptr + (q0 + offs_m)[:, None] * q_stride_t + h * q_stride_h + d[None, :], mask=m_ok[:, None],
                     other=0.0)
         k_ptr = k_ptr + k0 * k_stride_t + (h // GROUP) * k_stride_h
