@@ -14,6 +14,7 @@ from torch import nn
 from . import vision_kernels as vk
 from .attention.ranges import VisionRanges
 from .config import VisionConfig
+from .errors import OptionError
 from .layers import LayerNorm, Linear, empty_param
 from .lru import LRU
 
@@ -160,7 +161,7 @@ class MoonViT(nn.Module):
         self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
         self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
-            raise ValueError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
+            raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
                              f"not {self.attention!r}")
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:

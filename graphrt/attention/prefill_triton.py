@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from ..errors import OptionError
 from ..kernels import triton_runs_on
 
 try:
@@ -25,6 +26,8 @@ except ImportError:  # CPU-only installs: the varlen kernel is used
 
 # "triton": this kernel where it runs; "varlen": the runtime's varlen kernel (A/B).
 MODE = os.environ.get("GRAPHRT_PREFILL_ATTENTION", "triton")
+if MODE not in ("triton", "varlen"):
+    raise OptionError(f"GRAPHRT_PREFILL_ATTENTION must be triton or varlen, not {MODE!r}")
 # (block_m, block_n, num_warps, num_stages); benchmarks/vision_stage.py prefill_stage sweeps them.
 TILES = (64, 64, 4, 3)
 
