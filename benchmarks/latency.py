@@ -38,7 +38,8 @@ QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella
 
 def parse_config(text: str) -> dict:
     """"graphs=off,share_prefix=false,attention=torch-fa2" -> EngineOptions / GenerationConfig overrides.
-    `prefill=64:256:480:576` sets the prefill buckets (the other bucket lists keep their defaults)."""
+    `prefill=64:256:480:576` sets the prefill buckets (the other bucket lists keep their defaults);
+    `vision_attention=varlen` the vision tower's attention in that config's graphs."""
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -140,9 +141,14 @@ def main() -> None:
     if args.b != "none":
         configs["B " + args.b] = parse_config(args.b)
     engines = {}
+    default_vision_attention = base.model.vision.attention
     for name, over in configs.items():
         t = time.perf_counter()
+        # vision_attention=MODE (graphrt.vision.VISION_ATTENTION_MODES): the tower's attention as
+        # this config's graphs are captured (they keep it; the weights stay shared).
+        base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
         engines[name] = base.with_options(**over)
+        base.model.vision.attention = default_vision_attention
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
               flush=True)
 

@@ -7,8 +7,15 @@
 3. The vision tower (27 layers, 1680-patch slot, 640x480 = 1656 real patches) as CUDA graphs,
    unfused vs fused kernels interleaved A/B, at B=1 and B=32, with TFLOP/s; fused vs unfused
    output difference.
-4. Attention with head dim 72: the varlen FA2 call used today vs padding the head to 80/96/128,
-   and the dense SDPA backends (cuDNN, flash, efficient), at B=1 and B=32.
+4. Attention with head dim 72: the varlen FA2 call vs padding the head to 80/96/128, the dense
+   SDPA backends (cuDNN, flash, efficient), and graphrt's own slot kernel (vision_kernels.
+   slot_attention: head split 64 + 16) over a sweep of tiles, last-block-only masking vs every block.
+5. The tower A/B as graphs: unfused, fused + FA2 (before), fused + slot kernel; kernel split of
+   the fastest variant by profiler.
+6. Prefill at B=1 and B=32 (3B widths, 480-token bucket, fused LM kernels, random weights) as
+   graphs, FA2 vs graphrt's Triton prefill attention interleaved; kernel split by class against
+   the weight-read and compute floors; the attention call alone over tiles.
+7. A mixed batch (320x240, 640x480, 1024x768): slots of the largest vs packed, side by side.
 
     python benchmarks/vision_stage.py --out results.json
 Random weights: only timings and path equivalence mean anything here.
@@ -28,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,8 +43,9 @@ from capture.ranges import VisionRanges  # noqa: E402
 from capture.varlen import torch_fa2  # noqa: E402
 from graphrt.config import PreprocessorConfig, VisionConfig  # noqa: E402
 from graphrt.gpu_resize import resize_bicubic  # noqa: E402
-from graphrt.processor import ImageProcessor, load_image  # noqa: E402
+from graphrt.processor import ImageProcessor, host_pixels, load_image  # noqa: E402
 from graphrt.vision import MoonViT, vision_geometry  # noqa: E402
+import graphrt.vision_kernels as vk  # noqa: E402
 
 REPORT: dict = {}
 
@@ -93,6 +101,13 @@ def check_resize():
     log("resize:", REPORT["resize"])
 
 
+def old_device_path(pil):
+    """The processor's device path as it was before this change (for the A/B of the host split)."""
+    rgb = ImageOps.exif_transpose(pil)
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8)).cuda()
+    return resize_bicubic(t, (644, 504))
+
+
 def preprocess_split():
     from graphrt.prompt import PromptBuilder, load_tokenizer
     from weights.presets import PRESETS
@@ -122,6 +137,12 @@ def preprocess_split():
             "prompt_build (template + tokenize)": host_ms(lambda: prompts.build("person", 414), reps),
             "processor_pil_path_total": host_ms(lambda: proc(pil), reps),
             "processor_gpu_path_host (no sync)": host_ms(lambda: dev(pil), reps),
+            "exif_transpose copy (before)": host_ms(lambda: ImageOps.exif_transpose(pil), reps),
+            "getexif orientation check (now)": host_ms(lambda: pil.getexif().get(0x0112), reps),
+            "np.array + pageable H2D (before)": host_ms(lambda: torch.from_numpy(np.array(pil, dtype=np.uint8)).cuda(), reps),
+            "np.asarray + pageable H2D (now)": host_ms(lambda: host_pixels(pil).cuda(), reps),
+            "processor_gpu_path_before (exif copy, np.array, pageable H2D, resize)": host_ms(lambda: old_device_path(pil), reps),
+            "processor_gpu_path_now": host_ms(lambda: dev(pil), reps),
         }
     t = torch.from_numpy(arr).cuda()
     split["gpu_resize_device_ms"] = statistics.median(events_ms(lambda: resize_bicubic(t, (644, 504)), 30))
@@ -201,11 +222,11 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     used = torch.full((b,), real, dtype=torch.int32, device="cuda")
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
-    variants = [("unfused", m, False), ("fused", m, True)]
-    for name, model, fused in variants:
+    variants = [("unfused", False, "varlen"), ("fused+fa2 (before)", True, "varlen"), ("fused+slot", True, "slot")]
+    for name, fused, mode in variants:
 
-        def body(name=name, model=model, fused=fused):
-            model.fused = fused
+        def body(name=name, model=m, fused=fused, mode=mode):
+            model.fused, model.attention = fused, mode
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
@@ -240,11 +261,15 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
         res[k] = {"p50_ms": round(med, 3), "p90_ms": round(float(np.percentile(v, 90)), 3),
                   "tflops": round(flops / med / 1e9, 1)}
     res["rel_err_vs_unfused"] = rel
+    res["slot_tiles"] = list(vk.SLOT_ATTENTION_TILES)
     res["work"] = f"B={b}, slot {p} patches, {real} real ({grid[0]}x{grid[1]}), {flops / 1e12:.2f} TFLOP useful"
     REPORT[f"vision_B{b}"] = res
     log(f"vision B={b}:", json.dumps(res))
     if profile:
+        best = min((k for k in times if k != "unfused"), key=lambda k: statistics.median(times[k]))
+        m.attention = dict((v[0], v[2]) for v in variants)[best]
         REPORT[f"kernel_split_B{b}"] = kernel_split(m, pixels, pos, geo, attend)
+        REPORT[f"kernel_split_B{b}"]["variant"] = best
         log(f"kernel split B={b}:", json.dumps(REPORT[f"kernel_split_B{b}"], indent=1))
     del graphs, m
     torch.cuda.empty_cache()
@@ -269,13 +294,14 @@ def kernel_split(model, pixels, pos, geo, attend) -> dict:
             continue
         name = ev.key
         low = name.lower()
-        cls = ("attention" if "flash" in low or "fmha" in low or "attn" in low else
+        cls = ("attention" if "flash" in low or "fmha" in low or "attn" in low or "attention" in low else
                "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
                "triton" if "triton" in low or "_kernel" in low else "other")
         classes[cls] = classes.get(cls, 0.0) + t / 1e3
         kernels[name[:90]] = kernels.get(name[:90], 0.0) + t / 1e3
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:14])
-    return {"by_class_ms": {k: round(v, 3) for k, v in classes.items()}, "top_kernels_ms": {k: round(v, 3) for k, v in top.items()}}
+    return {"by_class_ms": {k: round(v, 3) for k, v in classes.items()}, "total_ms": round(sum(classes.values()), 3),
+            "top_kernels_ms": {k: round(v, 3) for k, v in top.items()}}
 
 
 def gemm_shapes(reps: int = 20):
@@ -348,6 +374,259 @@ def attention_variants(b: int, p: int, real: int, reps: int):
     REPORT[f"attention_B{b}"] = res
 
 
+SLOT_TILES = [(128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 4, 4), (128, 64, 4, 2), (128, 128, 4, 3)]
+
+
+def slot_attention_sweep(b: int, p: int, real: int, reps: int):
+    """graphrt's slot kernel over tiles (last key block masked; one tile also masking every block)
+    against torch's FA2 varlen call, and the RoPE pass that precedes both."""
+    heads, d = 16, 72
+    n = b * p
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(n, 3, heads, d, device="cuda", generator=g).bfloat16()
+    cu = (torch.arange(b + 1, device="cuda") * p).to(torch.int32)
+    used = torch.full((b,), real, dtype=torch.int32, device="cuda")
+    cos = torch.rand(n, d // 2, device="cuda")
+    sin = torch.rand(n, d // 2, device="cuda")
+    flops = b * 4 * real * real * heads * d
+    ref = torch_fa2(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, p, p, used, False).float()
+    keep = torch.cat([torch.arange(i * p, i * p + real, device="cuda") for i in range(b)])
+    res = {"work": f"B={b}, 16 heads x 72, slot {p}, {real} real keys; {flops / 1e12:.3f} TFLOP useful"}
+
+    def entry(t, out=None):
+        e = {"ms": round(t, 4), "tflops_useful": round(flops / t / 1e9, 1)}
+        if out is not None:
+            e["rel_err_vs_fa2"] = float((out.float()[keep] - ref[keep]).norm() / ref[keep].norm())
+        return e
+
+    res["fa2_varlen"] = entry(statistics.median(events_ms(
+        lambda: torch_fa2(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, p, p, used, False), reps)))
+    work = qkv.clone()
+    res["rope_pass (in place)"] = entry(statistics.median(events_ms(lambda: vk.rope_2d_(work, cos, sin), reps)))
+    best = (1e9, None)
+    for tiles, every in [(t, False) for t in SLOT_TILES] + [(SLOT_TILES[0], True)]:
+        name = f"slot {tiles}{' mask every block' if every else ''}"
+        try:
+            out = vk.slot_attention(qkv, cu, used, p, tiles=tiles, mask_every_block=every)
+            torch.cuda.synchronize()
+            t = statistics.median(events_ms(lambda: vk.slot_attention(qkv, cu, used, p, tiles=tiles,
+                                                                      mask_every_block=every), reps))
+            res[name] = entry(t, out)
+            if res[name]["rel_err_vs_fa2"] < 2e-2 and t < best[0]:
+                best = (t, name)
+        except Exception as exc:  # noqa: BLE001 - a tile that does not compile is a result too
+            res[name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+        log(f"  slot B={b} {name}: {res[name]}")
+    res["best"] = {"ms": round(best[0], 4), "variant": best[1], "default": list(vk.SLOT_ATTENTION_TILES)}
+    REPORT[f"slot_attention_B{b}"] = res
+    log(f"slot attention B={b} best:", res["best"], "fa2:", res["fa2_varlen"], "rope pass:", res["rope_pass (in place)"])
+
+
+def mixed_batch(reps: int = 20):
+    """Images of 320x240, 640x480 and 1024x768 in one tower call: slots of the largest (VisionRanges,
+    as the graphs lay a batch out today) vs packed back to back (PackedImages), fused tower with the
+    slot kernel, both as CUDA graphs, interleaved; and packed vs each image alone."""
+    from graphrt.vision import PackedImages
+
+    cfg = VisionConfig()
+    m = random_vision(cfg)
+    proc = ImageProcessor(PreprocessorConfig())
+    ps = cfg.patch_size
+    grids = []
+    for w, h in ((320, 240), (640, 480), (1024, 768)):
+        tw, th = proc.target_size(w, h)
+        grids.append((th // ps, tw // ps))
+    lens = [h * w for h, w in grids]
+    slot = max(lens)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    real_pixels = [torch.randn(n, 3, ps, ps, device="cuda", generator=g) for n in lens]
+    geos = [vision_geometry([gr], cfg, "cuda") for gr in grids]
+    pes = [m.position_embedding(gr) for gr in grids]
+
+    class Geo:
+        pass
+
+    def layout(starts, total):
+        geo = Geo()
+        geo.cos = torch.zeros(total, cfg.head_dim // 2, device="cuda")
+        geo.sin = torch.zeros_like(geo.cos)
+        geo.merge_index = torch.arange(total, device="cuda")
+        pixels = torch.zeros(total, 3, ps, ps, device="cuda")
+        pos = torch.zeros(total, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+        for s0, n, px, ge, pe in zip(starts, lens, real_pixels, geos, pes):
+            geo.cos[s0: s0 + n], geo.sin[s0: s0 + n] = ge.cos, ge.sin
+            pixels[s0: s0 + n], pos[s0: s0 + n] = px, pe
+        return geo, pixels, pos
+
+    slot_starts = [i * slot for i in range(3)]
+    packed_starts = [0, lens[0], lens[0] + lens[1]]
+    cases = {
+        "slots of the largest (3 x %d rows)" % slot: (layout(slot_starts, 3 * slot), slot_starts, VisionRanges(
+            torch_fa2, slot, (torch.arange(4, device="cuda") * slot).to(torch.int32),
+            torch.tensor(lens, dtype=torch.int32, device="cuda"))),
+        "packed (%d rows)" % sum(lens): (layout(packed_starts, sum(lens)), packed_starts,
+                                         PackedImages.of(lens, "cuda")),
+    }
+    m.fused, m.attention = True, "slot"
+    outs, graphs = {}, {}
+    for name, ((geo, pixels, pos), starts, attend) in cases.items():
+        def body(name=name, geo=geo, pixels=pixels, pos=pos, attend=attend):
+            outs[name] = m(pixels, pos, geo, attend)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            body()
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        graphs[name] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[name]), torch.no_grad():
+            body()
+    times = {k: [] for k in graphs}
+    for r in range(reps):
+        for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+            times[k] += events_ms(graphs[k].replay, 1)
+    torch.cuda.synchronize()
+    feats = {}
+    for name, (_, starts, _) in cases.items():
+        rows = outs[name].view(-1, cfg.hidden_size).float()
+        feats[name] = torch.cat([rows[s0: s0 + n] for s0, n in zip(starts, lens)])
+    alone = []
+    with torch.no_grad():
+        for n, px, ge, pe in zip(lens, real_pixels, geos, pes):
+            one = Geo()
+            one.cos, one.sin, one.merge_index = ge.cos, ge.sin, torch.arange(n, device="cuda")  # rows as above
+            alone.append(m(px, pe, one, PackedImages.of([n], "cuda")).view(-1, cfg.hidden_size).float())
+    alone = torch.cat(alone)
+    names = list(cases)
+    flops = sum(vision_flops(cfg, n) for n in lens)
+    res = {k: {"p50_ms": round(statistics.median(v), 3), "p90_ms": round(float(np.percentile(v, 90)), 3),
+               "useful_tflops": round(flops / statistics.median(v) / 1e9, 1)} for k, v in times.items()}
+    res["grids"] = grids
+    res["rel_err_packed_vs_slots"] = float((feats[names[1]] - feats[names[0]]).norm() / feats[names[0]].norm())
+    res["rel_err_packed_vs_each_image_alone"] = float((feats[names[1]] - alone).norm() / alone.norm())
+    res["work"] = f"3 images, {lens} patches, fused tower, slot kernel, {flops / 1e12:.2f} TFLOP useful"
+    REPORT["mixed_batch"] = res
+    log("mixed batch:", json.dumps(res))
+    del graphs, m
+    torch.cuda.empty_cache()
+
+
+PREFILL_TILES = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3)]
+
+
+def prefill_stage(t: int = 480, real: int = 451, reps: int = 20):
+    """The 3B prefill (random weights, fused LM kernels, the 480-token bucket with 451 real tokens)
+    as CUDA graphs at B=1 and B=32: FA2 vs graphrt's Triton prefill attention interleaved, kernel
+    split by class, the floors; and the attention kernel alone over tiles."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import graphrt.kernels.prefill_attention as pt
+    from capture.ranges import PrefillRanges
+    from graphrt.config import TextConfig
+    from graphrt.llm import Qwen2
+
+    cfg = TextConfig()
+    torch.manual_seed(0)
+    llm = Qwen2(cfg, torch.bfloat16, "cuda")
+    with torch.no_grad():
+        for name, prm in llm.named_parameters():
+            if prm.dim() == 1:
+                prm.fill_(1.0) if "norm" in name else prm.normal_(0, 0.02)
+            else:
+                prm.normal_(0, 0.02)
+    slots, bmax = 1024, 32
+    cache = llm.new_cache(bmax, slots)
+    h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
+    per_layer_params = h * (h + 2 * kv) + h * h + h * 2 * i + i * h
+    res = {}
+    for b in (1, 32):
+        n = b * t
+        emb = (torch.randn(n, h, device="cuda") * 0.5).bfloat16()
+        col = torch.arange(t, device="cuda").repeat(b)
+        positions = (col - (t - real)).clamp(min=0)
+        write = torch.where(col >= t - real, positions, torch.full_like(positions, slots - 1))
+        rows = torch.arange(b, device="cuda").repeat_interleave(t)
+        cu_q = (torch.arange(b + 1, device="cuda") * t).to(torch.int32)
+        cu_k = torch.cat([torch.arange(b, device="cuda") * slots, torch.tensor([bmax * slots], device="cuda")]).to(torch.int32)
+        ranges = PrefillRanges(torch_fa2, t, slots, positions, rows, write, cu_q, cu_k,
+                               torch.full((b,), real, dtype=torch.int32, device="cuda"))
+        idx = torch.arange(b, device="cuda") * t + t - 1
+        graphs = {}
+        for mode in ("varlen", "triton"):
+            pt.MODE = mode
+
+            def body():
+                llm(emb, ranges, cache, ranges, logits_index=idx, fused=True)
+
+            with torch.no_grad():
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    body()
+                    body()
+                torch.cuda.current_stream().wait_stream(side)
+                graphs[mode] = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graphs[mode]):
+                    body()
+        times = {k: [] for k in graphs}
+        for r in range(reps if b == 1 else max(4, reps // 3)):
+            for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
+                times[k] += events_ms(graphs[k].replay, 1)
+        flops = 2 * n * per_layer_params * cfg.num_hidden_layers
+        entry = {"work": f"B={b}, {t}-token bucket ({real} real) per row, 36 layers; {flops / 1e12:.2f} TFLOP in the "
+                         f"linears over bucket rows", "floor_compute_ms_at_790": round(flops / 790e12 * 1e3, 3),
+                 "floor_weights_ms_at_3.35TBps": round(2 * per_layer_params * 36 / 3.35e12 * 1e3, 3)}
+        for k, v in times.items():
+            entry[f"attention={k}"] = {"p50_ms": round(statistics.median(v), 3),
+                                       "p90_ms": round(float(np.percentile(v, 90)), 3),
+                                       "tflops_bucket_rows": round(flops / statistics.median(v) / 1e9, 1)}
+        for mode in ("varlen", "triton"):
+            pt.MODE = mode
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+                llm(emb, ranges, cache, ranges, logits_index=idx, fused=True)
+                torch.cuda.synchronize()
+            classes, kernels = {}, {}
+            for ev in prof.key_averages():
+                tt = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+                if tt <= 0 or ev.key.startswith("aten::") or ev.key.startswith("cuda"):
+                    continue
+                low = ev.key.lower()
+                cls = ("attention" if "flash" in low or "fmha" in low or "prefill" in low else
+                       "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
+                       "triton" if "triton" in low or "_kernel" in low else "other")
+                classes[cls] = classes.get(cls, 0.0) + tt / 1e3
+                kernels[ev.key[:80]] = kernels.get(ev.key[:80], 0.0) + tt / 1e3
+            entry[f"kernels attention={mode}"] = {
+                "class_ms": {k: round(v, 3) for k, v in classes.items()}, "total_ms": round(sum(classes.values()), 3),
+                "top_ms": {k: round(v, 3) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]}}
+        res[f"B{b}"] = entry
+        log(f"prefill B={b}:", json.dumps(entry, indent=1))
+        if b == 1:  # the attention call alone, over tiles (layer 0's cache as written above)
+            q = (torch.randn(n, cfg.num_attention_heads, cfg.head_dim, device="cuda")).bfloat16()
+            kf, vf = cache.k[0].flatten(0, 1), cache.v[0].flatten(0, 1)
+            args = (q, kf, vf, cu_q, cu_k, t, slots, ranges.seqused, True)
+            ref = torch_fa2(*args).float()
+            live = slice(t - real, t)
+            sweep = {"fa2": round(statistics.median(events_ms(lambda: torch_fa2(*args), 30)), 4)}
+            for tiles in PREFILL_TILES:
+                try:
+                    out = pt.prefill_attention(*args, tiles=tiles).float()
+                    err = float((out[live] - ref[live]).norm() / ref[live].norm())
+                    sweep[str(tiles)] = {"ms": round(statistics.median(events_ms(
+                        lambda: pt.prefill_attention(*args, tiles=tiles), 30)), 4), "rel_err_vs_fa2": err}
+                except Exception as exc:  # noqa: BLE001
+                    sweep[str(tiles)] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+            sweep["default"] = list(pt.TILES)
+            res["attention_alone_B1"] = sweep
+            log("prefill attention alone B=1:", json.dumps(sweep))
+        del graphs
+    pt.MODE = "triton"
+    REPORT["prefill"] = res
+    del llm, cache
+    torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="vision_stage.json")
@@ -360,10 +639,14 @@ def main():
     log(REPORT["env"])
     steps = [("resize", check_resize), ("preprocess", preprocess_split), ("engine", engine_preprocess),
              ("gemms", gemm_shapes),
+             ("slot1", lambda: slot_attention_sweep(1, 1680, 1656, 30)),
+             ("slot32", lambda: slot_attention_sweep(32, 1680, 1656, 10)),
              ("vision1", lambda: vision_ab(1, 1680, 1656, (36, 46), 40)),
+             ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10)),
+             ("mixed", mixed_batch),
+             ("prefill", prefill_stage),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),
-             ("attn32", lambda: attention_variants(32, 1680, 1656, 10)),
-             ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10))]
+             ("attn32", lambda: attention_variants(32, 1680, 1656, 10))]
     for name, fn in steps:
         if name in args.skip:
             continue

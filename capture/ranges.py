@@ -40,6 +40,8 @@ class VisionRanges:
     patches: int  # P, per image slot
     cu: torch.Tensor  # [B+1] int32 = arange * P
     seqused: torch.Tensor  # [B] int32 real patches per image
+    # The fused vision tower reads this to run its own slot kernel over these ranges (graphrt/vision.py).
+    layout = "slots"
 
     def __call__(self, q, k, v, geo=None):
         return self.kernel(q, k, v, self.cu, self.cu, self.patches, self.patches, self.seqused, False)
@@ -63,13 +65,16 @@ class PrefillRanges:
         return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
-        """Fused path: one kernel ropes q/k and writes K/V into the cache, then the varlen call."""
-        from graphrt.kernels.layer_ops import rope_write  # lazy: triton is optional (fused kernel set only)
+        """Fused path: one kernel ropes q/k and writes K/V into the cache, then the attention call
+        (graphrt/kernels/prefill_attention.py's kernel where it runs: faster than FA2 here)."""
+        # lazy: triton is optional (fused kernel set only)
+        from graphrt.kernels.layer_ops import rope_write
+        from graphrt.kernels.prefill_attention import kernel_for
 
         q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        out = self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        out = kernel_for(q, self.kernel)(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
         return out.reshape(qkv.shape[0], -1)
 
 

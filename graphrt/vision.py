@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import vision_kernels as vk
+from .attention.sdpa import vision_attention
 from .config import VisionConfig
+from .errors import OptionError
 from .layers import LayerNorm, Linear, empty_param
 from .lru import LRU
 
@@ -23,6 +25,36 @@ POSITION_TABLES_KEPT = 8
 
 # attend(q, k, v, geometry) -> [N, H, D]: full attention inside each image of the packed batch.
 VisionAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+@dataclass
+class PackedImages:
+    """Attention ranges of images packed back to back (each image exactly its own patches, no
+    slot padding), so a batch of mixed sizes costs the sum of its images, not B times the largest.
+    The fused tower runs vision_kernels.slot_attention over the real lengths; other paths attend
+    image by image (geo.seqlens)."""
+
+    cu: torch.Tensor  # [B+1] int32 start row of each image, then the total
+    seqused: torch.Tensor  # [B] int32 patches per image
+    longest: int  # patches of the largest image (the kernel's grid)
+    layout = "packed"
+
+    @classmethod
+    def of(cls, seqlens: list[int], device) -> "PackedImages":
+        lengths = torch.tensor(seqlens, dtype=torch.int32)
+        cu = torch.zeros(len(seqlens) + 1, dtype=torch.int32)
+        cu[1:] = lengths.cumsum(0)
+        return cls(cu.to(device), lengths.to(device), max(seqlens))
+
+    def __call__(self, q, k, v, geo):
+        return vision_attention(q, k, v, geo)
+
+
+# Attention of the fused tower over image slots (capture.ranges.VisionRanges, the graph path), after the RoPE pass:
+#   "slot"    vision_kernels.slot_attention (head 72 as 64 + 16 columns)
+#   "varlen"  the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
+# GRAPHRT_VISION_ATTENTION overrides the default (A/B). PackedImages takes the slot kernel over the
+# real lengths ("packed"); other attend callables always take "varlen".
+VISION_ATTENTION_MODES = ("slot", "varlen")
 
 
 @dataclass
@@ -91,13 +123,19 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
-    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention):
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen"):
         """The same block on fused kernels. Takes x and h = norm0(x); returns x after the
         attention branch and the MLP branch output, which the caller adds with the next norm."""
         n = x.shape[0]
         qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
         vk.rope_2d_(qkv, geo.cos, geo.sin)
-        out = self.wo(attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo).reshape(n, -1))
+        if mode == "slot":
+            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
+        elif mode == "packed":
+            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
+        else:
+            att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
+        out = self.wo(att.reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
             return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
@@ -120,6 +158,10 @@ class MoonViT(nn.Module):
         # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
         # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
         self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
+        self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
+        if self.attention not in VISION_ATTENTION_MODES:
+            raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
+                             f"not {self.attention!r}")
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""
@@ -140,9 +182,16 @@ class MoonViT(nn.Module):
         """Each residual add is fused with the LayerNorm that follows it (the next block's norm0,
         or the final norm)."""
         first = self.blocks[0].norm0
+        mode = "varlen"
+        if vk.slot_attention_runs(self.cfg.head_dim, x):
+            layout = getattr(attend, "layout", None)  # capture.ranges.VisionRanges: "slots"
+            if layout == "slots":
+                mode = self.attention
+            elif layout == "packed":
+                mode = "packed"
         x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend)
+            x, branch = block.forward_fused(x, h, geo, attend, mode)
             norm = self.blocks[i + 1].norm0 if i + 1 < len(self.blocks) else self.final_layernorm
             x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
         return h

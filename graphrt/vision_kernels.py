@@ -5,7 +5,10 @@
 - `rope_2d_`: 2D RoPE of q and k in place inside the packed qkv (fp32 complex multiply, as
   `vision.apply_rope_2d`), instead of ~10 elementwise kernels per tensor;
 - `linear_gelu`: fc0's bias and tanh-GELU in the matmul's epilogue (cuBLASLt through torch's
-  `_addmm_activation`), so the 4304-wide activation is written once.
+  `_addmm_activation`), so the 4304-wide activation is written once;
+- `slot_attention`: full attention inside each image slot straight from the packed qkv, for
+  head dim 72 without padding it in memory: the head is split 64 + 16 (8 masked) in registers, so
+  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel.
 
 Unfused and fused agree within bf16 rounding (tests/test_vision_kernels.py; on the GPU,
 benchmarks/vision_stage.py). `TRITON_INTERPRET=1` runs the Triton kernels on CPU tensors.
@@ -70,6 +73,91 @@ if triton is not None:
             tl.store(base + offs, y.to(qkv_ptr.dtype.element_ty), mask=offs < WIDTH)
 
 
+    @triton.jit
+    def _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0, n_keys, qk_scale,
+                              offs_n, d_lo, d_hi, hi_ok, row_stride: tl.constexpr, MASK_KEYS: tl.constexpr):
+        # One block of BLOCK_N keys into the running (max, sum, output) of the query block.
+        cols = n0 + offs_n
+        kv_rows = cols.to(tl.int64)[:, None] * row_stride
+        if MASK_KEYS:  # the last block: keys past used[b] are pads
+            col_ok = cols < n_keys
+            k_lo = tl.load(k_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
+            k_hi = tl.load(k_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
+        else:
+            k_lo = tl.load(k_ptr + kv_rows + d_lo[None, :])
+            k_hi = tl.load(k_ptr + kv_rows + d_hi[None, :], mask=hi_ok[None, :], other=0.0)
+        s = tl.dot(q_lo, tl.trans(k_lo))
+        s = tl.dot(q_hi, tl.trans(k_hi), s) * qk_scale  # log2 units: exp2 below
+        if MASK_KEYS:
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASK_KEYS:
+            v_lo = tl.load(v_ptr + kv_rows + d_lo[None, :], mask=col_ok[:, None], other=0.0)
+            v_hi = tl.load(v_ptr + kv_rows + d_hi[None, :], mask=col_ok[:, None] & hi_ok[None, :], other=0.0)
+        else:
+            v_lo = tl.load(v_ptr + kv_rows + d_lo[None, :])
+            v_hi = tl.load(v_ptr + kv_rows + d_hi[None, :], mask=hi_ok[None, :], other=0.0)
+        p = p.to(v_lo.dtype)
+        acc_lo = tl.dot(p, v_lo, acc_lo * alpha[:, None])
+        acc_hi = tl.dot(p, v_hi, acc_hi * alpha[:, None])
+        return acc_lo, acc_hi, m_new, l_i
+
+    @triton.jit
+    def _slot_attention_kernel(qkv_ptr, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
+                               HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_EVERY_BLOCK: tl.constexpr,
+                               PACKED: tl.constexpr):
+        # Program (query block, image * head). Image b starts at row cu[b] of the packed qkv
+        # [N, 3, HEADS, D]; its first used[b] rows are real (keys and queries). Slots (PACKED
+        # false): the image owns `slot` rows and every one gets an output, so none is left
+        # uninitialized: pad rows in a block with real rows attend as FA2 would, blocks of pad
+        # rows only get zeros (no key loop). Packed: images back to back, only real rows written.
+        # Full key blocks run unmasked, the last one masked.
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // HEADS
+        h = bh % HEADS
+        start = tl.load(cu_ptr + b).to(tl.int64)
+        n_keys = tl.load(used_ptr + b)
+        row_stride: tl.constexpr = 3 * HEADS * D
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        d_lo = tl.arange(0, D_LO)
+        d_hi = D_LO + tl.arange(0, D_HI)
+        hi_ok = d_hi < D
+        q_ok = offs_m < (n_keys if PACKED else slot)
+        q_rows = start + offs_m.to(tl.int64)
+        q_ptr = qkv_ptr + q_rows[:, None] * row_stride + h * D
+        q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
+        q_hi = tl.load(q_ptr + d_hi[None, :], mask=q_ok[:, None] & hi_ok[None, :], other=0.0)
+        k_ptr = qkv_ptr + start * row_stride + HEADS * D + h * D
+        v_ptr = k_ptr + HEADS * D
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc_lo = tl.zeros([BLOCK_M, D_LO], tl.float32)
+        acc_hi = tl.zeros([BLOCK_M, D_HI], tl.float32)
+        keys = tl.where(pid_m * BLOCK_M < n_keys, n_keys, 0)  # a block of pad queries only: no keys, zeros
+        full = keys // BLOCK_N * BLOCK_N
+        if MASK_EVERY_BLOCK:
+            full = full * 0
+        for n0 in range(0, full, BLOCK_N):
+            acc_lo, acc_hi, m_i, l_i = _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0,
+                                                             n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride,
+                                                             False)
+        for n0 in range(full, keys, BLOCK_N):
+            acc_lo, acc_hi, m_i, l_i = _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0,
+                                                             n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride,
+                                                             True)
+        inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros, as the varlen contract says
+        o_ptr = out_ptr + q_rows[:, None] * (HEADS * D) + h * D
+        tl.store(o_ptr + d_lo[None, :], (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=q_ok[:, None])
+        tl.store(o_ptr + d_hi[None, :], (acc_hi * inv[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=q_ok[:, None] & hi_ok[None, :])
+
+
 def add_layernorm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + delta, LayerNorm(x + delta)) for [N, C] rows; delta None: (x, LayerNorm(x))."""
@@ -116,3 +204,46 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     if epilogue_gelu_is_tanh(x.device, x.dtype):
         return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
     return torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
+
+
+# Tile sizes of `slot_attention` (block_m, block_n, num_warps, num_stages): best or within 1.3% of
+# the best of the H100 sweep at B=1 and B=32 (benchmarks/vision_stage.py, docs/notes.md).
+SLOT_ATTENTION_TILES = (128, 64, 4, 3)
+
+
+def head_split(d: int) -> tuple[int, int]:
+    """Head dim -> the two power-of-two column blocks the slot kernel computes: the largest power
+    of two below d, and the rest padded up to at least 16 (72 -> 64 + 16); a power of two halves."""
+    d_lo = 1 << (d.bit_length() - 1)
+    if d == d_lo:
+        return d // 2, d // 2
+    return d_lo, triton.next_power_of_2(max(d - d_lo, 16))
+
+
+def slot_attention_runs(head_dim: int, x: torch.Tensor) -> bool:
+    """Whether `slot_attention` runs for this head dim here: compiled tensor-core dots need blocks
+    of at least 16 columns (the interpreter takes any)."""
+    return available(x) and (not x.is_cuda or min(head_split(head_dim)) >= 16)
+
+
+def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int, scale: float | None = None,
+                   tiles=None, mask_every_block: bool = False, packed: bool = False) -> torch.Tensor:
+    """Full attention inside each image of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
+
+    Image b starts at row cu[b] (cu [B+1] int32 on the device; may change between graph replays)
+    and has used[b] real rows. Slots (default): image b owns `slot` rows and every row of the slot
+    gets an output (pad rows: finite values or zeros). packed: images back to back (cu[b+1] =
+    cu[b] + used[b]), `slot` is the longest image, and only the real rows are written (rows of no
+    image stay uninitialized). `mask_every_block` (A/B only) masks every key block, not just the last."""
+    n, three, heads, d = qkv.shape
+    if three != 3 or not qkv.is_contiguous():
+        raise ValueError(f"slot_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
+    d_lo, d_hi = head_split(d)
+    block_m, block_n, warps, stages = tiles or SLOT_ATTENTION_TILES
+    out = torch.empty(n, heads, d, device=qkv.device, dtype=qkv.dtype)
+    qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
+    grid = (triton.cdiv(slot, block_m), (cu.numel() - 1) * heads)
+    _slot_attention_kernel[grid](qkv, out, cu, used, slot, qk_scale, HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi,
+                                 BLOCK_M=block_m, BLOCK_N=block_n, MASK_EVERY_BLOCK=mask_every_block,
+                                 PACKED=packed, num_warps=warps, num_stages=stages)
+    return out

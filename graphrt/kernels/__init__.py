@@ -3,7 +3,7 @@ and the MTP step attention. The eager path keeps plain torch (the CPU reference)
 picks one of two kernel sets at load:
 
     "fused"  these kernels inside the captured graphs (CUDA, fp16/bf16, triton importable)
-    "torch"  the plain-torch layer ops and the varlen attention calls of graphrt/attention
+    "torch"  the plain-torch layer ops and the varlen attention calls of capture
 """
 
 from __future__ import annotations
