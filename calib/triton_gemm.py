@@ -73,3 +73,54 @@ def skinny_fp8_linear(q: torch.Tensor, w_fp8: torch.Tensor, row_scale: torch.Ten
                                             m, n, k, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
                                             BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     return y
+
+
+if triton is not None:
+
+    @triton.jit
+    def _w8a16(x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, M, N, K, stride_x, HAS_BIAS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # M tiles vary fastest, so the programs sharing a weight tile run together (its reads hit L2)
+        num_m = tl.cdiv(M, BLOCK_M)
+        pid = tl.program_id(0)
+        rm = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = (pid // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            a = tl.load(x_ptr + rm[:, None] * stride_x + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
+                        other=0.0)
+            b = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)
+            acc += tl.dot(a, tl.trans(b.to(tl.bfloat16)))  # every e4m3 value is exact in bf16
+        out = acc * tl.load(ws_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        if HAS_BIAS:
+            out += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], out.to(tl.bfloat16), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def w8a16_config(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Up to 64 rows the skinny shapes of skinny_config
+    (one M tile: the weights are read once); above, square-ish tiles for the tensor cores."""
+    if m <= SKINNY_MAX_ROWS:
+        bn, bk, warps, stages = skinny_config(n, k)
+        return max(16, triton.next_power_of_2(m)), bn, bk, warps, stages
+    if m <= 512:
+        return 128, 64, 128, 8, 3
+    return 128, 128, 64, 8, 3
+
+
+def w8a16_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only FP8: x [M, K] bf16, w_fp8 [N, K] e4m3, w_scale [1, N] fp32 -> [M, N] bf16 =
+    x @ (w_fp8 * w_scale)^T (+ bias), the e4m3 weights upcast in registers, fp32 accumulation."""
+    m, k = x.shape
+    n = w_fp8.shape[0]
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    bm, bn, bk, warps, stages = w8a16_config(m, n, k)
+    y = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    _w8a16[grid](x, w_fp8, w_scale, bias if bias is not None else w_scale, y, m, n, k, x.stride(0),
+                 HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return y
