@@ -95,6 +95,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def shared_copy(model: nn.Module) -> nn.Module:
     """A structural copy of the model whose parameters and buffers are the original tensors."""
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    info = getattr(model, "fp8_info", None)
+    if info is not None:  # shared too: it holds the bf16 base, which must not be deep-copied
+        memo[id(info)] = info
     return copy.deepcopy(model, memo)
 
 

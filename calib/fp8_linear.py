@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # in the _scaled_mm epilogue), "rowwise" (bias added after), "tensorwise" (channel scales after).
 _GEMM_MODE: dict[str, str] = {}
 _SKINNY_BROKEN: list[str] = []
+_W8A16_BROKEN: list[str] = []
 
 
 def _fallback(device_type: str, mode: str, exc: Exception) -> str:
@@ -118,12 +119,12 @@ class FP8Linear(nn.Module):
             # the dequantized weight adds ~0.1% to the e4m3 weight's ~2.6% error)
             w = (self.weight_fp8.float() * self.weight_scale.t()).to(self.out_dtype)
             return torch.nn.functional.linear(x2d, w, self.bias)
-        if self.use_skinny and not _SKINNY_BROKEN:  # CUDA, bf16, triton (the same switch as the skinny GEMM)
+        if self.use_skinny and not _W8A16_BROKEN:  # CUDA, bf16, triton (the same switch as the skinny GEMM)
             try:
                 return w8a16_linear(x2d, self.weight_fp8, self.weight_scale, self.bias)
             except Exception as exc:
-                _SKINNY_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
-                log.warning("Triton W8A16 GEMM unavailable, using dequantized weights: %s", _SKINNY_BROKEN[0])
+                _W8A16_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
+                log.warning("Triton W8A16 GEMM unavailable, using dequantized weights: %s", _W8A16_BROKEN[0])
         y = x2d.float() @ self.dequantized_weight().t()
         return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
 

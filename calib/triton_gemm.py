@@ -92,7 +92,7 @@ if triton is not None:
             a = tl.load(x_ptr + rm[:, None] * stride_x + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K),
                         other=0.0)
             b = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)
-            acc += tl.dot(a, tl.trans(b.to(tl.bfloat16)))  # every e4m3 value is exact in bf16
+            acc += tl.dot(a, tl.trans(b.to(tl.float16).to(tl.bfloat16)))  # e4m3 values are exact in both
         out = acc * tl.load(ws_ptr + rn, mask=rn < N, other=0.0)[None, :]
         if HAS_BIAS:
             out += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
