@@ -42,7 +42,7 @@ from capture import Buckets  # noqa: E402
 from graphrt import Engine, GenerationConfig  # noqa: E402
 from graphrt.generate import RowRequest  # noqa: E402
 
-MODES = {"w8a8": "lm", "w8a16": "lm+w8a16", "w8a8-dynamic": "lm+w8a8-dynamic"}
+MODES = {"w8a8": "lm", "w8a16": "lm+w8a16", "w8a8-dynamic": "lm+w8a8-dynamic", "w8a16-int8": "lm+w8a16-int8"}
 
 
 def step_weight_bytes(model) -> int:

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import triton_gemm
 from .quantize import (FP8, dequantize, quantize_input, quantize_input_dynamic_torch, quantize_input_torch,
-                       quantize_weight)
+                       quantize_weight, quantize_weight_int8)
 from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear, w8a16_linear
 
 ACT_MODES = ("static", "dynamic", "none")
@@ -62,20 +62,23 @@ def gemm_mode(device_type: str) -> str:
 
 class FP8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, input_scale: float, name: str = "",
-                 act: str = "static"):
+                 act: str = "static", weight_format: str = "e4m3"):
         super().__init__()
         if weight.dim() != 2:
             raise ValueError("FP8Linear takes a 2-D weight")
         if act not in ACT_MODES:
             raise ValueError(f"act must be one of {', '.join(ACT_MODES)}, not {act!r}")
-        self.act = act
+        if weight_format not in ("e4m3", "int8") or (weight_format == "int8" and act != "none"):
+            raise ValueError(f"weight format {weight_format!r} with act={act!r}: int8 weights are weight-only "
+                             "(act='none'); e4m3 takes any act")
+        self.act, self.weight_format = act, weight_format
         if not input_scale > 0 or input_scale != input_scale or input_scale == float("inf"):
             raise ValueError(f"{name or 'linear'}: input scale must be positive and finite, got {input_scale}")
         self.name = name
         self.out_features, self.in_features = weight.shape
         self.out_dtype = weight.dtype
-        q, s = quantize_weight(weight)
-        # [N, K] row-major e4m3; _scaled_mm takes its transpose (column-major [K, N]) without a copy.
+        q, s = quantize_weight_int8(weight) if weight_format == "int8" else quantize_weight(weight)
+        # [N, K] row-major e4m3 (int8 in the w8a16-int8 mode); _scaled_mm takes its transpose (column-major [K, N]) without a copy.
         self.register_buffer("weight_fp8", q, persistent=False)
         self.register_buffer("weight_scale", s, persistent=False)  # [1, N] float32
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
@@ -91,11 +94,14 @@ class FP8Linear(nn.Module):
                            and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "", act: str = "static") -> "FP8Linear":
-        return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, input_scale, name, act)
+    def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "", act: str = "static",
+                    weight_format: str = "e4m3") -> "FP8Linear":
+        return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, input_scale, name, act,
+                   weight_format)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, act={self.act}, "
+                f"weights={self.weight_format}, "
                 f"input_scale={float(self.input_scale):.4g}")
 
     def quantize(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

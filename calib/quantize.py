@@ -53,6 +53,16 @@ def quantize_input_dynamic_torch(x2d: torch.Tensor):
     return q, amax / full
 
 
+def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> ([N, K] int8, [1, N] float32 scale): symmetric per output channel,
+    amax / 127, round to nearest (weight-only mode w8a16-int8; int8 -> fp16 is exact in the GEMM)."""
+    w = weight.float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale[None, :].contiguous()
+
+
 def quantize_input_torch(x2d: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor):
     """[M, K] -> ([M, K] e4m3, [M, 1] float32 row scales), plain torch (any device)."""
     q = (x2d.float() * inv_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)

@@ -117,7 +117,8 @@ def test_fused_producers_write_the_torch_rule_bytes(act, rows):
 
 
 @pytest.mark.parametrize("rows", [1, 12, 96, 384, 3000])
-def test_w8a16_gemm_matches_dequantized_weights(rows):
+@pytest.mark.parametrize("fmt", ["e4m3", "int8"])
+def test_w8a16_gemm_matches_dequantized_weights(rows, fmt):
     """Weight-only FP8: the Triton GEMM (<= 2048 rows) and the cuBLAS path on dequantized weights
     (above) both equal bf16 x times the dequantized weights up to float32 summation and one bf16
     rounding (the cuBLAS path rounds the dequantized weight to bf16 too)."""
@@ -125,7 +126,7 @@ def test_w8a16_gemm_matches_dequantized_weights(rows):
     k, n = 2048, 2560
     w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
     b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
-    lin = FP8Linear(w, b, input_scale=1.0, act="none")
+    lin = FP8Linear(w, b, input_scale=1.0, act="none", weight_format=fmt)
     x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
     y = lin(x)
     assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
@@ -133,7 +134,10 @@ def test_w8a16_gemm_matches_dequantized_weights(rows):
     torch.testing.assert_close(y.float(), ref, rtol=2**-7, atol=2e-3 if rows <= 2048 else 2e-2)
     exact = x.float() @ w.float().t() + b.float()
     rel = ((y.float() - exact).norm() / exact.norm()).item()
-    assert 0.003 < rel < 0.04  # the e4m3 weight alone: about half the W8A8 error
+    if fmt == "int8":
+        assert 0.0003 < rel < 0.01  # int8 grid of amax/127 per channel
+    else:
+        assert 0.003 < rel < 0.04  # the e4m3 weight alone: about half the W8A8 error
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +157,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("mode", ["w8a8", "w8a16", "w8a8-dynamic"])
+@pytest.mark.parametrize("mode", ["w8a8", "w8a16", "w8a8-dynamic", "w8a16-int8"])
 def test_fp8_graphs_equal_fp8_eager(mid_engines, name, mode):
     """Fused kernels (the default on CUDA): W8A8 layers take their e4m3 inputs from the norm / SiLU
     producers (graphrt/kernels/fp8_ops.py), W8A16 layers the plain fused layer."""

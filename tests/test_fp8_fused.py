@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from calib import FP8Linear, calibrate, quantize_model
-from calib.apply import act_mode, select
+from calib.apply import act_mode, mode, select
 from calib.quantize import FP8_MAX, dequantize, quantize_input_dynamic_torch
 from graphrt.layers import RMSNorm
 
@@ -100,13 +100,16 @@ def test_dynamic_rule_and_modes():
         select(names, "w8a16")
     with pytest.raises(ValueError, match="act must be"):
         _linear(8, 8, "e5m2")
+    assert mode("lm+w8a16-int8") == ("none", "int8") and mode("lm") == ("static", "e4m3")
+    with pytest.raises(ValueError, match="weight-only"):
+        FP8Linear(_weight(8, 8), None, 1.0, act="static", weight_format="int8")
 
 
-@pytest.mark.parametrize("act", ["none", "dynamic"])
+@pytest.mark.parametrize("act", ["none", "dynamic", "int8"])
 def test_modes_match_their_reference_within_bound(act):
     g = torch.Generator().manual_seed(3)
     k, n = 64, 48
-    lin = _linear(k, n, act)
+    lin = FP8Linear(_weight(k, n), None, 0.05, act="none", weight_format="int8") if act == "int8" else _linear(k, n, act)
     x = torch.randn(12, k, generator=g) * torch.linspace(0.1, 10, 12)[:, None]  # rows of very different size
     y = lin(x)
     torch.testing.assert_close(y, lin.reference(x), rtol=1e-5, atol=1e-5)
@@ -117,8 +120,12 @@ def test_modes_match_their_reference_within_bound(act):
         assert ((y - exact).abs() <= bound + 1e-6).all()
         with pytest.raises(RuntimeError, match="weight-only"):
             lin.quantize(x)
+    if act == "int8":  # round to nearest on a grid of amax/127 per channel: |err| <= step/2 * sum |x|
+        step = _weight(k, n).abs().amax(1) / 127
+        assert ((y - exact).abs() <= (x.abs().sum(1, keepdim=True) * step[None, :] / 2) * 1.001 + 1e-6).all()
+        assert lin.weight_fp8.dtype == torch.int8
     rel = ((y - exact).norm(dim=1) / exact.norm(dim=1))
-    assert (rel < 0.06).all()  # per-token scales: small rows are as accurate as large ones
+    assert (rel < (0.01 if act == "int8" else 0.06)).all()  # per-token scales: small rows as accurate as large
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +136,7 @@ def calib_file(tiny_engine, tmp_path_factory):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("scope", ["lm", "lm+w8a8-dynamic", "lm+w8a16", "lm,-down_proj"])
+@pytest.mark.parametrize("scope", ["lm", "lm+w8a8-dynamic", "lm+w8a16", "lm,-down_proj", "lm+w8a16-int8"])
 def test_fused_fp8_path_equals_fp8_eager(tiny_engine, calib_file, monkeypatch, scope):
     """The fused stage bodies (producers writing the e4m3 inputs) with FP8 linears give the FP8
     eager loop's tokens. The eager linears quantize with the interpreter's Triton quantizer here,
@@ -154,7 +161,7 @@ def test_fused_fp8_path_equals_fp8_eager(tiny_engine, calib_file, monkeypatch, s
     orig = ops.fp8_layer_forward
     monkeypatch.setattr(ops, "fp8_layer_forward", lambda *a: calls.append(1) or orig(*a))
     got = [r.tokens for r in runtime.run(images, rows, GEN)]
-    assert bool(calls) == (scope != "lm+w8a16")  # weight-only linears take the plain fused layer
+    assert bool(calls) == ("w8a16" not in scope)  # weight-only linears take the plain fused layer
     assert got == eager_tokens(fp8, images, rows)
 
 
@@ -165,4 +172,4 @@ def test_w8a16_leaves_activations_unrounded(tiny_engine, calib_file):
     lin = fp8.llm.layers[1].gate_up_proj
     x = torch.randn(7, lin.in_features)
     torch.testing.assert_close(lin(x), x @ lin.dequantized_weight().t(), rtol=1e-5, atol=1e-6)
-    assert fp8.fp8_info.summary()["mode"] == "W8A16 weight-only"
+    assert fp8.fp8_info.summary()["mode"] == "W8A16 weight-only, e4m3 weights"
