@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--per", type=int, default=10)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--slow-iters", type=int, default=6)
+    ap.add_argument("--modes", default=",".join(MODES), help="FP8 modes on graphs (comma list of " + ", ".join(MODES) + ")")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: fidelity,step,e2e,tokens")
     ap.add_argument("--write-to", help="with --preset: write the checkpoint here (kept for a later latency.py run)")
     ap.add_argument("--wait-for", help="before timing, wait (up to 240 s) until this file exists")
@@ -158,11 +160,12 @@ def main() -> None:
     common = dict(graphs="on", buckets=buckets, max_new_tokens=64, strict=True)
     t = time.perf_counter()
     engines = {"bf16": base.with_options(**common)}
-    for m, s in MODES.items():
-        engines[m] = base.with_options(**common, fp8=calib_path, fp8_scope=s)
+    for m in filter(None, args.modes.split(",")):
+        engines[m] = base.with_options(**common, fp8=calib_path, fp8_scope=MODES[m])
     report["capture_s"] = round(time.perf_counter() - t, 1)
     report["statuses"] = {k: {"kernels": e.status().get("kernels"), "fp8": e.status().get("fp8")}
                           for k, e in engines.items()}
+    report["w8a16_configs"] = os.environ.get("GRAPHRT_W8A16_CONFIGS", "built-in")
     report["work"] = (f"640x480 image, {probe.num_patches} patches (bucket {patch}), prompts up to {longest} tokens "
                       f"(bucket {prefill}), {args.fixed_steps} MTP steps; step = 12 query tokens per row")
     bw = copy_bandwidth_gbs()

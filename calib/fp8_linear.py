@@ -32,7 +32,7 @@ from torch import nn
 from . import triton_gemm
 from .quantize import (FP8, dequantize, quantize_input, quantize_input_dynamic_torch, quantize_input_torch,
                        quantize_weight, quantize_weight_int8)
-from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear, w8a16_linear
+from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear, w8a16_choice, w8a16_linear
 
 ACT_MODES = ("static", "dynamic", "none")
 W8A16_TRITON_MAX_ROWS = 2048  # weight-only GEMMs above this many rows use cuBLAS on dequantized weights
@@ -119,15 +119,17 @@ class FP8Linear(nn.Module):
 
     def forward_w8a16(self, x2d: torch.Tensor) -> torch.Tensor:
         """Weight-only: bf16 x times the dequantized weights, fp32 accumulation, one bf16 rounding."""
-        if self.use_skinny and x2d.shape[0] > W8A16_TRITON_MAX_ROWS:
+        m = x2d.shape[0]
+        choice = w8a16_choice(m, self.out_features, self.in_features) if self.use_skinny else None
+        if self.use_skinny and (m > W8A16_TRITON_MAX_ROWS or choice == "cublas"):
             # compute-bound sizes (prefill): cuBLAS on weights dequantized to bf16 for this call
-            # (~3 bytes per weight, ~3 ms per 36-layer prefill on an H100; bf16 rounding of
-            # the dequantized weight adds ~0.1% to the e4m3 weight's ~2.6% error)
+            # (~5 bytes per weight moved; bf16 rounding of the dequantized weight adds ~0.1% to
+            # the e4m3 weight's ~2.6% error)
             w = (self.weight_fp8.float() * self.weight_scale.t()).to(self.out_dtype)
             return torch.nn.functional.linear(x2d, w, self.bias)
         if self.use_skinny and not _W8A16_BROKEN:  # CUDA, bf16, triton (the same switch as the skinny GEMM)
             try:
-                return w8a16_linear(x2d, self.weight_fp8, self.weight_scale, self.bias)
+                return w8a16_linear(x2d, self.weight_fp8, self.weight_scale, self.bias, choice)
             except Exception as exc:
                 _W8A16_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
                 log.warning("Triton W8A16 GEMM unavailable, using dequantized weights: %s", _W8A16_BROKEN[0])
@@ -154,7 +156,8 @@ class FP8Linear(nn.Module):
                 return y if self.bias is None else y + self.bias
             except RuntimeError as exc:  # no row-wise scaling at all: per-tensor GEMM, channel scales after
                 mode = _fallback(q.device.type, "tensorwise", exc)
-        y = self._mm(q, row_scale[:1], self.one, None).float() * self.weight_scale
+        # per-tensor GEMM: both scales after it (row scales differ per row in the dynamic mode)
+        y = self._mm(q, self.one, self.one, None).float() * row_scale * self.weight_scale
         return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
 
     def _mm(self, q, scale_a, scale_b, bias):

@@ -12,6 +12,10 @@ cores with float32 accumulation; the epilogue applies the row and channel scales
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 
 try:
@@ -99,6 +103,36 @@ if triton is not None:
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], out.to(tl.bfloat16), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+W8A16_ROW_BUCKETS = (64, 128, 384, 512, 2048)  # tuned per bucket: steps at B=1 / 8 / 32, B=1 prefill
+# (row bucket, N, K) -> (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), or "cublas" (dequantize, then
+# cuBLAS); measured by benchmarks/w8a16_tune.py. GRAPHRT_W8A16_CONFIGS=FILE (that script's JSON)
+# overrides it for A/B runs.
+W8A16_TUNED: dict[tuple[int, int, int], tuple | str] = {}
+
+
+def _tuned() -> dict:
+    path = os.environ.get("GRAPHRT_W8A16_CONFIGS")
+    if not path:
+        return W8A16_TUNED
+    if path not in _LOADED:
+        rows = json.loads(Path(path).read_text())["best"]
+        _LOADED[path] = {(r["bucket"], r["N"], r["K"]): (r["config"] if r["config"] == "cublas" else tuple(r["config"]))
+                         for r in rows}
+    return _LOADED[path]
+
+
+_LOADED: dict[str, dict] = {}
+
+
+def row_bucket(m: int) -> int | None:
+    return next((b for b in W8A16_ROW_BUCKETS if m <= b), None)
+
+
+def w8a16_choice(m: int, n: int, k: int) -> tuple | str:
+    """The tuned config of this shape's row bucket, else the default rule (w8a16_config)."""
+    return _tuned().get((row_bucket(m), n, k)) or w8a16_config(m, n, k)
+
+
 def w8a16_config(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Up to 64 rows the skinny shapes of skinny_config
     (one M tile: the weights are read once); above, square-ish tiles for the tensor cores."""
@@ -111,14 +145,14 @@ def w8a16_config(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
 
 
 def w8a16_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Weight-only FP8: x [M, K] bf16, w_fp8 [N, K] e4m3, w_scale [1, N] fp32 -> [M, N] bf16 =
-    x @ (w_fp8 * w_scale)^T (+ bias), the e4m3 weights upcast in registers, fp32 accumulation."""
+                 bias: torch.Tensor | None = None, config: tuple | None = None) -> torch.Tensor:
+    """Weight-only FP8: x [M, K] bf16, w_fp8 [N, K] e4m3 (or int8), w_scale [1, N] fp32 -> [M, N]
+    bf16 = x @ (w_fp8 * w_scale)^T (+ bias), the weights upcast in registers, fp32 accumulation."""
     m, k = x.shape
     n = w_fp8.shape[0]
     if x.stride(1) != 1:
         x = x.contiguous()
-    bm, bn, bk, warps, stages = w8a16_config(m, n, k)
+    bm, bn, bk, warps, stages = config or w8a16_config(m, n, k)
     y = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     _w8a16[grid](x, w_fp8, w_scale, bias if bias is not None else w_scale, y, m, n, k, x.stride(0),
