@@ -107,7 +107,25 @@ W8A16_ROW_BUCKETS = (64, 128, 384, 512, 2048)  # tuned per bucket: steps at B=1 
 # (row bucket, N, K) -> (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), or "cublas" (dequantize, then
 # cuBLAS); measured by benchmarks/w8a16_tune.py. GRAPHRT_W8A16_CONFIGS=FILE (that script's JSON)
 # overrides it for A/B runs.
-W8A16_TUNED: dict[tuple[int, int, int], tuple | str] = {}
+# H100, 2026-11-24 (benchmarks/results/2026-11-24_w8a16-tune_H100.json): the 3B's LM shapes
+W8A16_TUNED: dict[tuple[int, int, int], tuple | str] = {
+    (64, 2560, 2048): (16, 32, 256, 4, 4),  # 12 rows 5.71 us
+    (128, 2560, 2048): (32, 64, 256, 4, 3),  # 96 rows 11.18 us
+    (384, 2560, 2048): (128, 64, 128, 8, 3),  # 384 rows 17.77 us
+    (512, 2560, 2048): (128, 64, 64, 4, 3),  # 512 rows 23.02 us
+    (64, 2048, 2048): (16, 16, 256, 2, 4),  # 12 rows 5.33 us
+    (128, 2048, 2048): (32, 64, 256, 4, 3),  # 96 rows 10.86 us
+    (384, 2048, 2048): (128, 64, 128, 8, 3),  # 384 rows 17.51 us
+    (512, 2048, 2048): (128, 64, 128, 8, 3),  # 512 rows 17.53 us
+    (64, 22016, 2048): (16, 64, 128, 4, 4),  # 12 rows 19.7 us
+    (128, 22016, 2048): (128, 64, 64, 4, 3),  # 96 rows 35.64 us
+    (384, 22016, 2048): (128, 128, 64, 4, 4),  # 384 rows 78.32 us
+    (512, 22016, 2048): (128, 128, 64, 4, 4),  # 512 rows 113.37 us
+    (64, 2048, 11008): (16, 16, 256, 2, 4),  # 12 rows 19.05 us
+    (128, 2048, 11008): (32, 64, 256, 4, 3),  # 96 rows 49.0 us
+    (384, 2048, 11008): (128, 64, 128, 8, 3),  # 384 rows 79.97 us
+    (512, 2048, 11008): (128, 64, 128, 8, 3),  # 512 rows 82.56 us
+}
 
 
 def _tuned() -> dict:
@@ -130,7 +148,12 @@ def row_bucket(m: int) -> int | None:
 
 def w8a16_choice(m: int, n: int, k: int) -> tuple | str:
     """The tuned config of this shape's row bucket, else the default rule (w8a16_config)."""
-    return _tuned().get((row_bucket(m), n, k)) or w8a16_config(m, n, k)
+    cfg = _tuned().get((row_bucket(m), n, k))
+    if cfg is None:
+        return w8a16_config(m, n, k)
+    if cfg != "cublas" and m <= SKINNY_MAX_ROWS:  # tuned at 12 rows: one M tile for every step size
+        cfg = (max(16, triton.next_power_of_2(m)),) + tuple(cfg[1:])
+    return cfg
 
 
 def w8a16_config(m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
