@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--slow-iters", type=int, default=6)
     ap.add_argument("--modes", default=",".join(MODES), help="FP8 modes on graphs (comma list of " + ", ".join(MODES) + ")")
+    ap.add_argument("--fidelity-short", action="store_true", help="fidelity of w8a8 / w8a16 / w8a16-int8 and the "
+                    "2^-9 probe only")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: fidelity,step,e2e,tokens")
     ap.add_argument("--write-to", help="with --preset: write the checkpoint here (kept for a later latency.py run)")
     ap.add_argument("--wait-for", help="before timing, wait (up to 240 s) until this file exists")
@@ -119,6 +121,10 @@ def main() -> None:
     if "fidelity" not in skip:
         t = time.perf_counter()
         variants = {m: quantize_model(base.model, calib, s) for m, s in MODES.items()}
+        if args.fidelity_short:  # the modes and the bf16-rounding probe only (more pairs in the same time)
+            variants.pop("w8a8-dynamic")
+            variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
+    if "fidelity" not in skip and not args.fidelity_short:
         variants["w8a8, down bf16"] = quantize_model(base.model, calib, "lm,-down_proj")
         variants["w8a16, down bf16"] = quantize_model(base.model, calib, "lm+w8a16,-down_proj")
         last = len(base.model.llm.layers) - 1
@@ -128,6 +134,7 @@ def main() -> None:
         mid = len(base.model.llm.layers) // 2
         variants[f"probe: bf16, 2.6% noise into layer {mid}"] = noise_probe(base.model, mid, 0.026)
         variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
+    if "fidelity" not in skip:
         fid = fidelity(base, variants, held, steps=2, answer_steps=2, batch=8)
         fid["seconds"] = round(time.perf_counter() - t, 1)
         report["fidelity"] = fid
@@ -145,10 +152,10 @@ def main() -> None:
             time.sleep(0.5)
         report["waited_for_tests_s"] = round(time.perf_counter() - t, 1)
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or {"step", "e2e", "tokens"} <= skip:
         skip |= {"step", "e2e", "tokens"}
         save()
-        print("no CUDA: graph parts skipped")
+        print("graph parts skipped (no CUDA or --skip)")
         return
     # 3. engines on graphs (fused kernels: the CUDA default), one per mode
     probe = base.processor(held[0][0])

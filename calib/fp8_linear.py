@@ -18,7 +18,8 @@ Activation modes (`act`, chosen by the scope string's mode item, calib/apply.py)
     "static"   W8A8: the calibrated per-tensor scale (the default)
     "dynamic"  W8A8: per-row (per-token) scales from each row's amax, computed at run time
     "none"     W8A16, weight-only: bf16 activations times the e4m3 weights upcast in the GEMM
-               (calib/triton_gemm.w8a16_linear); half the weight bytes, no activation rounding
+               (calib/triton_gemm.w8a16_linear); half the weight bytes, no activation rounding;
+               weight_format="int8" (mode w8a16-int8) stores int8 per-channel weights instead
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class FP8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.out_dtype = weight.dtype
         q, s = quantize_weight_int8(weight) if weight_format == "int8" else quantize_weight(weight)
-        # [N, K] row-major e4m3 (int8 in the w8a16-int8 mode); _scaled_mm takes its transpose (column-major [K, N]) without a copy.
+        # [N, K] row-major e4m3 (int8 in the w8a16-int8 mode); _scaled_mm takes its transpose
+        # (column-major [K, N]) without a copy.
         self.register_buffer("weight_fp8", q, persistent=False)
         self.register_buffer("weight_scale", s, persistent=False)  # [1, N] float32
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)

@@ -152,8 +152,8 @@ def test_fused_fp8_path_equals_fp8_eager(tiny_engine, calib_file, monkeypatch, s
     monkeypatch.setattr(fl, "quantize_input", triton_rule)
     fp8 = tiny_engine.with_options(fp8=str(calib_file), fp8_scope=scope, graphs="off")
     layer = fp8.model.llm.layers[0]
-    assert isinstance(layer.qkv_proj, FP8Linear) and layer.qkv_proj.act == {"lm": "static", "lm,-down_proj": "static",
-                                                                            "lm+w8a8-dynamic": "dynamic"}.get(scope, "none")
+    want_act = {"lm": "static", "lm,-down_proj": "static", "lm+w8a8-dynamic": "dynamic"}.get(scope, "none")
+    assert isinstance(layer.qkv_proj, FP8Linear) and layer.qkv_proj.act == want_act
     images, rows = prepare(fp8, CASES["same image, two queries"])
     runtime = GraphRuntime(fp8.model, BUCKETS, GEN, attention="emulated", use_graphs=False, kernels="fused")
     calls = []
