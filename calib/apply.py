@@ -1,8 +1,11 @@
 """Swap a loaded model's bf16 linears for FP8Linear, with the static scales of a calibration file.
 
-Scope (which linears become FP8) is a comma-separated list: groups `lm` (the Qwen2 decoder's
-qkv/o/gate_up/down), `vision` (MoonViT blocks), `projector`; an item starting with `-` removes
-every linear whose name contains the rest (e.g. `lm,vision,-down_proj`, `lm,-llm.layers.0.`).
+Scope (which linears become FP8) is a comma- (or "+"-) separated list: groups `lm` (the Qwen2
+decoder's qkv/o/gate_up/down), `vision` (MoonViT blocks), `projector`; an item starting with `-`
+removes every linear whose name contains the rest (e.g. `lm,vision,-down_proj`, `lm,-llm.layers.0.`);
+at most one mode item: `w8a8` (static activation scales, the default), `w8a8-dynamic` (per-token
+scales at run time), `w8a16` (weight-only FP8: bf16 activations), `w8a16-int8` (weight-only
+int8, per-channel: the same bytes, ~10x less weight error variance than e4m3), e.g. `lm+w8a16`.
 Never FP8: token embeddings / LM head (not graphrt Linears; the tied head is read by F.linear),
 the patch embedding (a conv) and the norms.
 """
@@ -41,7 +44,10 @@ class FP8Info:
         from .fp8_linear import gemm_mode
         from .quantize import quantizer_name
 
-        return {"calibration": self.calibration, "scope": self.scope, "fp8_linears": len(self.linears),
+        act, fmt = mode(self.scope)
+        name = {"static": "W8A8 static scales", "dynamic": "W8A8 per-token scales",
+                "none": "W8A16 weight-only"}[act] + f", {fmt} weights"
+        return {"calibration": self.calibration, "scope": self.scope, "mode": name, "fp8_linears": len(self.linears),
                 "bf16_linears": len(self.kept_bf16), "fp8_weight_mib": round(self.fp8_weight_bytes / 2**20, 1),
                 "gemm": gemm_mode(torch.device(self.device).type),
                 "activation_quantizer": quantizer_name(torch.device(self.device))}
@@ -51,10 +57,33 @@ def linear_modules(model: nn.Module) -> dict[str, Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, Linear)}
 
 
+# scope item -> (FP8Linear.act, weight format)
+MODES = {"w8a8": ("static", "e4m3"), "w8a8-dynamic": ("dynamic", "e4m3"), "w8a16": ("none", "e4m3"),
+         "w8a16-int8": ("none", "int8")}
+
+
+def _items(scope: str) -> list[str]:
+    # "+" separates items too, so a scope fits in comma-separated option strings (benchmarks/latency.py)
+    return [s.strip() for s in scope.replace("+", ",").split(",") if s.strip()]
+
+
+def mode(scope: str) -> tuple[str, str]:
+    """(activation mode, weight format) a scope names: w8a8 (static scales, the default),
+    w8a8-dynamic, w8a16 (e4m3 weights only), w8a16-int8 (int8 weights only)."""
+    modes = [MODES[i] for i in _items(scope) if i in MODES]
+    if len(modes) > 1:
+        raise ValueError(f"fp8 scope {scope!r} names more than one mode ({', '.join(MODES)})")
+    return modes[0] if modes else MODES["w8a8"]
+
+
+def act_mode(scope: str) -> str:
+    return mode(scope)[0]
+
+
 def select(names, scope: str) -> list[str]:
-    items = [s.strip() for s in scope.split(",") if s.strip()]
+    items = [i for i in _items(scope) if i not in MODES]
     if not items:
-        raise ValueError("fp8 scope is empty")
+        raise ValueError(f"fp8 scope {scope!r} names no linears (use {', '.join(GROUPS)})")
     prefixes, drops = [], []
     for item in items:
         if item.startswith("-"):
@@ -62,7 +91,8 @@ def select(names, scope: str) -> list[str]:
         elif item in GROUPS:
             prefixes.append(GROUPS[item])
         else:
-            raise ValueError(f"unknown fp8 scope item {item!r}: use {', '.join(GROUPS)} or -SUBSTRING")
+            raise ValueError(f"unknown fp8 scope item {item!r}: use {', '.join(GROUPS)}, -SUBSTRING or a mode "
+                             f"({', '.join(MODES)})")
     return [n for n in names if any(n.startswith(p) for p in prefixes) and not any(d in n for d in drops)]
 
 
@@ -74,6 +104,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def shared_copy(model: nn.Module) -> nn.Module:
     """A structural copy of the model whose parameters and buffers are the original tensors."""
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    info = getattr(model, "fp8_info", None)
+    if info is not None:  # shared too: it holds the bf16 base, which must not be deep-copied
+        memo[id(info)] = info
     return copy.deepcopy(model, memo)
 
 
@@ -95,6 +128,7 @@ def quantize_model(model: nn.Module, calibration: Calibration | str | Path, scop
         raise CalibrationError("FP8 linears on CUDA need a bfloat16 model (dtype=bfloat16)")
     linears = linear_modules(model)
     chosen = select(linears, scope)
+    act, fmt = mode(scope)
     missing = [n for n in chosen if n not in calib.linears]
     mismatched = [n for n in chosen if n in calib.linears and
                   (calib.linears[n].get("in"), calib.linears[n].get("out")) != (linears[n].weight.shape[1],
@@ -108,7 +142,7 @@ def quantize_model(model: nn.Module, calibration: Calibration | str | Path, scop
     info = FP8Info(source, scope, kept_bf16=[n for n in linears if n not in chosen],
                    bf16_base=None if inplace else model, device=str(device))
     for name in chosen:
-        fp8 = FP8Linear.from_linear(linears[name], calib.scale(name), name)
+        fp8 = FP8Linear.from_linear(linears[name], calib.scale(name), name, act, fmt)
         _set_module(target, name, fp8)
         info.linears.append(name)
         info.fp8_weight_bytes += fp8.weight_fp8.numel()

@@ -12,6 +12,14 @@ input of a linear (RMSNorm output, SiLU(gate)*up) may quantize it itself with
 `linear.inv_input_scale` (float32 scalar tensor, the exact rule in calib/quantize.py), write the
 row-scale vector (`linear.input_scale` repeated, [M, 1] float32) and call
 `linear.forward_fp8(q, row_scale)`; `linear.forward(x)` does the quantization itself.
+graphrt/kernels/fp8_ops.py holds those producers for the fused layer.
+
+Activation modes (`act`, chosen by the scope string's mode item, calib/apply.py):
+    "static"   W8A8: the calibrated per-tensor scale (the default)
+    "dynamic"  W8A8: per-row (per-token) scales from each row's amax, computed at run time
+    "none"     W8A16, weight-only: bf16 activations times the e4m3 weights upcast in the GEMM
+               (calib/triton_gemm.w8a16_linear); half the weight bytes, no activation rounding;
+               weight_format="int8" (mode w8a16-int8) stores int8 per-channel weights instead
 """
 
 from __future__ import annotations
@@ -23,8 +31,12 @@ import torch
 from torch import nn
 
 from . import triton_gemm
-from .quantize import FP8, dequantize, quantize_input, quantize_input_torch, quantize_weight
-from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear
+from .quantize import (FP8, dequantize, quantize_input, quantize_input_dynamic_torch, quantize_input_torch,
+                       quantize_weight, quantize_weight_int8)
+from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear, w8a16_choice, w8a16_linear
+
+ACT_MODES = ("static", "dynamic", "none")
+W8A16_TRITON_MAX_ROWS = 2048  # weight-only GEMMs above this many rows use cuBLAS on dequantized weights
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,7 @@ log = logging.getLogger(__name__)
 # in the _scaled_mm epilogue), "rowwise" (bias added after), "tensorwise" (channel scales after).
 _GEMM_MODE: dict[str, str] = {}
 _SKINNY_BROKEN: list[str] = []
+_W8A16_BROKEN: list[str] = []
 
 
 def _fallback(device_type: str, mode: str, exc: Exception) -> str:
@@ -49,17 +62,25 @@ def gemm_mode(device_type: str) -> str:
 
 
 class FP8Linear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, input_scale: float, name: str = ""):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, input_scale: float, name: str = "",
+                 act: str = "static", weight_format: str = "e4m3"):
         super().__init__()
         if weight.dim() != 2:
             raise ValueError("FP8Linear takes a 2-D weight")
+        if act not in ACT_MODES:
+            raise ValueError(f"act must be one of {', '.join(ACT_MODES)}, not {act!r}")
+        if weight_format not in ("e4m3", "int8") or (weight_format == "int8" and act != "none"):
+            raise ValueError(f"weight format {weight_format!r} with act={act!r}: int8 weights are weight-only "
+                             "(act='none'); e4m3 takes any act")
+        self.act, self.weight_format = act, weight_format
         if not input_scale > 0 or input_scale != input_scale or input_scale == float("inf"):
             raise ValueError(f"{name or 'linear'}: input scale must be positive and finite, got {input_scale}")
         self.name = name
         self.out_features, self.in_features = weight.shape
         self.out_dtype = weight.dtype
-        q, s = quantize_weight(weight)
-        # [N, K] row-major e4m3; _scaled_mm takes its transpose (column-major [K, N]) without a copy.
+        q, s = quantize_weight_int8(weight) if weight_format == "int8" else quantize_weight(weight)
+        # [N, K] row-major e4m3 (int8 in the w8a16-int8 mode); _scaled_mm takes its transpose
+        # (column-major [K, N]) without a copy.
         self.register_buffer("weight_fp8", q, persistent=False)
         self.register_buffer("weight_scale", s, persistent=False)  # [1, N] float32
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
@@ -75,20 +96,47 @@ class FP8Linear(nn.Module):
                            and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "") -> "FP8Linear":
-        return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, input_scale, name)
+    def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "", act: str = "static",
+                    weight_format: str = "e4m3") -> "FP8Linear":
+        return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, input_scale, name, act,
+                   weight_format)
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "
+        return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, act={self.act}, "
+                f"weights={self.weight_format}, "
                 f"input_scale={float(self.input_scale):.4g}")
 
     def quantize(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_input(x2d, self.inv_input_scale, self.input_scale, self.use_triton)
+        if self.act == "none":
+            raise RuntimeError(f"{self.name or 'linear'} is weight-only FP8: its input is not quantized")
+        return quantize_input(x2d, self.inv_input_scale, self.input_scale, self.use_triton, self.act == "dynamic")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        q, row_scale = self.quantize(x.reshape(-1, self.in_features))
+        x2d = x.reshape(-1, self.in_features)
+        if self.act == "none":
+            return self.forward_w8a16(x2d).view(*lead, self.out_features)
+        q, row_scale = self.quantize(x2d)
         return self.forward_fp8(q, row_scale).view(*lead, self.out_features)
+
+    def forward_w8a16(self, x2d: torch.Tensor) -> torch.Tensor:
+        """Weight-only: bf16 x times the dequantized weights, fp32 accumulation, one bf16 rounding."""
+        m = x2d.shape[0]
+        choice = w8a16_choice(m, self.out_features, self.in_features) if self.use_skinny else None
+        if self.use_skinny and (m > W8A16_TRITON_MAX_ROWS or choice == "cublas"):
+            # compute-bound sizes (prefill): cuBLAS on weights dequantized to bf16 for this call
+            # (~5 bytes per weight moved; bf16 rounding of the dequantized weight adds ~0.1% to
+            # the e4m3 weight's ~2.6% error)
+            w = (self.weight_fp8.float() * self.weight_scale.t()).to(self.out_dtype)
+            return torch.nn.functional.linear(x2d, w, self.bias)
+        if self.use_skinny and not _W8A16_BROKEN:  # CUDA, bf16, triton (the same switch as the skinny GEMM)
+            try:
+                return w8a16_linear(x2d, self.weight_fp8, self.weight_scale, self.bias, choice)
+            except Exception as exc:
+                _W8A16_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
+                log.warning("Triton W8A16 GEMM unavailable, using dequantized weights: %s", _W8A16_BROKEN[0])
+        y = x2d.float() @ self.dequantized_weight().t()
+        return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
 
     def forward_fp8(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
         """q [M, K] e4m3 row-major, row_scale [M, 1] float32 -> [M, N] in the model dtype."""
@@ -110,7 +158,8 @@ class FP8Linear(nn.Module):
                 return y if self.bias is None else y + self.bias
             except RuntimeError as exc:  # no row-wise scaling at all: per-tensor GEMM, channel scales after
                 mode = _fallback(q.device.type, "tensorwise", exc)
-        y = self._mm(q, row_scale[:1], self.one, None).float() * self.weight_scale
+        # per-tensor GEMM: both scales after it (row scales differ per row in the dynamic mode)
+        y = self._mm(q, self.one, self.one, None).float() * row_scale * self.weight_scale
         return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
 
     def _mm(self, q, scale_a, scale_b, bias):
@@ -119,8 +168,14 @@ class FP8Linear(nn.Module):
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """float32 math on the dequantized operands: what forward computes up to GEMM rounding."""
-        q, row_scale = quantize_input_torch(x.reshape(-1, self.in_features), self.inv_input_scale, self.input_scale)
-        y = dequantize(q, row_scale) @ dequantize(self.weight_fp8, self.weight_scale.t()).t()
+        x2d = x.reshape(-1, self.in_features)
+        if self.act == "none":
+            xd = x2d.float()
+        else:
+            q, row_scale = (quantize_input_dynamic_torch(x2d) if self.act == "dynamic"
+                            else quantize_input_torch(x2d, self.inv_input_scale, self.input_scale))
+            xd = dequantize(q, row_scale)
+        y = xd @ dequantize(self.weight_fp8, self.weight_scale.t()).t()
         if self.bias is not None:
             y = y + self.bias.float()
         return y.view(*x.shape[:-1], self.out_features)

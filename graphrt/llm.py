@@ -66,6 +66,10 @@ class Qwen2Layer(nn.Module):
         cache and attends in its own kernels. GEMMs stay on the `Linear` modules."""
         from .kernels.layer_ops import add_rms_norm, silu_mul
 
+        from .kernels.fp8_ops import fp8_layer_forward, has_fp8_inputs
+
+        if has_fp8_inputs(self):  # W8A8 FP8 linears (calib/): the norm / SiLU kernels write their e4m3 inputs
+            return fp8_layer_forward(self, x, delta, cos, sin, layer_idx, cache, attend)
         t = x.shape[0]
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
         x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps)

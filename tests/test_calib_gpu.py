@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from calib import FP8Linear, calibrate
-from calib.quantize import FP8_MAX, quantize_input_torch, quantize_input_triton
+from calib.quantize import FP8_MAX, quantize_input_dynamic_triton, quantize_input_torch, quantize_input_triton
 from capture import Buckets, GraphRuntime
 from graphrt import Engine
 from test_engine_gpu import GEN, small
@@ -80,6 +80,66 @@ def test_triton_skinny_gemm_equals_scaled_mm(rows, shape):
     assert torch.equal(lin(x), skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias))  # the path used
 
 
+@pytest.mark.parametrize("act", ["static", "dynamic"])
+@pytest.mark.parametrize("rows", [1, 12, 96])
+def test_fused_producers_write_the_torch_rule_bytes(act, rows):
+    """add_rms_norm_fp8 / silu_mul_fp8 = the plain kernels followed by the torch quantizer, byte for
+    byte (3B widths)."""
+    from calib.quantize import quantize_input_dynamic_torch
+    from graphrt.kernels.fp8_ops import add_rms_norm_fp8, silu_mul_fp8
+    from graphrt.kernels.layer_ops import add_rms_norm, silu_mul
+
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    d, inter = 2048, 11008
+    x = (torch.randn(rows, d, device="cuda", generator=g) * 4).to(torch.bfloat16)
+    delta = torch.randn(rows, d, device="cuda", generator=g).to(torch.bfloat16)
+    w = (torch.rand(d, device="cuda", generator=g) * 2).to(torch.bfloat16)
+    gate_up = (torch.randn(rows, 2 * inter, device="cuda", generator=g) * 3).to(torch.bfloat16)
+    lin_d = FP8Linear(torch.randn(64, d, device="cuda", dtype=torch.bfloat16), None, 2.5 / FP8_MAX, act=act)
+    lin_i = FP8Linear(torch.randn(64, inter, device="cuda", dtype=torch.bfloat16), None, 6.0 / FP8_MAX, act=act)
+
+    def rule(h, lin):
+        if act == "dynamic":
+            return quantize_input_dynamic_torch(h)
+        return quantize_input_torch(h, lin.inv_input_scale, lin.input_scale)
+
+    res, q, rs = add_rms_norm_fp8(x, delta, w, 1e-6, lin_d)
+    want_res, h = add_rms_norm(x, delta, w, 1e-6)
+    wq, wrs = rule(h, lin_d)
+    assert torch.equal(res, want_res)
+    assert torch.equal(q.view(torch.uint8), wq.view(torch.uint8)) and torch.equal(rs, wrs)
+    q, rs = silu_mul_fp8(gate_up, lin_i)
+    wq, wrs = rule(silu_mul(gate_up), lin_i)
+    assert torch.equal(q.view(torch.uint8), wq.view(torch.uint8)) and torch.equal(rs, wrs)
+    dq, drs = quantize_input_dynamic_triton(h)  # the unfused per-token quantizer, too
+    wq, wrs = quantize_input_dynamic_torch(h)
+    assert torch.equal(dq.view(torch.uint8), wq.view(torch.uint8)) and torch.equal(drs, wrs)
+
+
+@pytest.mark.parametrize("rows", [1, 12, 96, 384, 3000])
+@pytest.mark.parametrize("fmt", ["e4m3", "int8"])
+def test_w8a16_gemm_matches_dequantized_weights(rows, fmt):
+    """Weight-only FP8: the Triton GEMM (<= 2048 rows) and the cuBLAS path on dequantized weights
+    (above) both equal bf16 x times the dequantized weights up to float32 summation and one bf16
+    rounding (the cuBLAS path rounds the dequantized weight to bf16 too)."""
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    k, n = 2048, 2560
+    w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
+    b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
+    lin = FP8Linear(w, b, input_scale=1.0, act="none", weight_format=fmt)
+    x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    y = lin(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
+    ref = x.float() @ lin.dequantized_weight().t() + b.float()
+    torch.testing.assert_close(y.float(), ref, rtol=2**-7, atol=2e-3 if rows <= 2048 else 2e-2)
+    exact = x.float() @ w.float().t() + b.float()
+    rel = ((y.float() - exact).norm() / exact.norm()).item()
+    if fmt == "int8":
+        assert 0.0003 < rel < 0.01  # int8 grid of amax/127 per channel
+    else:
+        assert 0.003 < rel < 0.04  # the e4m3 weight alone: about half the W8A8 error
+
+
 @pytest.fixture(scope="module")
 def mid_engines(tmp_path_factory):
     ckpt = write_preset("mid", tmp_path_factory.mktemp("mid_fp8"), device="cuda", progress=False)
@@ -97,11 +157,17 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_fp8_graphs_equal_fp8_eager(mid_engines, name):
-    _, fp8, _ = mid_engines
+@pytest.mark.parametrize("mode", ["w8a8", "w8a16", "w8a8-dynamic", "w8a16-int8"])
+def test_fp8_graphs_equal_fp8_eager(mid_engines, name, mode):
+    """Fused kernels (the default on CUDA): W8A8 layers take their e4m3 inputs from the norm / SiLU
+    producers (graphrt/kernels/fp8_ops.py), W8A16 layers the plain fused layer."""
+    base, fp8, path = mid_engines
+    if mode != "w8a8":
+        fp8 = base.with_options(fp8=path, fp8_scope=f"lm+{mode}")
     pairs = [(small(img), q) for img, q in CASES[name]]
     images, rows = prepare(fp8, pairs)
     graphs = GraphRuntime(fp8.model, BUCKETS, GEN, attention="torch-fa2", strict=True)
+    assert graphs.kernels == "fused"
     graphs.warmup(progress=False)
     replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
     uncaptured = GraphRuntime(fp8.model, BUCKETS, GEN, attention="torch-fa2", strict=True, use_graphs=False)
