@@ -12,7 +12,7 @@ export TRITON_CACHE_DIR=/tmp/triton_cold
 rm -rf "$TRITON_CACHE_DIR"
 python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
 el "checkpoint"
-timeout ${QUICK_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider tests/test_step_tail.py tests/test_skinny_gemm.py > "$R/pytest_quick.log" 2>&1
+timeout ${QUICK_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider ${QUICK_TESTS:-tests/test_step_tail.py tests/test_skinny_gemm.py} > "$R/pytest_quick.log" 2>&1
 echo "pytest rc=$?" >> "$R/pytest_quick.log"; tail -3 "$R/pytest_quick.log"; el "quick tests"
 timeout ${STEP_TIMEOUT:-260} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch ${STEP_BATCH:-1 8 32} \
     --sets ${SETS:-fused,fused-old,torch} --out-dir "$R" > "$R/step.log" 2>&1
