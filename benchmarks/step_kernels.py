@@ -3,12 +3,9 @@
     python benchmarks/step_kernels.py --preset 3b --batch 1 8 32 --out-dir benchmarks/results
 
 Variants (--sets, comma-separated; the first is profiled at every batch size):
-    fused       the fused kernel set as shipped: skinny Triton GEMMs where measured faster, fused step tail,
-                O + first gate/up weights prefetched into L2 during attention
+    fused       the fused kernel set as shipped: skinny Triton GEMMs where measured faster, fused step tail
     fused-gemm  fused, but the torch step tail (GRAPHRT_STEP_TAIL=torch)
-    fused-pf-o  fused, prefetching only the O weights (GRAPHRT_STEP_PREFETCH=o)
-    fused-nopf  fused without the prefetch (GRAPHRT_STEP_PREFETCH=off)
-    fused-old   fused with cuBLAS GEMMs, the torch tail, no prefetch (the fused set before this work)
+    fused-old   fused with cuBLAS GEMMs and the torch tail (the fused set before the skinny GEMM and tail)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -42,10 +39,7 @@ from graphrt import Engine, GenerationConfig
 
 # name -> (kernel set, environment while its graphs are captured: the documented A/B overrides)
 VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL": "torch"}),
-            "fused-pf-o": ("fused", {"GRAPHRT_STEP_PREFETCH": "o"}),
-            "fused-nopf": ("fused", {"GRAPHRT_STEP_PREFETCH": "off"}),
-            "fused-old": ("fused", {"GRAPHRT_STEP_GEMM": "cublas", "GRAPHRT_STEP_TAIL": "torch",
-                                    "GRAPHRT_STEP_PREFETCH": "off"}),
+            "fused-old": ("fused", {"GRAPHRT_STEP_GEMM": "cublas", "GRAPHRT_STEP_TAIL": "torch"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 

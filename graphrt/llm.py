@@ -60,28 +60,20 @@ class Qwen2Layer(nn.Module):
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
 
-    def forward_fused(self, x, delta, cos, sin, layer_idx: int, cache: KVCache, attend, prefetch=None):
+    def forward_fused(self, x, delta, cos, sin, layer_idx: int, cache: KVCache, attend):
         """The same layer on the fused Triton kernels (GPU path): returns (residual, delta) with the
         residual add left to the next layer's norm kernel. `attend.fused` ropes q/k, writes the
         cache and attends in its own kernels. GEMMs: the skinny Triton GEMM where it was measured
-        faster than cuBLAS for this row count (decode steps), SiLU * up in the gate/up epilogue.
-        `prefetch` (decode steps): reads the O and first gate/up weights into L2 on a side stream
-        while rope + attention run (graphrt/kernels/prefetch.py)."""
+        faster than cuBLAS for this row count (decode steps), SiLU * up in the gate/up epilogue."""
         from .kernels.layer_ops import add_rms_norm
         from .kernels.skinny_gemm import gate_up_silu, linear
 
         t = x.shape[0]
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
         x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps)
-        qkv = linear(h, self.qkv_proj)
-        if prefetch is not None:
-            prefetch.start(self.o_proj, self.gate_up_proj)
-        attn = attend.fused(layer_idx, qkv, cos, sin, cache, self.num_heads, self.num_kv_heads)
+        attn = attend.fused(layer_idx, linear(h, self.qkv_proj), cos, sin, cache, self.num_heads, self.num_kv_heads)
         x, h = add_rms_norm(x, linear(attn.view(t, self.q_size), self.o_proj), norm2.weight, norm2.eps)
-        out = linear(gate_up_silu(h, self.gate_up_proj), self.down_proj)
-        if prefetch is not None:
-            prefetch.join()
-        return x, out
+        return x, linear(gate_up_silu(h, self.gate_up_proj), self.down_proj)
 
 
 class Qwen2(nn.Module):
@@ -125,11 +117,10 @@ class Qwen2(nn.Module):
 
     def _forward_fused(self, x, cos, sin, cache, attend, logits_index):
         from .kernels.layer_ops import add_rms_norm
-        from .kernels.prefetch import for_step
 
-        delta, prefetch = None, for_step(self, x)
+        delta = None
         for i, layer in enumerate(self.layers):
-            x, delta = layer.forward_fused(x, delta, cos, sin, i, cache, attend, prefetch)
+            x, delta = layer.forward_fused(x, delta, cos, sin, i, cache, attend)
         if logits_index is None:
             return None
         # final residual add + norm of the rows asked for only

@@ -82,18 +82,3 @@ def test_skinny_gemm_step_shapes_gpu(batch, shape):
     configs = set(shortlist(m, out_n, k, silu)) | set(candidates(m, out_n, k, silu)[::7])
     for cfg in configs:
         check("cuda", torch.bfloat16, m, n, k, bias, silu, cfg)
-
-
-def test_prefetch_kernel_reads_every_element():
-    """The L2 prefetch (graphrt/kernels/prefetch.py) must touch all it is given: its sink sums to
-    the sum of the three ranges (a range it skipped would be missing from the sum)."""
-    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-        pytest.skip("needs TRITON_INTERPRET=1 or a GPU")
-    from graphrt.kernels.prefetch import _prefetch_kernel
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b, c = (torch.rand(n, device=dev).to(torch.float16) for n in (10_000, 4097, 0))
-    sink = torch.zeros(7, device=dev)
-    _prefetch_kernel[(7,)](a, a.numel(), b, b.numel(), c if c.numel() else a, c.numel(), sink, BLOCK=256, UNROLL=2)
-    want = a.double().sum() + b.double().sum()
-    assert abs(sink.double().sum().item() - want.item()) < 1e-3 * want.item()

@@ -63,7 +63,7 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
         kk = k0 + tl.arange(0, BLOCK_K)
         live_k = kk < k_hi
         a = tl.load(x_ptr + rm[:, None] * stride_x + kk[None, :], mask=live_m[:, None] & live_k[None, :], other=0.0)
-        # weights are read once per step: evict them first, keep prefetched lines (prefetch.py) and activations
+        # weights are read once per step: evict them first, keep activations and the KV cache in L2
         w = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=live_n[:, None] & live_k[None, :], other=0.0,
                     eviction_policy="evict_first")
         acc += tl.dot(a, tl.trans(w))
