@@ -82,3 +82,18 @@ def test_skinny_gemm_step_shapes_gpu(batch, shape):
     configs = set(shortlist(m, out_n, k, silu)) | set(candidates(m, out_n, k, silu)[::7])
     for cfg in configs:
         check("cuda", torch.bfloat16, m, n, k, bias, silu, cfg)
+
+
+def test_shortlists_cover_the_step_shapes_and_skip_small_models():
+    """Start-up times only the shortlist: every 3B step GEMM has one (1-3 configs, each a valid
+    split of K), and a small model's shapes have none (cuBLAS, untimed)."""
+    from graphrt.kernels.skinny_gemm import shortlist
+
+    for n, k, _, silu in STEP_SHAPES:
+        out_n = n // 2 if silu else n
+        for batch in (1, 2, 4, 8, 16, 32):
+            picks = shortlist(12 * batch, out_n, k, silu)
+            assert 1 <= len(picks) <= 3, (n, k, batch)
+            assert all(k // split >= block_k for _, block_k, split, _, _ in picks)
+            assert not silu or all(split == 1 for _, _, split, _, _ in picks)
+    assert shortlist(12, 64, 64, False) == [] and shortlist(12, 128, 64, True) == []
