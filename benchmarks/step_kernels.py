@@ -1,6 +1,12 @@
-"""One MTP step on the fused kernel set against the torch kernel set, interleaved in one run.
+"""One MTP step on kernel variants, interleaved in one run.
 
     python benchmarks/step_kernels.py --preset 3b --batch 1 8 32 --out-dir benchmarks/results
+
+Variants (--sets, comma-separated; the first is profiled at every batch size):
+    fused       the fused kernel set as shipped: skinny Triton GEMMs where measured faster, fused step tail
+    fused-gemm  fused, but the torch step tail (GRAPHRT_STEP_TAIL=torch)
+    fused-old   fused with cuBLAS GEMMs and the torch tail (the fused set before the skinny GEMM and tail)
+    torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
 fixed budget and the step graph is then replayed on that state: every row computes, finished or
@@ -17,6 +23,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +37,11 @@ from capture.runtime import GraphRow
 from latency import write_report  # noqa: E402  (sibling benchmark: one report writer)
 from graphrt import Engine, GenerationConfig
 
-GEMM_MARKS = ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
+# name -> (kernel set, environment while its graphs are captured: the documented A/B overrides)
+VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL": "torch"}),
+            "fused-old": ("fused", {"GRAPHRT_STEP_GEMM": "cublas", "GRAPHRT_STEP_TAIL": "torch"}),
+            "torch": ("torch", {})}
+GEMM_MARKS = ("skinny_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 
 
 def copy_bandwidth_gbs() -> float:
@@ -113,7 +124,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--per", type=int, default=10, help="replays per timed run")
     ap.add_argument("--long", type=int, default=2000, help="cache length of the long-cache timing")
-    ap.add_argument("--b", default="torch", help="kernel set B ('none' for fused alone)")
+    ap.add_argument("--sets", default="fused,fused-old,torch", help=f"variants, from {', '.join(VARIANTS)}")
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--tag", default="step-kernels")
     args = ap.parse_args()
@@ -138,13 +149,26 @@ def main() -> None:
     buckets = Buckets(batch_sizes=tuple(args.batch), patch_budgets=(patches,), prefill_lengths=(length,),
                       max_new_tokens=max(64, args.long))
     runtimes, capture_s = {}, {}
-    for name in ["fused"] + ([] if args.b == "none" else [args.b]):
+    names = args.sets.split(",")
+    for name in names:
+        kernels, env = VARIANTS[name]
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         t0 = time.perf_counter()
-        rt = GraphRuntime(model, buckets, gen, strict=True, kernels=name)
+        rt = GraphRuntime(model, buckets, gen, strict=True, kernels=kernels)
         rt.warmup(progress=False)
         capture_s[name] = round(time.perf_counter() - t0, 1)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         runtimes[name] = rt
         print(f"{name}: {len(rt.graphs)} graphs in {capture_s[name]} s", flush=True)
+    from graphrt.kernels import skinny_gemm
+
+    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]}": repr(v) for k, v in skinny_gemm._choice.items()
+                   if k[-1] == "auto"}
+    gemm_timing = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]}": {repr(c): round(t * 1e3, 2) for c, t in v.items()}
+                   for k, v in skinny_gemm.timings.items()}
+    print("skinny GEMM choices:", json.dumps(gemm_choice), f"measured in {skinny_gemm.choose_seconds:.1f} s", flush=True)
 
     report_rows, tables, agree = [], {}, {}
     for b in args.batch:
@@ -152,10 +176,8 @@ def main() -> None:
         procs = [engine.processor(p) for p in pils]
         rows = [GraphRow(prompt, i) for i in range(b)]
         toks = {n: [r.tokens for r in rt.run(procs, rows, gen)] for n, rt in runtimes.items()}
-        if len(toks) == 2:
-            a_, b_ = toks.values()
-            agree[b] = sum(x == y for x, y in zip(a_, b_))
-        cache_len = int(runtimes["fused"].pipe.cache_len[0])
+        agree[b] = {n: sum(x == y for x, y in zip(toks[names[0]], t)) for n, t in toks.items() if n != names[0]}
+        cache_len = int(runtimes[names[0]].pipe.cache_len[0])
         for label, set_len in (("prompt", None), ("long", args.long)):
             if set_len is not None:
                 for rt in runtimes.values():
@@ -170,9 +192,10 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         for rt in runtimes.values():
             rt.pipe.cache_len[:b].fill_(cache_len)
-        tables[b] = kernel_table(runtimes["fused"], ("step", b))
-        if "torch" in runtimes and b == args.batch[0]:
-            tables[f"{b} torch"] = kernel_table(runtimes["torch"], ("step", b))
+        tables[f"{b} {names[0]}"] = kernel_table(runtimes[names[0]], ("step", b))
+        for other in names[1:]:
+            if b == args.batch[0] or other == "fused-old":
+                tables[f"{b} {other}"] = kernel_table(runtimes[other], ("step", b))
 
     device = torch.cuda.get_device_name(0)
     report = {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__,
@@ -181,17 +204,20 @@ def main() -> None:
               "capture_s": capture_s, "graphs": {n: len(rt.graphs) for n, rt in runtimes.items()},
               "work": f"640x480 image, {processed.num_patches} patches (bucket {patches}), prompt {len(prompt.ids)} "
                       f"tokens (bucket {length}); step = 12 query tokens per row, logits for 6",
-              "tokens_agree_rows": agree, "rows": report_rows,
+              "tokens_agree_rows": agree, "rows": report_rows, "skinny_gemm_choice": gemm_choice,
+              "skinny_gemm_timing_ms": gemm_timing, "skinny_gemm_measure_s": round(skinny_gemm.choose_seconds, 1),
               "kernel_tables": {str(k): {"gemm_share": round(v[1], 3), "kernels": v[0]} for k, v in tables.items()}}
     write_report(report, markdown(report), args.out_dir, args.tag)
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# One MTP step, fused vs torch kernel sets ({r['date']}, {r['device']}, torch {r['torch']}, "
+    lines = [f"# One MTP step, kernel variants ({r['date']}, {r['device']}, torch {r['torch']}, "
              f"{r['dtype']}, random 3B)", "",
              f"Floor: LM weights {r['lm_weight_bytes'] / 1e9:.2f} GB read once at the measured copy bandwidth "
              f"{r['copy_gbs']} GB/s = {r['floor_ms']} ms. {r['work']}. Capture: {r['capture_s']} s "
-             f"({r['graphs']} graphs). Rows whose tokens agree fused vs torch: {r['tokens_agree_rows']}.", "",
+             f"({r['graphs']} graphs). Rows whose tokens agree with the first variant, per B: {r['tokens_agree_rows']}. "
+             f"Skinny GEMM picks (measured at warm-up in {r['skinny_gemm_measure_s']} s; None = cuBLAS): "
+             f"{r['skinny_gemm_choice']}.", "",
              "| B | cache | kernels | P50 ms | P90 ms | P99 ms | x floor | weight GB/s |", "| --- " * 8 + "|"]
     for x in r["rows"]:
         lines.append(f"| {x['batch']} | {x['cache']} | {x['kernels']} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} "

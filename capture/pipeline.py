@@ -191,6 +191,18 @@ class StaticPipeline:
         # Seeded draws: uniforms hashed from (row key, row step, slot) in the graph; no generator state.
         uniform = uniforms(self.noise_key[:b], self.steps[:b], blk) if self.sample else None
         x0 = choose(probs, temp, uniform, sample=self.sample)
+        if self.fused:  # proposal, pattern handler, state update in one kernel (GRAPHRT_STEP_TAIL=torch: A/B)
+            from graphrt.kernels import step_tail
+
+            if step_tail.enabled():
+                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp)
+        self.torch_tail(b, probs, x0)
+
+    def torch_tail(self, b: int, probs: torch.Tensor, x0: torch.Tensor) -> None:
+        """The step's end in torch ops (the reference the fused tail is tested against)."""
+        blk, j = self.block, self.arange_blk[None]
+        pend, k, c, fin = self.pending[:b], self.pending_count[:b], self.cache_len[:b], self.finished[:b]
+        w0 = c + k
         tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
 
         active = ~fin

@@ -52,6 +52,15 @@ def _first_match(candidates: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     return candidates.gather(-1, ok.long().argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
+def candidates(probs: torch.Tensor, cfg: MTPConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-k lists `propose` reads: (probs [B, 4, keep_k], ids [B, 4, keep_k]) of slots 1-4 and
+    ids [B, 5, ref_keep_k] of slots 1-5. One function, so the fused step tail
+    (graphrt/kernels/step_tail.py) reads exactly the lists, tie order included, that this path reads."""
+    top_p, top_i = torch.topk(probs[:, 1:5], cfg.keep_k, dim=-1)
+    ref_i = torch.topk(probs[:, 1:], cfg.ref_keep_k, dim=-1)[1]
+    return top_p, top_i, ref_i
+
+
 def propose(probs: torch.Tensor, x0: torch.Tensor, ids: TokenIds, mode: str, cfg: MTPConfig = MTPConfig()) -> torch.Tensor:
     """probs [B, 6, V], x0 [B, 6] (argmax or drawn) -> proposal [B, 6]."""
     b = probs.shape[0]
@@ -68,7 +77,7 @@ def propose(probs: torch.Tensor, x0: torch.Tensor, ids: TokenIds, mode: str, cfg
     enders = torch.stack([p[:, 5, ids.box_end], p[:, 5, ids.null], p[:, 5, ids.im_end]], dim=-1)
     legal = ~empty & (enders.sum(-1) >= cfg.legal_end_thresh)
 
-    top_p, top_i = torch.topk(p[:, 1:5], cfg.keep_k, dim=-1)  # [B, 4, k]
+    top_p, top_i, ref_i = candidates(p, cfg)
     coord_ok = _is_coord(top_i, ids)
     coords = _first_match(top_i, coord_ok)
     if mode == "hybrid":
@@ -78,7 +87,6 @@ def propose(probs: torch.Tensor, x0: torch.Tensor, ids: TokenIds, mode: str, cfg
         coords = torch.where(abnormal, torch.zeros_like(coords), coords)
     box = legal & coord_ok.any(-1).all(-1)
 
-    ref_i = torch.topk(p[:, 1:], cfg.ref_keep_k, dim=-1)[1]  # [B, 5, k]
     text_ok = ~_is_coord(ref_i, ids)
     ref = ~empty & ~box & (p[:, 0, ids.ref_start] >= cfg.ref_start_thresh) & text_ok.any(-1).all(-1)
 

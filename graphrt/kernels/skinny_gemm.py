@@ -1,0 +1,308 @@
+"""Skinny GEMMs of the MTP step: y = x @ w^T for few rows (M = 12 per batch row) and weights that
+must stream from HBM at the copy rate. cuBLAS reaches ~50% of the weight-read floor on the step's
+2048-wide outputs at M = 12 (too few tiles to cover 132 SMs); here each program owns BLOCK_N
+output channels of BLOCK_M rows and a slice of K, so small N still fills the GPU:
+
+    grid = (N / BLOCK_N, SPLIT_K, M / BLOCK_M)
+
+With SPLIT_K > 1 each program writes its fp32 partial tile to a workspace and bumps a per-tile
+counter; the program that arrives last sums the partials in split order (fixed, so a replay
+gives the same bits every time), applies the epilogue, and resets the counter for the next replay:
+one kernel, no separate reduce launch.
+
+Epilogues: bias (the QKV projection), and SiLU(gate) * up for the fused gate/up projection (a
+program reads the gate rows n and the up rows I + n, so the [M, 2I] intermediate never exists;
+both halves round to the model dtype before the SiLU, as the unfused path does).
+
+Which kernel runs is chosen per (shape, M, epilogue) the first time a shape is seen outside a
+graph capture (the warm-up before capture): every candidate config and cuBLAS are timed inside a
+CUDA graph over enough weight copies that they stream from HBM, not L2; the fastest wins, and
+cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM` overrides that (A/B runs): `auto` (default),
+`cublas` (never this kernel), `triton` (this kernel's fastest config even where cuBLAS wins).
+
+FP8 later: the weight load is the only place that knows the weight dtype. e4m3 weights would load
+as fp8 and upcast to bf16 before the dot (exact: every e4m3 value is a bf16 value), and a
+per-output-channel scale vector multiplies `acc` in the epilogue before the bias/SiLU; the x tile
+stays bf16 (weight-only FP8), so bytes read halve and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 384  # decode steps up to B=32 (12 rows each); row tiles above 128, cuBLAS decides by measurement
+BLOCK_M_MAX = 128
+
+
+@triton.jit
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_off, stride_x, stride_y,
+                   HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    live_m = rm < M
+    live_n = rn < N
+    k_per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = pid_k * k_per
+    k_hi = tl.minimum(k_lo + k_per, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        live_k = kk < k_hi
+        a = tl.load(x_ptr + rm[:, None] * stride_x + kk[None, :], mask=live_m[:, None] & live_k[None, :], other=0.0)
+        # weights are read once per step: evict them first, keep activations and the KV cache in L2
+        w = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=live_n[:, None] & live_k[None, :], other=0.0,
+                    eviction_policy="evict_first")
+        acc += tl.dot(a, tl.trans(w))
+        if SILU:
+            u = tl.load(w_ptr + (rn[:, None] + up_off) * K + kk[None, :], mask=live_n[:, None] & live_k[None, :],
+                        other=0.0, eviction_policy="evict_first")
+            acc_up += tl.dot(a, tl.trans(u))
+    out_ty = y_ptr.dtype.element_ty
+    if SPLIT_K > 1:
+        tile = pid_m * tl.num_programs(0) + pid_n
+        rows_all = tl.num_programs(2) * BLOCK_M
+        part = part_ptr + (pid_k * rows_all + rm[:, None]) * N + rn[None, :]
+        tl.store(part, acc, mask=live_n[None, :])
+        tl.debug_barrier()  # every thread's partial is written before the counter says so
+        arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:  # the last split of this tile reduces, in split order
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(SPLIT_K):
+                acc += tl.load(part_ptr + (s * rows_all + rm[:, None]) * N + rn[None, :], mask=live_n[None, :],
+                               other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rn, mask=live_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(out_ty),
+                     mask=live_m[:, None] & live_n[None, :])
+            tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next replay
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=live_n, other=0.0).to(tl.float32)[None, :]
+        if SILU:
+            g = acc.to(out_ty).to(tl.float32)  # the gate/up product rounds to the model dtype first
+            act = (g / (1.0 + tl.exp(-g))).to(out_ty).to(tl.float32)  # silu rounds, as F.silu does
+            acc = act * acc_up.to(out_ty).to(tl.float32)
+        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(out_ty), mask=live_m[:, None] & live_n[None, :])
+
+
+class Config(tuple):
+    """(block_n, block_k, split_k, warps, stages)"""
+
+    def __new__(cls, block_n, block_k, split_k, warps, stages):
+        return super().__new__(cls, (block_n, block_k, split_k, warps, stages))
+
+    def __repr__(self):
+        return "n{}k{}s{}w{}p{}".format(*self)
+
+
+def block_m_for(m: int) -> int:
+    return max(16, min(BLOCK_M_MAX, triton.next_power_of_2(m)))
+
+
+# Per-device scratch: split-K workspaces and tile counters, allocated outside graph capture and
+# reused by every layer (kernels of one stream run in order).
+_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(device, rows: int, n: int, split: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (str(device), rows, n, split, tiles)
+    if key not in _scratch:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"skinny_gemm: workspace {key} first needed inside a graph capture")
+        _scratch[key] = (torch.empty(split * rows * n, dtype=torch.float32, device=device),
+                         torch.zeros(tiles, dtype=torch.int32, device=device))
+    return _scratch[key]
+
+
+def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu: bool = False,
+                  config: Config = Config(32, 128, 1, 4, 4)) -> torch.Tensor:
+    """x [M, K] (rows contiguous) @ weight[N', K]^T (+ bias) -> [M, N'], or with silu: weight is
+    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I]."""
+    m, k = x.shape
+    n_w, k_w = weight.shape
+    assert k == k_w and x.stride(1) == 1 and weight.is_contiguous()
+    block_n, block_k, split, warps, stages = config
+    if silu and (split > 1 or bias is not None):
+        raise ValueError("the SiLU epilogue takes no split-K and no bias")
+    n = n_w // 2 if silu else n_w
+    block_m = block_m_for(m)
+    grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if split > 1:
+        part, lock = _workspace(x.device, grid[2] * block_m, n, split, grid[0] * grid[2])
+    else:
+        part = lock = y
+    _skinny_kernel[grid](x, weight, bias if bias is not None else y, y, part, lock, m, n, k, n, x.stride(0), y.stride(0),
+                         HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n,
+                         BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    return y
+
+
+def candidates(m: int, n: int, k: int, silu: bool) -> list[Config]:
+    """Configs worth timing for one shape: tiles small enough that ~1-4 programs per SM stream
+    the weights, split-K where N alone gives too few tiles, shared memory within budget."""
+    block_m = block_m_for(m)
+    out = []
+    for block_n in (16, 32, 64):
+        for block_k in (128, 256):
+            for split in ((1,) if silu else (1, 2, 4, 8)):
+                tiles = triton.cdiv(n, block_n) * split
+                if not 100 <= tiles <= 1100 or k // split < block_k:
+                    continue
+                per_stage = (block_m + block_n * (2 if silu else 1)) * block_k * 2
+                stages = max(2, min(5, (160 * 1024) // per_stage))
+                if stages < 3 and block_k == 256:
+                    continue
+                out.append(Config(block_n, block_k, split, 4, stages))
+    return out
+
+
+# Short lists timed at start-up (the full sweep is benchmarks/skinny_gemm_tune.py): a few configs
+# per shape class, so a cold start compiles a handful of kernels per shape, not dozens.
+def shortlist(m: int, n: int, k: int, silu: bool) -> list[Config]:
+    if silu:
+        picks = [(32, 128, 1), (16, 256, 1), (64, 128, 1)]
+    elif k >= 4 * n:  # long K, few outputs (down)
+        picks = [(16, 256, 2), (32, 128, 4), (16, 256, 1)]  # H100 sweep, M=12: 21.6 / 21.0 / - us
+    else:  # qkv, o
+        picks = [(16, 256, 1), (16, 128, 2), (32, 128, 4)]
+    full = {c[:3]: c for c in candidates(m, n, k, silu)}
+    return [full[p] for p in picks if p in full]
+
+
+def _graph_ms(fn, reps: int) -> float:
+    """Median time of one call of fn, replayed inside a CUDA graph (launch costs as in the step)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn(0)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(reps):
+            fn(i)
+    g.replay()
+    times = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / reps)
+    del g
+    return sorted(times)[2]
+
+
+def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: bool,
+                    configs: list[Config] | None = None) -> dict:
+    """{config or "cublas": ms per call}, each timed over weight copies that together exceed the L2
+    (so weights stream from HBM, as in the step's 36 layers). Configs that fail to compile are left out."""
+    copies = min(64, max(2, -(-200 * 2**20 // (n_w * k * 2))))  # small weights: L2-resident in the step too
+    gen = torch.Generator(device=device).manual_seed(0)
+    ws = [torch.randn(n_w, k, device=device, dtype=dtype, generator=gen) * 0.02 for _ in range(copies)]
+    b = torch.randn(n_w, device=device, dtype=dtype, generator=gen) if bias else None
+    x = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
+    reps = copies * max(1, 8 // copies)
+    out = {}
+
+    def cublas(i):
+        y = F.linear(x, ws[i % copies], b)
+        if silu:
+            from .layer_ops import silu_mul
+
+            y = silu_mul(y)
+        return y
+
+    out["cublas"] = _graph_ms(cublas, reps)
+    for cfg in configs if configs is not None else candidates(m, n_w // 2 if silu else n_w, k, silu):
+        try:
+            skinny_matmul(x, ws[0], b, silu, cfg)  # compile outside the capture
+            out[cfg] = _graph_ms(lambda i: skinny_matmul(x, ws[i % copies], b, silu, cfg), reps)
+        except Exception as e:  # noqa: BLE001  (out of shared memory / registers: not a candidate)
+            log.info("skinny_gemm %s skipped: %s", cfg, str(e).splitlines()[0][:120])
+    del ws
+    return out
+
+
+_choice: dict[tuple, Config | None] = {}  # (m, n_w, k, dtype, bias, silu, mode) -> config, None = cuBLAS
+timings: dict[tuple, dict] = {}  # what was measured, for benchmarks
+choose_seconds = 0.0  # start-up time spent measuring (compiles included)
+
+
+def mode() -> str:
+    m = os.environ.get("GRAPHRT_STEP_GEMM", "auto")
+    if m not in ("auto", "cublas", "triton"):
+        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas or triton, not {m!r}")
+    return m
+
+
+def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | None:
+    """The kernel for this call: a Config, or None for cuBLAS (+ silu_mul)."""
+    how = mode()
+    if how == "cublas" or m > MAX_ROWS or not weight.is_cuda or weight.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    n_w, k = weight.shape
+    key = (m, n_w, k, weight.dtype, bias, silu, how)
+    if key not in _choice:
+        if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
+            log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])
+            return None
+        configs = shortlist(m, n_w // 2 if silu else n_w, k, silu)
+        if not configs:  # too few output tiles for this kernel's layout (small models): cuBLAS, untimed
+            _choice[key] = None
+            return None
+        global choose_seconds
+        t0 = time.perf_counter()
+        t = time_candidates(m, n_w, k, weight.dtype, weight.device, bias, silu, configs)
+        choose_seconds += time.perf_counter() - t0
+        timings[key] = t
+        ours = {c: v for c, v in t.items() if c != "cublas"}
+        best = min(ours, key=ours.get) if ours else None
+        if how == "auto" and (best is None or t["cublas"] <= ours[best]):
+            best = None
+        _choice[key] = best
+        log.info("skinny_gemm M=%d N=%d K=%d silu=%s: %s (cublas %.1f us, best %s)", m, n_w, k, silu, best,
+                 t["cublas"] * 1e3, None if not ours else f"{min(ours.values()) * 1e3:.1f} us")
+    return _choice[key]
+
+
+def _plain(module) -> bool:
+    """A bf16/fp16 `graphrt.layers.Linear` (other modules, e.g. FP8 linears, run themselves)."""
+    from graphrt.layers import Linear
+
+    return type(module) is Linear
+
+
+def linear(x: torch.Tensor, module) -> torch.Tensor:
+    """module(x) for a graphrt Linear, on this kernel where it was measured faster."""
+    if _plain(module) and x.is_cuda:
+        cfg = choose(x.shape[0], module.weight, module.bias is not None, False)
+        if cfg is not None:
+            return skinny_matmul(x, module.weight, module.bias, False, cfg)
+    return module(x)
+
+
+def gate_up_silu(x: torch.Tensor, module) -> torch.Tensor:
+    """silu(gate) * up of the fused gate/up projection, in the GEMM's epilogue where it pays."""
+    if _plain(module) and module.bias is None and x.is_cuda:
+        cfg = choose(x.shape[0], module.weight, False, True)
+        if cfg is not None:
+            return skinny_matmul(x, module.weight, None, True, cfg)
+    from .layer_ops import silu_mul
+
+    return silu_mul(module(x))
