@@ -65,10 +65,10 @@ class Qwen2Layer(nn.Module):
         residual add left to the next layer's norm kernel. `attend.fused` ropes q/k, writes the
         cache and attends in its own kernels. GEMMs: the skinny Triton GEMM where it was measured
         faster than cuBLAS for this row count (decode steps), SiLU * up in the gate/up epilogue."""
+        # lazy: the fused kernels need triton, which CPU-only installs may lack
+        from .kernels.fp8_ops import fp8_layer_forward, has_fp8_inputs
         from .kernels.layer_ops import add_rms_norm
         from .kernels.skinny_gemm import gate_up_silu, linear
-
-        from .kernels.fp8_ops import fp8_layer_forward, has_fp8_inputs
 
         if has_fp8_inputs(self):  # W8A8 FP8 linears (calib/): the norm / SiLU kernels write their e4m3 inputs
             return fp8_layer_forward(self, x, delta, cos, sin, layer_idx, cache, attend)
