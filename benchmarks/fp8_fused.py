@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import QUERIES, images, interleaved, summarize  # noqa: E402
-from step_kernels import copy_bandwidth_gbs, kernel_table, pct  # noqa: E402
+from step_kernels import copy_bandwidth_gbs, kernel_table, pct, replay_ms  # noqa: E402
 
 from calib import calibrate, quantize_model  # noqa: E402
 from calib.fidelity import fidelity, markdown as fidelity_md, noise_probe  # noqa: E402
@@ -53,16 +53,6 @@ def step_weight_bytes(model) -> int:
     n += sum(p.numel() * p.element_size() for p in llm.layers.parameters())
     head = llm.embed_tokens.weight if llm.lm_head is None else llm.lm_head.weight
     return n + head.numel() * head.element_size()
-
-
-def replay_ms(graphs, key, n: int) -> float:
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
-        graphs.replay(key)
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / n
 
 
 def main() -> None:

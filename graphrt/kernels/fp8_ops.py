@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .layer_ops import residual_rms_norm_row
+
 FP8 = torch.float8_e4m3fn
 
 
@@ -41,18 +43,7 @@ def _quant(v, inv_ptr, amax_floor, DYNAMIC: tl.constexpr):
 def _add_rms_norm_fp8_kernel(x_ptr, d_ptr, w_ptr, res_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, n_cols, eps,
                              amax_floor, HAS_DELTA: tl.constexpr, DYNAMIC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    live = cols < n_cols
-    x = tl.load(x_ptr + row * n_cols + cols, mask=live, other=0.0)
-    if HAS_DELTA:
-        d = tl.load(d_ptr + row * n_cols + cols, mask=live, other=0.0)
-        x = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # the residual stream rounds to the model dtype
-        tl.store(res_ptr + row * n_cols + cols, x, mask=live)
-    xf = x.to(tl.float32)
-    inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
-    normed = (xf * inv_rms).to(x.dtype)
-    w = tl.load(w_ptr + cols, mask=live, other=0.0)
-    h = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)  # the bf16 norm output of the plain path
+    h, cols, live = residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, row, row, n_cols, eps, HAS_DELTA, BLOCK)
     q, scale = _quant(tl.where(live, h.to(tl.float32), 0.0), inv_ptr, amax_floor, DYNAMIC)
     tl.store(q_ptr + row * n_cols + cols, q, mask=live)
     if DYNAMIC:

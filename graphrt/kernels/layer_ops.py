@@ -19,12 +19,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_cols, eps,
-                         HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    src = row
-    if HAS_INDEX:
-        src = tl.load(index_ptr + row)
+def residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, src, row, n_cols, eps,
+                          HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    """One row: (x + delta) stored to res[row] when there is a delta, then rmsnorm(.) * w in the
+    model dtype, rounded where torch rounds. Returns (normalized row, cols, live mask); shared by
+    the bf16 kernel below and the FP8 producer in fp8_ops.py."""
     cols = tl.arange(0, BLOCK)
     live = cols < n_cols
     x = tl.load(x_ptr + src * n_cols + cols, mask=live, other=0.0)
@@ -36,7 +35,18 @@ def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_col
     inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
     normed = (xf * inv).to(x.dtype)
     w = tl.load(w_ptr + cols, mask=live, other=0.0)
-    tl.store(out_ptr + row * n_cols + cols, (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype), mask=live)
+    return (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype), cols, live
+
+
+@triton.jit
+def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_cols, eps,
+                         HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    src = row
+    if HAS_INDEX:
+        src = tl.load(index_ptr + row)
+    h, cols, live = residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, src, row, n_cols, eps, HAS_DELTA, BLOCK)
+    tl.store(out_ptr + row * n_cols + cols, h, mask=live)
 
 
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
