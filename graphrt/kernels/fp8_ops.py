@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layer_ops import residual_rms_norm_row
+from .layer_ops import residual_rms_norm_row, silu_mul_block
 
 FP8 = torch.float8_e4m3fn
 
@@ -78,13 +78,7 @@ AMAX_FLOOR = 1e-12  # dynamic scales of an all-zero row: any positive number; ca
 def _silu_mul_fp8_kernel(gu_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, n_cols, amax_floor,
                          DYNAMIC: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    live = cols < n_cols
-    g = tl.load(gu_ptr + row * 2 * n_cols + cols, mask=live, other=0.0)
-    u = tl.load(gu_ptr + row * 2 * n_cols + n_cols + cols, mask=live, other=0.0)
-    gf = g.to(tl.float32)
-    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)  # silu rounds to the model dtype, as F.silu does
-    h = (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype)  # the plain path's bf16 product
+    h, cols, live = silu_mul_block(gu_ptr, n_cols, BLOCK)
     q, scale = _quant(tl.where(live, h.to(tl.float32), 0.0), inv_ptr, amax_floor, DYNAMIC)
     tl.store(q_ptr + row * n_cols + cols, q, mask=live)
     if DYNAMIC:

@@ -121,7 +121,9 @@ def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: to
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+def silu_mul_block(gu_ptr, n_cols, BLOCK: tl.constexpr):
+    """One block of one row of [gate | up]: silu(gate) * up in the model dtype, rounded where torch
+    rounds. Returns (values, cols, live mask); shared with the FP8 producer in fp8_ops.py."""
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     live = cols < n_cols
@@ -129,7 +131,13 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
     u = tl.load(gu_ptr + row * 2 * n_cols + n_cols + cols, mask=live, other=0.0)
     gf = g.to(tl.float32)
     act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)  # silu rounds to the model dtype, as F.silu does
-    tl.store(out_ptr + row * n_cols + cols, (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=live)
+    return (act.to(tl.float32) * u.to(tl.float32)).to(g.dtype), cols, live
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+    h, cols, live = silu_mul_block(gu_ptr, n_cols, BLOCK)
+    tl.store(out_ptr + tl.program_id(0) * n_cols + cols, h, mask=live)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
