@@ -19,15 +19,16 @@ from dataclasses import dataclass
 class Buckets:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     # Patches per image: 640x480 = 1656, 1024x768 = 4144, 1280x720 = 4784, 1920x1080 = 10764,
-    # 2240x2240 = 25600 (the processor's in_token_limit: every image it accepts).
-    patch_budgets: tuple[int, ...] = (1024, 1680, 4144, 4800, 10816, 25600)
+    # 2240x2240 = 25600; 26676 is the most the processor makes of any image (its
+    # in_token_limit of 25600 holds before the sides are rounded up to multiples of 28).
+    patch_budgets: tuple[int, ...] = (1024, 1680, 4144, 4800, 10816, 26676)
     # Prompt tokens per segment (image tokens included): 64 takes the query tails of shared
     # prefixes; 480 a 640x480 image with the official prompt (414 image tokens + ~37 of text:
     # 451, realistic BPE; measured 2026-11-24 on the H100, prefill 9.4 -> 8.1 ms at B=1 and
     # 180 -> 153 ms at B=32 against padding to 576); 576 the same with long queries; 1280 a
     # 4144- or 4800-patch image (1036 / 1196 image tokens) with its query; 2816 a 1080p frame
-    # (2691 image tokens) and 6528 the largest image (6400) with a query of up to ~120 tokens.
-    prefill_lengths: tuple[int, ...] = (64, 256, 480, 576, 896, 1280, 2816, 6528)
+    # (2691 image tokens) and 6944 the largest image (6669) with up to 275 tokens of text.
+    prefill_lengths: tuple[int, ...] = (64, 256, 480, 576, 896, 1280, 2816, 6944)
     max_new_tokens: int = 2048  # = GenerationConfig's default, so default requests run on the graphs
     # Patches per vision replay and tokens per prefill replay (None: no limit, every combination).
     # The defaults keep today's small-image buckets (32 x 4144 patches, 32 x 1280 tokens).
@@ -110,3 +111,4 @@ def _cheapest(keys, count: int, size: int) -> tuple[int, int] | None:
         return None
     _, s, b = min(fits)
     return b, s
+
