@@ -100,19 +100,34 @@ class GraphRuntime:
     # ------------------------------------------------------------------ capture
 
     def warmup(self, progress: bool = True) -> None:
-        """Capture every bucket's graphs, largest first so the shared pool is sized once."""
+        """Capture every bucket's graphs, largest first so the shared pool is sized once.
+
+        Every body first runs uncaptured (lazy inits, cuBLAS handles, Triton compiles) on a side
+        stream, and the blocks those runs cached are released before the first capture: otherwise
+        the warm-up's activations stay reserved beside the pool that holds the same activations
+        (the footprint of the largest replay, twice)."""
         if not self.use_graphs:
             return
         plan = self.buckets.expand()
         keys = [("vision", *k) for k in plan["vision"]] + [("prefill", *k) for k in plan["prefill"]]
         keys += [("step", *k) for k in plan["step"]]
         keys.sort(key=lambda k: -int(np.prod(k[1:])))
-        before = torch.cuda.memory_reserved()
         t0 = time.perf_counter()
         with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for key in tqdm(keys, desc="warming up graph bodies", unit="body", disable=not progress, leave=False):
+                    self.pipe.reset_state()
+                    for _ in range(2):
+                        self._body(key)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_reserved()
             for key in tqdm(keys, desc="capturing CUDA graphs", unit="graph", disable=not progress, leave=False):
                 self.pipe.reset_state()
-                self.graphs.capture(key, lambda key=key: self._body(key))
+                self.graphs.capture(key, lambda key=key: self._body(key), warmup=0)
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
         self.pool_bytes = torch.cuda.memory_reserved() - before
