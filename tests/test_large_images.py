@@ -87,3 +87,31 @@ def test_largest_bucket_is_the_most_the_processor_makes(tiny_engine):
         if w // p < MAX_GRID_SIDE and h // p < MAX_GRID_SIDE:
             most = max(most, (w // p) * (h // p))
     assert most == Buckets().max_patches
+
+
+def test_scheduler_admits_by_token_budget(tiny_engine):
+    """Continuous batching over large and small images: each admission holds at most one vision
+    replay's patches (1024 here), so the large images are admitted alone and the small ones
+    together; every answer equals the job run alone."""
+    import dataclasses
+
+    from capture.scheduler import run_jobs
+    from graphrt.request import ImageJob, Row
+
+    runtime = GraphRuntime(tiny_engine.model, SMALL_BUDGET, GEN, attention="emulated", use_graphs=False)
+    cases = [(BIG1, "cat", 6), (SMALL, "dog", 3), (random_image(90, 100, seed=11), "x", 3), (BIG2, "car", 5)]
+    expected, jobs = [], []
+    for i, (image, query, cap) in enumerate(cases):
+        images, rows = prepare(tiny_engine, [(image, query)])
+        expected.append(runtime.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
+        im = images[0]
+        jobs.append(ImageJob(im, [Row(i, query, "detect", rows[0].prompt, max_new_tokens=cap)]))
+    admissions = []
+    admit = runtime.admit
+    runtime.admit = lambda images, *a, **k: admissions.append(sum(im.num_patches for im in images)) or admit(images, *a, **k)
+    done = list(run_jobs(runtime, jobs, GEN, batch=4))
+    assert sorted(j.rows[0].index for j in done) == [0, 1, 2, 3]
+    for job in done:
+        assert job.results[0].tokens == expected[job.rows[0].index]
+    assert max(admissions) <= SMALL_BUDGET.vision_capacity
+    assert len(admissions) == 3  # BIG1; the two small images together; BIG2
