@@ -5,8 +5,9 @@
 - weights: measured on the loaded model (parameters and buffers);
 - KV cache: exact (rows x slots x layers x K and V x KV heads x head dim x dtype bytes); rows =
   the largest batch, slots = the largest prompt + max_new_tokens + a step of overshoot;
-- static buffers: the pipeline's inputs (sized by the largest vision and prefill replay) and the
-  per-row state, from the same sizes the pipeline allocates;
+- static buffers: the pipeline's inputs (sized by the largest vision and prefill replay), the
+  per-row state, and the per-grid input tables kept for the last few image sizes (counted at the
+  largest image), from the same sizes the pipeline allocates;
 - graph pool: an estimate. Graphs share one pool and replay one at a time, so the pool holds
   about the activations of the largest replay: per patch (vision), per prompt token (prefill) or
   per step row (step: the window's activations and its fp32 vocabulary rows), times a margin
@@ -28,9 +29,12 @@ import torch
 from graphrt.errors import OptionError
 
 from .buckets import Buckets
+from .inputs import GRIDS_KEPT
 
 GIB = 2**30
-POOL_MARGIN = 1.25  # the allocator's block rounding and the fragmentation of one shared pool
+# The allocator's block rounding and the fragmentation of one shared pool. Measured once (H100,
+# random 3B, 2026-11-24): a 3.0 GiB pool where the activations above estimate 2.1 GiB (x1.43).
+POOL_MARGIN = 1.5
 OVERHEAD_GIB = 1.0  # CUDA context (~0.5 GiB on an H100), cuBLAS/Triton workspaces, the image stage
 BATCHES = (32, 16, 8, 4, 2, 1)  # largest batch tried, richest first
 # (vision patches, prefill tokens) per replay tried, richest first; the last is one largest image
@@ -92,7 +96,10 @@ def estimate(cfg, dtype_bytes: int, weights: int, buckets: Buckets, memory_gb: f
     buffers = (vcap * (pix + v.hidden_size * dtype_bytes + 2 * (v.head_dim // 2) * 4 + 8)
                + 2 * (vcap // 4) * t.hidden_size * dtype_bytes + pcap * 33
                + rows * (t.vocab_size + 1) * 2 + rows * (buckets.max_new_tokens + 2 * block) * 8
-               + rows * (buckets.max_prefill + 1) * 8 + max(buckets.max_patches * pix, 0))
+               + rows * (buckets.max_prefill + 1) * 8 + buckets.max_patches * pix
+               # per-grid input tables (capture/inputs.py), GRIDS_KEPT grids of the largest image:
+               # int32 patch-order index, position rows, fp32 RoPE cos/sin
+               + GRIDS_KEPT * buckets.max_patches * (4 * pix + v.hidden_size * dtype_bytes + 4 * v.head_dim))
     pool = int(POOL_MARGIN * max(vcap * vision_bytes_per_patch(cfg, dtype_bytes),
                                  pcap * lm_bytes_per_token(cfg, dtype_bytes),
                                  rows * 2 * block * lm_bytes_per_token(cfg, dtype_bytes)
