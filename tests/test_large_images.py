@@ -58,6 +58,15 @@ def test_large_and_small_images_in_chunks_equal_eager(tiny_engine, share_prefix)
     assert laps["prefill_passes"] >= 3
 
 
+def test_two_vision_passes_in_one_admission_equal_eager(tiny_engine):
+    """A 484-patch image (bucket 1024) and a small one (bucket 64) in one admission: two vision
+    replays, the first one's features moved to the feature rows while the second runs."""
+    medium = random_image(300, 300, seed=12)
+    got, want, laps = run_static(tiny_engine, [(medium, "cat"), (SMALL, "dog"), (medium, "a red car")])
+    assert got == want
+    assert laps["admission_chunks"] == 1 and laps["vision_passes"] == 2 and laps["bucket_vision"] == (1, 1024)
+
+
 def test_default_buckets_take_every_image_the_processor_accepts(tiny_engine):
     """The default buckets reach the processor's in_token_limit (25,600 patches): a 2240x2240
     image and a 1080p frame fit, at batch 1 and beside small images, with no eager fallback."""
