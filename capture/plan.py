@@ -22,6 +22,7 @@ only checks them. What does not fit raises an OptionError that names memory_gb a
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,8 @@ from graphrt.errors import OptionError
 
 from .buckets import Buckets
 from .inputs import GRIDS_KEPT
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 # The allocator's block rounding and the fragmentation of one shared pool. Measured once (H100,
@@ -78,6 +81,17 @@ class MemoryPlan:
 
 def model_weights_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def plan_for_model(model, memory_gb: float | None, buckets: Buckets | None = None) -> MemoryPlan:
+    """The plan of a loaded model (its weights measured); on a GPU smaller than memory_gb, the
+    GPU's memory is the budget (a warning says so)."""
+    if memory_gb is not None and model.device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(model.device).total_memory / GIB
+        if memory_gb > gpu:
+            log.warning("memory_gb=%g exceeds this GPU's %.1f GiB; planning for the GPU", memory_gb, gpu)
+            memory_gb = gpu
+    return plan_memory(model.cfg, model.dtype.itemsize, model_weights_bytes(model), memory_gb, buckets)
 
 
 def estimate(cfg, dtype_bytes: int, weights: int, buckets: Buckets, memory_gb: float | None,

@@ -28,7 +28,7 @@ import torch
 from calib import engine_model, quantize_model
 from capture.backend import GraphBackend
 from capture.buckets import Buckets
-from capture.plan import model_weights_bytes, plan_memory
+from capture.plan import plan_for_model
 from capture.runtime import GraphRuntime
 from weights.loader import load_weights
 
@@ -165,8 +165,7 @@ class Engine:
         self.backend: Backend = self.eager
         self.memory_plan = None  # capture.plan.MemoryPlan of the graph runtime (None: graphs off)
         if graphs_off is None:
-            self.memory_plan = plan_memory(model.cfg, model.dtype.itemsize, model_weights_bytes(model),
-                                           options.memory_gb, options.buckets)
+            self.memory_plan = plan_for_model(model, options.memory_gb, options.buckets)
             runtime = GraphRuntime(model, self.memory_plan.buckets, options.generation, options.attention,
                                    options.strict, use_graphs=model.device.type == "cuda",
                                    sampling_graphs=options.sampling_graphs, kernels=options.kernels)
