@@ -27,7 +27,6 @@ import torch
 
 from calib import engine_model, quantize_model
 from capture.backend import GraphBackend
-from capture.buckets import Buckets
 from capture.plan import plan_for_model
 from capture.runtime import GraphRuntime
 from weights.loader import load_weights
