@@ -15,8 +15,9 @@ from .pipeline import StaticPipeline
 from .staging import Staging
 from .state import RowState
 
-# Image grids whose input tables (RoPE cos/sin, merge order, position table, patch-order index; ~30 MB
-# on the GPU at 1024x768 for the 3B model) are kept; a run over many image sizes stays flat.
+# Image grids whose input tables (RoPE cos/sin, merge order, position table, patch-order index; ~25 MB
+# on the GPU at 1024x768 and ~130 MB at 26,676 patches for the 3B model) are kept; a run over many
+# image sizes stays flat. capture/plan.py counts GRIDS_KEPT grids of the largest size.
 GRIDS_KEPT = 8
 
 
@@ -45,7 +46,8 @@ class StageInputs:
         def make():
             p = self.model.cfg.vision.patch_size
             hwc = torch.arange(grid[0] * p * grid[1] * p * 3).view(grid[0] * p, grid[1] * p, 3)
-            return patchify(hwc, grid).reshape(-1).to(self.model.device)
+            # int32: half the bytes of the default int64 (60 MB for the largest image, 3B model)
+            return patchify(hwc, grid).reshape(-1).to(self.model.device, torch.int32)
 
         return self.patch_orders.get(tuple(grid), make)
 

@@ -44,6 +44,9 @@ class StaticPipeline:
         self.vocab = cfg.text.vocab_size
         dev, dt = model.device, model.dtype
         bm, pm, tm = buckets.max_batch, buckets.max_patches, buckets.max_prefill
+        # Inputs are sized by the largest replay of each stage (its token budget), not by
+        # largest batch x largest size: a 25,600-patch image at batch 1 and 32 small images share them.
+        vcap, pcap = buckets.vision_capacity, buckets.prefill_capacity
         self.slots = s = buckets.cache_slots(blk)
         self.dead = s - 1
         self.cache = model.llm.new_cache(bm, s)
@@ -53,26 +56,26 @@ class StaticPipeline:
         p, c, hd = cfg.vision.patch_size, cfg.vision.hidden_size, cfg.vision.head_dim
         # Pixels travel as uint8 in patch order; the vision body normalizes them (4x fewer bytes
         # to copy, and no float work on the CPU).
-        self.pixels_u8 = z(bm * pm, 3 * p * p, dtype=torch.uint8)
+        self.pixels_u8 = z(vcap, 3 * p * p, dtype=torch.uint8)
         self.rgb_stage = z(pm * p * p * 3, dtype=torch.uint8)  # one image's HWC bytes before the patch gather
         self.pix_mean = torch.full((3 * p * p,), 0.5, dtype=torch.float32, device=dev)  # per column (channel)
         self.pix_std = torch.full((3 * p * p,), 0.5, dtype=torch.float32, device=dev)
-        self.pos = z(bm * pm, c, dtype=dt)
-        self.cos = z(bm * pm, hd // 2, dtype=torch.float32)
-        self.sin = z(bm * pm, hd // 2, dtype=torch.float32)
-        self.merge_index = z(bm * pm)
+        self.pos = z(vcap, c, dtype=dt)
+        self.cos = z(vcap, hd // 2, dtype=torch.float32)
+        self.sin = z(vcap, hd // 2, dtype=torch.float32)
+        self.merge_index = z(vcap)
         self.v_seqused = torch.full((bm,), 4, dtype=torch.int32, device=dev)  # never above a bucket's P
-        # Past every bucket's output: rows where small exemplars' features wait while the main
-        # vision pass runs (one smallest-bucket slot per image of the largest batch).
-        self.exemplar_base = bm * pm // 4
-        self.vision_out = z(bm * pm // 4 + bm * buckets.patch_budgets[0] // 4, cfg.text.hidden_size, dtype=dt)
+        # Past every replay's output: feature rows where the images of earlier vision passes of
+        # one admission wait while the next pass runs (an admission chunk holds at most vcap patches).
+        self.exemplar_base = vcap // 4
+        self.vision_out = z(2 * (vcap // 4), cfg.text.hidden_size, dtype=dt)
 
         # prefill inputs (prompt[:-1] right-aligned per row) and step-state seeds
-        self.p_ids = z(bm * tm)
-        self.p_is_image = z(bm * tm, dtype=torch.bool)
-        self.p_image_row = z(bm * tm)
-        self.p_positions = z(bm * tm)
-        self.p_slots = torch.full((bm * tm,), self.dead, dtype=torch.long, device=dev)
+        self.p_ids = z(pcap)
+        self.p_is_image = z(pcap, dtype=torch.bool)
+        self.p_image_row = z(pcap)
+        self.p_positions = z(pcap)
+        self.p_slots = torch.full((pcap,), self.dead, dtype=torch.long, device=dev)
         self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
         self.p_target = z(bm)  # cache row of each prefill segment

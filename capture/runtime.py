@@ -100,19 +100,34 @@ class GraphRuntime:
     # ------------------------------------------------------------------ capture
 
     def warmup(self, progress: bool = True) -> None:
-        """Capture every bucket's graphs, largest first so the shared pool is sized once."""
+        """Capture every bucket's graphs, largest first so the shared pool is sized once.
+
+        Every body first runs uncaptured (lazy inits, cuBLAS handles, Triton compiles) on a side
+        stream, and the blocks those runs cached are released before the first capture: otherwise
+        the warm-up's activations stay reserved beside the pool that holds the same activations
+        (the footprint of the largest replay, twice)."""
         if not self.use_graphs:
             return
         plan = self.buckets.expand()
         keys = [("vision", *k) for k in plan["vision"]] + [("prefill", *k) for k in plan["prefill"]]
         keys += [("step", *k) for k in plan["step"]]
         keys.sort(key=lambda k: -int(np.prod(k[1:])))
-        before = torch.cuda.memory_reserved()
         t0 = time.perf_counter()
         with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for key in tqdm(keys, desc="warming up graph bodies", unit="body", disable=not progress, leave=False):
+                    self.pipe.reset_state()
+                    for _ in range(2):
+                        self._body(key)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_reserved()
             for key in tqdm(keys, desc="capturing CUDA graphs", unit="graph", disable=not progress, leave=False):
                 self.pipe.reset_state()
-                self.graphs.capture(key, lambda key=key: self._body(key))
+                self.graphs.capture(key, lambda key=key: self._body(key), warmup=0)
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
         self.pool_bytes = torch.cuda.memory_reserved() - before
@@ -166,6 +181,10 @@ class GraphRuntime:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
         if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
             return f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
+        for chunk in self._chunks(images, rows):
+            if chunk["patches"] > b.vision_capacity:
+                return (f"an image with its rows' exemplars holds {chunk['patches']} patches > one vision replay's "
+                        f"capacity {b.vision_capacity} (Buckets.vision_budget)")
         return None
 
     def run(self, images: list[ProcessedImage], rows: list[GraphRow], gen: GenerationConfig,
@@ -209,13 +228,53 @@ class GraphRuntime:
               share_prefix: bool = True) -> dict:
         """Vision of `images`, then the prompts of `rows` into cache rows `targets` (other rows keep
         decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
-        per-stage milliseconds."""
-        if gen.seed is None:  # one seed for the whole admission (its two prefill passes agree)
+        per-stage milliseconds.
+
+        Admissions whose images exceed one vision replay's patch capacity run in chunks of whole
+        images (each image with its rows and their exemplars): vision of a chunk, then its prefill."""
+        if gen.seed is None:  # one seed for the whole admission (its prefill passes agree)
             gen = dataclasses.replace(gen, seed=draw_seed() if self.pipe.sample else 0)
+        total: dict = {}
+        chunks = self._chunks(images, rows)
+        for chunk in chunks:
+            local = {old: new for new, old in enumerate(chunk["images"])}
+            part = [dataclasses.replace(rows[i], image=local[rows[i].image],
+                                        extra=tuple(local[e] for e in rows[i].extra)) for i in chunk["rows"]]
+            laps = self._admit_chunk([images[i] for i in chunk["images"]], part, [targets[i] for i in chunk["rows"]],
+                                     gen, share_prefix)
+            for name, value in laps.items():  # times and counts add up; the first chunk's buckets
+                total[name] = total.get(name, 0) + value if isinstance(value, (int, float)) else total.get(name, value)
+        total["admission_chunks"] = len(chunks)
+        return total
+
+    def _chunks(self, images: list[ProcessedImage], rows: list[GraphRow]) -> list[dict]:
+        """Rows grouped by their query image (with every image their rows name), then the groups
+        packed greedily, in order, into chunks of at most the vision capacity in patches."""
+        groups: dict[int, dict] = {}
+        for i, r in enumerate(rows):
+            g = groups.setdefault(r.image, {"images": [r.image], "rows": []})
+            g["rows"].append(i)
+            g["images"] += [e for e in r.extra if e not in g["images"]]
+        capacity, chunks = self.buckets.vision_capacity, []
+        for g in groups.values():
+            patches = sum(images[i].num_patches for i in g["images"])
+            last = chunks[-1] if chunks else None
+            if last is not None and last["patches"] + patches <= capacity:
+                last["images"] += [i for i in g["images"] if i not in last["images"]]
+                last["rows"] += g["rows"]
+                last["patches"] += patches
+            else:
+                chunks.append(dict(g, patches=patches))
+        for c in chunks:
+            c["rows"].sort()
+        return chunks
+
+    def _admit_chunk(self, images: list[ProcessedImage], rows: list[GraphRow], targets: list[int],
+                     gen: GenerationConfig, share_prefix: bool) -> dict:
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
-        base, (bv, p), passes = self._encode(images, {r.image for r in rows})
+        base, (bv, p), passes = self._encode(images)
         clock.lap("vision_ms")
 
         owner: dict[int, int] = {}  # image -> first row of that image
@@ -235,49 +294,62 @@ class GraphRuntime:
                 second.append(_Segment(r, t, r.prompt.prefix_len, last, budget))
             else:
                 first.append(_Segment(r, t, 0, last, budget))
-        self._prefill(first, base, gen)
+        prefill_passes = self._prefill(first, base, gen)
         if second:
             for i in members:
                 self.pipe.share_prefix(targets[i], targets[owner[rows[i].image]], rows[i].prompt.prefix_len)
-            self._prefill(second, base, gen)
+            prefill_passes += self._prefill(second, base, gen)
         clock.lap("prefill_ms")
-        return dict(clock.laps, bucket_vision=(bv, p), vision_passes=passes, shared_rows=len(members))
+        return dict(clock.laps, bucket_vision=(bv, p), vision_passes=passes, prefill_passes=prefill_passes,
+                    shared_rows=len(members))
 
-    def _encode(self, images: list[ProcessedImage], query_images: set[int]):
-        """Vision of all images -> (each image's first row in vision_out, the main bucket, passes).
+    def _encode(self, images: list[ProcessedImage]):
+        """Vision of all images -> (each image's first row in vision_out, the first pass's key, passes).
 
-        Images share a vision bucket's equal-size slots, so a small exemplar next to a large query
-        image would cost a whole slot of the large bucket. Exemplars that fit the smallest patch
-        budget (crops usually do) run in their own small-bucket pass first, and their features are
-        moved to the pipeline's exemplar rows of vision_out, past every bucket's output."""
+        Images share a vision bucket's equal-size slots, so a small image next to a large one
+        would cost a whole large slot. Images are grouped by the patch bucket they fit (largest
+        first; a group larger than its key's batch is cut), one replay per group. Every pass but
+        the last moves its features to the feature rows of vision_out, past every replay's output,
+        where the prefill reads them; the last pass is read where the graph wrote it."""
         b, pipe = self.buckets, self.pipe
-        small_p = b.patch_budgets[0]
-        small = [i for i, im in enumerate(images) if i not in query_images and im.num_patches <= small_p]
-        main = [i for i in range(len(images)) if i not in small]
-        p = Buckets.fit(b.patch_budgets, max(images[i].num_patches for i in main))
-        if p <= small_p:  # nothing to save: one pass
-            main, small = list(range(len(images))), []
+        order = sorted(range(len(images)), key=lambda i: -images[i].num_patches)
+        passes: list[tuple[list[int], tuple[int, int]]] = []
+        for i in order:
+            p = Buckets.fit(b.patch_budgets, images[i].num_patches)
+            if passes and passes[-1][1][1] == p and b.fit_vision(len(passes[-1][0]) + 1, p) is not None:
+                passes[-1] = (passes[-1][0] + [i], b.fit_vision(len(passes[-1][0]) + 1, p))
+            else:
+                passes.append(([i], b.fit_vision(1, p)))
         base = [0] * len(images)
-        if small:
-            bv = Buckets.fit(b.batch_sizes, len(small))
-            self.inputs.fill_vision([images[i] for i in small], bv, small_p)
-            self._run(("vision", bv, small_p))
-            rows = len(small) * small_p // 4
-            pipe.vision_out[pipe.exemplar_base : pipe.exemplar_base + rows].copy_(pipe.vision_out[:rows])
-            for slot, i in enumerate(small):
-                base[i] = pipe.exemplar_base + slot * small_p // 4
-        bv = Buckets.fit(b.batch_sizes, len(main))
-        self.inputs.fill_vision([images[i] for i in main], bv, p)
-        self._run(("vision", bv, p))
-        for slot, i in enumerate(main):
-            base[i] = slot * p // 4
-        return base, (bv, p), 1 + bool(small)
+        parked = pipe.exemplar_base
+        for n, (members, (bv, p)) in enumerate(passes):
+            self.inputs.fill_vision([images[i] for i in members], bv, p)
+            self._run(("vision", bv, p))
+            if n < len(passes) - 1:
+                for slot, i in enumerate(members):
+                    rows = images[i].num_patches // 4
+                    pipe.vision_out[parked : parked + rows].copy_(pipe.vision_out[slot * p // 4 : slot * p // 4 + rows])
+                    base[i], parked = parked, parked + rows
+            else:
+                for slot, i in enumerate(members):
+                    base[i] = slot * p // 4
+        return base, passes[0][1], len(passes)
 
-    def _prefill(self, segments: list[_Segment], base: list[int], gen: GenerationConfig) -> None:
-        bb = Buckets.fit(self.buckets.batch_sizes, len(segments))
-        t = Buckets.fit(self.buckets.prefill_lengths, max(s.end - s.start for s in segments))
-        self.inputs.fill_prefill(segments, bb, t, base, gen)
-        self._run(("prefill", bb, t))
+    def _prefill(self, segments: list[_Segment], base: list[int], gen: GenerationConfig) -> int:
+        """Segments grouped by their length bucket (longest first; a group beyond its key's batch
+        is cut), one prefill replay per group. Returns the replays run."""
+        b = self.buckets
+        groups: list[tuple[list[_Segment], tuple[int, int]]] = []
+        for seg in sorted(segments, key=lambda s: -(s.end - s.start)):
+            t = Buckets.fit(b.prefill_lengths, seg.end - seg.start)
+            if groups and groups[-1][1][1] == t and b.fit_prefill(len(groups[-1][0]) + 1, t) is not None:
+                groups[-1] = (groups[-1][0] + [seg], b.fit_prefill(len(groups[-1][0]) + 1, t))
+            else:
+                groups.append(([seg], b.fit_prefill(1, t)))
+        for members, (bb, t) in groups:
+            self.inputs.fill_prefill(members, bb, t, base, gen)
+            self._run(("prefill", bb, t))
+        return len(groups)
 
     def collect(self, targets: list[int]) -> list[RowResult]:
         """Tokens and stop reasons of the given cache rows (one device->host copy)."""

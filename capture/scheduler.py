@@ -6,6 +6,11 @@ reads the finished flags (the one small read per step); finished rows are collec
 jobs take them. Jobs come from a source the scheduler polls: while rows are decoding it admits
 only jobs that are ready, so the caller can preprocess the next images on CPU threads while the
 GPU works on the current ones; with nothing decoding it waits for the next job.
+
+Admission is bounded by tokens as well as rows: the jobs admitted between two steps hold at most
+one vision replay's capacity in patches (Buckets.vision_capacity), so a 2240x2240 image is admitted
+alone while a handful of small frames go together, and the decoding rows wait for at most about
+one vision replay and its prefill.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
                 break
             if admitted and waiting.image_count + sum(j.image_count for j in admitted) > runtime.buckets.max_batch:
                 break  # one vision pass takes at most max_batch images (exemplars count)
+            if admitted and patches(waiting) + sum(patches(j) for j in admitted) > runtime.buckets.vision_capacity:
+                break  # token budget: one admission is one vision replay's worth of patches
             admitted.append(waiting)
             waiting = None
         if admitted:
@@ -75,6 +82,11 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
                 job.timings_ms["steps"] = max(r.steps for r in job.results)
                 yield job
         free.sort()
+
+
+def patches(job: ImageJob) -> int:
+    """Vision patches of a job: its image and every exemplar of its rows."""
+    return job.image.num_patches + sum(ex.num_patches for row in job.rows for ex in row.exemplars)
 
 
 def _admit(runtime, jobs: list[ImageJob], free: list[int], live: dict, gen: GenerationConfig,

@@ -162,6 +162,9 @@ def _engine_args(p: argparse.ArgumentParser, generation: bool) -> None:
     p.add_argument("--fp8", metavar="CALIB_JSON", help="FP8 linears with the static scales of this calibration file "
                                                        "(from `graphrt calibrate` for this checkpoint; CUDA + bf16; "
                                                        "default: none, bf16 linears)")
+    p.add_argument("--memory-gb", type=float, default=24.0, metavar="GIB",
+                   help="GPU memory the engine may use, weights included; the graph buckets and the KV cache "
+                        "are derived from it at load (`status` prints the plan); 0: no budget")
     p.add_argument("--kernels", choices=["auto", "fused", "torch"], default="auto",
                    help="decoder kernels inside the graphs: fused Triton kernels (auto: on CUDA in fp16/bf16) "
                         "or plain torch ops")
@@ -248,7 +251,8 @@ def _engine_options(args, graphs: str):
 
     temperature = getattr(args, "temperature", 0.0)
     options = dict(device=args.device, dtype=args.dtype, progress=sys.stderr.isatty(), graphs=args.graphs or graphs,
-                   sampling_graphs=temperature > 0, kernels=args.kernels, fp8=args.fp8)
+                   sampling_graphs=temperature > 0, kernels=args.kernels, fp8=args.fp8,
+                   memory_gb=args.memory_gb or None)
     if hasattr(args, "max_new_tokens"):
         options.update(task=args.task, prompt_format=args.prompt_format, generation=GenerationConfig(
             mode=args.mode, max_new_tokens=args.max_new_tokens, sampling=SamplingConfig(temperature=temperature)))

@@ -27,7 +27,7 @@ import torch
 
 from calib import engine_model, quantize_model
 from capture.backend import GraphBackend
-from capture.buckets import Buckets
+from capture.plan import plan_for_model
 from capture.runtime import GraphRuntime
 from weights.loader import load_weights
 
@@ -74,7 +74,10 @@ class EngineOptions:
     generation: GenerationConfig = GenerationConfig()  # mode, max_new_tokens, sampling defaults, fixed_steps
     progress: bool = True  # progress bars on long work (loading, graph capture)
     graphs: str = "auto"  # auto: CUDA graphs on a GPU in fp16/bf16, else eager | on | off
-    buckets: object = None  # capture.Buckets; None: the defaults
+    buckets: object = None  # capture.Buckets; None: derived from memory_gb (capture/plan.py)
+    # GPU memory the engine may use, weights included (GiB): the graph buckets and the KV cache are
+    # derived from it at load; given buckets are checked against it. None: no budget, default buckets.
+    memory_gb: float | None = 24.0
     attention: str = "auto"  # varlen kernel of the graph path: auto | flash_attn | torch-fa2 | emulated
     strict: bool = False  # refuse fallbacks (another attention kernel, eager for a batch beyond the buckets)
     kernels: str = "auto"  # layer/step kernels of the graph path: auto (fused on CUDA) | fused (Triton) | torch
@@ -108,6 +111,9 @@ class EngineOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise OptionError(f"{name} must be a positive integer or None (no limit), found {value!r}")
+        if self.memory_gb is not None and (isinstance(self.memory_gb, bool) or not isinstance(self.memory_gb, numbers.Real)
+                                           or not math.isfinite(self.memory_gb) or self.memory_gb <= 0):
+            raise OptionError(f"memory_gb must be a positive number of GiB or None (no budget), found {self.memory_gb!r}")
         _check_generation(self.generation)
 
     def resolved_device(self) -> torch.device:
@@ -156,8 +162,10 @@ class Engine:
         # The eager backend runs what the graphs cannot (and everything when they are off).
         self.eager = EagerBackend(model, options.eager_batch, options.share_prefix, graphs_off)
         self.backend: Backend = self.eager
+        self.memory_plan = None  # capture.plan.MemoryPlan of the graph runtime (None: graphs off)
         if graphs_off is None:
-            runtime = GraphRuntime(model, options.buckets or Buckets(), options.generation, options.attention,
+            self.memory_plan = plan_for_model(model, options.memory_gb, options.buckets)
+            runtime = GraphRuntime(model, self.memory_plan.buckets, options.generation, options.attention,
                                    options.strict, use_graphs=model.device.type == "cuda",
                                    sampling_graphs=options.sampling_graphs, kernels=options.kernels)
             runtime.warmup(progress=options.progress)
@@ -378,6 +386,7 @@ class Engine:
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "parameters": params,
             **self.backend.status(),
+            **({"memory_plan": self.memory_plan.describe()} if self.memory_plan is not None else {}),
             "generation": dataclasses.asdict(self.options.generation),
             "share_prefix": self.options.share_prefix,
             "fp8": self.model.fp8_info.summary() if getattr(self.model, "fp8_info", None) else "off (bf16 linears)",

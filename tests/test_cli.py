@@ -71,7 +71,8 @@ def test_top_level_help_and_version(capsys):
 def test_status_lists_only_options_that_matter_to_it():
     status = commands(cli.build_parser())["status"]
     options = {s for a in status._actions for s in a.option_strings}
-    assert options == {"-h", "--help", "--checkpoint", "--device", "--dtype", "--graphs", "--kernels", "--fp8"}
+    assert options == {"-h", "--help", "--checkpoint", "--device", "--dtype", "--graphs", "--kernels", "--fp8",
+                       "--memory-gb"}
 
 
 # ---------------------------------------------------------------------- single image
