@@ -24,7 +24,7 @@ from capture import Buckets, GraphRuntime
 from capture.runtime import GraphRow
 from graphrt import Engine, EngineOptions, GenerationConfig
 from graphrt.attention import sdpa
-from graphrt.generate import RowRequest, generate
+from graphrt.generate import EmbeddedRow, generate
 
 WEIGHT_FLOOR_NOTE = "step floor: all LM weights read once (~6.2 GB bf16) at ~3.0 TB/s = ~2.1 ms"
 
@@ -93,7 +93,7 @@ def main() -> None:
             vision_ms = (time.perf_counter() - t) * 1000
             marks.clear()
             mark("start")
-            reqs = [RowRequest(prompt.ids, embeds[i], prompt.image_start) for i in range(b)]
+            reqs = [EmbeddedRow(prompt.ids, embeds[i], prompt.image_start) for i in range(b)]
             generate(engine.model, sdpa.lm_attention, reqs, gen, on_stage=mark)
             times = [(n, (t2 - t1) * 1000) for (_, t1), (n, t2) in zip(marks, marks[1:])]
             eager_runs.append((vision_ms, times[0][1], statistics.median([x for n, x in times if n == "step"])))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from graphrt.attention import sdpa
 from graphrt.boxes import parse_detections
 from graphrt.decode import GenerationConfig
-from graphrt.generate import EagerDecoder, RowRequest
+from graphrt.generate import EagerDecoder, EmbeddedRow
 
 from .apply import linear_modules
 from .fp8_linear import FP8Linear
@@ -168,8 +168,8 @@ def accuracy_report(bf16_engine, fp8_engine, pairs: list[tuple], steps: int = 2,
             layer_tap.enabled = False
             emb_f = fp8_engine.encode_images(images)
             vision_cos += [float(_cos(a, b)) for a, b in zip(emb_b, emb_f)]
-            reqs_b = [RowRequest(p.ids, e, p.image_start) for p, e in zip(prompts, emb_b)]
-            reqs_f = [RowRequest(p.ids, e, p.image_start) for p, e in zip(prompts, emb_f)]
+            reqs_b = [EmbeddedRow(p.ids, e, p.image_start) for p, e in zip(prompts, emb_b)]
+            reqs_f = [EmbeddedRow(p.ids, e, p.image_start) for p, e in zip(prompts, emb_f)]
             layer_tap.enabled = True
             dec_b = EagerDecoder(mb, sdpa.lm_attention, reqs_b, gen)
             layer_tap.enabled = False

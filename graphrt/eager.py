@@ -9,7 +9,7 @@ import torch
 from .attention import sdpa
 from .backend import Backend, Decode
 from .decode import GenerationConfig, RowResult
-from .generate import EagerDecoder, RowRequest, share_prefixes
+from .generate import EagerDecoder, EmbeddedRow, share_prefixes
 from .processor import ProcessedImage
 from .request import ImageJob
 from .timing import StageClock
@@ -63,7 +63,7 @@ class EagerBackend(Backend):
         return EagerDecode(decoder, jobs, clock.laps)
 
     def resume(self, jobs: list[ImageJob], gen: GenerationConfig, tensors: dict, extra: dict) -> EagerDecode:
-        requests = [RowRequest(r.prompt.ids, None, r.prompt.image_start, r.temperature) for job in jobs
+        requests = [EmbeddedRow(r.prompt.ids, None, r.prompt.image_start, r.temperature) for job in jobs
                     for r in job.rows]
         decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, tensors, extra)
         return EagerDecode(decoder, jobs, {})
@@ -83,7 +83,7 @@ class EagerBackend(Backend):
         self.run(jobs, gen)
         yield from jobs
 
-    def requests(self, jobs: list[ImageJob]) -> list[RowRequest]:
+    def requests(self, jobs: list[ImageJob]) -> list[EmbeddedRow]:
         """Rows of the eager loop, with shared prefixes marked for rows of one image (the prefix
         ends at the query image's `</img>`, before any exemplar, so rows with other exemplars
         share it too)."""
@@ -96,7 +96,7 @@ class EagerBackend(Backend):
                 mine = range(next_exemplar, next_exemplar + len(r.exemplars))
                 extra = tuple((start, embeds[k]) for (start, _), k in zip(r.prompt.image_spans[1:], mine))
                 next_exemplar += len(r.exemplars)
-                requests.append(RowRequest(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
+                requests.append(EmbeddedRow(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
                                            r.max_new_tokens, extra_images=extra, stream=r.index))
                 keys.append(i if self.share_prefix else len(keys))
                 prefix.append(r.prompt.prefix_len)

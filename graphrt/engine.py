@@ -42,7 +42,8 @@ from .model import LocateAnything
 from .prefetch import Prefetcher
 from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage
 from .prompt import TASKS, PromptBuilder, check_task, load_chat_template, load_tokenizer
-from .request import ImageJob, LocateResult
+from .request import ImageJob, LocateResult, finished_results
+from .status import engine_status
 
 log = logging.getLogger(__name__)
 
@@ -154,22 +155,7 @@ class Engine:
                                         resize_device=model.device if model.device.type == "cuda" else None)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
         self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
-        if options.kernels not in ("auto", "fused", "torch"):
-            raise ValueError("kernels must be auto, fused or torch")
-        graphs_off = _graphs_off(options, model)
-        if options.kernels == "fused" and graphs_off:  # the eager path is plain torch only
-            raise ValueError(f"kernels='fused' needs the graph runtime, which is off ({graphs_off})")
-        # The eager backend runs what the graphs cannot (and everything when they are off).
-        self.eager = EagerBackend(model, options.eager_batch, options.share_prefix, graphs_off)
-        self.backend: Backend = self.eager
-        self.memory_plan = None  # capture.plan.MemoryPlan of the graph runtime (None: graphs off)
-        if graphs_off is None:
-            self.memory_plan = plan_for_model(model, options.memory_gb, options.buckets)
-            runtime = GraphRuntime(model, self.memory_plan.buckets, options.generation, options.attention,
-                                   options.strict, use_graphs=model.device.type == "cuda",
-                                   sampling_graphs=options.sampling_graphs, kernels=options.kernels)
-            runtime.warmup(progress=options.progress)
-            self.backend = GraphBackend(runtime, options.share_prefix)
+        self.eager, self.backend, self.memory_plan = _backends(model, options)
         self.runtime = self.backend.runtime  # the graph runtime, None when graphs are off (introspection)
 
     @classmethod
@@ -245,14 +231,11 @@ class Engine:
             return
         task, gen, temps = self._call_settings(len(pairs), temperatures, task, generation)
         good = []
-        for i, (pair, temperature) in enumerate(zip(pairs, temps)):
-            problem = _pair_problem(pair) or _temperature_problem(temperature)
+        for i, problem in enumerate(_pair_problems(pairs, temps, errors)):
             if problem is None:
                 good.append(i)
-            elif errors == "raise":
-                raise InputError(f"pair {i}: {problem}")
             else:
-                yield i, LocateResult.failed(query_text(pair[1]) if _is_pair(pair) else "", f"pair {i}: {problem}")
+                yield i, LocateResult.failed(query_text(pairs[i][1]) if _is_pair(pairs[i]) else "", problem)
         if not good:
             return
         backend = self._backend_for_config(gen, [temps[i] for i in good])
@@ -292,9 +275,7 @@ class Engine:
             raise InputError("start() needs at least one (image, query) pair")
         self._check_rows(len(pairs), "start")
         task, gen, temps = self._call_settings(len(pairs), temperatures, task, generation)
-        for i, (pair, temperature) in enumerate(zip(pairs, temps)):
-            if problem := _pair_problem(pair) or _temperature_problem(temperature):
-                raise InputError(f"pair {i}: {problem}")
+        list(_pair_problems(pairs, temps, "raise"))
         intake = self._intake()
         jobs = [intake.prepare(pairs, g, temps, gen, "raise", task)[0] for g in group_by_image(pairs, len(pairs))]
         backend = self._backend_for_config(gen, temps, quiet=True)
@@ -363,14 +344,8 @@ class Engine:
             raise InputError(f"request does not fit the captured graphs: {reason}")
         log.warning("running eager: %s", reason)
 
-    # ------------------------------------------------------------------ preparation
-
     def _results(self, jobs: list[ImageJob], backend: str):
-        """(index, LocateResult) of each row of finished jobs."""
-        for job in jobs:
-            timings = dict(job.timings_ms, preprocess_ms=job.preprocess_ms)
-            for row in job.rows:
-                yield row.index, LocateResult.of(job, row, self.cfg.tokens, self.prompts.decode, timings, backend)
+        return finished_results(jobs, self.cfg.tokens, self.prompts.decode, backend)
 
     # ------------------------------------------------------------------ pieces
 
@@ -379,25 +354,27 @@ class Engine:
         return encode_images(self.model, images)
 
     def status(self) -> dict:
-        params = sum(p.numel() for p in self.model.parameters())
-        out = {
-            "checkpoint": str(self.checkpoint_dir),
-            "device": str(self.model.device),
-            "dtype": str(self.model.dtype).replace("torch.", ""),
-            "parameters": params,
-            **self.backend.status(),
-            **({"memory_plan": self.memory_plan.describe()} if self.memory_plan is not None else {}),
-            "generation": dataclasses.asdict(self.options.generation),
-            "share_prefix": self.options.share_prefix,
-            "fp8": self.model.fp8_info.summary() if getattr(self.model, "fp8_info", None) else "off (bf16 linears)",
-        }
-        if self.model.device.type == "cuda":
-            out["gpu"] = torch.cuda.get_device_name(self.model.device)
-            out["gpu_memory_allocated_mib"] = round(torch.cuda.memory_allocated(self.model.device) / 2**20, 1)
-            out["gpu_memory_reserved_mib"] = round(torch.cuda.memory_reserved(self.model.device) / 2**20, 1)
-            out["gpu_memory_total_mib"] = round(torch.cuda.get_device_properties(self.model.device).total_memory
-                                                / 2**20, 1)
-        return out
+        """What the engine runs with (checkpoint, device, backend, memory plan, kernels, GPU memory)."""
+        return engine_status(self.model, self.checkpoint_dir, self.backend, self.memory_plan, self.options)
+
+
+def _backends(model: LocateAnything, options: EngineOptions) -> tuple:
+    """(eager backend, the engine's backend, capture.plan.MemoryPlan or None): the graph backend,
+    captured now, when graphs are on; the eager one runs what the graphs cannot (everything when off)."""
+    if options.kernels not in ("auto", "fused", "torch"):
+        raise ValueError("kernels must be auto, fused or torch")
+    graphs_off = _graphs_off(options, model)
+    if options.kernels == "fused" and graphs_off:  # the eager path is plain torch only
+        raise ValueError(f"kernels='fused' needs the graph runtime, which is off ({graphs_off})")
+    eager = EagerBackend(model, options.eager_batch, options.share_prefix, graphs_off)
+    if graphs_off is not None:
+        return eager, eager, None
+    memory_plan = plan_for_model(model, options.memory_gb, options.buckets)
+    runtime = GraphRuntime(model, memory_plan.buckets, options.generation, options.attention,
+                           options.strict, use_graphs=model.device.type == "cuda",
+                           sampling_graphs=options.sampling_graphs, kernels=options.kernels)
+    runtime.warmup(progress=options.progress)
+    return eager, GraphBackend(runtime, options.share_prefix), memory_plan
 
 
 def _graphs_off(options: EngineOptions, model) -> str | None:
@@ -444,6 +421,15 @@ def _check_generation(gen: GenerationConfig) -> GenerationConfig:
     if not math.isfinite(gen.sampling.temperature):
         raise OptionError(f"generation temperature must be finite and >= 0, found {gen.sampling.temperature!r}")
     return gen
+
+
+def _pair_problems(pairs: list, temps: list, errors: str):
+    """Per pair: None when it is well formed, else "pair i: problem" (errors="raise": InputError)."""
+    for i, (pair, temperature) in enumerate(zip(pairs, temps)):
+        problem = _pair_problem(pair) or _temperature_problem(temperature)
+        if problem is not None and errors == "raise":
+            raise InputError(f"pair {i}: {problem}")
+        yield None if problem is None else f"pair {i}: {problem}"
 
 
 def _pair_problem(pair) -> str | None:

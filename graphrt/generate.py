@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RowRequest:
+class EmbeddedRow:
+    """The eager decoder's form of a row: prompt token ids with the image embeddings scattered into
+    them (graphrt.request.Row is the request; the eager backend builds this from it)."""
+
     prompt: list[int]
     image_embeds: torch.Tensor  # [image tokens, D], scattered over the prompt's image placeholders
     image_start: int
@@ -39,7 +42,7 @@ class RowRequest:
     stream: int | None = None  # id of the row's sampling stream (the caller's index); None: the row's position
 
 
-def share_prefixes(requests: list[RowRequest], keys: list, prefix_lens: list[int]) -> None:
+def share_prefixes(requests: list[EmbeddedRow], keys: list, prefix_lens: list[int]) -> None:
     """Mark rows with the same key (the same image) to share the first row's prompt prefix."""
     first: dict = {}
     for i, (req, key) in enumerate(zip(requests, keys)):
@@ -50,7 +53,7 @@ def share_prefixes(requests: list[RowRequest], keys: list, prefix_lens: list[int
             first[key] = i
 
 
-def embed_prompt(model, req: RowRequest, length: int) -> torch.Tensor:
+def embed_prompt(model, req: EmbeddedRow, length: int) -> torch.Tensor:
     """Embeddings of prompt[:length] with each image's embeddings in place of its placeholders."""
     ids = torch.tensor(req.prompt[:length], device=model.device)
     emb = model.llm.embed(ids)
@@ -64,7 +67,7 @@ def embed_prompt(model, req: RowRequest, length: int) -> torch.Tensor:
     return emb
 
 
-def check_sharing(requests: list[RowRequest]) -> None:
+def check_sharing(requests: list[EmbeddedRow]) -> None:
     for i, r in enumerate(requests):
         if r.prefix_owner is None:
             continue
@@ -78,7 +81,7 @@ def check_sharing(requests: list[RowRequest]) -> None:
 
 
 @torch.no_grad()
-def generate(model, attend, requests: list[RowRequest], gen: GenerationConfig, on_stage=None) -> list[RowResult]:
+def generate(model, attend, requests: list[EmbeddedRow], gen: GenerationConfig, on_stage=None) -> list[RowResult]:
     """`on_stage(name)`, when given, is called after the prefill ("prefill") and after each step ("step")."""
     decoder = EagerDecoder(model, attend, requests, gen)
     if on_stage:
@@ -98,7 +101,7 @@ class EagerDecoder:
     """
 
     @torch.no_grad()
-    def __init__(self, model, attend, requests: list[RowRequest], gen: GenerationConfig,
+    def __init__(self, model, attend, requests: list[EmbeddedRow], gen: GenerationConfig,
                  state: tuple[dict, dict] | None = None):
         cfg, device = model.cfg, model.device
         self.model, self.attend, self.gen = model, attend, gen
@@ -127,7 +130,7 @@ class EagerDecoder:
         self.active = list(range(n))
         self.steps_done = 0
 
-    def _prefill(self, requests: list[RowRequest]) -> None:
+    def _prefill(self, requests: list[EmbeddedRow]) -> None:
         """All but the last prompt token: the first step then forwards [last | window], which is
         the stock first round (prompt + window in one call) with the prompt split off.
 
@@ -276,6 +279,6 @@ class EagerDecoder:
         self.sampled = [t > 0 for t in self.temps.tolist()]
 
     @classmethod
-    def from_state(cls, model, attend, requests: list[RowRequest], gen: GenerationConfig, tensors: dict,
+    def from_state(cls, model, attend, requests: list[EmbeddedRow], gen: GenerationConfig, tensors: dict,
                    extra: dict) -> "EagerDecoder":
         return cls(model, attend, requests, gen, state=(tensors, extra))

@@ -89,3 +89,11 @@ class LocateResult:
             image_tokens=row.prompt.image_tokens, prompt_tokens=len(row.prompt.ids), query=row.query, task=row.task,
             exemplars=len(row.prompt.image_spans) - 1, empty_frames=parsed.empty_frames, malformed=parsed.malformed,
             timings_ms=dict(timings, steps=out.steps), backend=backend)
+
+
+def finished_results(jobs: list[ImageJob], tokens_cfg, decode, backend: str):
+    """(index, LocateResult) of each row of finished jobs; the job's timings gain its preprocessing."""
+    for job in jobs:
+        timings = dict(job.timings_ms, preprocess_ms=job.preprocess_ms)
+        for row in job.rows:
+            yield row.index, LocateResult.of(job, row, tokens_cfg, decode, timings, backend)

@@ -14,7 +14,7 @@ from capture.scheduler import run_jobs
 from graphrt import Engine, EngineOptions, GenerationConfig, GenerationState, InputError
 from graphrt.attention.sdpa import lm_attention
 from graphrt.decode import PAUSED_TENSORS
-from graphrt.generate import RowRequest, generate, share_prefixes
+from graphrt.generate import EmbeddedRow, generate, share_prefixes
 from graphrt.generation import STATE_FORMAT
 from graphrt.request import ImageJob, Row
 
@@ -56,7 +56,7 @@ def test_shared_prefix_equals_unshared_eager(tiny_engine):
     embeds = tiny_engine.encode_images(images)
 
     def requests():
-        return [RowRequest(r.prompt.ids, embeds[r.image], r.prompt.image_start) for r in rows]
+        return [EmbeddedRow(r.prompt.ids, embeds[r.image], r.prompt.image_start) for r in rows]
 
     plain = generate(tiny_engine.model, lm_attention, requests(), GEN)
     shared = requests()

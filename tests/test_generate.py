@@ -14,7 +14,7 @@ import torch
 import graphrt.generate as G
 from graphrt import GenerationConfig, InputError, SamplingConfig
 from graphrt.attention.sdpa import lm_attention
-from graphrt.generate import RowRequest, generate
+from graphrt.generate import EmbeddedRow, generate
 from graphrt.mtp import StepKind
 from references import hf_qwen2, stock_pattern, stock_proposal
 from test_attention_rule import stock_window_mask
@@ -25,7 +25,7 @@ from conftest import random_image
 def request(engine, image, query):
     im = engine.processor(image)
     prompt = engine.prompts.build(query, im.num_tokens((2, 2)))
-    return RowRequest(prompt.ids, engine.encode_images([im])[0], prompt.image_start)
+    return EmbeddedRow(prompt.ids, engine.encode_images([im])[0], prompt.image_start)
 
 
 def causal_mask(n: int) -> torch.Tensor:
@@ -33,7 +33,7 @@ def causal_mask(n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def stock_loop_without_cache(engine, ckpt, req: RowRequest, max_new_tokens: int, mode: str = "fast",
+def stock_loop_without_cache(engine, ckpt, req: EmbeddedRow, max_new_tokens: int, mode: str = "fast",
                              penalty: float = 1.0, bias=None) -> list[int]:
     """The stock loop, recomputing the whole sequence every round under the stock mask: MTP rounds
     (window of block tokens) and, in 'hybrid' after a broken box, AR rounds (one next token) until
@@ -186,7 +186,7 @@ def test_repetition_penalty_equals_the_stock_loop(tiny_engine, tiny_ckpt):
 
 
 @torch.no_grad()
-def first_window_probs(engine, ckpt, req: RowRequest) -> torch.Tensor:
+def first_window_probs(engine, ckpt, req: EmbeddedRow) -> torch.Tensor:
     """fp32 logits of the first window (slot 0..5) from the transformers reference: [6, V]."""
     ref = hf_qwen2(engine, ckpt)
     ids, block = engine.cfg.tokens, engine.cfg.text.block_size

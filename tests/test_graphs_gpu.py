@@ -17,7 +17,7 @@ from unittest.mock import patch
 import graphrt.generate as G
 from capture import Buckets, GraphRuntime
 from graphrt.attention.sdpa import lm_attention
-from graphrt.generate import RowRequest, generate
+from graphrt.generate import EmbeddedRow, generate
 from graphrt.sampler import probabilities
 from graphrt import Engine, EngineOptions, GenerationConfig
 from capture.varlen import emulated, select_kernel
@@ -86,7 +86,7 @@ def near_tie_or_fail(engine, images, rows, r, got, want, half):
         spy = lambda logits, *a, **k: (seen.append(logits[0].clone()), probabilities(logits, *a, **k))[1]  # noqa
         with patch.object(G, "probabilities", spy):
             embeds = engine.encode_images(images)
-            req = RowRequest(rows[r].prompt.ids, embeds[rows[r].image], rows[r].prompt.image_start)
+            req = EmbeddedRow(rows[r].prompt.ids, embeds[rows[r].image], rows[r].prompt.image_start)
             ref = generate(model, lm_attention, [req], GEN)[0]
     finally:
         model.to(torch.float16 if half == "float16" else torch.bfloat16)

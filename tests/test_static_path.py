@@ -12,7 +12,7 @@ from capture import Buckets, GraphRuntime
 from capture.runtime import GraphRow
 from graphrt import GenerationConfig, SamplingConfig
 from graphrt.attention.sdpa import lm_attention
-from graphrt.generate import RowRequest, generate
+from graphrt.generate import EmbeddedRow, generate
 
 from conftest import random_image
 
@@ -35,7 +35,7 @@ def prepare(engine, pairs):
 
 def eager_tokens(engine, images, rows, gen=GEN):
     embeds = engine.encode_images(images)
-    reqs = [RowRequest(r.prompt.ids, embeds[r.image], r.prompt.image_start, r.temperature, r.max_new_tokens)
+    reqs = [EmbeddedRow(r.prompt.ids, embeds[r.image], r.prompt.image_start, r.temperature, r.max_new_tokens)
             for r in rows]
     return [r.tokens for r in generate(engine.model, lm_attention, reqs, gen)]
 

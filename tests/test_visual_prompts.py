@@ -125,10 +125,10 @@ def test_static_path_equals_eager_with_exemplars(tiny_engine):
 
 def eager_with_exemplars(engine, images, rows):
     from graphrt.attention.sdpa import lm_attention
-    from graphrt.generate import RowRequest, generate
+    from graphrt.generate import EmbeddedRow, generate
 
     embeds = engine.encode_images(images)
-    reqs = [RowRequest(r.prompt.ids, embeds[r.image], r.prompt.image_start,
+    reqs = [EmbeddedRow(r.prompt.ids, embeds[r.image], r.prompt.image_start,
                        extra_images=tuple((s, embeds[k]) for (s, _), k in zip(r.prompt.image_spans[1:], r.extra)))
             for r in rows]
     return tokens(generate(engine.model, lm_attention, reqs, GEN))
