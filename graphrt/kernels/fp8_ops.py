@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layer_ops import residual_rms_norm_row, silu_mul_block
+from .layer_ops import add_rms_norm, residual_rms_norm_row, silu_mul, silu_mul_block
 
 FP8 = torch.float8_e4m3fn
 
@@ -118,7 +118,6 @@ def fp8_layer_forward(layer, x, delta, cos, sin, layer_idx: int, cache, attend):
     """Qwen2Layer.forward_fused for a layer with W8A8 FP8 linears: the norms and SiLU·mul write
     the e4m3 inputs of qkv / gate_up / down; o_proj (whose input is the attention kernel's bf16
     output) quantizes its own input. Linears that are not W8A8 get the bf16 value as usual."""
-    from .layer_ops import add_rms_norm, silu_mul
 
     def norm_then(linear, x, delta, norm):
         if takes_fp8_input(linear):

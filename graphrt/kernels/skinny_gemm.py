@@ -37,6 +37,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..layers import Linear
+from .layer_ops import silu_mul
+
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 384  # decode steps up to B=32 (12 rows each); row tiles above 128, cuBLAS decides by measurement
@@ -223,8 +226,6 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
     def cublas(i):
         y = F.linear(x, ws[i % copies], b)
         if silu:
-            from .layer_ops import silu_mul
-
             y = silu_mul(y)
         return y
 
@@ -283,8 +284,6 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Non
 
 def _plain(module) -> bool:
     """A bf16/fp16 `graphrt.layers.Linear` (other modules, e.g. FP8 linears, run themselves)."""
-    from graphrt.layers import Linear
-
     return type(module) is Linear
 
 
@@ -303,6 +302,4 @@ def gate_up_silu(x: torch.Tensor, module) -> torch.Tensor:
         cfg = choose(x.shape[0], module.weight, False, True)
         if cfg is not None:
             return skinny_matmul(x, module.weight, None, True, cfg)
-    from .layer_ops import silu_mul
-
     return silu_mul(module(x))
