@@ -12,8 +12,8 @@ from capture import Buckets, GraphRuntime
 from graphrt import GenerationConfig
 
 from conftest import random_image
-from test_graphs_gpu import mid_gpu, near_tie_or_fail, tiny_gpu  # noqa: F401 (fixtures)
-from test_static_path import eager_tokens, prepare
+from test_graphs_gpu import assert_uncaptured_and_eager_agree, mid_gpu, tiny_gpu  # noqa: F401 (fixtures)
+from test_static_path import prepare
 
 pytestmark = pytest.mark.gpu
 
@@ -40,10 +40,4 @@ def test_large_images_on_graphs_equal_eager(request, which):
     assert graphs.unsupported(images, rows, GEN) is None
     replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
     assert graphs.last_timings_ms["admission_chunks"] == chunks
-    uncaptured = GraphRuntime(engine.model, BUCKETS, GEN, attention="torch-fa2", strict=True, use_graphs=False)
-    assert replayed == [r.tokens for r in uncaptured.run(images, rows, GEN)]  # capture changes nothing
-    eager = eager_tokens(engine, images, rows, GEN)
-    half = "float16" if which == "tiny" else "bfloat16"
-    ties = [near_tie_or_fail(engine, images, rows, r, got, want, half)
-            for r, (got, want) in enumerate(zip(replayed, eager)) if got != want]
-    assert len(ties) <= 1, f"several rows diverge: {ties}"
+    assert_uncaptured_and_eager_agree(engine, BUCKETS, images, rows, GEN, replayed, which)
