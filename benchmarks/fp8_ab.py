@@ -20,12 +20,10 @@ weights: the accuracy figures are numerical fidelity, not task accuracy (see cal
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_util import add_checkpoint_args, captured_us, checkpoint_dir, event_ms, result_stem, wait_for_file  # noqa: E402
 from latency import QUERIES, images, interleaved, summarize  # noqa: E402
 
 from calib import DEFAULT_SCOPE, FP8Linear, calibrate  # noqa: E402
@@ -65,15 +64,6 @@ def step_bytes(model) -> int:
     return 2 * bf + f8 + 2 * head.numel()
 
 
-def cuda_events(fn) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end)
-
-
 def stage_ab(engines: dict, keys: list[tuple], reps: int) -> dict:
     """Median ms of each graph replayed alone, engines alternating per repetition."""
     out = {name: {} for name in engines}
@@ -83,7 +73,7 @@ def stage_ab(engines: dict, keys: list[tuple], reps: int) -> dict:
         for i in range(reps):
             for name in (names if i % 2 == 0 else names[::-1]):
                 rt = engines[name].runtime
-                times[name].append(cuda_events(lambda rt=rt: rt.graphs.replay(key)))
+                times[name].append(event_ms(lambda rt=rt: rt.graphs.replay(key)))
         for name in engines:
             xs = sorted(times[name])
             out[name]["/".join(map(str, key))] = {"p50_ms": round(statistics.median(xs), 3),
@@ -123,14 +113,7 @@ def gemm_bench(device, rows_list, reps: int = 20, sweep: bool = False) -> list[d
                     fns[f"triton{cfg}"] = lambda cfg=cfg: skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale,
                                                                             None, *cfg)
             for label, fn in fns.items():
-                fn()
-                torch.cuda.synchronize()
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for _ in range(reps):
-                        fn()
-                ts = sorted(cuda_events(g.replay) / reps for _ in range(7))
-                us = ts[3] * 1000
+                us = captured_us(fn, reps)
                 byts = k * n * (2 if label == "bf16" else 1)
                 row[f"{label}_us"] = round(us, 2)
                 row[f"{label}_weight_GBs"] = round(byts / us / 1e3, 1)
@@ -142,9 +125,7 @@ def gemm_bench(device, rows_list, reps: int = 20, sweep: bool = False) -> list[d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint")
-    src.add_argument("--preset", choices=["tiny", "mid", "3b"])
+    add_checkpoint_args(ap)
     ap.add_argument("--calib-pairs", type=int, default=64)
     ap.add_argument("--held-out", type=int, default=32)
     ap.add_argument("--steps", type=int, default=2, help="MTP steps per pair in calibration and the report")
@@ -170,23 +151,14 @@ def main() -> None:
     ap.add_argument("--tag", default="fp8")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    stem = f"{dt.date.today().isoformat()}_{args.tag}_{device_name.replace(' ', '-')}"
-    report: dict = {"date": dt.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
-                    "args": vars(args), "image": f"{args.width}x{args.height}"}
+    out_dir, stem, report = result_stem(args.out_dir, args.tag, args=vars(args), image=f"{args.width}x{args.height}")
 
     def save():
         (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        from weights.synth import write_preset
-
-        t = time.perf_counter()
-        checkpoint = write_preset(args.preset, Path(tempfile.mkdtemp()) / args.preset,
-                                  device="cuda" if torch.cuda.is_available() else "cpu", progress=False)
+    t = time.perf_counter()
+    checkpoint = checkpoint_dir(args)
+    if args.checkpoint is None:
         report["synth_s"] = round(time.perf_counter() - t, 1)
     report["checkpoint"], report["preset"] = str(checkpoint), args.preset
     t = time.perf_counter()
@@ -218,7 +190,7 @@ def main() -> None:
             acc = accuracy_report(base, fp8, held, steps=args.steps, answer_steps=args.answer_steps,
                                   batch=args.eager_batch)
             acc["seconds"] = round(time.perf_counter() - t, 1)
-            md = markdown(acc, f"FP8 ({scope}) vs bf16, {device_name}, {report['date']}")
+            md = markdown(acc, f"FP8 ({scope}) vs bf16, {report['device']}, {report['date']}")
             (out_dir / f"{stem}_accuracy_{scope.replace(',', '_').replace('-', 'no_')}.md").write_text(md)
             report["accuracy"][scope] = {k: v for k, v in acc.items() if k != "layers"}
             report["accuracy"][scope]["layers"] = acc["layers"]
@@ -228,11 +200,7 @@ def main() -> None:
             save()
 
     # 3/4. graphs: bf16 (A) and FP8 (B) on the same weights
-    if args.wait_for:
-        t = time.perf_counter()
-        while not Path(args.wait_for).exists() and time.perf_counter() - t < 240:
-            time.sleep(0.5)
-        report["waited_for_tests_s"] = round(time.perf_counter() - t, 1)
+    wait_for_file(args.wait_for, report)
     if torch.cuda.is_available() and not {"tokens", "e2e", "stages"} <= skip:
         probe = base.processor(held[0][0])
         patch = Buckets.fit((1024, 1680, 4144), probe.num_patches)
@@ -265,7 +233,7 @@ def main() -> None:
             pairs = [(im, QUERIES[i % len(QUERIES)]) for i, im in enumerate(pool)]
             if "e2e" not in skip:
                 calls = {name: (lambda e=e: e.locate_batch(pairs)) for name, e in engines.items()}
-                slow = any(cuda_events(fn) > 1000 for fn in calls.values())
+                slow = any(event_ms(fn) > 1000 for fn in calls.values())
                 samples = interleaved(calls, args.warmup, args.slow_iters if slow else args.iters)
                 for name, s in samples.items():
                     rows.append(summarize(name, batch, s))

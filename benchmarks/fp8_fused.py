@@ -20,19 +20,17 @@ Random weights: tokens are random; accuracy figures are numerical fidelity only.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_util import add_checkpoint_args, checkpoint_dir, result_stem, wait_for_file  # noqa: E402
 from latency import QUERIES, images, interleaved, summarize  # noqa: E402
 from step_kernels import copy_bandwidth_gbs, kernel_table, pct, replay_ms  # noqa: E402
 
@@ -57,9 +55,7 @@ def step_weight_bytes(model) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint")
-    src.add_argument("--preset", choices=["tiny", "mid", "3b"])
+    add_checkpoint_args(ap)
     ap.add_argument("--calib-pairs", type=int, default=64)
     ap.add_argument("--held-out", type=int, default=16)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -79,22 +75,13 @@ def main() -> None:
     ap.add_argument("--tag", default="fp8-fused")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    stem = f"{dt.date.today().isoformat()}_{args.tag}_{device.replace(' ', '-')}"
-    report = {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__, "args": vars(args)}
+    out_dir, stem, report = result_stem(args.out_dir, args.tag, args=vars(args))
 
     def save():
         (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
 
     t0 = time.perf_counter()
-    ckpt = args.checkpoint
-    if ckpt is None:
-        from weights.synth import write_preset
-
-        ckpt = write_preset(args.preset, Path(args.write_to or tempfile.mkdtemp()) / args.preset,
-                            device="cuda" if torch.cuda.is_available() else "cpu", progress=False)
+    ckpt = checkpoint_dir(args, into=args.write_to)
     base = Engine.from_pretrained(ckpt, progress=False, graphs="off", fixed_steps=args.fixed_steps)
     report["load_s"] = round(time.perf_counter() - t0, 1)
     cal = [(im, QUERIES[i % len(QUERIES)]) for i, im in enumerate(images(args.calib_pairs, 640, 480, seed=1000))]
@@ -136,11 +123,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         save()
 
-    if args.wait_for:
-        t = time.perf_counter()
-        while not Path(args.wait_for).exists() and time.perf_counter() - t < 240:
-            time.sleep(0.5)
-        report["waited_for_tests_s"] = round(time.perf_counter() - t, 1)
+    wait_for_file(args.wait_for, report)
 
     if not torch.cuda.is_available() or {"step", "e2e", "tokens"} <= skip:
         skip |= {"step", "e2e", "tokens"}

@@ -10,34 +10,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 
 import torch
 import torch.nn.functional as F
 
+from bench_util import captured_us
 from graphrt.kernels.layer_ops import transpose
 from graphrt.kernels.step_attention import StepAttention
-
-
-def graph_ms(fn, calls: int, reps: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times) / calls * 1e3  # us per call
 
 
 def main() -> None:
@@ -63,7 +42,7 @@ def main() -> None:
                     att = StepAttention(b, w, hq, hkv, d, dev, block_n=bn, num_warps=warps, programs_per_sm=pps,
                                         split_m=sm)
                     fn = lambda: [att(q, kc[i], vc[i], clen, count) for i in range(args.layers)]  # noqa: E731
-                    res.append((graph_ms(fn, args.layers), warps, bn, pps, att.n_split, sm))
+                    res.append((captured_us(fn, 1, 20) / args.layers, warps, bn, pps, att.n_split, sm))
                 except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
                     print(f"B={b} warps={warps} block_n={bn}: {type(e).__name__}: {str(e)[:80]}")
             default = res[0][0]
@@ -77,10 +56,10 @@ def main() -> None:
         h = torch.randn(m, 2048, device=dev, dtype=torch.bfloat16)
         m8 = (m + 7) // 8 * 8
         h8 = torch.randn(m8, 2048, device=dev, dtype=torch.bfloat16)
-        plain = graph_ms(lambda: F.linear(h, head), 1)
-        trans = graph_ms(lambda: torch.mm(head, h8.t()).t().contiguous(), 1)
-        trans_only = graph_ms(lambda: torch.mm(head, h8.t()), 1)
-        trans_triton = graph_ms(lambda: transpose(torch.mm(head, h8.t()), m), 1)
+        plain = captured_us(lambda: F.linear(h, head), 1, 20)
+        trans = captured_us(lambda: torch.mm(head, h8.t()).t().contiguous(), 1, 20)
+        trans_only = captured_us(lambda: torch.mm(head, h8.t()), 1, 20)
+        trans_triton = captured_us(lambda: transpose(torch.mm(head, h8.t()), m), 1, 20)
         print(f"LM head M={m}: F.linear {plain:.1f} us; transposed+copy {trans:.1f} us (product alone "
               f"{trans_only:.1f} us, with the Triton transpose {trans_triton:.1f} us); "
               f"floor {head.numel() * 2 / 2.95e12 * 1e6:.1f} us", flush=True)

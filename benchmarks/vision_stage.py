@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_util import alternating_ms, capture, event_ms  # noqa: E402
 from capture.ranges import VisionRanges  # noqa: E402
 from capture.varlen import torch_fa2  # noqa: E402
 from graphrt.config import PreprocessorConfig, VisionConfig  # noqa: E402
@@ -55,15 +56,7 @@ def log(*a):
 
 
 def events_ms(fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        out.append(s.elapsed_time(e))
-    return out
+    return [event_ms(fn) for _ in range(reps)]
 
 
 def host_ms(fn, reps: int) -> float:
@@ -230,24 +223,12 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
-                body()
-                body()
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g), torch.no_grad():
-                body()
-            graphs[name] = g
+            graphs[name] = capture(body)
         except Exception as exc:  # noqa: BLE001 - a variant that cannot be captured is a result too
             log(f"vision variant {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
             outs.pop(name, None)
             torch.cuda.synchronize()
-    times = {k: [] for k in graphs}
-    for r in range(reps):
-        for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
-            times[k] += events_ms(graphs[k].replay, 1)
+    times = alternating_ms(graphs, reps)
     torch.cuda.synchronize()
     # Compare only real patches (rows of pad patches are never used), against the unfused output.
     keep = torch.cat([torch.arange(i * p, i * p + real, device="cuda") for i in range(b)])
@@ -473,19 +454,8 @@ def mixed_batch(reps: int = 20):
         def body(name=name, geo=geo, pixels=pixels, pos=pos, attend=attend):
             outs[name] = m(pixels, pos, geo, attend)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            body()
-            body()
-        torch.cuda.current_stream().wait_stream(side)
-        graphs[name] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graphs[name]), torch.no_grad():
-            body()
-    times = {k: [] for k in graphs}
-    for r in range(reps):
-        for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
-            times[k] += events_ms(graphs[k].replay, 1)
+        graphs[name] = capture(body)
+    times = alternating_ms(graphs, reps)
     torch.cuda.synchronize()
     feats = {}
     for name, (_, starts, _) in cases.items():
@@ -559,20 +529,8 @@ def prefill_stage(t: int = 480, real: int = 451, reps: int = 20):
             def body():
                 llm(emb, ranges, cache, ranges, logits_index=idx, fused=True)
 
-            with torch.no_grad():
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    body()
-                    body()
-                torch.cuda.current_stream().wait_stream(side)
-                graphs[mode] = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graphs[mode]):
-                    body()
-        times = {k: [] for k in graphs}
-        for r in range(reps if b == 1 else max(4, reps // 3)):
-            for k in (list(graphs) if r % 2 == 0 else list(graphs)[::-1]):
-                times[k] += events_ms(graphs[k].replay, 1)
+            graphs[mode] = capture(body)
+        times = alternating_ms(graphs, reps if b == 1 else max(4, reps // 3))
         flops = 2 * n * per_layer_params * cfg.num_hidden_layers
         entry = {"work": f"B={b}, {t}-token bucket ({real} real) per row, 36 layers; {flops / 1e12:.2f} TFLOP in the "
                          f"linears over bucket rows", "floor_compute_ms_at_790": round(flops / 790e12 * 1e3, 3),

@@ -17,6 +17,7 @@ import json
 import torch
 import torch.nn.functional as F
 
+from bench_util import captured_us
 from calib import FP8Linear
 from calib.triton_gemm import row_bucket, w8a16_config, w8a16_linear
 
@@ -25,24 +26,6 @@ SKINNY = [(32, 256, 4, 4), (64, 128, 4, 4), (16, 512, 4, 3), (32, 512, 4, 3), (6
           (16, 256, 2, 4), (32, 128, 2, 4)]
 TILES = [(32, 64, 256, 4, 3), (32, 128, 128, 4, 4), (64, 64, 128, 4, 3), (64, 128, 64, 4, 3), (64, 128, 128, 8, 3),
          (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 256, 64, 8, 3)]
-
-
-def graph_us(fn, reps: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    ts = []
-    for _ in range(7):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / reps * 1000)
-    return sorted(ts)[3]
 
 
 def main() -> None:
@@ -58,8 +41,8 @@ def main() -> None:
         for m in args.rows:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             want = (x.float() @ lin.dequantized_weight().t())
-            row = {"linear": name, "rows": m, "N": n, "K": k, "bf16_us": round(graph_us(lambda: F.linear(x, w)), 2),
-                   "w8a8_us": round(graph_us(lambda: w8a8(x)), 2)}
+            row = {"linear": name, "rows": m, "N": n, "K": k, "bf16_us": round(captured_us(lambda: F.linear(x, w)), 2),
+                   "w8a8_us": round(captured_us(lambda: w8a8(x)), 2)}
             deq = lambda: F.linear(x, (lin.weight_fp8.float() * lin.weight_scale.t()).to(torch.bfloat16))  # noqa: E731
             cands = {"cublas": deq} if m >= 384 else {}
             configs = [(max(16, 1 << (m - 1).bit_length()),) + c for c in SKINNY] if m <= 64 else TILES
@@ -78,7 +61,7 @@ def main() -> None:
             times = {}
             for c, fn in cands.items():
                 try:
-                    times[c] = round(graph_us(fn), 2)
+                    times[c] = round(captured_us(fn), 2)
                 except Exception as exc:  # noqa: BLE001 - a config that fails under capture: skip it
                     row[f"{c}_error"] = str(exc).splitlines()[0][:120]
             row["candidates_us"] = {str(c): t for c, t in times.items()}
