@@ -3,6 +3,7 @@ meaning into them; they compare paths and references on identical weights."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -37,6 +38,31 @@ def rng():
 def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
     arr = (np.random.RandomState(seed).rand(height, width, 3) * 255).astype(np.uint8)
     return Image.fromarray(arr)
+
+
+# Lines 1-8 of a request JSONL with good and bad rows: bad are 2 (not JSON), 3 (missing image),
+# 4 (empty query), 5 (no image field), 6 (an undecodable image); 1, 7 and 8 are good.
+MIXED_ROWS = [
+    {"image": "a.png", "query": "cat"},
+    "this is not json",
+    {"image": "missing.png", "query": "cat"},
+    {"image": "a.png", "query": ""},
+    {"query": "no image"},
+    {"image": "broken.png", "query": "dog"},
+    {"image": "b.png", "query": ["person", "car"]},
+    {"image": "a.png", "query": "dog"},
+]
+
+
+def write_mixed_jsonl(root, extra_rows=()):
+    """`root/req.jsonl` of MIXED_ROWS then `extra_rows`, with the images they name (a.png 90x70,
+    b.png 50x110, broken.png not an image); returns the JSONL path."""
+    random_image(90, 70, seed=1).save(root / "a.png")
+    random_image(50, 110, seed=2).save(root / "b.png")
+    (root / "broken.png").write_bytes(b"not an image")
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in [*MIXED_ROWS, *extra_rows]]
+    (root / "req.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "req.jsonl"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import graphrt
-from conftest import random_image
+from conftest import random_image, write_mixed_jsonl
 from graphrt import CheckpointError, cli
 from graphrt.engine import LocateResult
 
@@ -190,21 +190,8 @@ def bomb_png(path, width=20000, height=20000):
 def test_jsonl_with_broken_rows(tiny_ckpt, tiny_engine, tmp_path):
     """Every good row is answered (with the same tokens as Engine.locate), every bad row is
     reported with its line number, and the summary counts both."""
+    write_mixed_jsonl(tmp_path)
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    random_image(90, 70, seed=1).save(a)
-    random_image(50, 110, seed=2).save(b)
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    rows = [
-        json.dumps({"image": "a.png", "query": "cat"}),
-        "this is not json",
-        json.dumps({"image": "missing.png", "query": "cat"}),
-        json.dumps({"image": "a.png", "query": ""}),
-        json.dumps({"query": "no image"}),
-        json.dumps({"image": "broken.png", "query": "dog"}),
-        json.dumps({"image": "b.png", "query": ["person", "car"]}),
-        json.dumps({"image": "a.png", "query": "dog"}),
-    ]
-    (tmp_path / "req.jsonl").write_text("\n".join(rows) + "\n")
     out = run_cli("locate", "--checkpoint", str(tiny_ckpt), "--jsonl", str(tmp_path / "req.jsonl"),
                   "--image-root", str(tmp_path), "--max-new-tokens", "12", "--device", "cpu",
                   "--out", str(tmp_path / "out.jsonl"), "--overlay", str(tmp_path / "overlay"))

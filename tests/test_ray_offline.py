@@ -18,7 +18,7 @@ from graphrt.engine import EngineOptions  # noqa: E402
 from graphrt.decode import GenerationConfig  # noqa: E402
 from graphrt.scaleout import offline  # noqa: E402
 
-from conftest import random_image  # noqa: E402
+from conftest import random_image, write_mixed_jsonl  # noqa: E402
 
 TOKENS = "12"
 
@@ -35,23 +35,8 @@ def cluster():
 def batch(tmp_path_factory, tiny_ckpt):
     """A JSONL of good and bad rows, and the single-process CLI's answer to it."""
     root = tmp_path_factory.mktemp("rows")
-    random_image(90, 70, seed=1).save(root / "a.png")
-    random_image(50, 110, seed=2).save(root / "b.png")
     random_image(64, 64, seed=3).save(root / "c.png")
-    (root / "broken.png").write_bytes(b"not an image")
-    rows = [
-        json.dumps({"image": "a.png", "query": "cat"}),
-        "this is not json",
-        json.dumps({"image": "missing.png", "query": "cat"}),
-        json.dumps({"image": "a.png", "query": ""}),
-        json.dumps({"query": "no image"}),
-        json.dumps({"image": "broken.png", "query": "dog"}),
-        json.dumps({"image": "b.png", "query": ["person", "car"]}),
-        json.dumps({"image": "a.png", "query": "dog"}),
-        json.dumps({"image": "c.png", "query": "cup", "temperature": 0.0}),
-        json.dumps({"image": "b.png", "query": "tree"}),
-    ]
-    (root / "req.jsonl").write_text("\n".join(rows) + "\n")
+    write_mixed_jsonl(root, [{"image": "c.png", "query": "cup", "temperature": 0.0}, {"image": "b.png", "query": "tree"}])
     ref = root / "ref.jsonl"
     assert cli.main(_args(tiny_ckpt, root, ref)) == 0
     return root, _rows(ref)
