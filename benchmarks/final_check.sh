@@ -27,3 +27,20 @@ echo "e2e rc=$?" >> "$OUT/e2e.log"; tail -c 2500 "$OUT/e2e.log"; el e2e
 timeout ${SIZES_TIMEOUT:-200} python benchmarks/large_images.py --checkpoint /tmp/ck3b --memory-gb 24 --iters 6 \
     --eager-iters 2 --stream 2 --out-dir "$OUT" > "$OUT/sizes.log" 2>&1
 echo "sizes rc=$?" >> "$OUT/sizes.log"; tail -c 2500 "$OUT/sizes.log"; el sizes
+# Start-up with every bucket of the default plan: cold (empty Triton cache: every kernel compiles),
+# then warm (the same cache again).
+rm -rf /tmp/triton_cold
+for label in cold warm; do
+  TRITON_CACHE_DIR=/tmp/triton_cold timeout ${STARTUP_TIMEOUT:-200} python benchmarks/startup.py \
+      --checkpoint /tmp/ck3b --label $label >> "$OUT/startup.log" 2>&1
+done
+echo "startup rc=$?" >> "$OUT/startup.log"; tail -c 1200 "$OUT/startup.log"; el startup
+# The shared timing helpers of the benchmark scripts still run (one small GEMM, two graphs).
+python -c "
+import sys; sys.path.insert(0, 'benchmarks')
+import torch, bench_util as bu
+x = torch.randn(384, 2048, device='cuda', dtype=torch.bfloat16); w = torch.randn(2048, 2048, device='cuda', dtype=torch.bfloat16)
+print('bench_util captured_us', round(bu.captured_us(lambda: x @ w.t()), 2))
+g = {k: bu.capture(lambda: x @ w.t()) for k in 'ab'}
+print('bench_util alternating_ms', {k: len(v) for k, v in bu.alternating_ms(g, 4).items()})
+" 2>&1 | tail -3
