@@ -50,11 +50,14 @@ class PackedImages:
 
 
 # Attention of the fused tower over image slots (capture.ranges.VisionRanges, the graph path), after the RoPE pass:
-#   "slot"    vision_kernels.slot_attention (head 72 as 64 + 16 columns)
-#   "varlen"  the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
+#   "slot"          vision_kernels.slot_attention (head 72 as 64 + 16 columns)
+#   "cudnn"         cuDNN's fused kernel, no mask tensor: head padded to 80 with a mask column
+#                   (vision_kernels.rope_2d_pad writes q/k/v that way in the RoPE pass)
+#   "cudnn_ragged"  cuDNN's ragged (cumulative-length) kernel on the packed q/k/v, head 72
+#   "varlen"        the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
 # GRAPHRT_VISION_ATTENTION overrides the default (A/B). PackedImages takes the slot kernel over the
 # real lengths ("packed"); other attend callables always take "varlen".
-VISION_ATTENTION_MODES = ("slot", "varlen")
+VISION_ATTENTION_MODES = ("slot", "cudnn", "cudnn_ragged", "varlen")
 
 
 @dataclass
@@ -123,18 +126,25 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
-    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen"):
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen",
+                      bounds: torch.Tensor | None = None):
         """The same block on fused kernels. Takes x and h = norm0(x); returns x after the
         attention branch and the MLP branch output, which the caller adds with the next norm."""
         n = x.shape[0]
         qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
-        vk.rope_2d_(qkv, geo.cos, geo.sin)
-        if mode == "slot":
-            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
-        elif mode == "packed":
-            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
+        if mode == "cudnn":  # RoPE and the padded mask-column layout in one pass
+            padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
+            att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
-            att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
+            vk.rope_2d_(qkv, geo.cos, geo.sin)
+            if mode == "cudnn_ragged":
+                att = vk.cudnn_ragged_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], bounds, attend.patches)
+            elif mode == "slot":
+                att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
+            elif mode == "packed":
+                att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
+            else:
+                att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
         out = self.wo(att.reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
@@ -163,6 +173,11 @@ class MoonViT(nn.Module):
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
                              f"not {self.attention!r}")
 
+    def attention_status(self) -> str:
+        """The attention of the fused tower over graph slots (`graphrt status`)."""
+        src = "GRAPHRT_VISION_ATTENTION" if "GRAPHRT_VISION_ATTENTION" in os.environ else "default"
+        return f"{self.attention} ({src})"
+
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""
         return self._pos_cache.get(tuple(grid), lambda: self._interpolated_table(tuple(grid)))
@@ -189,9 +204,10 @@ class MoonViT(nn.Module):
                 mode = self.attention
             elif layout == "packed":
                 mode = "packed"
+        bounds = vk.ragged_bounds(attend.cu, attend.seqused) if mode == "cudnn_ragged" else None
         x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend, mode)
+            x, branch = block.forward_fused(x, h, geo, attend, mode, bounds)
             norm = self.blocks[i + 1].norm0 if i + 1 < len(self.blocks) else self.final_layernorm
             x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
         return h
