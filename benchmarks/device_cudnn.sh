@@ -8,6 +8,17 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 case "${PART:-explore}" in
+  final)
+    timeout ${TEST_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider -m gpu tests/test_vision_cudnn.py \
+        tests/test_vision_kernels.py tests/test_vision_attention.py tests/test_vision.py \
+        tests/test_large_images_gpu.py > "$OUT/pytest_gpu.log" 2>&1
+    echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
+    tail -5 "$OUT/pytest_gpu.log"
+    timeout ${ATT_TIMEOUT:-120} python benchmarks/vision_attention_cudnn.py --only-b1-tower \
+        --out "$OUT/vision_b1_tower.json" > "$OUT/b1_tower.log" 2>&1
+    echo "b1 tower rc=$?" >> "$OUT/b1_tower.log"
+    grep -E "^\[|rc=|tower|error|Error" "$OUT/b1_tower.log" | tail -12
+    ;;
   tower)
     timeout ${TEST_TIMEOUT:-120} python -m pytest -q -p no:cacheprovider -m gpu tests/test_vision_cudnn.py \
         tests/test_vision_kernels.py tests/test_vision_attention.py > "$OUT/pytest_gpu.log" 2>&1

@@ -45,10 +45,29 @@ import graphrt.vision_kernels as vk  # noqa: E402
 from vision_stage import kernel_split, random_vision, vision_flops  # noqa: E402
 
 HEADS, D = 16, 72
+# Slot-kernel tiles tried beside the default inside the B=1 1,680 tower (graph replay; the tile
+# sweeps of attention alone at B=1 were host-launch-bound: 0.14 ms per call vs 0.055 ms kernel time).
+TOWER_TILES = {"slot_m64": (64, 64, 4, 3), "slot_n32": (128, 32, 4, 4)}
 # (batch, slot, real, grid of the real patches, attention rounds, tower rounds)
 SIZES = [(1, 1680, 1656, (36, 46), 40, 30), (32, 1680, 1656, (36, 46), 20, 10),
          (1, 10816, 10764, (78, 138), 20, 10), (1, 26676, 25600, (160, 160), 10, 6)]
 REPORT: dict = {}
+
+
+def ragged_bounds(cu: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """Bounds for cuDNN's ragged call over slots: each slot is two sequences, its real rows
+    [cu[b], cu[b] + used[b]) and its pad rows up to cu[b+1] (real queries see real keys only, pad
+    rows stay finite). [2B+1] int32 from device ops."""
+    starts = cu[:-1]
+    inner = torch.stack((starts, starts + used), 1).flatten()
+    return torch.cat((inner, cu[-1:])).to(torch.int32)
+
+
+def cudnn_ragged_attention(q, k, v, bounds: torch.Tensor, longest: int) -> torch.Tensor:
+    """Attention inside each sequence of packed rows [T, H, D] on cuDNN's ragged fused kernel
+    (torch's nested-tensor entry point, called directly) -> [T, H, D]."""
+    return torch.ops.aten._cudnn_attention_forward(q, k, v, None, bounds, bounds, longest, longest, False, 0.0,
+                                                   False, False, scale=q.shape[-1] ** -0.5)[0]
 
 
 def log(*a):
@@ -110,7 +129,7 @@ def attention_alone(b: int, p: int, real: int, rounds: int, ragged_too: bool = F
     vk.rope_2d_(roped, cos, sin)
     scratch = raw.clone()
     padded = vk.rope_2d_pad(raw, cos, sin, used, p)
-    bounds = vk.ragged_bounds(cu, used)
+    bounds = ragged_bounds(cu, used)
     keep = real_rows(b, p, used)
     flops = b * 4 * real * real * HEADS * D
     res = {"work": f"B={b}, slot {p}, {real} real; {flops / 1e12:.4f} TFLOP useful per layer"}
@@ -125,7 +144,7 @@ def attention_alone(b: int, p: int, real: int, rounds: int, ragged_too: bool = F
         (padded.float() - vk.rope_2d_pad_reference(raw, cos, sin, used, p).float()).abs().max())
     ragged = ragged_too and p <= 1680
     for name, fn in (("cudnn", lambda: vk.cudnn_slot_attention(padded, p, D)),
-                     ("cudnn_ragged", lambda: vk.cudnn_ragged_attention(roped[:, 0], roped[:, 1], roped[:, 2],
+                     ("cudnn_ragged", lambda: cudnn_ragged_attention(roped[:, 0], roped[:, 1], roped[:, 2],
                                                                          bounds, p)),
                      ("cudnn_ragged_contiguous", None)):
         if name.startswith("cudnn_ragged") and not ragged:
@@ -133,7 +152,7 @@ def attention_alone(b: int, p: int, real: int, rounds: int, ragged_too: bool = F
         try:
             if name == "cudnn_ragged_contiguous":
                 qc, kc, vc = (roped[:, i].contiguous() for i in range(3))
-                fn = lambda qc=qc, kc=kc, vc=vc: vk.cudnn_ragged_attention(qc, kc, vc, bounds, p)  # noqa: E731
+                fn = lambda qc=qc, kc=kc, vc=vc: cudnn_ragged_attention(qc, kc, vc, bounds, p)  # noqa: E731
             outs[name] = fn()
             calls[name] = fn
         except Exception as exc:  # noqa: BLE001 - a variant torch refuses is a result too
@@ -172,7 +191,7 @@ def attention_alone(b: int, p: int, real: int, rounds: int, ragged_too: bool = F
             t[pad_rows, 1] *= 50
             t[pad_rows, 2] = 1e4
         poisoned = {"cudnn": lambda: vk.cudnn_slot_attention(vk.rope_2d_pad(raw_p, cos, sin, used, p), p, D),
-                    "cudnn_ragged": lambda: vk.cudnn_ragged_attention(roped_p[:, 0], roped_p[:, 1], roped_p[:, 2],
+                    "cudnn_ragged": lambda: cudnn_ragged_attention(roped_p[:, 0], roped_p[:, 1], roped_p[:, 2],
                                                                       bounds, p),
                     "slot": lambda: vk.slot_attention(roped_p, cu, used, p)}
         res["pad_poison_bitwise_equal"] = {}
@@ -197,8 +216,8 @@ def capture_check(b: int, p: int, real: int, names=("cudnn",)) -> dict:
     n = b * p
     variants = {
         "cudnn": lambda: vk.cudnn_slot_attention(vk.rope_2d_pad(raw, cos, sin, used, p), p, D).reshape(n, -1),
-        "cudnn_ragged": lambda: vk.cudnn_ragged_attention(roped[:, 0], roped[:, 1], roped[:, 2],
-                                                          vk.ragged_bounds(cu, used), p).reshape(n, -1),
+        "cudnn_ragged": lambda: cudnn_ragged_attention(roped[:, 0], roped[:, 1], roped[:, 2],
+                                                          ragged_bounds(cu, used), p).reshape(n, -1),
     }
     variants = {k: v for k, v in variants.items() if k in names}
     res = {}
@@ -245,7 +264,7 @@ def packed_check(rounds: int = 30) -> dict:
     used = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
     flops = sum(4 * s * s * HEADS * D for s in seqlens)
     calls = {"slot_packed": lambda: vk.slot_attention(qkv, cu, used, max(seqlens), packed=True),
-             "cudnn_ragged_packed": lambda: vk.cudnn_ragged_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu,
+             "cudnn_ragged_packed": lambda: cudnn_ragged_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu,
                                                                       max(seqlens))}
     res = {"work": f"3 images {seqlens} back to back, {flops / 1e12:.4f} TFLOP per layer"}
     try:
@@ -287,8 +306,13 @@ def tower(b: int, p: int, real: int, grid: tuple[int, int], rounds: int, modes: 
     pool = torch.cuda.graph_pool_handle()
     for mode in modes:
         def body(mode=mode):
-            m.fused, m.attention = True, mode
-            outs[mode] = m(pixels, pos, geo, attend)
+            m.fused, m.attention = True, mode if mode in ("slot", "cudnn") else "slot"
+            keep_tiles = vk.SLOT_ATTENTION_TILES
+            vk.SLOT_ATTENTION_TILES = TOWER_TILES.get(mode, keep_tiles)
+            try:
+                outs[mode] = m(pixels, pos, geo, attend)
+            finally:
+                vk.SLOT_ATTENTION_TILES = keep_tiles
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -319,6 +343,8 @@ def tower(b: int, p: int, real: int, grid: tuple[int, int], rounds: int, modes: 
     if profile:
         best = min(times, key=lambda k: statistics.median(times[k]))
         for mode in dict.fromkeys((best, "slot")):
+            if mode not in ("slot", "cudnn"):
+                continue
             m.attention = mode
             res[f"kernel_split_{mode}"] = kernel_split(m, pixels, pos, geo, attend)
             log(f"kernel split {mode}:", json.dumps(res[f"kernel_split_{mode}"]))
@@ -331,6 +357,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="vision_attention_cudnn.json")
     ap.add_argument("--skip-tower", action="store_true")
+    ap.add_argument("--only-b1-tower", action="store_true", help="skip attention alone; the tower at B=1 1,680 only")
     ap.add_argument("--ragged", action="store_true", help="also cuDNN's ragged call (host-bound, not capturable)")
     args = ap.parse_args()
     import triton
@@ -352,6 +379,10 @@ def main():
         log(f"[{key}] {time.perf_counter() - t:.1f} s")
         out.write_text(json.dumps(REPORT, indent=1))
 
+    if args.only_b1_tower:
+        b, p, real, grid, _, rounds = SIZES[0]
+        step(f"tower_B{b}_slot{p}", tower, b, p, real, grid, 60, ["slot", "cudnn", *TOWER_TILES], True)
+        return
     for b, p, real, _, rounds, _ in SIZES:
         step(f"attention_B{b}_slot{p}", attention_alone, b, p, real, rounds, args.ragged)
     step("capture_B32_slot1680", capture_check, 32, 1680, 1656)
@@ -360,7 +391,8 @@ def main():
         step("packed", packed_check)
     if not args.skip_tower:
         for b, p, real, grid, _, rounds in SIZES:
-            step(f"tower_B{b}_slot{p}", tower, b, p, real, grid, rounds, ["slot", "cudnn"], b == 1 and p == 1680)
+            modes = ["slot", "cudnn"] + (list(TOWER_TILES) if b == 1 and p == 1680 else [])
+            step(f"tower_B{b}_slot{p}", tower, b, p, real, grid, rounds, modes, b == 1 and p == 1680)
     if args.ragged:  # last: a failed capture leaves torch's RNG capture state unusable for later captures
         step("capture_ragged_B32_slot1680", capture_check, 32, 1680, 1656, ("cudnn_ragged",))
 

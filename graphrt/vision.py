@@ -52,12 +52,13 @@ class PackedImages:
 # Attention of the fused tower over image slots (capture.ranges.VisionRanges, the graph path), after the RoPE pass:
 #   "slot"          vision_kernels.slot_attention (head 72 as 64 + 16 columns)
 #   "cudnn"         cuDNN's fused kernel, no mask tensor: head padded to 80 with a mask column
-#                   (vision_kernels.rope_2d_pad writes q/k/v that way in the RoPE pass)
-#   "cudnn_ragged"  cuDNN's ragged (cumulative-length) kernel on the packed q/k/v, head 72
+#                   (vision_kernels.rope_2d_pad writes q/k/v that way in the RoPE pass); A/B only:
+#                   slower than "slot" at 1,680 and 26,676-patch slots, 1.8% faster at 10,816
+#                   (docs/notes.md, 2026-11-24)
 #   "varlen"        the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
 # GRAPHRT_VISION_ATTENTION overrides the default (A/B). PackedImages takes the slot kernel over the
 # real lengths ("packed"); other attend callables always take "varlen".
-VISION_ATTENTION_MODES = ("slot", "cudnn", "cudnn_ragged", "varlen")
+VISION_ATTENTION_MODES = ("slot", "cudnn", "varlen")
 
 
 @dataclass
@@ -126,8 +127,7 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
-    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen",
-                      bounds: torch.Tensor | None = None):
+    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen"):
         """The same block on fused kernels. Takes x and h = norm0(x); returns x after the
         attention branch and the MLP branch output, which the caller adds with the next norm."""
         n = x.shape[0]
@@ -137,9 +137,7 @@ class MoonViTBlock(nn.Module):
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
             vk.rope_2d_(qkv, geo.cos, geo.sin)
-            if mode == "cudnn_ragged":
-                att = vk.cudnn_ragged_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], bounds, attend.patches)
-            elif mode == "slot":
+            if mode == "slot":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
             elif mode == "packed":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
@@ -204,10 +202,9 @@ class MoonViT(nn.Module):
                 mode = self.attention
             elif layout == "packed":
                 mode = "packed"
-        bounds = vk.ragged_bounds(attend.cu, attend.seqused) if mode == "cudnn_ragged" else None
         x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend, mode, bounds)
+            x, branch = block.forward_fused(x, h, geo, attend, mode)
             norm = self.blocks[i + 1].norm0 if i + 1 < len(self.blocks) else self.final_layernorm
             x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
         return h

@@ -351,21 +351,3 @@ def cudnn_slot_attention(padded: torch.Tensor, slot: int, d: int, scale: float |
     o = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, False, False,
                                                            scale=scale if scale is not None else d ** -0.5)[0]
     return o.transpose(1, 2).reshape(n, heads, dp)[:, :, :d]
-
-
-def ragged_bounds(cu: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
-    """Sequence bounds for cuDNN's ragged (cumulative-length) call over slots: each slot is two
-    sequences, its real rows [cu[b], cu[b] + used[b]) and its pad rows up to cu[b+1], so real
-    queries see only real keys and pad rows stay finite. [2B+1] int32, device ops only (captured)."""
-    starts = cu[:-1]
-    inner = torch.stack((starts, starts + used), 1).flatten()
-    return torch.cat((inner, cu[-1:])).to(torch.int32)
-
-
-def cudnn_ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: torch.Tensor, longest: int,
-                           scale: float | None = None) -> torch.Tensor:
-    """Full attention inside each sequence of packed rows [T, H, D] (bounds [S+1] int32 starts),
-    on cuDNN's ragged fused kernel (torch's nested-tensor entry point) -> [T, H, D]."""
-    d = q.shape[-1]
-    return torch.ops.aten._cudnn_attention_forward(q, k, v, None, bounds, bounds, longest, longest, False, 0.0,
-                                                   False, False, scale=scale if scale is not None else d ** -0.5)[0]

@@ -45,12 +45,6 @@ def test_cudnn_head_leaves_room_for_the_mask_column():
         assert vk.cudnn_head(d) % 8 == 0 and vk.cudnn_head(d) > d
 
 
-def test_ragged_bounds_split_each_slot_into_real_and_pad_rows():
-    cu = torch.tensor([0, 10, 20, 30], dtype=torch.int32)
-    used = torch.tensor([4, 10, 7], dtype=torch.int32)
-    assert vk.ragged_bounds(cu, used).tolist() == [0, 4, 10, 20, 20, 27, 30]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_mask_column_attention_equals_attention_over_real_keys(dtype):
     """The trick on torch's math attention (CPU): padded layout, scale 1/sqrt(72) given explicitly,
