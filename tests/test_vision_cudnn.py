@@ -210,3 +210,26 @@ def test_fused_tower_cudnn_mode_equals_slot_mode_within_bf16_noise():
         err = ((outs[mode][keep] - ref).norm() / ref.norm()).item()
         assert err < 2e-2, (mode, err)  # each attention kernel rounds differently in bf16, nothing else
     assert torch.isfinite(outs["cudnn"]).all()
+
+
+def test_attention_mode_comes_from_the_documented_override(monkeypatch):
+    """GRAPHRT_VISION_ATTENTION picks the fused tower's slot attention (A/B); status names the source;
+    an unknown value is refused naming the variable."""
+    from graphrt.config import VisionConfig
+    from graphrt.errors import OptionError
+    from graphrt.vision import MoonViT
+
+    cfg = VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    monkeypatch.delenv("GRAPHRT_VISION_ATTENTION", raising=False)
+    m = MoonViT(cfg, torch.float32, "meta")
+    assert m.attention == "slot" and m.attention_status() == "slot (default)"
+    monkeypatch.setenv("GRAPHRT_VISION_ATTENTION", "cudnn")
+    m = MoonViT(cfg, torch.float32, "meta")
+    assert m.attention == "cudnn" and m.attention_status() == "cudnn (GRAPHRT_VISION_ATTENTION)"
+    monkeypatch.setenv("GRAPHRT_VISION_ATTENTION", "flash")
+    with pytest.raises(OptionError, match="GRAPHRT_VISION_ATTENTION"):
+        MoonViT(cfg, torch.float32, "meta")
+
+
+def test_status_reports_the_vision_attention(tiny_engine):
+    assert tiny_engine.status()["vision_attention"] in ("slot (default)", "slot (GRAPHRT_VISION_ATTENTION)")
