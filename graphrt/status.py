@@ -21,6 +21,9 @@ def engine_status(model, checkpoint_dir, backend, memory_plan, options) -> dict:
         "share_prefix": options.share_prefix,
         "fp8": model.fp8_info.summary() if getattr(model, "fp8_info", None) else "off (bf16 linears)",
     }
+    vision = getattr(model, "vision", None)
+    if vision is not None and hasattr(vision, "attention_status"):
+        out["vision_attention"] = vision.attention_status()
     if model.device.type == "cuda":
         mib = 2**20
         out["gpu"] = torch.cuda.get_device_name(model.device)

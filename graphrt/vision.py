@@ -50,11 +50,15 @@ class PackedImages:
 
 
 # Attention of the fused tower over image slots (capture.ranges.VisionRanges, the graph path), after the RoPE pass:
-#   "slot"    vision_kernels.slot_attention (head 72 as 64 + 16 columns)
-#   "varlen"  the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
+#   "slot"          vision_kernels.slot_attention (head 72 as 64 + 16 columns)
+#   "cudnn"         cuDNN's fused kernel, no mask tensor: head padded to 80 with a mask column
+#                   (vision_kernels.rope_2d_pad writes q/k/v that way in the RoPE pass); A/B only:
+#                   slower than "slot" at 1,680 and 26,676-patch slots, 1.8% faster at 10,816
+#                   (docs/notes.md, 2026-11-24)
+#   "varlen"        the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
 # GRAPHRT_VISION_ATTENTION overrides the default (A/B). PackedImages takes the slot kernel over the
 # real lengths ("packed"); other attend callables always take "varlen".
-VISION_ATTENTION_MODES = ("slot", "varlen")
+VISION_ATTENTION_MODES = ("slot", "cudnn", "varlen")
 
 
 @dataclass
@@ -128,13 +132,17 @@ class MoonViTBlock(nn.Module):
         attention branch and the MLP branch output, which the caller adds with the next norm."""
         n = x.shape[0]
         qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
-        vk.rope_2d_(qkv, geo.cos, geo.sin)
-        if mode == "slot":
-            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
-        elif mode == "packed":
-            att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
+        if mode == "cudnn":  # RoPE and the padded mask-column layout in one pass
+            padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
+            att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
-            att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
+            vk.rope_2d_(qkv, geo.cos, geo.sin)
+            if mode == "slot":
+                att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
+            elif mode == "packed":
+                att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
+            else:
+                att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
         out = self.wo(att.reshape(n, -1))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
@@ -162,6 +170,11 @@ class MoonViT(nn.Module):
         if self.attention not in VISION_ATTENTION_MODES:
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
                              f"not {self.attention!r}")
+
+    def attention_status(self) -> str:
+        """The attention of the fused tower over graph slots (`graphrt status`)."""
+        src = "GRAPHRT_VISION_ATTENTION" if "GRAPHRT_VISION_ATTENTION" in os.environ else "default"
+        return f"{self.attention} ({src})"
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""

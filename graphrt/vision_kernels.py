@@ -8,7 +8,12 @@
   `_addmm_activation`), so the 4304-wide activation is written once;
 - `slot_attention`: full attention inside each image slot straight from the packed qkv, for
   head dim 72 without padding it in memory: the head is split 64 + 16 (8 masked) in registers, so
-  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel.
+  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel;
+- `rope_2d_pad` + `cudnn_slot_attention`: the same attention on cuDNN's fused kernel without a mask
+  tensor (its masked kernel is slower): the RoPE pass writes q/k/v with the head padded 72 -> 80,
+  and the first extra column is a mask column: 1 in every query, 0 in real keys and KEY_PAD_LOGIT
+  in pad keys, so a pad key's logit is KEY_PAD_LOGIT / sqrt(72) and its softmax weight exactly 0;
+  the extra V columns are 0 and the output is sliced back to 72.
 
 Unfused and fused agree within bf16 rounding (tests/test_vision_kernels.py; on the GPU,
 benchmarks/vision_stage.py). `TRITON_INTERPRET=1` runs the Triton kernels on CPU tensors.
@@ -72,6 +77,43 @@ if triton is not None:
             y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK,))
             tl.store(base + offs, y.to(qkv_ptr.dtype.element_ty), mask=offs < WIDTH)
 
+
+    @triton.jit
+    def _rope_pad_kernel(qkv_ptr, cos_ptr, sin_ptr, used_ptr, out_ptr, plane, slot, key_pad,
+                         HEADS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr,
+                         XBLOCK: tl.constexpr):
+        # One token per program: q and k turned as in _rope_2d_kernel, q/k/v written to planes
+        # 0/1/2 of out [3, N, HEADS, DP] (head padded D -> DP), then the extra columns: column D
+        # is the mask column (q: 1; k: 0 for a real key, key_pad for a pad key), the rest 0.
+        row = tl.program_id(0).to(tl.int64)
+        WIDTH: tl.constexpr = HEADS * D
+        HALF: tl.constexpr = D // 2
+        EXTRA: tl.constexpr = DP - D
+        offs = tl.arange(0, BLOCK)
+        ok = offs < WIDTH
+        dst = (offs // D) * DP + offs % D
+        pair = tl.arange(0, BLOCK // 2)
+        c = tl.load(cos_ptr + row * HALF + pair % HALF)
+        s = tl.load(sin_ptr + row * HALF + pair % HALF)
+        src = qkv_ptr + row * 3 * WIDTH
+        dst_row = out_ptr + row * (HEADS * DP)
+        for part in range(2):  # q, then k
+            x = tl.load(src + part * WIDTH + offs, mask=ok, other=0.0).to(tl.float32)
+            a, b = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
+            y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK,))
+            tl.store(dst_row + part * plane + dst, y.to(out_ptr.dtype.element_ty), mask=ok)
+        tl.store(dst_row + 2 * plane + dst, tl.load(src + 2 * WIDTH + offs, mask=ok, other=0.0), mask=ok)
+        e = tl.arange(0, XBLOCK)
+        xok = e < HEADS * EXTRA
+        xdst = (e // EXTRA) * DP + D + e % EXTRA
+        first = (e % EXTRA) == 0
+        img = row // slot
+        pad = (row - img * slot) >= tl.load(used_ptr + img)
+        zero = tl.zeros([XBLOCK], tl.float32)
+        tl.store(dst_row + xdst, tl.where(first, 1.0, zero).to(out_ptr.dtype.element_ty), mask=xok)
+        kcol = tl.where(first & pad, key_pad, zero)
+        tl.store(dst_row + plane + xdst, kcol.to(out_ptr.dtype.element_ty), mask=xok)
+        tl.store(dst_row + 2 * plane + xdst, zero.to(out_ptr.dtype.element_ty), mask=xok)
 
     @triton.jit
     def _slot_attention_block(acc_lo, acc_hi, m_i, l_i, q_lo, q_hi, k_ptr, v_ptr, n0, n_keys, qk_scale,
@@ -247,3 +289,65 @@ def slot_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot
                                  BLOCK_M=block_m, BLOCK_N=block_n, MASK_EVERY_BLOCK=mask_every_block,
                                  PACKED=packed, num_warps=warps, num_stages=stages)
     return out
+
+
+# The logit a pad key gets through the mask column, before the softmax scale: exp of it (x 1/sqrt(72))
+# underflows to exactly 0 against any real logit, while a slot of pad keys only (the runtime never
+# makes one: an unused slot has 4 "real" rows) still gets finite weights, not the NaN of -inf. fp16
+# cannot hold -1e30: -65504 (x 1/sqrt(72) = -7720) is still exactly 0 after exp.
+KEY_PAD_LOGIT = {torch.bfloat16: -1e30, torch.float32: -1e30, torch.float16: -65504.0}
+
+
+def cudnn_head(d: int) -> int:
+    """Padded head dim for the mask-column layout: d + 1 rounded up to a multiple of 8 (72 -> 80)."""
+    return (d + 1 + 7) // 8 * 8
+
+
+def rope_2d_pad(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, used: torch.Tensor, slot: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """2D RoPE of q and k of a contiguous [N, 3, H, D] qkv (N = B slots of `slot` rows, used [B]
+    int32 real rows per slot), written with v to a new [3, N, H, DP] tensor in the mask-column
+    layout (module docstring); qkv is not modified."""
+    n, three, heads, d = qkv.shape
+    if three != 3 or not qkv.is_contiguous():
+        raise ValueError(f"rope_2d_pad needs a contiguous [N, 3, H, D] tensor, got {tuple(qkv.shape)}")
+    if d % 2:
+        raise ValueError(f"rope_2d_pad needs an even head dim, got {d}")
+    dp = cudnn_head(d)
+    if out is None:
+        out = torch.empty(3, n, heads, dp, device=qkv.device, dtype=qkv.dtype)
+    _rope_pad_kernel[(n,)](qkv, cos.contiguous(), sin.contiguous(), used, out, n * heads * dp, slot,
+                           KEY_PAD_LOGIT[qkv.dtype], HEADS=heads, D=d, DP=dp,
+                           BLOCK=triton.next_power_of_2(heads * d),
+                           XBLOCK=triton.next_power_of_2(heads * (dp - d)), num_warps=4)
+    return out
+
+
+def rope_2d_pad_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, used: torch.Tensor,
+                          slot: int) -> torch.Tensor:
+    """rope_2d_pad in torch ops (the CPU reference of the tests)."""
+    from .vision import apply_rope_2d
+
+    n, _, heads, d = qkv.shape
+    dp = cudnn_head(d)
+    out = torch.zeros(3, n, heads, dp, device=qkv.device, dtype=qkv.dtype)
+    out[0, :, :, :d] = apply_rope_2d(qkv[:, 0], cos, sin)
+    out[1, :, :, :d] = apply_rope_2d(qkv[:, 1], cos, sin)
+    out[2, :, :, :d] = qkv[:, 2]
+    pos = torch.arange(n, device=qkv.device) % slot
+    pad = pos >= used.to(qkv.device).long().repeat_interleave(slot)[:n]
+    out[0, :, :, d] = 1
+    out[1, :, :, d] = torch.where(pad, KEY_PAD_LOGIT[qkv.dtype], 0.0)[:, None].to(qkv.dtype)
+    return out
+
+
+def cudnn_slot_attention(padded: torch.Tensor, slot: int, d: int, scale: float | None = None) -> torch.Tensor:
+    """Attention inside each slot from rope_2d_pad's [3, N, H, DP] tensor, on cuDNN's fused kernel
+    with no mask tensor (the mask column does it) -> [N, H, d] (a strided view of the padded output).
+    The scale is that of the real head dim (1/sqrt(d)), passed explicitly."""
+    _, n, heads, dp = padded.shape
+    b = n // slot
+    q, k, v = (padded[i].view(b, slot, heads, dp).transpose(1, 2) for i in range(3))
+    o = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, False, False,
+                                                           scale=scale if scale is not None else d ** -0.5)[0]
+    return o.transpose(1, 2).reshape(n, heads, dp)[:, :, :d]
