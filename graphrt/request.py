@@ -31,6 +31,13 @@ class Row:
     exemplars: list[ProcessedImage] = field(default_factory=list)  # images 2..N (visual prompt)
     result: RowResult | None = None  # set by the backend when the row is done
 
+    @classmethod
+    def of_prompt(cls, prompt: Prompt, index: int = 0, temperature: float | None = None,
+                  max_new_tokens: int | None = None) -> "Row":
+        """A row from a built prompt, with no query text: tests, benchmarks and calibration drive
+        the decoders (capture.runtime.GraphBatch, graphrt.generate.EagerBatch) with these."""
+        return cls(index, "", "", prompt, temperature, max_new_tokens)
+
 
 @dataclass
 class ImageJob:
@@ -47,6 +54,45 @@ class ImageJob:
     def image_count(self) -> int:
         """Images of the job's vision work: the query image and every row's exemplars."""
         return 1 + sum(len(r.exemplars) for r in self.rows)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows decoded together and the images they name: what the decoders read. `row_images[r]` is
+    the position in `images` of each image of row r's prompt, in placeholder order (the query
+    image, then its exemplars); rows naming the same query image share its vision work and their
+    prompt prefix."""
+
+    images: list[ProcessedImage]
+    rows: list[Row]
+    row_images: list[tuple[int, ...]]
+
+    def __post_init__(self):
+        if len(self.row_images) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows but {len(self.row_images)} image lists")
+
+    @classmethod
+    def of(cls, jobs: list[ImageJob]) -> "Batch":
+        """The jobs' rows in order; the images are the jobs' images, then each row's exemplars."""
+        images = [job.image for job in jobs]
+        rows, row_images = [], []
+        for i, job in enumerate(jobs):
+            for row in job.rows:
+                rows.append(row)
+                row_images.append((i, *range(len(images), len(images) + len(row.exemplars))))
+                images += row.exemplars
+        return cls(images, rows, row_images)
+
+    @classmethod
+    def of_prompts(cls, images: list[ProcessedImage], prompts: list[Prompt]) -> "Batch":
+        """Row i asks prompts[i] about images[i] (benchmarks and calibration build prompts themselves)."""
+        return cls(list(images), [Row.of_prompt(p, i) for i, p in enumerate(prompts)], [(i,) for i in range(len(prompts))])
+
+    def part(self, images: list[int], rows: list[int]) -> "Batch":
+        """These images and rows as a batch of their own (image positions renumbered)."""
+        local = {old: new for new, old in enumerate(images)}
+        return Batch([self.images[i] for i in images], [self.rows[r] for r in rows],
+                     [tuple(local[i] for i in self.row_images[r]) for r in rows])
 
 
 @dataclass
