@@ -123,7 +123,8 @@ class EagerDecoder:
             return
         batch.check_sharing()
         prompts = [r.prompt.ids for r in rows]
-        self.budgets = [context_budget(cfg, len(p), r.max_new_tokens or gen.max_new_tokens) for p, r in zip(prompts, rows)]
+        self.budgets = [context_budget(cfg, len(p), r.max_new_tokens or gen.max_new_tokens)
+                        for p, r in zip(prompts, rows)]
         self.cache = model.llm.new_cache(n, max(len(p) + b + 2 * self.block for p, b in zip(prompts, self.budgets)))
         self._prefill(batch)
         self.cached = [len(p) - 1 for p in prompts]

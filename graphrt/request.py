@@ -5,16 +5,20 @@
 
 A `Row` is one (image, query) the caller asked about; an `ImageJob` is one preprocessed image with
 the rows that ask about it (one vision pass, one shared prompt prefix), the unit the engine
-batches and the scheduler admits. The backends read rows and write `Row.result`; the engine turns
+batches and the scheduler admits; a `Batch` is rows decoded together with the images they name,
+what the decoders read (the graph runtime directly, the eager loop with the images embedded:
+graphrt.generate.EagerBatch). The backends read rows and write `Row.result`; `ResultMaker` turns
 each finished row into the public `LocateResult`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .boxes import Detection, parse_detections
+from .config import TokenIds
 from .decode import RowResult
 from .processor import ProcessedImage
 from .prompt import Prompt
@@ -86,7 +90,8 @@ class Batch:
     @classmethod
     def of_prompts(cls, images: list[ProcessedImage], prompts: list[Prompt]) -> "Batch":
         """Row i asks prompts[i] about images[i] (benchmarks and calibration build prompts themselves)."""
-        return cls(list(images), [Row.of_prompt(p, i) for i, p in enumerate(prompts)], [(i,) for i in range(len(prompts))])
+        rows = [Row.of_prompt(p, i) for i, p in enumerate(prompts)]
+        return cls(list(images), rows, [(i,) for i in range(len(rows))])
 
     def part(self, images: list[int], rows: list[int]) -> "Batch":
         """These images and rows as a batch of their own (image positions renumbered)."""
@@ -137,9 +142,16 @@ class LocateResult:
             timings_ms=dict(timings, steps=out.steps), backend=backend)
 
 
-def finished_results(jobs: list[ImageJob], tokens_cfg, decode, backend: str):
-    """(index, LocateResult) of each row of finished jobs; the job's timings gain its preprocessing."""
-    for job in jobs:
-        timings = dict(job.timings_ms, preprocess_ms=job.preprocess_ms)
-        for row in job.rows:
-            yield row.index, LocateResult.of(job, row, tokens_cfg, decode, timings, backend)
+@dataclass(frozen=True)
+class ResultMaker:
+    """Finished rows to public results, with the checkpoint's token ids and its tokenizer's decode."""
+
+    tokens: TokenIds
+    decode: Callable[[list[int]], str]  # token ids -> text, special tokens kept
+
+    def __call__(self, jobs: list[ImageJob], backend: str) -> Iterator[tuple[int, LocateResult]]:
+        """(index, LocateResult) of each row of finished jobs; the job's timings gain its preprocessing."""
+        for job in jobs:
+            timings = dict(job.timings_ms, preprocess_ms=job.preprocess_ms)
+            for row in job.rows:
+                yield row.index, LocateResult.of(job, row, self.tokens, self.decode, timings, backend)
