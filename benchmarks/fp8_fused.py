@@ -39,7 +39,8 @@ from calib.fidelity import fidelity, markdown as fidelity_md, noise_probe  # noq
 from calib.report import _answers  # noqa: E402
 from capture import Buckets  # noqa: E402
 from graphrt import Engine, GenerationConfig  # noqa: E402
-from graphrt.generate import EmbeddedRow  # noqa: E402
+from graphrt.generate import EagerBatch  # noqa: E402
+from graphrt.request import Batch  # noqa: E402
 
 MODES = {"w8a8": "lm", "w8a16": "lm+w8a16", "w8a8-dynamic": "lm+w8a8-dynamic", "w8a16-int8": "lm+w8a16-int8"}
 
@@ -203,9 +204,8 @@ def main() -> None:
             merge = base.model.cfg.vision.merge_kernel_size
             ims = [base.processor(im) for im, _ in pairs]
             emb = base.encode_images(ims)
-            reqs = [EmbeddedRow(base.prompts.build(q, im.num_tokens(merge)).ids, x,
-                               base.prompts.build(q, im.num_tokens(merge)).image_start)
-                    for im, (_, q), x in zip(ims, pairs, emb)]
+            prompts = [base.prompts.build(q, im.num_tokens(merge)) for im, (_, q) in zip(ims, pairs)]
+            reqs = EagerBatch.of(Batch.of_prompts(ims, prompts), emb)
             gen = GenerationConfig(fixed_steps=args.fixed_steps, max_new_tokens=64)
             plain = [r.tokens for r in _answers(ee.model, reqs, gen)]
             nudged = [r.tokens for r in _answers(noise_probe(ee.model, 0, 2**-9, seed=7), reqs, gen)]

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 from capture import Buckets, GraphRuntime
-from capture.runtime import GraphRow
 from graphrt import Engine, EngineOptions, GenerationConfig
 from graphrt.attention import sdpa
-from graphrt.generate import EmbeddedRow, generate
+from graphrt.generate import EagerBatch, generate
+from graphrt.request import Batch
 
 WEIGHT_FLOOR_NOTE = "step floor: all LM weights read once (~6.2 GB bf16) at ~3.0 TB/s = ~2.1 ms"
 
@@ -67,8 +67,8 @@ def main() -> None:
     for b in args.batch:
         pils = [Image.fromarray((np.random.RandomState(i).rand(480, 640, 3) * 255).astype(np.uint8)) for i in range(b)]
         procs = [engine.processor(p) for p in pils]
-        rows = [GraphRow(prompt, i) for i in range(b)]
-        result = runtime.run(procs, rows, gen)  # sets real inputs and state
+        batch = Batch.of_prompts(procs, [prompt] * b)
+        result = runtime.run(batch, gen)  # sets real inputs and state
         steps_taken = max(r.steps for r in result)
         graph = {stage: cuda_ms(lambda k=key: runtime.graphs.replay(k), args.repeat)
                  for stage, key in (("vision", ("vision", b, patches)), ("prefill", ("prefill", b, length)),
@@ -93,8 +93,7 @@ def main() -> None:
             vision_ms = (time.perf_counter() - t) * 1000
             marks.clear()
             mark("start")
-            reqs = [EmbeddedRow(prompt.ids, embeds[i], prompt.image_start) for i in range(b)]
-            generate(engine.model, sdpa.lm_attention, reqs, gen, on_stage=mark)
+            generate(engine.model, sdpa.lm_attention, EagerBatch.of(batch, embeds), gen, on_stage=mark)
             times = [(n, (t2 - t1) * 1000) for (_, t1), (n, t2) in zip(marks, marks[1:])]
             eager_runs.append((vision_ms, times[0][1], statistics.median([x for n, x in times if n == "step"])))
         eager = {"vision": round(statistics.median(r[0] for r in eager_runs), 3),

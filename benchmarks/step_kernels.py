@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 from capture import Buckets, GraphRuntime
-from capture.runtime import GraphRow
 from latency import write_report  # noqa: E402  (sibling benchmark: one report writer)
 from graphrt import Engine, GenerationConfig
+from graphrt.request import Batch
 
 # name -> (kernel set, environment while its graphs are captured: the documented A/B overrides)
 VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL": "torch"}),
@@ -174,8 +174,8 @@ def main() -> None:
     for b in args.batch:
         pils = [Image.fromarray((np.random.RandomState(i).rand(480, 640, 3) * 255).astype(np.uint8)) for i in range(b)]
         procs = [engine.processor(p) for p in pils]
-        rows = [GraphRow(prompt, i) for i in range(b)]
-        toks = {n: [r.tokens for r in rt.run(procs, rows, gen)] for n, rt in runtimes.items()}
+        batch = Batch.of_prompts(procs, [prompt] * b)
+        toks = {n: [r.tokens for r in rt.run(batch, gen)] for n, rt in runtimes.items()}
         agree[b] = {n: sum(x == y for x, y in zip(toks[names[0]], t)) for n, t in toks.items() if n != names[0]}
         cache_len = int(runtimes[names[0]].pipe.cache_len[0])
         for label, set_len in (("prompt", None), ("long", args.long)):

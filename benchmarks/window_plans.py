@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from capture import Buckets, GraphRuntime
-from capture.runtime import GraphRow
 from graphrt import Engine, EngineOptions, GenerationConfig
+from graphrt.request import Batch
 
 
 def main() -> None:
@@ -43,8 +43,8 @@ def main() -> None:
         rt.warmup(progress=False)
     rows_out = []
     for b in args.batch:
-        rows = [GraphRow(prompt, i) for i in range(b)]
-        tokens = {p: [r.tokens for r in rt.run(procs[:b], rows, gen)] for p, rt in plans.items()}
+        batch = Batch.of_prompts(procs[:b], [prompt] * b)
+        tokens = {p: [r.tokens for r in rt.run(batch, gen)] for p, rt in plans.items()}
         times = {p: [] for p in plans}
         for _ in range(args.rounds):  # interleaved, so drift hits both plans
             for p, rt in plans.items():

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from graphrt.attention import sdpa
-from graphrt.generate import EagerDecoder, GenerationConfig, EmbeddedRow
+from graphrt.generate import EagerBatch, EagerDecoder, GenerationConfig
+from graphrt.request import Batch
 
 from .apply import shared_copy
 from .report import _answers, _cos, _force, _LogitTap, _StepStats
@@ -83,7 +84,7 @@ def fidelity(engine, variants: dict, pairs: list[tuple], steps: int = 2, answer_
             images = [engine.processor(im) for im, _ in chunk]
             prompts = [engine.prompts.build(q, im.num_tokens(merge)) for im, (_, q) in zip(images, chunk)]
             emb = engine.encode_images(images)
-            reqs = [EmbeddedRow(p.ids, e, p.image_start) for p, e in zip(prompts, emb)]
+            reqs = EagerBatch.of(Batch.of_prompts(images, prompts), emb)
             depth_taps["bf16"].on = True
             dec_b = EagerDecoder(base, sdpa.lm_attention, reqs, gen)
             depth_taps["bf16"].on = False

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from graphrt.attention import sdpa
 from graphrt.boxes import parse_detections
 from graphrt.decode import GenerationConfig
-from graphrt.generate import EagerDecoder, EmbeddedRow
+from graphrt.generate import EagerBatch, EagerDecoder
+from graphrt.request import Batch
 
 from .apply import linear_modules
 from .fp8_linear import FP8Linear
@@ -168,8 +169,8 @@ def accuracy_report(bf16_engine, fp8_engine, pairs: list[tuple], steps: int = 2,
             layer_tap.enabled = False
             emb_f = fp8_engine.encode_images(images)
             vision_cos += [float(_cos(a, b)) for a, b in zip(emb_b, emb_f)]
-            reqs_b = [EmbeddedRow(p.ids, e, p.image_start) for p, e in zip(prompts, emb_b)]
-            reqs_f = [EmbeddedRow(p.ids, e, p.image_start) for p, e in zip(prompts, emb_f)]
+            reqs_b = EagerBatch.of(Batch.of_prompts(images, prompts), emb_b)
+            reqs_f = EagerBatch.of(Batch.of_prompts(images, prompts), emb_f)
             layer_tap.enabled = True
             dec_b = EagerDecoder(mb, sdpa.lm_attention, reqs_b, gen)
             layer_tap.enabled = False
@@ -241,8 +242,8 @@ def accuracy_report(bf16_engine, fp8_engine, pairs: list[tuple], steps: int = 2,
     }
 
 
-def _answers(model, requests, gen):
-    dec = EagerDecoder(model, sdpa.lm_attention, requests, gen)
+def _answers(model, batch: EagerBatch, gen):
+    dec = EagerDecoder(model, sdpa.lm_attention, batch, gen)
     while not dec.done:
         dec.step()
     return dec.results

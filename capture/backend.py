@@ -12,10 +12,10 @@ import dataclasses
 from graphrt.backend import Backend, Decode
 from graphrt.decode import GenerationConfig, RowResult
 from graphrt.errors import InputError
-from graphrt.request import ImageJob
+from graphrt.request import Batch, ImageJob
 
 from .buckets import Buckets
-from .runtime import GraphRuntime, pack
+from .runtime import GraphRuntime
 from .scheduler import run_jobs
 
 
@@ -62,15 +62,14 @@ class GraphBackend(Backend):
         return self.runtime.unsupported_config(gen, temperatures)
 
     def unsupported(self, jobs: list[ImageJob], gen: GenerationConfig) -> str | None:
-        return self.runtime.unsupported(*pack(jobs), gen)
+        return self.runtime.unsupported(Batch.of(jobs), gen)
 
     def unsupported_job(self, job: ImageJob) -> str | None:
-        return self.runtime.unsupported_job(*pack([job]))
+        return self.runtime.unsupported_job(Batch.of([job]))
 
     def start(self, jobs: list[ImageJob], gen: GenerationConfig) -> GraphDecode:
-        images, rows = pack(jobs)
         decode = GraphDecode(self.runtime, jobs, {})
-        decode.timings_ms = self.runtime.admit(images, rows, decode.targets, gen, self.share_prefix)
+        decode.timings_ms = self.runtime.admit(Batch.of(jobs), decode.targets, gen, self.share_prefix)
         return decode
 
     def resume(self, jobs: list[ImageJob], gen: GenerationConfig, tensors: dict, extra: dict) -> GraphDecode:

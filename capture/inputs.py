@@ -97,9 +97,9 @@ class StageInputs:
             ids[base : base + m] = prompt[seg.start : seg.end]
             positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.end)
             spans = seg.row.prompt.image_spans
-            if len(spans) != len(seg.row.images):
-                raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.row.images)}")
-            for (start, count), image in zip(spans, seg.row.images):
+            if len(spans) != len(seg.images):
+                raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.images)}")
+            for (start, count), image in zip(spans, seg.images):
                 # The part of each image inside this segment (a shared-prefix tail holds the
                 # exemplars but not image 1) reads its rows of vision_out.
                 lo, hi = max(start, seg.start), min(start + count, seg.end)

@@ -25,8 +25,7 @@ from tqdm import tqdm
 from graphrt.decode import GenerationConfig, RowResult, context_budget, draw_seed
 from graphrt.kernels import select_kernels
 from graphrt.processor import ProcessedImage
-from graphrt.prompt import Prompt
-from graphrt.request import ImageJob
+from graphrt.request import Batch, Row
 from graphrt.timing import StageClock
 
 from .buckets import Buckets
@@ -38,37 +37,11 @@ from .varlen import select_kernel
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
-class GraphRow:
-    prompt: Prompt
-    image: int  # index into the batch's image list (several rows may share one image)
-    temperature: float | None = None
-    max_new_tokens: int | None = None  # None: the generation config's
-    extra: tuple[int, ...] = ()  # images 2..N of the row (visual-prompt exemplars), indices like `image`
-    stream: int | None = None  # sampling-stream id (the caller's index); None: the cache row
-
-    @property
-    def images(self) -> tuple[int, ...]:
-        """Batch image index of each of the prompt's image spans, in placeholder order."""
-        return (self.image, *self.extra)
-
-
-def pack(jobs: list[ImageJob]) -> tuple[list[ProcessedImage], list[GraphRow]]:
-    """Images and graph rows of image jobs: the jobs' images first (a row's `image` indexes them),
-    then each row's exemplars (its `extra`), in row order. A row's sampling stream is its index."""
-    images = [job.image for job in jobs]
-    rows = []
-    for i, job in enumerate(jobs):
-        for row in job.rows:
-            extra = tuple(range(len(images), len(images) + len(row.exemplars)))
-            rows.append(GraphRow(row.prompt, i, row.temperature, row.max_new_tokens, extra, row.index))
-            images += row.exemplars
-    return images, rows
-
-
-@dataclass(frozen=True)
 class _Segment:
-    """Prompt tokens [start, end) of one row, prefilled into cache row `target`."""
-    row: GraphRow
+    """Prompt tokens [start, end) of one row, prefilled into cache row `target`; `images`: the
+    batch image of each of its prompt's images."""
+    row: Row
+    images: tuple[int, ...]
     target: int
     start: int
     end: int
@@ -148,15 +121,15 @@ class GraphRuntime:
 
     # ------------------------------------------------------------------ requests
 
-    def unsupported(self, images: list[ProcessedImage], rows: list[GraphRow], gen: GenerationConfig) -> str | None:
+    def unsupported(self, batch: Batch, gen: GenerationConfig) -> str | None:
         """Why this batch cannot run on the graphs (None when it can)."""
-        b = self.buckets
+        b, rows = self.buckets, batch.rows
         reason = self.unsupported_config(gen, [r.temperature for r in rows], [r.max_new_tokens for r in rows])
         if reason:
             return reason
-        if max(len(rows), len(images)) > b.max_batch:
-            return f"batch of {max(len(rows), len(images))} > largest bucket {b.max_batch}"
-        return self.unsupported_job(images, rows)
+        if max(len(rows), len(batch.images)) > b.max_batch:
+            return f"batch of {max(len(rows), len(batch.images))} > largest bucket {b.max_batch}"
+        return self.unsupported_job(batch)
 
     def unsupported_config(self, gen: GenerationConfig, temperatures=(), max_new_tokens=()) -> str | None:
         """Why these generation settings (and per-row temperatures / token caps) cannot run on the graphs."""
@@ -173,30 +146,29 @@ class GraphRuntime:
             return f"max_new_tokens {longest} > bucket limit {self.buckets.max_new_tokens}"
         return None
 
-    def unsupported_job(self, images: list[ProcessedImage], rows: list[GraphRow]) -> str | None:
-        b = self.buckets
+    def unsupported_job(self, batch: Batch) -> str | None:
+        b, images, rows = self.buckets, batch.images, batch.rows
         if len(images) > b.max_batch:
             return f"{len(images)} images (exemplars included) > largest bucket {b.max_batch}"
         if images and max(im.num_patches for im in images) > b.max_patches:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
         if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
             return f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
-        for chunk in self._chunks(images, rows):
+        for chunk in self._chunks(batch):
             if chunk["patches"] > b.vision_capacity:
                 return (f"an image with its rows' exemplars holds {chunk['patches']} patches > one vision replay's "
                         f"capacity {b.vision_capacity} (Buckets.vision_budget)")
         return None
 
-    def run(self, images: list[ProcessedImage], rows: list[GraphRow], gen: GenerationConfig,
-            share_prefix: bool = True) -> list[RowResult]:
+    def run(self, batch: Batch, gen: GenerationConfig, share_prefix: bool = True) -> list[RowResult]:
         """One batch from vision to the last step (rows [0, n) of the smallest fitting bucket)."""
-        reason = self.unsupported(images, rows, gen)
+        reason = self.unsupported(batch, gen)
         if reason:
             raise ValueError(f"batch does not fit the graphs: {reason}")
-        bb = Buckets.fit(self.buckets.batch_sizes, len(rows))
-        targets = list(range(len(rows)))
+        bb = Buckets.fit(self.buckets.batch_sizes, len(batch.rows))
+        targets = list(range(len(batch.rows)))
         self.begin()
-        laps = self.admit(images, rows, targets, gen, share_prefix)
+        laps = self.admit(batch, targets, gen, share_prefix)
         clock = StageClock(self.model.device)
         steps = self.decode(bb)
         clock.lap("decode_ms")
@@ -224,9 +196,8 @@ class GraphRuntime:
     def finished(self, bb: int) -> list[bool]:
         return self.pipe.finished[:bb].tolist()
 
-    def admit(self, images: list[ProcessedImage], rows: list[GraphRow], targets: list[int], gen: GenerationConfig,
-              share_prefix: bool = True) -> dict:
-        """Vision of `images`, then the prompts of `rows` into cache rows `targets` (other rows keep
+    def admit(self, batch: Batch, targets: list[int], gen: GenerationConfig, share_prefix: bool = True) -> dict:
+        """Vision of the batch's images, then its rows' prompts into cache rows `targets` (other rows keep
         decoding). Rows of one image share its prompt prefix when share_prefix is set. Returns
         per-stage milliseconds.
 
@@ -235,26 +206,23 @@ class GraphRuntime:
         if gen.seed is None:  # one seed for the whole admission (its prefill passes agree)
             gen = dataclasses.replace(gen, seed=draw_seed() if self.pipe.sample else 0)
         total: dict = {}
-        chunks = self._chunks(images, rows)
+        chunks = self._chunks(batch)
         for chunk in chunks:
-            local = {old: new for new, old in enumerate(chunk["images"])}
-            part = [dataclasses.replace(rows[i], image=local[rows[i].image],
-                                        extra=tuple(local[e] for e in rows[i].extra)) for i in chunk["rows"]]
-            laps = self._admit_chunk([images[i] for i in chunk["images"]], part, [targets[i] for i in chunk["rows"]],
+            laps = self._admit_chunk(batch.part(chunk["images"], chunk["rows"]), [targets[i] for i in chunk["rows"]],
                                      gen, share_prefix)
             for name, value in laps.items():  # times and counts add up; the first chunk's buckets
                 total[name] = total.get(name, 0) + value if isinstance(value, (int, float)) else total.get(name, value)
         total["admission_chunks"] = len(chunks)
         return total
 
-    def _chunks(self, images: list[ProcessedImage], rows: list[GraphRow]) -> list[dict]:
+    def _chunks(self, batch: Batch) -> list[dict]:
         """Rows grouped by their query image (with every image their rows name), then the groups
         packed greedily, in order, into chunks of at most the vision capacity in patches."""
-        groups: dict[int, dict] = {}
-        for i, r in enumerate(rows):
-            g = groups.setdefault(r.image, {"images": [r.image], "rows": []})
+        images, groups = batch.images, {}
+        for i, (image, *extra) in enumerate(batch.row_images):
+            g = groups.setdefault(image, {"images": [image], "rows": []})
             g["rows"].append(i)
-            g["images"] += [e for e in r.extra if e not in g["images"]]
+            g["images"] += [e for e in extra if e not in g["images"]]
         capacity, chunks = self.buckets.vision_capacity, []
         for g in groups.values():
             patches = sum(images[i].num_patches for i in g["images"])
@@ -269,35 +237,35 @@ class GraphRuntime:
             c["rows"].sort()
         return chunks
 
-    def _admit_chunk(self, images: list[ProcessedImage], rows: list[GraphRow], targets: list[int],
-                     gen: GenerationConfig, share_prefix: bool) -> dict:
+    def _admit_chunk(self, batch: Batch, targets: list[int], gen: GenerationConfig, share_prefix: bool) -> dict:
+        rows, query_image = batch.rows, [images[0] for images in batch.row_images]
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
-        base, (bv, p), passes = self._encode(images)
+        base, (bv, p), passes = self._encode(batch.images)
         clock.lap("vision_ms")
 
         owner: dict[int, int] = {}  # image -> first row of that image
         members = []
-        for i, r in enumerate(rows):
-            if share_prefix and r.image in owner:
+        for i, image in enumerate(query_image):
+            if share_prefix and image in owner:
                 members.append(i)
             else:
-                owner.setdefault(r.image, i)
-        owners = {owner[rows[i].image] for i in members}
+                owner.setdefault(image, i)
+        owners = {owner[query_image[i]] for i in members}
         first, second = [], []
-        for i, (r, t, budget) in enumerate(zip(rows, targets, budgets)):
+        for i, (r, images, t, budget) in enumerate(zip(rows, batch.row_images, targets, budgets)):
             last = len(r.prompt.ids) - 1
             if i in owners or i in members:
                 if i in owners:
-                    first.append(_Segment(r, t, 0, r.prompt.prefix_len, budget))
-                second.append(_Segment(r, t, r.prompt.prefix_len, last, budget))
+                    first.append(_Segment(r, images, t, 0, r.prompt.prefix_len, budget))
+                second.append(_Segment(r, images, t, r.prompt.prefix_len, last, budget))
             else:
-                first.append(_Segment(r, t, 0, last, budget))
+                first.append(_Segment(r, images, t, 0, last, budget))
         prefill_passes = self._prefill(first, base, gen)
         if second:
             for i in members:
-                self.pipe.share_prefix(targets[i], targets[owner[rows[i].image]], rows[i].prompt.prefix_len)
+                self.pipe.share_prefix(targets[i], targets[owner[query_image[i]]], rows[i].prompt.prefix_len)
             prefill_passes += self._prefill(second, base, gen)
         clock.lap("prefill_ms")
         return dict(clock.laps, bucket_vision=(bv, p), vision_passes=passes, prefill_passes=prefill_passes,

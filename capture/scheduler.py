@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from graphrt.backend import JobSource
 from graphrt.decode import GenerationConfig
 from graphrt.prefetch import NOT_READY
-from graphrt.request import ImageJob
+from graphrt.request import Batch, ImageJob
 
-from .runtime import GraphRuntime, pack
+from .runtime import GraphRuntime
 
 
 def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
@@ -91,14 +91,13 @@ def patches(job: ImageJob) -> int:
 
 def _admit(runtime, jobs: list[ImageJob], free: list[int], live: dict, gen: GenerationConfig,
            share_prefix: bool) -> None:
-    images, rows = pack(jobs)
     targets = []
     for job in jobs:
         for r, row in enumerate(job.rows):
             row.result = None
             targets.append(free.pop(0))
             live[targets[-1]] = (job, r)
-    laps = runtime.admit(images, rows, targets, gen, share_prefix)
+    laps = runtime.admit(Batch.of(jobs), targets, gen, share_prefix)
     now = time.perf_counter()
     for job in jobs:
         job.timings_ms.update(vision_ms=laps["vision_ms"], prefill_ms=laps["prefill_ms"], admitted_with=len(jobs),

@@ -51,7 +51,7 @@ def _temperature(seg, gen) -> float:
 
 def _stream_keys(segments, gen):
     # admit() fixes gen.seed for the whole admission, so both prefill passes hash the same seed
-    return noise_keys(gen.seed, [s.target if s.row.stream is None else s.row.stream for s in segments]).numpy()
+    return noise_keys(gen.seed, [s.row.index for s in segments]).numpy()  # a row's stream: its Row.index
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """What the engine asks of a way to run rows: the `Backend` interface, its `Decode` (one batch in
-flight), and the `JobFeed` a backend's stream reads.
+flight), the `JobFeed` a backend's stream reads, and `stream_prepared` (jobs prepared ahead on CPU
+threads through a backend's stream).
 
 Two implementations: `graphrt.eager.EagerBackend` (plain PyTorch, the reference; any device) and
 `capture.backend.GraphBackend` (CUDA graphs over static buffers). The engine validates requests,
@@ -19,11 +20,11 @@ finished rows into results; it never asks which backend it holds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .decode import GenerationConfig, RowResult
 from .prefetch import NOT_READY
-from .request import ImageJob
+from .request import ImageJob, LocateResult, ResultMaker
 from .timing import StageClock
 
 
@@ -143,6 +144,22 @@ class JobFeed:
                 self.set_aside.append(job)
                 continue
             return job
+
+
+def stream_prepared(prepared, backend: Backend, fallback: Backend, gen: GenerationConfig, results: ResultMaker,
+                    say_why: Callable[[str], None]) -> Iterator[tuple[int, LocateResult]]:
+    """(index, result) of each row of the jobs a Prefetcher prepares, as `backend` streams them, and
+    of the rows that failed preparation as they come; the jobs `backend` refuses run on `fallback`
+    afterwards, `say_why(reason)` first."""
+    feed = JobFeed(prepared, backend.unsupported_job)
+    for job in backend.stream(feed, gen):
+        yield from feed.drain_failures()
+        yield from results([job], backend.name)
+    yield from feed.drain_failures()
+    if feed.set_aside:
+        say_why(f"{len(feed.set_aside)} image(s): {backend.unsupported_job(feed.set_aside[0])}")
+        for job in fallback.stream(JobSource(feed.set_aside), gen):
+            yield from results([job], fallback.name)
 
 
 class JobSource:

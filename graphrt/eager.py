@@ -9,9 +9,9 @@ import torch
 from .attention import sdpa
 from .backend import Backend, Decode
 from .decode import GenerationConfig, RowResult
-from .generate import EagerDecoder, EmbeddedRow, share_prefixes
+from .generate import EagerBatch, EagerDecoder
 from .processor import ProcessedImage
-from .request import ImageJob
+from .request import Batch, ImageJob
 from .timing import StageClock
 from .vision import vision_geometry
 
@@ -56,16 +56,16 @@ class EagerBackend(Backend):
     @torch.no_grad()
     def start(self, jobs: list[ImageJob], gen: GenerationConfig) -> EagerDecode:
         clock = StageClock(self.device)
-        requests = self.requests(jobs)
+        batch = self.batch(jobs)
         clock.lap("vision_ms")
-        decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen)
+        decoder = EagerDecoder(self.model, sdpa.lm_attention, batch, gen)
         clock.lap("prefill_ms")
         return EagerDecode(decoder, jobs, clock.laps)
 
     def resume(self, jobs: list[ImageJob], gen: GenerationConfig, tensors: dict, extra: dict) -> EagerDecode:
-        requests = [EmbeddedRow(r.prompt.ids, None, r.prompt.image_start, r.temperature) for job in jobs
-                    for r in job.rows]
-        decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, requests, gen, tensors, extra)
+        rows = [r for job in jobs for r in job.rows]
+        batch = EagerBatch(rows, [()] * len(rows))  # the KV holds the images
+        decoder = EagerDecoder.from_state(self.model, sdpa.lm_attention, batch, gen, tensors, extra)
         return EagerDecode(decoder, jobs, {})
 
     def stream(self, feed, gen: GenerationConfig):
@@ -83,25 +83,12 @@ class EagerBackend(Backend):
         self.run(jobs, gen)
         yield from jobs
 
-    def requests(self, jobs: list[ImageJob]) -> list[EmbeddedRow]:
-        """Rows of the eager loop, with shared prefixes marked for rows of one image (the prefix
-        ends at the query image's `</img>`, before any exemplar, so rows with other exemplars
-        share it too)."""
-        images = [job.image for job in jobs] + [e for job in jobs for r in job.rows for e in r.exemplars]
-        embeds = encode_images(self.model, images)
-        requests, keys, prefix = [], [], []
-        next_exemplar = len(jobs)
-        for i, job in enumerate(jobs):
-            for r in job.rows:
-                mine = range(next_exemplar, next_exemplar + len(r.exemplars))
-                extra = tuple((start, embeds[k]) for (start, _), k in zip(r.prompt.image_spans[1:], mine))
-                next_exemplar += len(r.exemplars)
-                requests.append(EmbeddedRow(r.prompt.ids, embeds[i], r.prompt.image_start, r.temperature,
-                                           r.max_new_tokens, extra_images=extra, stream=r.index))
-                keys.append(i if self.share_prefix else len(keys))
-                prefix.append(r.prompt.prefix_len)
-        share_prefixes(requests, keys, prefix)
-        return requests
+    def batch(self, jobs: list[ImageJob]) -> EagerBatch:
+        """The jobs' rows with their images encoded (one vision call); rows of one image share its
+        prompt prefix (it ends at the query image's `</img>`, before any exemplar, so rows with other
+        exemplars share it too)."""
+        batch = Batch.of(jobs)
+        return EagerBatch.of(batch, encode_images(self.model, batch.images), self.share_prefix)
 
     def status(self) -> dict:
         return {"attention": "sdpa (dense mask, eager)", "kernels": "torch (eager)", "graphs": 0,

@@ -31,7 +31,7 @@ from capture.plan import plan_for_model
 from capture.runtime import GraphRuntime
 from weights.loader import load_weights
 
-from .backend import Backend, JobFeed, JobSource
+from .backend import Backend, stream_prepared
 from .config import ModelConfig, PreprocessorConfig
 from .decode import GenerationConfig
 from .eager import EagerBackend, encode_images
@@ -42,7 +42,7 @@ from .model import LocateAnything
 from .prefetch import Prefetcher
 from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage
 from .prompt import TASKS, PromptBuilder, check_task, load_chat_template, load_tokenizer
-from .request import ImageJob, LocateResult, finished_results
+from .request import ImageJob, LocateResult, ResultMaker
 from .status import engine_status
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,9 @@ class Engine:
         self.processor = ImageProcessor(preprocessor, options.max_image_pixels,
                                         resize_device=model.device if model.device.type == "cuda" else None)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
-        self._pool: ThreadPoolExecutor | None = None  # CPU threads for image preprocessing
+        self.results = ResultMaker(cfg.tokens, self.prompts.decode)  # finished rows -> LocateResult
+        # CPU threads for image preprocessing (started on first use)
+        self._pool = ThreadPoolExecutor(options.workers(), thread_name_prefix="graphrt-prep")
         self.eager, self.backend, self.memory_plan = _backends(model, options)
         self.runtime = self.backend.runtime  # the graph runtime, None when graphs are off (introspection)
 
@@ -246,7 +248,7 @@ class Engine:
             # One batch: one image is prepared inline (no thread hand-off on the latency path),
             # several in parallel on the CPU threads.
             jobs = []
-            outcomes = [prepare(groups[0])] if len(groups) == 1 else list(self._threads().map(prepare, groups))
+            outcomes = [prepare(groups[0])] if len(groups) == 1 else list(self._pool.map(prepare, groups))
             for job, failures in outcomes:
                 yield from failures
                 if job is not None:
@@ -254,18 +256,10 @@ class Engine:
             if jobs:
                 backend = self._backend_for_batch(backend, jobs, gen)
                 backend.run(jobs, gen)
-                yield from self._results(jobs, backend.name)
+                yield from self.results(jobs, backend.name)
             return
-        with Prefetcher(prepare, groups, self._threads(), ahead=2 * backend.max_batch) as prepared:
-            feed = JobFeed(prepared, backend.unsupported_job)
-            for job in backend.stream(feed, gen):
-                yield from feed.drain_failures()
-                yield from self._results([job], backend.name)
-            yield from feed.drain_failures()
-        if feed.set_aside:  # images the backend could not take run eager afterwards
-            self._fallback(f"{len(feed.set_aside)} image(s): {backend.unsupported_job(feed.set_aside[0])}")
-            for job in self.eager.stream(JobSource(feed.set_aside), gen):
-                yield from self._results([job], self.eager.name)
+        with Prefetcher(prepare, groups, self._pool, ahead=2 * backend.max_batch) as prepared:
+            yield from stream_prepared(prepared, backend, self.eager, gen, self.results, self._fallback)
 
     def start(self, pairs, temperatures: list[float | None] | None = None, task: str | None = None,
               **generation) -> Generation:
@@ -280,7 +274,7 @@ class Engine:
         jobs = [intake.prepare(pairs, g, temps, gen, "raise", task)[0] for g in group_by_image(pairs, len(pairs))]
         backend = self._backend_for_config(gen, temps, quiet=True)
         backend = self._backend_for_batch(backend, jobs, gen, quiet=True)
-        return Generation(self, jobs, gen, backend.name, backend.start(jobs, gen))
+        return Generation(jobs, gen, backend.name, backend.start(jobs, gen), self.results)
 
     def resume(self, state: GenerationState) -> Generation:
         """Continue a paused generation (from pause(), or GenerationState.load)."""
@@ -289,7 +283,7 @@ class Engine:
         backend = {b.name: b for b in (self.eager, self.backend)}.get(state.backend)
         if backend is None:
             raise InputError(f"this state was paused on the {state.backend} backend, which this engine does not have")
-        run = Generation(self, jobs, gen, backend.name, backend.resume(jobs, gen, state.tensors, state.extra))
+        run = Generation(jobs, gen, backend.name, backend.resume(jobs, gen, state.tensors, state.extra), self.results)
         run.steps_done = state.steps_done
         return run
 
@@ -315,11 +309,6 @@ class Engine:
             raise InputError(f"{call} got {n:,} pairs, over EngineOptions.max_rows = {limit:,}; "
                              "use locate_stream (it streams any number) or raise the limit")
 
-    def _threads(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.options.workers(), thread_name_prefix="graphrt-prep")
-        return self._pool
-
     # ------------------------------------------------------------------ scheduling choice
 
     def _backend_for_config(self, gen: GenerationConfig, temps, quiet: bool = False) -> Backend:
@@ -343,9 +332,6 @@ class Engine:
         if self.options.strict:
             raise InputError(f"request does not fit the captured graphs: {reason}")
         log.warning("running eager: %s", reason)
-
-    def _results(self, jobs: list[ImageJob], backend: str):
-        return finished_results(jobs, self.cfg.tokens, self.prompts.decode, backend)
 
     # ------------------------------------------------------------------ pieces
 

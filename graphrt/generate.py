@@ -9,7 +9,7 @@ not advancing the row's cache length past the accepted tokens.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,46 +18,64 @@ from .decode import NO_STEP_LIMIT, GenerationConfig, RowResult, context_budget, 
 from .errors import InputError
 from .kv_cache import KVCache
 from .mtp import StepKind, accept, ar_switch, propose
+from .request import Batch, Row
 from .sampler import choose, noise_keys, probabilities, uniforms
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class EmbeddedRow:
-    """The eager decoder's form of a row: prompt token ids with the image embeddings scattered into
-    them (graphrt.request.Row is the request; the eager backend builds this from it)."""
+class EagerBatch:
+    """A batch as the eager decoder reads it: the rows (graphrt.request.Row: prompt, temperature,
+    token cap; its `index` is its sampling stream) with their prompts' images as LM-width embeddings.
 
-    prompt: list[int]
-    image_embeds: torch.Tensor  # [image tokens, D], scattered over the prompt's image placeholders
-    image_start: int
-    temperature: float | None = None  # None: the config's temperature
-    max_new_tokens: int | None = None  # None: the config's max_new_tokens
-    # Shared prefix: this row reuses the KV of prompt[:prefix_len] computed for row `prefix_owner`
-    # (same image, same prompt head); only its tail is prefilled. None: a full prefill.
-    prefix_owner: int | None = None
-    prefix_len: int = 0
-    # Visual-prompt exemplars (images 2..N): (first placeholder index, [tokens, D] embeddings) each.
-    extra_images: tuple = ()
-    stream: int | None = None  # id of the row's sampling stream (the caller's index); None: the row's position
+    `images[r]`: a [tokens, D] tensor per image of row r's prompt, in placeholder order (the query
+    image, then the exemplars). `prefix_owner[r]`: the earlier row whose KV of the shared prompt
+    prefix (`Prompt.prefix_len`: up to the query image's `</img>`) row r reuses, prefilling only its
+    tail; None: a full prefill. Without `prefix_owner` no row shares."""
+
+    rows: list[Row]
+    images: list[tuple[torch.Tensor, ...]]
+    prefix_owner: list[int | None] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.prefix_owner = self.prefix_owner or [None] * len(self.rows)
+        if not len(self.rows) == len(self.images) == len(self.prefix_owner):
+            raise ValueError(f"{len(self.rows)} rows, {len(self.images)} image lists, "
+                             f"{len(self.prefix_owner)} prefix owners")
+
+    @classmethod
+    def of(cls, batch: Batch, embeds: list[torch.Tensor], share_prefix: bool = False) -> "EagerBatch":
+        """The rows of `batch`, `embeds[k]` being the embeddings of its image k. With share_prefix,
+        rows naming the same query image share the first such row's prompt prefix."""
+        first: dict[int, int] = {}
+        owners = []
+        for r, images in enumerate(batch.row_images):
+            owners.append(first.get(images[0]) if share_prefix else None)
+            first.setdefault(images[0], r)
+        return cls(batch.rows, [tuple(embeds[k] for k in images) for images in batch.row_images], owners)
+
+    def check_sharing(self) -> None:
+        for i, (r, owner) in enumerate(zip(self.rows, self.prefix_owner)):
+            if owner is None:
+                continue
+            o = self.rows[owner]
+            if self.prefix_owner[owner] is not None or owner >= i:
+                raise ValueError("a prefix owner must be an earlier row that owns its own prefix")
+            n = r.prompt.prefix_len
+            if n != o.prompt.prefix_len or r.prompt.ids[:n] != o.prompt.ids[:n] or not 0 < n < len(r.prompt.ids) - 1 \
+                    or n >= len(o.prompt.ids) - 1:
+                raise ValueError(f"row {i} cannot share the prefix of row {owner}")
 
 
-def share_prefixes(requests: list[EmbeddedRow], keys: list, prefix_lens: list[int]) -> None:
-    """Mark rows with the same key (the same image) to share the first row's prompt prefix."""
-    first: dict = {}
-    for i, (req, key) in enumerate(zip(requests, keys)):
-        req.prefix_len = prefix_lens[i]
-        if key in first:
-            req.prefix_owner = first[key]
-        else:
-            first[key] = i
-
-
-def embed_prompt(model, req: EmbeddedRow, length: int) -> torch.Tensor:
-    """Embeddings of prompt[:length] with each image's embeddings in place of its placeholders."""
-    ids = torch.tensor(req.prompt[:length], device=model.device)
+def embed_prompt(model, row: Row, images: tuple[torch.Tensor, ...], length: int) -> torch.Tensor:
+    """Embeddings of the row's prompt[:length] with each image's embeddings in place of its placeholders."""
+    spans = row.prompt.image_spans
+    if len(spans) != len(images):
+        raise ValueError(f"prompt has {len(spans)} images, the row has embeddings of {len(images)}")
+    ids = torch.tensor(row.prompt.ids[:length], device=model.device)
     emb = model.llm.embed(ids)
-    for start, embeds in ((req.image_start, req.image_embeds), *req.extra_images):
+    for (start, _), embeds in zip(spans, images):
         n = embeds.shape[0]
         if start >= length:
             continue  # an exemplar after the cut (a shared prefix ends at image 1's `</img>`)
@@ -67,23 +85,10 @@ def embed_prompt(model, req: EmbeddedRow, length: int) -> torch.Tensor:
     return emb
 
 
-def check_sharing(requests: list[EmbeddedRow]) -> None:
-    for i, r in enumerate(requests):
-        if r.prefix_owner is None:
-            continue
-        owner = requests[r.prefix_owner]
-        if owner.prefix_owner is not None or r.prefix_owner >= i:
-            raise ValueError("a prefix owner must be an earlier row that owns its own prefix")
-        n = r.prefix_len
-        if n != owner.prefix_len or r.prompt[:n] != owner.prompt[:n] or not 0 < n < len(r.prompt) - 1 \
-                or n >= len(owner.prompt) - 1:
-            raise ValueError(f"row {i} cannot share the prefix of row {r.prefix_owner}")
-
-
 @torch.no_grad()
-def generate(model, attend, requests: list[EmbeddedRow], gen: GenerationConfig, on_stage=None) -> list[RowResult]:
+def generate(model, attend, batch: EagerBatch, gen: GenerationConfig, on_stage=None) -> list[RowResult]:
     """`on_stage(name)`, when given, is called after the prefill ("prefill") and after each step ("step")."""
-    decoder = EagerDecoder(model, attend, requests, gen)
+    decoder = EagerDecoder(model, attend, batch, gen)
     if on_stage:
         on_stage("prefill")
     while not decoder.done:
@@ -101,64 +106,66 @@ class EagerDecoder:
     """
 
     @torch.no_grad()
-    def __init__(self, model, attend, requests: list[EmbeddedRow], gen: GenerationConfig,
+    def __init__(self, model, attend, batch: EagerBatch, gen: GenerationConfig,
                  state: tuple[dict, dict] | None = None):
         cfg, device = model.cfg, model.device
         self.model, self.attend, self.gen = model, attend, gen
         self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
-        n = len(requests)
-        temps = [gen.sampling.temperature if r.temperature is None else r.temperature for r in requests]
+        rows = batch.rows
+        n = len(rows)
+        temps = [gen.sampling.temperature if r.temperature is None else r.temperature for r in rows]
         self.temps = torch.tensor(temps, dtype=torch.float32, device=device)
         self.sampled = [t > 0 for t in temps]  # host copy: greedy rows skip the draw
         seed = gen.seed if gen.seed is not None else draw_seed() if any(self.sampled) else 0
-        self.keys = noise_keys(seed, [i if r.stream is None else r.stream for i, r in enumerate(requests)]).to(device)
+        self.keys = noise_keys(seed, [r.index for r in rows]).to(device)
         if state is not None:
             self._load(*state)
             return
-        check_sharing(requests)
-        self.budgets = [context_budget(cfg, len(r.prompt), r.max_new_tokens or gen.max_new_tokens) for r in requests]
-        self.cache = model.llm.new_cache(n, max(len(r.prompt) + b + 2 * self.block
-                                                for r, b in zip(requests, self.budgets)))
-        self._prefill(requests)
-        self.cached = [len(r.prompt) - 1 for r in requests]
-        self.pending = [[r.prompt[-1]] for r in requests]
-        self.results = [RowResult(tokens=[], stop_reason="") for _ in requests]
+        batch.check_sharing()
+        prompts = [r.prompt.ids for r in rows]
+        self.budgets = [context_budget(cfg, len(p), r.max_new_tokens or gen.max_new_tokens)
+                        for p, r in zip(prompts, rows)]
+        self.cache = model.llm.new_cache(n, max(len(p) + b + 2 * self.block for p, b in zip(prompts, self.budgets)))
+        self._prefill(batch)
+        self.cached = [len(p) - 1 for p in prompts]
+        self.pending = [[p[-1]] for p in prompts]
+        self.results = [RowResult(tokens=[], stop_reason="") for _ in rows]
         self.ar_mode = [gen.mode == "slow"] * n
         self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
-        for row, r in enumerate(requests):
-            self.seen[row, torch.tensor(r.prompt, device=device)] = True
+        for row, p in enumerate(prompts):
+            self.seen[row, torch.tensor(p, device=device)] = True
         self.active = list(range(n))
         self.steps_done = 0
 
-    def _prefill(self, requests: list[EmbeddedRow]) -> None:
+    def _prefill(self, batch: EagerBatch) -> None:
         """All but the last prompt token: the first step then forwards [last | window], which is
         the stock first round (prompt + window in one call) with the prompt split off.
 
         Rows sharing a prefix: the owner's prefix is prefilled once and its KV copied to the
         members; then every sharing row prefills only its tail, attending to the copied prefix."""
-        model, device = self.model, self.model.device
-        members = [i for i, r in enumerate(requests) if r.prefix_owner is not None]
-        sharing = set(members) | {requests[i].prefix_owner for i in members}
+        model, device, owners = self.model, self.model.device, batch.prefix_owner
+        members = [i for i, owner in enumerate(owners) if owner is not None]
+        sharing = set(members) | {owners[i] for i in members}
         plan, embeds = PlanBuilder(), []
-        for row, r in enumerate(requests):
+        for row, (r, images) in enumerate(zip(batch.rows, batch.images)):
             if row in members:
                 continue
-            length = r.prefix_len if row in sharing else len(r.prompt) - 1
+            length = r.prompt.prefix_len if row in sharing else len(r.prompt.ids) - 1
             plan.add_causal(row, 0, length)
-            embeds.append(embed_prompt(model, r, length))
+            embeds.append(embed_prompt(model, r, images, length))
         model.llm(torch.cat(embeds), plan.build(device), self.cache, self.attend)
         if not members:
             return
         dst = torch.tensor(members, device=device)
-        src = torch.tensor([requests[i].prefix_owner for i in members], device=device)
-        width = max(requests[i].prefix_len for i in members)
+        src = torch.tensor([owners[i] for i in members], device=device)
+        width = max(batch.rows[i].prompt.prefix_len for i in members)
         for buf in (self.cache.k, self.cache.v):
             buf[:, dst, :width] = buf[:, src, :width]
         plan, embeds = PlanBuilder(), []
         for row in sorted(sharing):
-            r = requests[row]
-            plan.add_causal(row, r.prefix_len, len(r.prompt) - 1 - r.prefix_len)
-            embeds.append(embed_prompt(model, r, len(r.prompt) - 1)[r.prefix_len :])
+            r, cut = batch.rows[row], batch.rows[row].prompt.prefix_len
+            plan.add_causal(row, cut, len(r.prompt.ids) - 1 - cut)
+            embeds.append(embed_prompt(model, r, batch.images[row], len(r.prompt.ids) - 1)[cut:])
         model.llm(torch.cat(embeds), plan.build(device), self.cache, self.attend)
 
     @property
@@ -279,6 +286,7 @@ class EagerDecoder:
         self.sampled = [t > 0 for t in self.temps.tolist()]
 
     @classmethod
-    def from_state(cls, model, attend, requests: list[EmbeddedRow], gen: GenerationConfig, tensors: dict,
+    def from_state(cls, model, attend, batch: EagerBatch, gen: GenerationConfig, tensors: dict,
                    extra: dict) -> "EagerDecoder":
-        return cls(model, attend, requests, gen, state=(tensors, extra))
+        """A paused generation of these rows (their images are not needed: the KV holds them)."""
+        return cls(model, attend, batch, gen, state=(tensors, extra))

@@ -25,7 +25,7 @@ from .errors import InputError
 from .mtp import MTPConfig
 from .processor import ProcessedImage
 from .prompt import Prompt
-from .request import ImageJob, Row
+from .request import ImageJob, ResultMaker, Row
 from .sampler import SamplingConfig
 
 
@@ -91,8 +91,9 @@ class GenerationState:
 class Generation:
     """A batch in flight on one backend (the engine's graphs or its eager loop), step by step."""
 
-    def __init__(self, engine, jobs: list[ImageJob], gen: GenerationConfig, backend: str, decode: Decode):
-        self.engine, self.jobs, self.gen, self.backend, self.decode = engine, jobs, gen, backend, decode
+    def __init__(self, jobs: list[ImageJob], gen: GenerationConfig, backend: str, decode: Decode,
+                 results: ResultMaker):
+        self.jobs, self.gen, self.backend, self.decode, self.results = jobs, gen, backend, decode, results
         self.steps_done = 0
 
     # ------------------------------------------------------------------ running
@@ -117,7 +118,7 @@ class Generation:
         self.decode.finish()
         for job in self.jobs:
             job.timings_ms = {"steps_total": self.steps_done}
-        results = dict(self.engine._results(self.jobs, self.backend))
+        results = dict(self.results(self.jobs, self.backend))
         return [results[i] for i in sorted(results)]
 
     # ------------------------------------------------------------------ pause / resume

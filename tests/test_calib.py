@@ -238,9 +238,9 @@ def test_fp8_changes_the_answer_path(tiny_engine, calib_file, pairs):
 def test_fp8_static_path_equals_fp8_eager(tiny_engine, calib_file, name):
     """The graph-shaped stage bodies (uncaptured on CPU) with FP8 linears equal the FP8 eager loop."""
     fp8 = tiny_engine.with_options(fp8=str(calib_file), graphs="off")
-    images, rows = prepare(fp8, CASES[name])
-    got, _ = static_tokens(fp8, images, rows)
-    assert got == eager_tokens(fp8, images, rows)
+    batch = prepare(fp8, CASES[name])
+    got, _ = static_tokens(fp8, batch)
+    assert got == eager_tokens(fp8, batch)
     assert isinstance(GraphRuntime(fp8.model, BUCKETS, GEN, attention="emulated", use_graphs=False).model.llm.layers[0]
                       .gate_up_proj, FP8Linear)
 

@@ -165,14 +165,14 @@ def test_fp8_graphs_equal_fp8_eager(mid_engines, name, mode):
     if mode != "w8a8":
         fp8 = base.with_options(fp8=path, fp8_scope=f"lm+{mode}")
     pairs = [(small(img), q) for img, q in CASES[name]]
-    images, rows = prepare(fp8, pairs)
+    batch = prepare(fp8, pairs)
     graphs = GraphRuntime(fp8.model, BUCKETS, GEN, attention="torch-fa2", strict=True)
     assert graphs.kernels == "fused"
     graphs.warmup(progress=False)
-    replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
+    replayed = [r.tokens for r in graphs.run(batch, GEN)]
     uncaptured = GraphRuntime(fp8.model, BUCKETS, GEN, attention="torch-fa2", strict=True, use_graphs=False)
-    assert replayed == [r.tokens for r in uncaptured.run(images, rows, GEN)]  # capture changes nothing
-    assert replayed == eager_tokens(fp8, images, rows, GEN)
+    assert replayed == [r.tokens for r in uncaptured.run(batch, GEN)]  # capture changes nothing
+    assert replayed == eager_tokens(fp8, batch, GEN)
 
 
 def test_fp8_engine_on_graphs_and_status(mid_engines):

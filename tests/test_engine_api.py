@@ -14,12 +14,12 @@ from capture.scheduler import run_jobs
 from graphrt import Engine, EngineOptions, GenerationConfig, GenerationState, InputError
 from graphrt.attention.sdpa import lm_attention
 from graphrt.decode import PAUSED_TENSORS
-from graphrt.generate import EmbeddedRow, generate, share_prefixes
+from graphrt.generate import EagerBatch, generate
 from graphrt.generation import STATE_FORMAT
 from graphrt.request import ImageJob, Row
 
 from conftest import random_image
-from test_static_path import BUCKETS, CASES, GEN, A, B, C, prepare
+from test_static_path import BUCKETS, CASES, GEN, A, B, C, prepare, with_rows
 
 QUERIES = ["cat", "a red car on the left", "person</c>car", "x"]
 
@@ -52,25 +52,20 @@ def test_locate_batch_many_agree(request, which):
 
 
 def test_shared_prefix_equals_unshared_eager(tiny_engine):
-    images, rows = prepare(tiny_engine, CASES["same image, two queries"] + [(B, "dog"), (A, "x")])
-    embeds = tiny_engine.encode_images(images)
-
-    def requests():
-        return [EmbeddedRow(r.prompt.ids, embeds[r.image], r.prompt.image_start) for r in rows]
-
-    plain = generate(tiny_engine.model, lm_attention, requests(), GEN)
-    shared = requests()
-    share_prefixes(shared, [r.image for r in rows], [r.prompt.prefix_len for r in rows])
-    assert [r.prefix_owner for r in shared] == [None, 0, None, 0]
+    batch = prepare(tiny_engine, CASES["same image, two queries"] + [(B, "dog"), (A, "x")])
+    embeds = tiny_engine.encode_images(batch.images)
+    plain = generate(tiny_engine.model, lm_attention, EagerBatch.of(batch, embeds), GEN)
+    shared = EagerBatch.of(batch, embeds, share_prefix=True)
+    assert shared.prefix_owner == [None, 0, None, 0]
     assert tokens(generate(tiny_engine.model, lm_attention, shared, GEN)) == tokens(plain)
 
 
 def test_shared_prefix_equals_unshared_static(tiny_engine):
-    images, rows = prepare(tiny_engine, [(A, "cat"), (B, "dog"), (A, "a red car on the left"), (A, "x"), (B, "y")])
+    batch = prepare(tiny_engine, [(A, "cat"), (B, "dog"), (A, "a red car on the left"), (A, "x"), (B, "y")])
     runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
-    shared = tokens(runtime.run(images, rows, GEN, share_prefix=True))
+    shared = tokens(runtime.run(batch, GEN, share_prefix=True))
     assert runtime.last_timings_ms["shared_rows"] == 3
-    assert tokens(runtime.run(images, rows, GEN, share_prefix=False)) == shared
+    assert tokens(runtime.run(batch, GEN, share_prefix=False)) == shared
 
 
 def test_engine_share_prefix_switch(static_engine, eager_engine):
@@ -85,8 +80,8 @@ def check_refills(engine, runtime, cases):
     overtake long ones (their rows were freed and refilled while the other row decoded)."""
     expected = []
     for image, query, cap in cases:
-        images, rows = prepare(engine, [(image, query)])
-        expected.append(runtime.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
+        batch = prepare(engine, [(image, query)])
+        expected.append(runtime.run(with_rows(batch, max_new_tokens=[cap]), GEN)[0].tokens)
     jobs = []
     for i, (image, query, cap) in enumerate(cases):
         im = engine.processor(image)
@@ -120,9 +115,9 @@ def test_scheduler_multi_query_jobs(tiny_engine):
     for job, image in ((done["a"], A), (done["b"], B)):
         queries = [r.query for r in job.rows]
         assert queries == (QUERIES[:3] if job is done["a"] else ["dog", "y"])
-        images, rows = prepare(tiny_engine, [(image, q) for q in queries])
-        rows = [dataclasses.replace(r, max_new_tokens=row.max_new_tokens) for r, row in zip(rows, job.rows)]
-        assert tokens(job.results) == tokens(runtime.run(images, rows, GEN))
+        batch = prepare(tiny_engine, [(image, q) for q in queries])
+        batch = with_rows(batch, max_new_tokens=[row.max_new_tokens for row in job.rows])
+        assert tokens(job.results) == tokens(runtime.run(batch, GEN))
 
 
 def test_large_batches_stream(static_engine, eager_engine):

@@ -53,11 +53,11 @@ def test_locate_batch_many_agree_on_graphs(graph_engine):
 
 def test_shared_prefix_equals_unshared_on_graphs(graph_engine):
     a, b = small(A), small(B)
-    images, rows = prepare(graph_engine, [(a, q) for q in QUERIES] + [(b, "dog"), (b, "y")])
+    batch = prepare(graph_engine, [(a, q) for q in QUERIES] + [(b, "dog"), (b, "y")])
     rt = graph_engine.runtime
-    shared = tokens(rt.run(images, rows, GEN, share_prefix=True))
+    shared = tokens(rt.run(batch, GEN, share_prefix=True))
     assert rt.last_timings_ms["shared_rows"] == 4
-    assert tokens(rt.run(images, rows, GEN, share_prefix=False)) == shared
+    assert tokens(rt.run(batch, GEN, share_prefix=False)) == shared
 
 
 def test_scheduler_refills_on_graphs(graph_engine):

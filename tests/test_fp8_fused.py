@@ -154,15 +154,15 @@ def test_fused_fp8_path_equals_fp8_eager(tiny_engine, calib_file, monkeypatch, s
     layer = fp8.model.llm.layers[0]
     want_act = {"lm": "static", "lm,-down_proj": "static", "lm+w8a8-dynamic": "dynamic"}.get(scope, "none")
     assert isinstance(layer.qkv_proj, FP8Linear) and layer.qkv_proj.act == want_act
-    images, rows = prepare(fp8, CASES["same image, two queries"])
+    batch = prepare(fp8, CASES["same image, two queries"])
     runtime = GraphRuntime(fp8.model, BUCKETS, GEN, attention="emulated", use_graphs=False, kernels="fused")
     calls = []
     import graphrt.kernels.fp8_ops as ops
     orig = ops.fp8_layer_forward
     monkeypatch.setattr(ops, "fp8_layer_forward", lambda *a: calls.append(1) or orig(*a))
-    got = [r.tokens for r in runtime.run(images, rows, GEN)]
+    got = [r.tokens for r in runtime.run(batch, GEN)]
     assert bool(calls) == ("w8a16" not in scope)  # weight-only linears take the plain fused layer
-    assert got == eager_tokens(fp8, images, rows)
+    assert got == eager_tokens(fp8, batch)
 
 
 def test_w8a16_leaves_activations_unrounded(tiny_engine, calib_file):

@@ -14,18 +14,20 @@ import torch
 import graphrt.generate as G
 from graphrt import GenerationConfig, InputError, SamplingConfig
 from graphrt.attention.sdpa import lm_attention
-from graphrt.generate import EmbeddedRow, generate
+from graphrt.generate import EagerBatch, generate
 from graphrt.mtp import StepKind
+from graphrt.request import Row
 from references import hf_qwen2, stock_pattern, stock_proposal
 from test_attention_rule import stock_window_mask
 
 from conftest import random_image
 
 
-def request(engine, image, query):
+def request(engine, image, query) -> EagerBatch:
+    """One row about one image, ready for the eager decoder."""
     im = engine.processor(image)
     prompt = engine.prompts.build(query, im.num_tokens((2, 2)))
-    return EmbeddedRow(prompt.ids, engine.encode_images([im])[0], prompt.image_start)
+    return EagerBatch([Row.of_prompt(prompt)], [(engine.encode_images([im])[0],)])
 
 
 def causal_mask(n: int) -> torch.Tensor:
@@ -33,7 +35,7 @@ def causal_mask(n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def stock_loop_without_cache(engine, ckpt, req: EmbeddedRow, max_new_tokens: int, mode: str = "fast",
+def stock_loop_without_cache(engine, ckpt, req: EagerBatch, max_new_tokens: int, mode: str = "fast",
                              penalty: float = 1.0, bias=None) -> list[int]:
     """The stock loop, recomputing the whole sequence every round under the stock mask: MTP rounds
     (window of block tokens) and, in 'hybrid' after a broken box, AR rounds (one next token) until
@@ -42,10 +44,11 @@ def stock_loop_without_cache(engine, ckpt, req: EmbeddedRow, max_new_tokens: int
     the logits first (an engineered model on top of the random one)."""
     ref = hf_qwen2(engine, ckpt)
     ids, block = engine.cfg.tokens, engine.cfg.text.block_size
+    prompt, (image,) = req.rows[0].prompt, req.images[0]
     generated: list[int] = []
     ar = False
     while len(generated) < max_new_tokens:
-        seq = req.prompt + generated
+        seq = prompt.ids + generated
         n = len(seq)
         if ar:
             positions, mask = list(range(n)), causal_mask(n)
@@ -53,14 +56,14 @@ def stock_loop_without_cache(engine, ckpt, req: EmbeddedRow, max_new_tokens: int
             seq = seq + [seq[-1]] + [ids.text_mask] * (block - 1)
             positions, mask = list(range(n)) + list(range(n - 1, n - 1 + block)), stock_window_mask(len(seq), block)
         emb = ref.model.embed_tokens(torch.tensor(seq))
-        emb[req.image_start : req.image_start + req.image_embeds.shape[0]] = req.image_embeds
+        emb[prompt.image_start : prompt.image_start + image.shape[0]] = image
         width = 1 if ar else block
         logits = ref(inputs_embeds=emb[None], attention_mask=mask[None, None],
                      position_ids=torch.tensor([positions])).logits[0, -width:]
         if bias is not None:
             logits = logits + bias(width)
         if penalty != 1.0:
-            for t in set(req.prompt + generated):
+            for t in set(prompt.ids + generated):
                 logits[:, t] = torch.where(logits[:, t] > 0, logits[:, t] / penalty, logits[:, t] * penalty)
         probs = torch.softmax(logits, -1)
         if ar:
@@ -83,7 +86,7 @@ def stock_loop_without_cache(engine, ckpt, req: EmbeddedRow, max_new_tokens: int
 def test_eager_loop_equals_cache_free_stock_loop(tiny_engine, tiny_ckpt):
     req = request(tiny_engine, random_image(130, 96), "person</c>car")
     gen = GenerationConfig(max_new_tokens=30)
-    ours = generate(tiny_engine.model, lm_attention, [req], gen)[0]
+    ours = generate(tiny_engine.model, lm_attention, req, gen)[0]
     want = stock_loop_without_cache(tiny_engine, tiny_ckpt, req, 30)
     assert ours.tokens == want
     assert ours.steps >= 5  # several steps, so the cache bookkeeping is exercised
@@ -161,7 +164,7 @@ def test_hybrid_enters_and_leaves_its_ar_phase_as_the_stock_loop(tiny_engine, ti
     for seed, query in [(0, "cat"), (1, "cat"), (2, "dog"), (3, "person"), (4, "a red cup"), (5, "car")]:
         req = request(tiny_engine, random_image(100, 80, seed=seed), query)
         with patch.object(G, "probabilities", spy):
-            ours = generate(tiny_engine.model, lm_attention, [req],
+            ours = generate(tiny_engine.model, lm_attention, req,
                             GenerationConfig(max_new_tokens=40, mode="hybrid"))[0]
         assert ours.tokens == stock_loop_without_cache(tiny_engine, tiny_ckpt, req, 40, mode="hybrid", bias=bias)
         if _all_hybrid_transitions(ours.kinds):
@@ -170,7 +173,7 @@ def test_hybrid_enters_and_leaves_its_ar_phase_as_the_stock_loop(tiny_engine, ti
         pytest.fail("no case exercised every hybrid transition")
     assert tiny_engine.cfg.tokens.box_end in ours.tokens
     with patch.object(G, "probabilities", spy):  # 'fast' keeps the broken boxes and never goes AR
-        fast = generate(tiny_engine.model, lm_attention, [req], GenerationConfig(max_new_tokens=40))[0]
+        fast = generate(tiny_engine.model, lm_attention, req, GenerationConfig(max_new_tokens=40))[0]
     assert -1 not in fast.kinds and fast.tokens == stock_loop_without_cache(tiny_engine, tiny_ckpt, req, 40,
                                                                             bias=bias)
 
@@ -179,21 +182,22 @@ def test_repetition_penalty_equals_the_stock_loop(tiny_engine, tiny_ckpt):
     """The penalty covers prompt + generated ids: with it, later steps avoid tokens of earlier steps."""
     req = request(tiny_engine, random_image(130, 96), "person</c>car")
     gen = GenerationConfig(max_new_tokens=30, sampling=SamplingConfig(repetition_penalty=5.0))
-    ours = generate(tiny_engine.model, lm_attention, [req], gen)[0]
+    ours = generate(tiny_engine.model, lm_attention, req, gen)[0]
     assert ours.tokens == stock_loop_without_cache(tiny_engine, tiny_ckpt, req, 30, penalty=5.0)
-    plain = generate(tiny_engine.model, lm_attention, [req], GenerationConfig(max_new_tokens=30))[0]
+    plain = generate(tiny_engine.model, lm_attention, req, GenerationConfig(max_new_tokens=30))[0]
     assert ours.tokens != plain.tokens
 
 
 @torch.no_grad()
-def first_window_probs(engine, ckpt, req: EmbeddedRow) -> torch.Tensor:
+def first_window_probs(engine, ckpt, req: EagerBatch) -> torch.Tensor:
     """fp32 logits of the first window (slot 0..5) from the transformers reference: [6, V]."""
     ref = hf_qwen2(engine, ckpt)
     ids, block = engine.cfg.tokens, engine.cfg.text.block_size
-    n = len(req.prompt)
-    seq = req.prompt + [req.prompt[-1]] + [ids.text_mask] * (block - 1)
+    prompt, (image,) = req.rows[0].prompt, req.images[0]
+    n = len(prompt.ids)
+    seq = prompt.ids + [prompt.ids[-1]] + [ids.text_mask] * (block - 1)
     emb = ref.model.embed_tokens(torch.tensor(seq))
-    emb[req.image_start : req.image_start + req.image_embeds.shape[0]] = req.image_embeds
+    emb[prompt.image_start : prompt.image_start + image.shape[0]] = image
     return ref(inputs_embeds=emb[None], attention_mask=stock_window_mask(len(seq), block)[None, None],
                position_ids=torch.tensor([list(range(n)) + list(range(n - 1, n - 1 + block))])).logits[0, -block:]
 
@@ -213,8 +217,9 @@ def test_sampled_first_token_follows_the_reference_distribution(tiny_engine, tin
     n, tokens = 800, []
     gen = GenerationConfig(fixed_steps=1, seed=9)
     for chunk in range(0, n, 100):
-        reqs = [dataclasses.replace(req, temperature=t, stream=chunk + i) for i in range(100)]
-        tokens += [r.tokens[0] for r in generate(tiny_engine.model, lm_attention, reqs, gen)]
+        rows = [dataclasses.replace(req.rows[0], temperature=t, index=chunk + i) for i in range(100)]
+        batch = EagerBatch(rows, req.images * 100)
+        tokens += [r.tokens[0] for r in generate(tiny_engine.model, lm_attention, batch, gen)]
     freq = torch.bincount(torch.tensor(tokens), minlength=p.numel()).double() / n
     bound = 5 * torch.sqrt(p * (1 - p) / n) + 1.0 / n
     assert ((freq - p).abs() <= bound).all(), ((freq - p).abs() / bound).max()

@@ -11,7 +11,8 @@ import torch
 import graphrt.generate as G
 from graphrt import Engine, EngineOptions, GenerationConfig
 from graphrt.attention.sdpa import lm_attention
-from graphrt.generate import EmbeddedRow, generate
+from graphrt.generate import EagerBatch, generate
+from graphrt.request import Row
 
 from conftest import random_image
 
@@ -29,11 +30,11 @@ def run_with_logits(engine, image, query, max_new_tokens):
     """Eager generation of one row, keeping each step's window logits (float32, CPU)."""
     im = engine.processor(image)
     prompt = engine.prompts.build(query, im.num_tokens((2, 2)))
-    req = EmbeddedRow(prompt.ids, engine.encode_images([im])[0], prompt.image_start)
+    batch = EagerBatch([Row.of_prompt(prompt)], [(engine.encode_images([im])[0],)])
     seen, real = [], G.probabilities
     spy = lambda logits, *a, **k: (seen.append(logits[0].float().cpu()), real(logits, *a, **k))[1]  # noqa: E731
     with patch.object(G, "probabilities", spy):
-        res = generate(engine.model, lm_attention, [req], GenerationConfig(max_new_tokens=max_new_tokens))[0]
+        res = generate(engine.model, lm_attention, batch, GenerationConfig(max_new_tokens=max_new_tokens))[0]
     return res, seen, im
 
 

@@ -17,11 +17,11 @@ from unittest.mock import patch
 import graphrt.generate as G
 from capture import Buckets, GraphRuntime
 from graphrt.attention.sdpa import lm_attention
-from graphrt.generate import EmbeddedRow, generate
+from graphrt.generate import EagerBatch, generate
 from graphrt.sampler import probabilities
 from graphrt import Engine, EngineOptions, GenerationConfig
 from capture.varlen import emulated, select_kernel
-from test_static_path import CASES, eager_tokens, prepare
+from test_static_path import CASES, eager_tokens, prepare, with_rows
 from weights.synth import write_preset
 
 pytestmark = pytest.mark.gpu
@@ -74,19 +74,19 @@ def test_varlen_kernel_matches_dense_reference(causal, head_dim):
     assert (got[live] - want[live]).abs().max().item() < 2e-2
 
 
-def assert_uncaptured_and_eager_agree(engine, buckets, images, rows, gen, replayed, which):
+def assert_uncaptured_and_eager_agree(engine, buckets, batch, gen, replayed, which):
     """Replayed graph tokens equal the same bodies run uncaptured exactly, and the eager generator
     token for token except at most one row whose divergence is a provable near-tie."""
     uncaptured = GraphRuntime(engine.model, buckets, gen, attention="torch-fa2", strict=True, use_graphs=False)
-    assert replayed == [r.tokens for r in uncaptured.run(images, rows, gen)]  # capture changes nothing
-    eager = eager_tokens(engine, images, rows, gen)
+    assert replayed == [r.tokens for r in uncaptured.run(batch, gen)]  # capture changes nothing
+    eager = eager_tokens(engine, batch, gen)
     half = "float16" if which == "tiny" else "bfloat16"
-    ties = [near_tie_or_fail(engine, images, rows, r, got, want, half)
+    ties = [near_tie_or_fail(engine, batch, r, got, want, half)
             for r, (got, want) in enumerate(zip(replayed, eager)) if got != want]
     assert len(ties) <= 1, f"several rows diverge: {ties}"
 
 
-def near_tie_or_fail(engine, images, rows, r, got, want, half):
+def near_tie_or_fail(engine, batch, r, got, want, half):
     """Tokens of row r diverge at index d: pass only when the fp32 reference's top-2 logits of the
     slot that produced token d are closer than a few half-precision steps (a near-tie that fp16/bf16
     cannot resolve); anything else is a real mismatch."""
@@ -97,9 +97,9 @@ def near_tie_or_fail(engine, images, rows, r, got, want, half):
         seen = []
         spy = lambda logits, *a, **k: (seen.append(logits[0].clone()), probabilities(logits, *a, **k))[1]  # noqa
         with patch.object(G, "probabilities", spy):
-            embeds = engine.encode_images(images)
-            req = EmbeddedRow(rows[r].prompt.ids, embeds[rows[r].image], rows[r].prompt.image_start)
-            ref = generate(model, lm_attention, [req], GEN)[0]
+            embeds = engine.encode_images(batch.images)
+            alone = EagerBatch([batch.rows[r]], [tuple(embeds[k] for k in batch.row_images[r])])
+            ref = generate(model, lm_attention, alone, GEN)[0]
     finally:
         model.to(torch.float16 if half == "float16" else torch.bfloat16)
         model.vision.clear_cache()
@@ -118,34 +118,34 @@ def test_graph_replay_equals_eager(request, which, name):
     engine = request.getfixturevalue(f"{which}_gpu")
     buckets = TINY_BUCKETS if which == "tiny" else MID_BUCKETS
     pairs = [(img.resize((min(img.width, 160), min(img.height, 160))), q) for img, q in CASES[name]]
-    images, rows = prepare(engine, pairs)
+    batch = prepare(engine, pairs)
     graphs = GraphRuntime(engine.model, buckets, GEN, attention="torch-fa2", strict=True)
     graphs.warmup(progress=False)
-    replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
-    assert_uncaptured_and_eager_agree(engine, buckets, images, rows, GEN, replayed, which)
+    replayed = [r.tokens for r in graphs.run(batch, GEN)]
+    assert_uncaptured_and_eager_agree(engine, buckets, batch, GEN, replayed, which)
 
 
 def test_padded_bucket_equals_exact_on_graphs(tiny_gpu):
-    images, rows = prepare(tiny_gpu, CASES["different images and prompt lengths"])
-    exact = Buckets(batch_sizes=(3,), patch_budgets=(max(im.num_patches for im in images) + 3 & ~3,),
-                    prefill_lengths=(max(len(r.prompt.ids) - 1 for r in rows),), max_new_tokens=40)
+    batch = prepare(tiny_gpu, CASES["different images and prompt lengths"])
+    exact = Buckets(batch_sizes=(3,), patch_budgets=(max(im.num_patches for im in batch.images) + 3 & ~3,),
+                    prefill_lengths=(max(len(r.prompt.ids) - 1 for r in batch.rows),), max_new_tokens=40)
     out = []
     for buckets in (exact, TINY_BUCKETS):
         rt = GraphRuntime(tiny_gpu.model, buckets, GEN, attention="torch-fa2", strict=True)
         rt.warmup(progress=False)
-        out.append([r.tokens for r in rt.run(images, rows, GEN)])
+        out.append([r.tokens for r in rt.run(batch, GEN)])
     assert out[0] == out[1]
 
 
 def test_no_cuda_allocation_during_replays(tiny_gpu):
-    images, rows = prepare(tiny_gpu, CASES["ragged five"])
+    batch = prepare(tiny_gpu, CASES["ragged five"])
     rt = GraphRuntime(tiny_gpu.model, TINY_BUCKETS, GEN, attention="torch-fa2", strict=True)
     rt.warmup(progress=False)
-    rt.run(images, rows, GEN)  # first run fills the per-grid caches
+    rt.run(batch, GEN)  # first run fills the per-grid caches
     torch.cuda.synchronize()
     before = torch.cuda.memory_stats()["allocation.all.allocated"]
     for _ in range(3):
-        rt.run(images, rows, GEN)
+        rt.run(batch, GEN)
     torch.cuda.synchronize()
     assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
 
@@ -183,20 +183,20 @@ def test_lse_window_plan_on_graphs(request, which, name):
     engine = request.getfixturevalue(f"{which}_gpu")
     buckets = TINY_BUCKETS if which == "tiny" else MID_BUCKETS
     pairs = [(img.resize((min(img.width, 160), min(img.height, 160))), q) for img, q in CASES[name]]
-    images, rows = prepare(engine, pairs)
+    batch = prepare(engine, pairs)
     out = {}
     for plan in ("shifted", "lse"):
         rt = GraphRuntime(engine.model, buckets, GEN, attention="torch-fa2", strict=True, window_plan=plan)
         rt.warmup(progress=False)
-        out[plan] = [r.tokens for r in rt.run(images, rows, GEN)]
+        out[plan] = [r.tokens for r in rt.run(batch, GEN)]
         bare = GraphRuntime(engine.model, buckets, GEN, attention="torch-fa2", strict=True, window_plan=plan,
                             use_graphs=False)
-        assert out[plan] == [r.tokens for r in bare.run(images, rows, GEN)], plan
+        assert out[plan] == [r.tokens for r in bare.run(batch, GEN)], plan
         assert all(len(t) >= GEN.max_new_tokens for t in out[plan])  # random weights: rows run to the budget
-    eager = eager_tokens(engine, images, rows, GEN)
+    eager = eager_tokens(engine, batch, GEN)
     half = "float16" if which == "tiny" else "bfloat16"
     for plan in ("shifted", "lse"):
-        ties = [near_tie_or_fail(engine, images, rows, r, got, want, half)
+        ties = [near_tie_or_fail(engine, batch, r, got, want, half)
                 for r, (got, want) in enumerate(zip(out[plan], eager)) if got != want]
         assert len(ties) <= 1, f"{plan}: several rows diverge: {ties}"
     apart = [r for r, (a, b) in enumerate(zip(out["shifted"], out["lse"])) if a != b]
@@ -210,21 +210,21 @@ def test_seeded_sampling_on_graphs(tiny_gpu):
     """Sampling graphs: the same seed replays the same tokens, another seed other tokens, without
     re-capture; replays equal the uncaptured bodies (same seeded draws); greedy rows of a mixed
     batch equal the greedy graph run."""
-    images, rows = prepare(tiny_gpu, CASES["ragged five"])
-    rows = [dataclasses.replace(r, temperature=t) for r, t in zip(rows, (1.0, 0.0, 0.7, 1.0, 0.0))]
+    batch = prepare(tiny_gpu, CASES["ragged five"])
+    batch = with_rows(batch, temperature=(1.0, 0.0, 0.7, 1.0, 0.0))
     rt = GraphRuntime(tiny_gpu.model, TINY_BUCKETS, GEN, attention="torch-fa2", strict=True, sampling_graphs=True)
     rt.warmup(progress=False)
     captured = len(rt.graphs)
-    runs = {s: [r.tokens for r in rt.run(images, rows, dataclasses.replace(GEN, seed=s))] for s in (3, 4)}
-    assert runs[3] == [r.tokens for r in rt.run(images, rows, dataclasses.replace(GEN, seed=3))]
+    runs = {s: [r.tokens for r in rt.run(batch, dataclasses.replace(GEN, seed=s))] for s in (3, 4)}
+    assert runs[3] == [r.tokens for r in rt.run(batch, dataclasses.replace(GEN, seed=3))]
     assert len(rt.graphs) == captured
     assert [a != b for a, b in zip(runs[3], runs[4])] == [True, False, True, True, False]
     bare = GraphRuntime(tiny_gpu.model, TINY_BUCKETS, GEN, attention="torch-fa2", strict=True, sampling_graphs=True,
                         use_graphs=False)
-    assert runs[3] == [r.tokens for r in bare.run(images, rows, dataclasses.replace(GEN, seed=3))]
+    assert runs[3] == [r.tokens for r in bare.run(batch, dataclasses.replace(GEN, seed=3))]
     greedy = GraphRuntime(tiny_gpu.model, TINY_BUCKETS, GEN, attention="torch-fa2", strict=True)
     greedy.warmup(progress=False)
-    plain = [r.tokens for r in greedy.run(images, [dataclasses.replace(r, temperature=None) for r in rows], GEN)]
+    plain = [r.tokens for r in greedy.run(with_rows(batch, temperature=[None] * 5), GEN)]
     assert [a == b for a, b in zip(runs[3], plain)] == [False, True, False, False, True]
 
 

@@ -123,11 +123,11 @@ def test_fused_static_path_equals_eager(tiny_engine, name):
     from capture import GraphRuntime
     from test_static_path import BUCKETS, CASES, GEN, eager_tokens, prepare
 
-    images, rows = prepare(tiny_engine, CASES[name])
+    batch = prepare(tiny_engine, CASES[name])
     runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False, kernels="fused")
     assert runtime.kernels == "fused"
-    got = [r.tokens for r in runtime.run(images, rows, GEN)]
-    assert got == eager_tokens(tiny_engine, images, rows)
+    got = [r.tokens for r in runtime.run(batch, GEN)]
+    assert got == eager_tokens(tiny_engine, batch)
 
 
 def test_fused_scheduler_refills_rows(tiny_engine):

@@ -76,30 +76,30 @@ def test_fused_graphs_equal_torch_graphs_and_eager(request, which, name):
     engine = request.getfixturevalue(f"{which}_gpu")
     buckets = TINY_BUCKETS if which == "tiny" else MID_BUCKETS
     pairs = [(img.resize((min(img.width, 160), min(img.height, 160))), q) for img, q in CASES[name]]
-    images, rows = prepare(engine, pairs)
+    batch = prepare(engine, pairs)
     out = {}
     for kernels in ("fused", "torch"):
         rt = GraphRuntime(engine.model, buckets, GEN, attention="torch-fa2", strict=True, kernels=kernels)
         assert rt.kernels == kernels
         rt.warmup(progress=False)
-        out[kernels] = [r.tokens for r in rt.run(images, rows, GEN)]
-    eager = eager_tokens(engine, images, rows, GEN)
+        out[kernels] = [r.tokens for r in rt.run(batch, GEN)]
+    eager = eager_tokens(engine, batch, GEN)
     half = "float16" if which == "tiny" else "bfloat16"
     for kernels, tokens in out.items():
-        ties = [near_tie_or_fail(engine, images, rows, r, got, want, half)
+        ties = [near_tie_or_fail(engine, batch, r, got, want, half)
                 for r, (got, want) in enumerate(zip(tokens, eager)) if got != want]
         assert len(ties) <= 1, f"{kernels}: several rows diverge: {ties}"
 
 
 def test_no_allocation_during_fused_replays(tiny_gpu):  # noqa: F811
-    images, rows = prepare(tiny_gpu, CASES["ragged five"])
+    batch = prepare(tiny_gpu, CASES["ragged five"])
     rt = GraphRuntime(tiny_gpu.model, TINY_BUCKETS, GEN, attention="torch-fa2", strict=True, kernels="fused")
     rt.warmup(progress=False)
-    rt.run(images, rows, GEN)
+    rt.run(batch, GEN)
     torch.cuda.synchronize()
     before = torch.cuda.memory_stats()["allocation.all.allocated"]
     for _ in range(3):
-        rt.run(images, rows, GEN)
+        rt.run(batch, GEN)
     torch.cuda.synchronize()
     assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
 

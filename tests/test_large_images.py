@@ -14,7 +14,7 @@ from capture import Buckets, GraphRuntime
 from graphrt import GenerationConfig
 
 from conftest import random_image
-from test_static_path import eager_tokens, prepare
+from test_static_path import eager_tokens, prepare, with_rows
 
 GEN = GenerationConfig(max_new_tokens=18)
 SMALL_BUDGET = Buckets(batch_sizes=(1, 2, 4), patch_budgets=(64, 128, 1024), prefill_lengths=(64, 96, 224, 448),
@@ -24,11 +24,11 @@ SMALL = random_image(100, 90, seed=6)
 
 
 def run_static(engine, pairs, buckets=SMALL_BUDGET, share_prefix=True):
-    images, rows = prepare(engine, pairs)
+    batch = prepare(engine, pairs)
     runtime = GraphRuntime(engine.model, buckets, GEN, attention="emulated", use_graphs=False)
-    assert runtime.unsupported(images, rows, GEN) is None
-    got = [r.tokens for r in runtime.run(images, rows, GEN, share_prefix=share_prefix)]
-    return got, eager_tokens(engine, images, rows, GEN), runtime.last_timings_ms
+    assert runtime.unsupported(batch, GEN) is None
+    got = [r.tokens for r in runtime.run(batch, GEN, share_prefix=share_prefix)]
+    return got, eager_tokens(engine, batch, GEN), runtime.last_timings_ms
 
 
 def test_budget_keys():
@@ -73,12 +73,12 @@ def test_default_buckets_take_every_image_the_processor_accepts(tiny_engine):
     runtime = GraphRuntime(tiny_engine.model, Buckets(), GEN, attention="emulated", use_graphs=False)
     limit = tiny_engine.processor.cfg.in_token_limit
     big, frame = random_image(2240, 2240), random_image(1920, 1080)
-    images, rows = prepare(tiny_engine, [(big, "cat"), (frame, "dog"), (SMALL, "x")])
-    assert images[0].num_patches == limit
-    assert runtime.unsupported(images, rows, GEN) is None
-    assert len(rows[0].prompt.ids) - 1 <= runtime.buckets.max_prefill
-    huge, huge_rows = prepare(tiny_engine, [(random_image(4000, 4000), "cat")])  # capped by the processor
-    assert runtime.unsupported(huge, huge_rows, GEN) is None
+    batch = prepare(tiny_engine, [(big, "cat"), (frame, "dog"), (SMALL, "x")])
+    assert batch.images[0].num_patches == limit
+    assert runtime.unsupported(batch, GEN) is None
+    assert len(batch.rows[0].prompt.ids) - 1 <= runtime.buckets.max_prefill
+    huge = prepare(tiny_engine, [(random_image(4000, 4000), "cat")])  # capped by the processor
+    assert runtime.unsupported(huge, GEN) is None
 
 
 def test_largest_bucket_is_the_most_the_processor_makes(tiny_engine):
@@ -102,8 +102,6 @@ def test_scheduler_admits_by_token_budget(tiny_engine):
     """Continuous batching over large and small images: each admission holds at most one vision
     replay's patches (1024 here), so the large images are admitted alone and the small ones
     together; every answer equals the job run alone."""
-    import dataclasses
-
     from capture.scheduler import run_jobs
     from graphrt.request import ImageJob, Row
 
@@ -111,13 +109,12 @@ def test_scheduler_admits_by_token_budget(tiny_engine):
     cases = [(BIG1, "cat", 6), (SMALL, "dog", 3), (random_image(90, 100, seed=11), "x", 3), (BIG2, "car", 5)]
     expected, jobs = [], []
     for i, (image, query, cap) in enumerate(cases):
-        images, rows = prepare(tiny_engine, [(image, query)])
-        expected.append(runtime.run(images, [dataclasses.replace(rows[0], max_new_tokens=cap)], GEN)[0].tokens)
-        im = images[0]
-        jobs.append(ImageJob(im, [Row(i, query, "detect", rows[0].prompt, max_new_tokens=cap)]))
+        batch = prepare(tiny_engine, [(image, query)])
+        expected.append(runtime.run(with_rows(batch, max_new_tokens=[cap]), GEN)[0].tokens)
+        jobs.append(ImageJob(batch.images[0], [Row(i, query, "detect", batch.rows[0].prompt, max_new_tokens=cap)]))
     admissions = []
     admit = runtime.admit
-    runtime.admit = lambda images, *a, **k: admissions.append(sum(im.num_patches for im in images)) or admit(images, *a, **k)
+    runtime.admit = lambda batch, *a, **k: admissions.append(sum(im.num_patches for im in batch.images)) or admit(batch, *a, **k)
     done = list(run_jobs(runtime, jobs, GEN, batch=4))
     assert sorted(j.rows[0].index for j in done) == [0, 1, 2, 3]
     for job in done:

@@ -33,11 +33,11 @@ CASES = {"tiny": ([(FRAME, "person</c>car"), (WIDE, "dog"), (SMALL, "cat"), (FRA
 def test_large_images_on_graphs_equal_eager(request, which):
     engine = request.getfixturevalue(f"{which}_gpu")
     pairs, patches, chunks = CASES[which]
-    images, rows = prepare(engine, pairs)
-    assert (images[0].num_patches, images[1].num_patches) == patches
+    batch = prepare(engine, pairs)
+    assert (batch.images[0].num_patches, batch.images[1].num_patches) == patches
     graphs = GraphRuntime(engine.model, BUCKETS, GEN, attention="torch-fa2", strict=True)
     graphs.warmup(progress=False)
-    assert graphs.unsupported(images, rows, GEN) is None
-    replayed = [r.tokens for r in graphs.run(images, rows, GEN)]
+    assert graphs.unsupported(batch, GEN) is None
+    replayed = [r.tokens for r in graphs.run(batch, GEN)]
     assert graphs.last_timings_ms["admission_chunks"] == chunks
-    assert_uncaptured_and_eager_agree(engine, BUCKETS, images, rows, GEN, replayed, which)
+    assert_uncaptured_and_eager_agree(engine, BUCKETS, batch, GEN, replayed, which)

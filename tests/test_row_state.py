@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from capture.runtime import GraphRow
 from capture.state import RowState, per_segment, row_field
 from graphrt.decode import PAUSED_TENSORS, GenerationConfig
 from graphrt.prompt import Prompt
+from graphrt.request import Row
 
 
 @dataclass
@@ -22,14 +22,14 @@ class WithPromptLen(RowState):
 
 @dataclass
 class Segment:  # what the runtime's prefill segments carry
-    row: GraphRow
+    row: Row
     target: int
     end: int
     budget: int
 
 
 def segment(index: int, ids: list[int], target: int) -> Segment:
-    return Segment(GraphRow(Prompt(ids, 0, 0, 0), 0, stream=index), target, len(ids) - 1, 9)
+    return Segment(Row.of_prompt(Prompt(ids, 0, 0, 0), index), target, len(ids) - 1, 9)
 
 
 def test_a_declared_field_goes_everywhere():

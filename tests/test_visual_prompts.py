@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from capture import GraphRuntime
-from capture.runtime import GraphRow
 from graphrt import InputError
 from graphrt.batch_io import coco_dataset, coco_results, read_jsonl
+from graphrt.request import Batch, Row
 from graphrt.visual_prompt import VisualPrompt, crop_box
 
 from conftest import random_image
@@ -106,32 +106,22 @@ def test_static_path_equals_eager_with_exemplars(tiny_engine):
     crop = proc(crop_box(A, BOX2))
     images = [a, b, c, crop]
     n = [im.num_tokens((2, 2)) for im in images]
-    rows = [GraphRow(prompts.build(None, [n[0], n[2]], DVP), 0, extra=(2,)),
-            GraphRow(prompts.build(None, [n[0], n[3]], DVP), 0, extra=(3,)),
-            GraphRow(prompts.build("dog", [n[1], n[3], n[2]], "ground_multi"), 1, extra=(3, 2)),
-            GraphRow(prompts.build("dog", n[1], "ground_multi"), 1)]
+    rows = [Row.of_prompt(prompts.build(None, [n[0], n[2]], DVP), 0),
+            Row.of_prompt(prompts.build(None, [n[0], n[3]], DVP), 1),
+            Row.of_prompt(prompts.build("dog", [n[1], n[3], n[2]], "ground_multi"), 2),
+            Row.of_prompt(prompts.build("dog", n[1], "ground_multi"), 3)]
+    batch = Batch(images, rows, [(0, 2), (0, 3), (1, 3, 2), (1,)])  # each row's images: query image, exemplars
     runtime = GraphRuntime(tiny_engine.model, BUCKETS, GEN, attention="emulated", use_graphs=False)
-    expected = eager_with_exemplars(tiny_engine, images, rows)
+    expected = eager_tokens(tiny_engine, batch)
     for share in (True, False):
-        assert tokens(runtime.run(images, rows, GEN, share_prefix=share)) == expected
+        assert tokens(runtime.run(batch, GEN, share_prefix=share)) == expected
     assert runtime.last_timings_ms["shared_rows"] == 0
-    runtime.run(images, rows, GEN)
+    runtime.run(batch, GEN)
     assert runtime.last_timings_ms["shared_rows"] == 2
     # The small exemplars (C, the crop) ran in their own smallest-bucket vision pass.
     assert runtime.last_timings_ms["vision_passes"] == 2 and runtime.last_timings_ms["bucket_vision"] == (2, 128)
     # Without the exemplar the answers differ (the exemplar's features reach the model).
-    assert expected[0] != eager_tokens(tiny_engine, [a], [GraphRow(prompts.build("x", n[0]), 0)])[0]
-
-
-def eager_with_exemplars(engine, images, rows):
-    from graphrt.attention.sdpa import lm_attention
-    from graphrt.generate import EmbeddedRow, generate
-
-    embeds = engine.encode_images(images)
-    reqs = [EmbeddedRow(r.prompt.ids, embeds[r.image], r.prompt.image_start,
-                       extra_images=tuple((s, embeds[k]) for (s, _), k in zip(r.prompt.image_spans[1:], r.extra)))
-            for r in rows]
-    return tokens(generate(engine.model, lm_attention, reqs, GEN))
+    assert expected[0] != eager_tokens(tiny_engine, Batch([a], [Row.of_prompt(prompts.build("x", n[0]))], [(0,)]))[0]
 
 
 def test_scheduler_streams_exemplar_rows(static_engine):
