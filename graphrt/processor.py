@@ -225,9 +225,9 @@ class ImageProcessor:
     def __init__(self, cfg: PreprocessorConfig, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  resize_device: torch.device | str | None = None):
         """`max_pixels`: larger images are refused before decoding (EngineOptions.max_image_pixels).
-        `resize_device`: where the pad-up resize runs (None: PIL on the host). On a GPU it runs
-        as integer tensor ops bit-identical to PIL's (graphrt/gpu_resize.py), so the host only
-        hands over the decoded pixels."""
+        `resize_device`: where the resizes run (None: PIL on the host). On a GPU they run as
+        integer kernels bit-identical to PIL's (graphrt/gpu_resize.py), so the host only hands
+        over the decoded pixels."""
         self.cfg = cfg
         self.max_pixels = max_pixels
         self.resize_device = torch.device(resize_device) if resize_device is not None else None
@@ -259,21 +259,20 @@ class ImageProcessor:
         return image
 
     def rescale_on_device(self, image: Image.Image, device: torch.device) -> torch.Tensor:
-        """Same pixels as `rescale`, as a uint8 [H, W, 3] tensor on `device`. The downscale to the
-        patch budget (only images above ~5 MP) stays in PIL: Pillow 13 picks the order of its two
-        passes by size when both sides shrink, so only PIL itself is sure to match there. The
-        pad-up to multiples of 28 (every image) never shrinks a side, so its order is fixed
-        (horizontal, then vertical) and it runs on the device."""
+        """Same pixels as `rescale`, as a uint8 [H, W, 3] tensor on `device`. Both resizes run
+        there, each as PIL runs it (graphrt/gpu_resize.py: same fixed-point arithmetic, same pass
+        order for the installed Pillow): the downscale to the patch budget (only images above
+        ~5 MP), then the pad-up to multiples of 28. The host only hands over the decoded pixels."""
         capped = self.capped_size(*image.size)
-        if capped != image.size:
-            image = image.resize(capped, Image.Resampling.BICUBIC)
-        target = self.rounded_size(*image.size)
+        target = self.rounded_size(*capped)
         self._check_grid(*target)
         # Pageable, synchronous copy: a pinned block + async copy measured slower per call (H100
         # host, Engine.locate P50 2.39 vs 1.50 ms, P90 5.2 vs 1.8; benchmarks/preprocess_ab.py).
         host = host_pixels(image)
         rgb = host.to(device) if device.type != "cpu" else host.clone()  # never share PIL's bytes
-        return resize_bicubic(rgb, target) if target != image.size else rgb
+        if capped != image.size:
+            rgb = resize_bicubic(rgb, capped)
+        return resize_bicubic(rgb, target) if target != capped else rgb
 
     def _check_grid(self, width: int, height: int) -> None:
         p = self.cfg.patch_size
