@@ -5,6 +5,7 @@ over 240 more in the installed Pillow's pass order, and the processor's output o
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -194,3 +195,42 @@ def test_interp_triton_resize_equals_pil():
         t = torch.from_numpy(arr)
         assert gpu_resize._use_triton(t)
         np.testing.assert_array_equal(resize_bicubic(t, size).numpy(), pil_resize(arr, size), err_msg=f"{w}x{h}")
+
+
+def test_pil_rgbx_view_is_pils_pixels():
+    """The zero-copy view of PIL's RGBX memory holds the image's pixels (pad byte aside); images
+    Pillow cannot export in one block (over 16 MB) or modes other than RGB give None."""
+    from graphrt.processor import host_pixels, pil_rgbx
+
+    rs = np.random.RandomState(4)
+    for w, h in [(640, 480), (1, 1), (1, 37), (333, 129), (2000, 1999)]:  # 2000x1999x4 < 16 MB
+        image = Image.fromarray(random_pixels(rs, w, h))
+        with pil_rgbx(image) as rgbx:
+            assert rgbx is not None, (w, h)
+            assert rgbx.shape == (h, w, 4)
+            assert torch.equal(rgbx[..., :3], host_pixels(image)), (w, h)
+    with pil_rgbx(Image.new("RGB", (2100, 2100))) as rgbx:  # 17.6 MB: two blocks
+        assert rgbx is None
+    with pil_rgbx(Image.new("L", (64, 64))) as rgbx:
+        assert rgbx is None
+
+
+@pytest.mark.parametrize("device", devices())
+def test_processor_device_path_without_and_with_rgbx_export(device, monkeypatch):
+    """The device path gives PIL's pixels whether it reads PIL's memory directly or packs a copy."""
+    import graphrt.processor as processor
+
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
+    images = [random_image(*size, seed=i) for i, size in enumerate([(640, 480), (56, 56), (97, 301), (2100, 2100)])]
+    direct = [dev(im).rgb.cpu() for im in images]
+
+    @contextlib.contextmanager
+    def no_export(image):
+        yield None
+
+    monkeypatch.setattr(processor, "pil_rgbx", no_export)
+    packed = [dev(im).rgb.cpu() for im in images]
+    for im, a, b in zip(images, direct, packed):
+        ref = host(im).rgb
+        assert torch.equal(a, ref) and torch.equal(b, ref), im.size
