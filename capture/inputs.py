@@ -107,7 +107,7 @@ class StageInputs:
             host[name][:bb] = value
         ids, is_image, image_row, positions, slots = (host[k] for k in ("ids", "is_image", "image_row", "positions", "slots"))
         for i, seg in enumerate(segments):
-            prompt = seg.row.prompt.ids
+            prompt = seg.row.prompt.token_array()
             m = seg.end - seg.start
             base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
             ids[base : base + m] = prompt[seg.start : seg.end]

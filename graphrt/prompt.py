@@ -20,8 +20,10 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .config import ModelConfig
 from .errors import CheckpointError, InputError
@@ -84,6 +86,12 @@ class Prompt:
     prefix_len: int  # tokens up to and including image 1's `</img>`: shared by all queries on one image
     # (start, tokens) of every image in placeholder order: image 1, then the exemplars. Empty: image 1 only.
     images: tuple[tuple[int, int], ...] = ()
+    # The ids as a read-only int64 array, shared by the rows of a cached prompt (host fills read it
+    # without converting the list each time); None: made from `ids` on demand.
+    id_array: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def token_array(self) -> np.ndarray:
+        return self.id_array if self.id_array is not None else np.asarray(self.ids, dtype=np.int64)
 
     @property
     def image_spans(self) -> tuple[tuple[int, int], ...]:
@@ -252,13 +260,15 @@ class PromptBuilder:
                 if hit is not None:
                     self._built.move_to_end(key)
             if hit is not None:
-                ids, *rest = hit
-                return Prompt(list(ids), *rest)
+                ids, array, *rest = hit
+                return Prompt(list(ids), *rest, id_array=array)
         prompt = self._build(query, counts, task)
         if key is not None:
             with self._built_lock:
-                self._built[key] = (tuple(prompt.ids), prompt.image_start, prompt.image_tokens, prompt.prefix_len,
-                                    prompt.images)
+                array = np.asarray(prompt.ids, dtype=np.int64)
+                array.flags.writeable = False
+                self._built[key] = (tuple(prompt.ids), array, prompt.image_start, prompt.image_tokens,
+                                    prompt.prefix_len, prompt.images)
                 if len(self._built) > self.PROMPTS_KEPT:
                     self._built.popitem(last=False)
         return prompt

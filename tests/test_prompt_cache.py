@@ -75,3 +75,13 @@ def test_cache_is_bounded(tiny_engine, monkeypatch):
     for n in range(10):
         cached.build("person", 10 + n)
     assert len(cached._built) == 3
+
+
+def test_token_array_equals_ids_and_is_read_only(tiny_engine):
+    cached = PromptBuilder(tiny_engine.tokenizer, tiny_engine.cfg, tiny_engine.chat_template)
+    first, again = cached.build("dog", 414), cached.build("dog", 414)
+    for p in (first, again):
+        assert p.token_array().tolist() == p.ids
+    assert again.id_array is not None and not again.id_array.flags.writeable
+    with pytest.raises(ValueError):
+        again.token_array()[0] = 1
