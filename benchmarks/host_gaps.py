@@ -11,11 +11,13 @@ stage timings stay what the engine reports) and runs the same batch repeatedly:
     other       the rest of the call (validation, grouping, generators)
 
 Variants (interleaved, rotating order, over the same images):
-    before   every prompt built (no prompt cache), fill_vision as before 2026-11-24's pre branch
-             (staging copy per image, cos/sin/pos copied per image)
-    after    the prompt cache and the grouped fill_vision (the code now)
-    after_w4 / after_w16   `after` with 4 / 16 preprocessing threads (EngineOptions.preprocess_workers;
-             default min(8, cores))
+    before        every prompt built (no prompt cache), fill_vision as before 2026-11-24's pre
+                  branch (staging copy per image, cos/sin/pos copied per image), PIL's pixels packed
+                  into a copy before the host->device copy
+    after_packed  the prompt cache and the grouped fill_vision, pixels still packed
+    after         everything (the code now): PIL's RGBX memory read directly (processor.pil_rgbx)
+    after_w1      `after` with 1 preprocessing thread (EngineOptions.preprocess_workers; default
+                  min(8, cores))
 Random weights: fixed 2 MTP steps per row, tokens are random.
 
     python benchmarks/host_gaps.py --checkpoint DIR --batch 1 32 --iters 10 --out res.json
@@ -42,6 +44,8 @@ from PIL import Image
 import capture.backend
 import capture.inputs
 import capture.runtime
+import capture.staging
+import capture.state
 import graphrt.backend
 import graphrt.intake
 import graphrt.processor
@@ -108,6 +112,9 @@ def instrument(spans: Spans) -> None:
     w(capture.runtime.GraphRuntime, "admit", "admit")
     w(capture.runtime.GraphRuntime, "_encode", "vision")
     w(capture.runtime.GraphRuntime, "_prefill", "prefill")
+    w(capture.state.RowState, "fill_seeds", "fill_seeds")
+    w(capture.staging.Staging, "fill", "staging_wait")
+    w(capture.staging.Staging, "send", "staging_send")
     w(capture.inputs.StageInputs, "fill_prefill", "fill_prefill")
     w(capture.backend.GraphDecode, "_step", "step")
     w(capture.backend.GraphDecode, "_results", "collect")
@@ -163,13 +170,19 @@ def fill_vision_before(self, images, bv: int, p: int) -> None:
 
 
 FILL_AFTER = capture.inputs.StageInputs.fill_vision
+RGBX = graphrt.processor.pil_rgbx
+
+
+@contextlib.contextmanager
+def no_rgbx(image):
+    yield None  # the processor packs PIL's pixels into a copy, as before
 
 
 class Variant:
     """One configuration of the host side: prompt cache on/off, fill_vision, preprocessing threads."""
 
-    def __init__(self, engine, cache: bool, fill, workers: int):
-        self.engine, self.cache, self.fill, self.workers = engine, cache, fill, workers
+    def __init__(self, engine, cache: bool, fill, workers: int, rgbx: bool = True):
+        self.engine, self.cache, self.fill, self.workers, self.rgbx = engine, cache, fill, workers, rgbx
         self.built = collections.OrderedDict()  # this variant's own prompt cache
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"prep{workers}")
 
@@ -178,6 +191,7 @@ class Variant:
         prompts._built = self.built
         prompts.PROMPTS_KEPT = PromptBuilder.PROMPTS_KEPT if self.cache else 0
         capture.inputs.StageInputs.fill_vision = self.fill
+        graphrt.processor.pil_rgbx = RGBX if self.rgbx else no_rgbx
         self.engine.options = dataclasses.replace(self.engine.options, preprocess_workers=self.workers)
         self.engine._pool = self.pool
 
@@ -213,8 +227,9 @@ def main():
     spans = Spans()
     instrument(spans)
     before, after = spans.timed(fill_vision_before, "fill_vision"), spans.timed(FILL_AFTER, "fill_vision")
-    variants = {"before": Variant(engine, False, before, 8), "after": Variant(engine, True, after, 8),
-                "after_w4": Variant(engine, True, after, 4), "after_w16": Variant(engine, True, after, 16)}
+    variants = {"before": Variant(engine, False, before, 8, rgbx=False),
+                "after_packed": Variant(engine, True, after, 8, rgbx=False),
+                "after": Variant(engine, True, after, 8), "after_w1": Variant(engine, True, after, 1)}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),
               "work": f"locate_batch of B distinct {args.width}x{args.height} PIL images, one query each "
                       f"({len(QUERIES)} distinct, cycled), 2 MTP steps per row, graphs {opts['graphs']}",

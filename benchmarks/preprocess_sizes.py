@@ -5,7 +5,9 @@ downscale moved to the GPU, interleaved, with each variant's pixels checked agai
              official processor's arithmetic)
     before   the device path as it was: the downscale to the patch budget (images above
              in_token_limit = 25,600 patches, ~5 MP) in PIL, the pad-up on the GPU
-    after    both resizes on the GPU (graphrt/gpu_resize.py, Pillow's pass order)
+    after    both resizes on the GPU (graphrt/gpu_resize.py, Pillow's pass order); PIL's RGBX
+             memory read directly where Pillow exports it (images up to ~4 MP)
+    packed   `after` with PIL's pixels packed into a copy first (as before the RGBX read)
 
 Per size and input kind (a decoded PIL image, or JPEG bytes: decode included): `host_ms`, the
 processor call's wall time (the host is free after it; GPU work may still run) and `done_ms`,
@@ -31,6 +33,9 @@ from PIL import Image
 
 from graphrt.config import PreprocessorConfig
 from graphrt.gpu_resize import resize_bicubic
+import contextlib
+
+import graphrt.processor
 from graphrt.processor import ImageProcessor, host_pixels, load_image
 
 SIZES = [(640, 480), (1600, 1200), (1920, 1080), (2240, 2240), (4000, 3000), (6000, 4000)]
@@ -48,6 +53,23 @@ def rescale_before(self, image, device):
 
 
 AFTER = ImageProcessor.rescale_on_device
+RGBX = graphrt.processor.pil_rgbx
+
+
+@contextlib.contextmanager
+def no_rgbx(image):
+    yield None
+
+
+def use(variant: str) -> None:
+    ImageProcessor.rescale_on_device = rescale_before if variant == "before" else AFTER
+    graphrt.processor.pil_rgbx = no_rgbx if variant == "packed" else RGBX
+
+
+def rgbx_to_device(image):
+    """PIL's RGBX memory to the device and the pad byte dropped (None where Pillow cannot export)."""
+    with RGBX(image) as rgbx:
+        return None if rgbx is None else rgbx.to("cuda")[..., :3].contiguous()
 
 
 def photo(width: int, height: int, seed: int) -> Image.Image:
@@ -92,12 +114,16 @@ def main():
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--pil-iters", type=int, default=5, help="calls of the (slow) PIL variant")
     ap.add_argument("--out", default="preprocess_sizes.json")
+    ap.add_argument("--sizes", nargs="*", default=None, help="WxH sizes (default: all)")
+    ap.add_argument("--variants", default="before,after,packed,pil")
     args = ap.parse_args()
     cfg = PreprocessorConfig()
     pil, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device="cuda")
     report = {"device": torch.cuda.get_device_name(0), "pillow": PIL.__version__, "torch": torch.__version__,
               "work": "ImageProcessor call on one image (PIL RGB or JPEG q90 bytes), P50/P90 ms", "sizes": {}}
-    for k, (w, h) in enumerate(SIZES):
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else SIZES
+    variants = args.variants.split(",")
+    for k, (w, h) in enumerate(sizes):
         image = photo(w, h, seed=k)
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=90)
@@ -106,18 +132,17 @@ def main():
                  "downscale": dev.capped_size(w, h) != (w, h)}
         # exactness first: the device paths against PIL's pixels
         ref = pil(image).rgb
-        for name, fn in (("before", rescale_before), ("after", AFTER)):
-            ImageProcessor.rescale_on_device = fn
+        for name in ("before", "after", "packed"):
+            use(name)
             entry[f"{name}_equals_pil"] = bool(torch.equal(dev(image).rgb.cpu(), ref))
-        samples = {f"{v}_{kind}_{m}": [] for v in ("pil", "before", "after") for kind in ("image", "jpeg")
-                   for m in ("host", "done")}
-        variants = ["before", "after", "pil"]
+        samples = {f"{v}_{kind}_{m}": [] for v in variants for kind in ("image", "jpeg") for m in ("host", "done")}
+        n = len(variants)
         iters = args.iters if w * h <= 5_000_000 else min(args.iters, 6)  # the PIL variants take ~0.1-1 s there
         for i in range(iters + 2):
-            for v in variants[i % 3:] + variants[: i % 3]:
+            for v in variants[i % n:] + variants[: i % n]:
                 if v == "pil" and i >= args.pil_iters + 2:
                     continue
-                ImageProcessor.rescale_on_device = rescale_before if v == "before" else AFTER
+                use(v)
                 proc = pil if v == "pil" else dev
                 for kind, src in (("image", image), ("jpeg", data)):
                     torch.cuda.synchronize()
@@ -130,7 +155,7 @@ def main():
                     if i >= 2:
                         samples[f"{v}_{kind}_host"].append((t1 - t0) * 1e3)
                         samples[f"{v}_{kind}_done"].append((t2 - t0) * 1e3)
-        ImageProcessor.rescale_on_device = AFTER
+        use("after")
         for key, xs in samples.items():
             if xs:
                 entry[key] = {"p50": pct(xs, 50), "p90": pct(xs, 90), "n": len(xs)}
@@ -149,6 +174,7 @@ def main():
             "pil_image_intake_ms": host_ms(lambda: load_image(image)),
             "host_pixels_ms": host_ms(lambda: host_pixels(rgb)),
             "h2d_pageable_ms": host_ms(lambda: host.to("cuda")),
+            "rgbx_to_device_ms": host_ms(lambda: rgbx_to_device(rgb)),
             "resize_launch_host_ms": host_ms(resize),
             "resize_device_ms": device_ms(resize),
             "pil_resize_host_ms": host_ms(lambda: pil.rescale(rgb), 3),
