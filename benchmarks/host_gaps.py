@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

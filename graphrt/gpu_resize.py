@@ -74,7 +74,7 @@ def fixed_point_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
     scale = float(in_size) / out_size
     filterscale = max(scale, 1.0)
     support = _SUPPORT * filterscale
-    taps = int(math.ceil(support)) * 2 + 1  # PIL's ksize: room for every row
+    taps = math.ceil(support) * 2 + 1  # PIL's ksize: room for every row
     center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
     # astype(int64) truncates toward zero, like the C cast (the arguments are > -1 here)
     xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)

@@ -218,7 +218,7 @@ def test_pil_rgbx_view_is_pils_pixels():
 @pytest.mark.parametrize("device", devices())
 def test_processor_device_path_without_and_with_rgbx_export(device, monkeypatch):
     """The device path gives PIL's pixels whether it reads PIL's memory directly or packs a copy."""
-    import graphrt.processor as processor
+    from graphrt import processor
 
     cfg = PreprocessorConfig(in_token_limit=300)
     host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
