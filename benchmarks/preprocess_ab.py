@@ -2,7 +2,8 @@
 (mid preset: real vision widths; eager engine: the host path is the same with graphs on):
 
   pinned    no EXIF copy, np.asarray (one copy out of PIL), pinned block, async copy to the GPU
-  pageable  no EXIF copy, np.asarray, pageable (synchronous) copy to the GPU (kept: the processor now)
+  pageable  no EXIF copy, np.asarray, pageable (synchronous) copy to the GPU (kept; since the pre
+            branch the processor reads PIL's RGBX memory instead of np.asarray: host_gaps.py)
   before    exif_transpose copy, np.array (two copies), pageable copy
 
 Reports Engine.locate's preprocess_ms (P50/P90 of --iters calls per variant, 640x480 PIL image).

@@ -60,24 +60,40 @@ class StageInputs:
             self._norm = (images[0].mean, images[0].std)
         host = self._vision.fill()
         merge, used = host["merge_index"], host["v_seqused"]
+        geometry = [self.grid_geometry(im.grid) for im in images]  # once each (an LRU of 8 grids)
         for i, im in enumerate(images):
             n, start = im.num_patches, i * p
             if (im.mean, im.std) != (images[0].mean, images[0].std):
                 raise ValueError("images of one batch must share the normalization constants")
-            stage = pipe.rgb_stage[: im.rgb.numel()]
-            stage.copy_(im.rgb.view(-1))  # uint8 HWC to the device; the gather puts it in patch order
-            torch.index_select(stage, 0, self.patch_order(im.grid), out=pipe.pixels_u8[start : start + n].view(-1))
-            cos, sin, order, pos = self.grid_geometry(im.grid)
-            pipe.cos[start : start + n].copy_(cos)
-            pipe.sin[start : start + n].copy_(sin)
-            pipe.pos[start : start + n].copy_(pos)
-            merge[start : start + n] = order + start
+            src = im.rgb.view(-1)
+            if src.device != pipe.rgb_stage.device:  # resized on the host: to the device first
+                src = pipe.rgb_stage[: src.numel()]
+                src.copy_(im.rgb.view(-1))
+            # uint8 HWC -> patch order, read where the resize left it (no staging copy on the device)
+            torch.index_select(src, 0, self.patch_order(im.grid), out=pipe.pixels_u8[start : start + n].view(-1))
+            merge[start : start + n] = geometry[i][2] + start
             merge[start + n : start + p] = start
             used[i] = n
+        self._fill_tables(images, geometry, p)
         for i in range(len(images), bv):  # padding slots
             merge[i * p : (i + 1) * p] = i * p
             used[i] = p
         self._vision.send({"merge_index": bv * p, "v_seqused": bv})
+
+    def _fill_tables(self, images: list[ProcessedImage], geometry: list[tuple], p: int) -> None:
+        """RoPE cos/sin and position rows of every image's slot: one copy per run of consecutive
+        images of one grid (a batch of equal frames: 3 launches, not 3 per image)."""
+        pipe, i = self.pipe, 0
+        while i < len(images):
+            grid, k = images[i].grid, 1
+            while i + k < len(images) and images[i + k].grid == grid:
+                k += 1
+            cos, sin, _, pos = geometry[i]
+            n = cos.shape[0]
+            for dst, src in ((pipe.cos, cos), (pipe.sin, sin), (pipe.pos, pos)):
+                slots = dst[i * p : (i + k) * p].view(k, p, *src.shape[1:])[:, :n]
+                slots.copy_(src.unsqueeze(0).expand(k, *src.shape))
+            i += k
 
     def fill_prefill(self, segments: list, bb: int, t: int, image_base: list[int],
                       gen: GenerationConfig) -> None:
@@ -91,7 +107,7 @@ class StageInputs:
             host[name][:bb] = value
         ids, is_image, image_row, positions, slots = (host[k] for k in ("ids", "is_image", "image_row", "positions", "slots"))
         for i, seg in enumerate(segments):
-            prompt = seg.row.prompt.ids
+            prompt = seg.row.prompt.token_array()
             m = seg.end - seg.start
             base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
             ids[base : base + m] = prompt[seg.start : seg.end]

@@ -1,14 +1,20 @@
 """PIL's 8-bit bicubic resize in integer tensor arithmetic, on any device, bit-identical to
-`Image.resize(size, Image.Resampling.BICUBIC)` for RGB images.
+`Image.resize(size, Image.Resampling.BICUBIC)` (no box, no reducing_gap: Pillow's defaults) for
+RGB images, shrinking or growing either side.
 
 PIL's resampler (libImaging/Resample.c) is a separable convolution: per output column it
-computes the bicubic (a = -0.5) weights of its source taps in double precision, normalizes them
-to sum 1, rounds them to 22-bit fixed point, and accumulates `pixel * weight` in int32 starting
-from half a unit; the result is shifted back and clipped to 0..255. The horizontal pass runs
-first and its uint8 result feeds the vertical pass. The weights are computed here with the same
-double-precision formulas (Python floats are IEEE doubles); the accumulation runs in int32, as
-one Triton kernel per pass on the GPU (two launches per image, so the host's share stays small)
-or as tensor ops elsewhere; GPU and CPU give the same bits as PIL.
+computes the bicubic (a = -0.5) weights of its source taps in double precision, with the support
+widened by the scale when a side shrinks (support 2 * in/out, weights evaluated at distance *
+out/in: the antialiasing filter), normalizes them to sum 1, rounds them to 22-bit fixed point,
+and accumulates `pixel * weight` in int32 starting from half a unit; the result is shifted back
+and clipped to 0..255. The first pass's uint8 result feeds the second, so the order of the two
+passes changes the bits: Pillow up to 12 always runs the horizontal pass first; Pillow 13
+(python-pillow/Pillow#9549) runs the vertical pass first when the height shrinks by more than
+twice as many pixels as the width does (`vertical_first`, keyed to the installed Pillow).
+The weights are computed here with the same double-precision formulas (numpy float64, IEEE like
+the C doubles; the normalizing sum runs left to right as the C loop does); the accumulation runs
+in int32, as one Triton kernel per pass on the GPU (two launches per image, so the host's share
+stays small) or as tensor ops elsewhere; GPU and CPU give the same bits as PIL.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import math
 import threading
 from functools import lru_cache
 
+import numpy as np
+import PIL
 import torch
 
 from .kernels import triton_runs_on
@@ -32,44 +40,56 @@ _SUPPORT = 2.0  # bicubic
 _A = -0.5
 
 
-def _bicubic(x: float) -> float:
-    x = abs(x)
-    if x < 1.0:
-        return ((_A + 2.0) * x - (_A + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * _A
-    return 0.0
+def _pillow_major(version: str) -> int:
+    head = version.split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+# Pillow 13 chooses the pass order by size (see vertical_first); earlier versions never do.
+PILLOW_ORDERS_PASSES = _pillow_major(PIL.__version__) >= 13
+
+
+def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int], by_size: bool | None = None) -> bool:
+    """Whether Pillow runs the vertical pass first for (width, height) in_size -> out_size:
+    with both passes needed, the height shrinks and loses more than twice the columns the width
+    loses (a width that grows always qualifies). `by_size`: the rule of Pillow >= 13 (default:
+    the installed Pillow's); False is the fixed horizontal-then-vertical order of Pillow <= 12."""
+    (w, h), (ow, oh) = in_size, out_size
+    if not (PILLOW_ORDERS_PASSES if by_size is None else by_size) or ow == w or oh == h:
+        return False
+    return oh < h and (h - oh) > 2 * (w - ow)
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    near = ((_A + 2.0) * x - (_A + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * _A
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
 @lru_cache(maxsize=64)
-def fixed_point_taps(in_size: int, out_size: int) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """(first source index, fixed-point weights) of every output position, as PIL computes them."""
+def fixed_point_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first source index [out], fixed-point weights [out, taps]) of every output position, as
+    PIL's precompute_coeffs + normalize_coeffs_8bpc compute them (short rows padded with 0)."""
     scale = float(in_size) / out_size
     filterscale = max(scale, 1.0)
     support = _SUPPORT * filterscale
-    starts, weights = [], []
+    taps = math.ceil(support) * 2 + 1  # PIL's ksize: room for every row
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    # astype(int64) truncates toward zero, like the C cast (the arguments are > -1 here)
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    x = np.arange(taps, dtype=np.int64)[None, :]
+    live = x < xmax[:, None]
     ss = 1.0 / filterscale
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)  # int() truncates toward zero, like the C cast
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        w = [_bicubic((x + xmin - center + 0.5) * ss) for x in range(xmax)]
-        total = sum_in_order(w)
-        if total != 0.0:
-            w = [v / total for v in w]
-        unit = float(1 << _PRECISION_BITS)
-        starts.append(xmin)
-        weights.append(tuple(int(-0.5 + v * unit) if v < 0 else int(0.5 + v * unit) for v in w))
-    return tuple(starts), tuple(weights)
-
-
-def sum_in_order(values: list[float]) -> float:
-    """Plain left-to-right double sum, as the C loop does (Python 3.12's sum() compensates
-    rounding for floats, which could move a weight by an ulp)."""
-    total = 0.0
-    for v in values:
-        total += v
-    return total
+    w = np.where(live, _bicubic(((x + xmin[:, None]) - center[:, None] + 0.5) * ss), 0.0)
+    total = np.cumsum(w, axis=1)[:, -1]  # sequential, as the C loop sums (np.sum would pair up)
+    w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
+    unit = float(1 << _PRECISION_BITS)
+    fixed = np.where(w < 0, (-0.5 + w * unit), (0.5 + w * unit)).astype(np.int64)  # C: (int) truncates
+    fixed = np.where(live, fixed, 0).astype(np.int32)
+    last = int(xmax.max())  # drop all-zero tail columns (fewer loads per output)
+    return xmin, fixed[:, :last]
 
 
 _TAP_CACHE: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -84,11 +104,9 @@ def _tap_tensors(in_size: int, out_size: int, device: torch.device) -> tuple[tor
             if len(_TAP_CACHE) >= 64:  # bounded: a stream of odd sizes must not grow it forever
                 _TAP_CACHE.pop(next(iter(_TAP_CACHE)))
             starts, weights = fixed_point_taps(in_size, out_size)
-            taps = max(len(w) for w in weights)
-            index = [[min(s + t, in_size - 1) for s in starts] for t in range(taps)]
-            weight = [[w[t] if t < len(w) else 0 for w in weights] for t in range(taps)]
-            _TAP_CACHE[key] = (torch.tensor(index, dtype=torch.long).to(device),
-                               torch.tensor(weight, dtype=torch.int32).to(device))
+            index = np.minimum(starts[None, :] + np.arange(weights.shape[1])[:, None], in_size - 1)
+            _TAP_CACHE[key] = (torch.from_numpy(index).to(device),
+                               torch.from_numpy(np.ascontiguousarray(weights.T)).to(device))
         return _TAP_CACHE[key]
 
 
@@ -148,17 +166,20 @@ def _pass(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
     return (acc >> _PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
 
 
-def resize_bicubic(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_bicubic(rgb: torch.Tensor, size: tuple[int, int], by_size: bool | None = None) -> torch.Tensor:
     """uint8 [H, W, C] -> uint8 [height, width, C] for size = (width, height), equal to PIL's
-    bicubic resize of the same image. Passes whose side does not change are skipped, as in PIL."""
+    bicubic resize of the same image. Passes whose side does not change are skipped, as in PIL;
+    the pass order is Pillow's (`vertical_first`; `by_size` as there)."""
     width, height = size
     if rgb.dtype != torch.uint8 or rgb.dim() != 3:
         raise ValueError(f"resize_bicubic takes uint8 [H, W, C]; got {rgb.dtype} {tuple(rgb.shape)}")
     if width < 1 or height < 1 or math.prod(rgb.shape) == 0:
         raise ValueError(f"cannot resize {tuple(rgb.shape)} to {size}")
+    passes = [(1, width), (0, height)]
+    if vertical_first((rgb.shape[1], rgb.shape[0]), (width, height), by_size):
+        passes.reverse()
     out = rgb
-    if width != rgb.shape[1]:
-        out = _pass(out, 1, width)
-    if height != rgb.shape[0]:
-        out = _pass(out, 0, height)
+    for dim, length in passes:
+        if length != out.shape[dim]:
+            out = _pass(out, dim, length)
     return out if out is not rgb else rgb.clone()

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .config import ModelConfig
 from .errors import CheckpointError, InputError
@@ -82,6 +86,12 @@ class Prompt:
     prefix_len: int  # tokens up to and including image 1's `</img>`: shared by all queries on one image
     # (start, tokens) of every image in placeholder order: image 1, then the exemplars. Empty: image 1 only.
     images: tuple[tuple[int, int], ...] = ()
+    # The ids as a read-only int64 array, shared by the rows of a cached prompt (host fills read it
+    # without converting the list each time); None: made from `ids` on demand.
+    id_array: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def token_array(self) -> np.ndarray:
+        return self.id_array if self.id_array is not None else np.asarray(self.ids, dtype=np.int64)
 
     @property
     def image_spans(self) -> tuple[tuple[int, int], ...]:
@@ -191,6 +201,11 @@ class PromptBuilder:
         # Text the tokenizer turns into an added (special) token must not come from a user query:
         # it would break the prompt's structure. `</c>` (the category separator) is allowed.
         self._added = {int(i): t for t, i in tokenizer.get_added_vocab().items() if t != CATEGORY_SEPARATOR}
+        # Built prompts by (query, image token counts, task): a robot loop asks the same question
+        # of every frame, and the build (checks, template, tokenization) is ~0.3 ms of host work
+        # on the one-frame critical path. Bounded; a lock, as the engine prepares on several threads.
+        self._built: OrderedDict[tuple, tuple] = OrderedDict()
+        self._built_lock = threading.Lock()
 
     def _token_id(self, text: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(text)
@@ -232,9 +247,33 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------ ids
 
+    PROMPTS_KEPT = 512  # distinct (query, image sizes, task) prompts kept by build()
+
     def build(self, query, image_tokens: int | list[int], task: str | None = None) -> Prompt:
-        """Token ids for a query on image 1 (and exemplars 2..N): `image_tokens` per image."""
+        """Token ids for a query on image 1 (and exemplars 2..N): `image_tokens` per image. A
+        prompt built before for the same (query, counts, task) is reused (its ids copied)."""
         counts = [image_tokens] if isinstance(image_tokens, int) else list(image_tokens)
+        key = _build_key(query, counts, task or self.task)
+        if key is not None:
+            with self._built_lock:
+                hit = self._built.get(key)
+                if hit is not None:
+                    self._built.move_to_end(key)
+            if hit is not None:
+                ids, array, *rest = hit
+                return Prompt(list(ids), *rest, id_array=array)
+        prompt = self._build(query, counts, task)
+        if key is not None:
+            with self._built_lock:
+                array = np.asarray(prompt.ids, dtype=np.int64)
+                array.flags.writeable = False
+                self._built[key] = (tuple(prompt.ids), array, prompt.image_start, prompt.image_tokens,
+                                    prompt.prefix_len, prompt.images)
+                if len(self._built) > self.PROMPTS_KEPT:
+                    self._built.popitem(last=False)
+        return prompt
+
+    def _build(self, query, counts: list[int], task: str | None) -> Prompt:
         text = self.text(query, task, len(counts) - 1)
         found = [int(m.group(2)) for m in PLACEHOLDER.finditer(text)]
         if found != list(range(1, len(counts) + 1)) or "<video-" in text:
@@ -258,6 +297,19 @@ class PromptBuilder:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _build_key(query, counts: list[int], task: str) -> tuple | None:
+    """Cache key of a build, or None for queries of unexpected types (built, and refused, each time)."""
+    if query is None or isinstance(query, str):
+        phrase = query
+    elif isinstance(query, (list, tuple)) and all(isinstance(p, str) for p in query):
+        phrase = ("categories", *query)
+    else:
+        return None
+    if not all(isinstance(c, int) for c in counts):
+        return None
+    return phrase, tuple(counts), task
 
 
 def expanded_text(text: str, image_tokens: list[int]) -> str:

@@ -1,18 +1,22 @@
 """The tensor bicubic resize equals PIL's 8-bit bicubic bit for bit: the pad-up resize of the
-processor over 240 random sizes, PIL-order resizes in general, and the processor's output on the
-device path equals its PIL path (downscale to the patch budget included)."""
+processor over 240 random sizes, downscales (both sides, one side, up/down mixes, large ratios)
+over 240 more in the installed Pillow's pass order, and the processor's output on the device path
+(both resizes on the device, no PIL resize) equals its PIL path."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image
 
 from graphrt.config import PreprocessorConfig
-from graphrt.gpu_resize import resize_bicubic
+from graphrt import gpu_resize
+from graphrt.gpu_resize import resize_bicubic, vertical_first
 from graphrt.processor import ImageProcessor
 
 from conftest import random_image
@@ -33,8 +37,6 @@ def torch_path_on_cpu(request, monkeypatch):
     # slow for hundreds of sizes, so CPU tensors take the int32 torch path here, and the Triton
     # kernel's arithmetic has its own interpreted test below.
     if not request.node.name.startswith("test_interp_"):
-        from graphrt import gpu_resize
-
         monkeypatch.setattr(gpu_resize, "_use_triton", lambda x, use=gpu_resize._use_triton: x.is_cuda and use(x))
 
 
@@ -91,12 +93,87 @@ def test_processor_device_path_equals_pil_path(device):
     # A small patch budget makes the downscale step run on small images too.
     cfg = PreprocessorConfig(in_token_limit=300)
     host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
-    for i, size in enumerate([(640, 480), (333, 129), (56, 28), (500, 90), (97, 301), (20, 20)]):
+    # (200, 900) and (150, 1200) shrink mostly in height: Pillow 13 runs their vertical pass first.
+    sizes = [(640, 480), (333, 129), (56, 28), (500, 90), (97, 301), (20, 20), (200, 900), (150, 1200)]
+    for i, size in enumerate(sizes):
         image = random_image(*size, seed=i)
         a, b = host(image), dev(image)
         assert a.grid == b.grid and a.size == b.size
         assert b.rgb.device.type == torch.device(device).type
         assert torch.equal(a.rgb, b.rgb.cpu()), size
+
+
+def downscale_cases(rs, n: int):
+    """(w, h, (out_w, out_h)): both sides shrink, one side only, one shrinks while the other grows,
+    and large ratios (support widened 10-60x), in turn."""
+    for i in range(n):
+        w, h = (int(v) for v in rs.randint(2, 360, size=2))
+        kind = i % 5
+        if kind == 0:
+            size = (int(rs.randint(1, w + 1)), int(rs.randint(1, h + 1)))
+        elif kind == 1:
+            size = (max(1, w // int(rs.randint(10, 60))), max(1, h // int(rs.randint(10, 60))))
+        elif kind == 2:
+            size = (w, int(rs.randint(1, h + 1))) if rs.rand() < 0.5 else (int(rs.randint(1, w + 1)), h)
+        elif kind == 3:  # one side shrinks, the other grows
+            size = ((int(rs.randint(1, w + 1)), h + int(rs.randint(1, 200))) if rs.rand() < 0.5
+                    else (w + int(rs.randint(1, 200)), int(rs.randint(1, h + 1))))
+        else:  # tall or wide strips shrinking mostly along their length
+            size = (int(rs.randint(max(1, w - 20), w + 1)), max(1, h // int(rs.randint(2, 30))))
+            if rs.rand() < 0.5:
+                w, h, size = h, w, (size[1], size[0])
+        yield w, h, size
+
+
+@pytest.mark.parametrize("device", devices())
+def test_downscales_equal_pil_on_240_sizes(device):
+    rs = np.random.RandomState(23)
+    orders = set()
+    for w, h, size in downscale_cases(rs, 240):
+        arr = random_pixels(rs, w, h)
+        out = resize_bicubic(torch.from_numpy(arr).to(device), size).cpu().numpy()
+        np.testing.assert_array_equal(out, pil_resize(arr, size), err_msg=f"{w}x{h} -> {size}")
+        orders.add(vertical_first((w, h), size))
+    assert orders == ({False, True} if gpu_resize.PILLOW_ORDERS_PASSES else {False})
+
+
+@pytest.mark.parametrize("device", devices())
+def test_pass_order_is_the_installed_pillows(device):
+    """Sizes where the two orders give different bits: only the installed Pillow's order matches."""
+    rs = np.random.RandomState(5)
+    for w, h, size in [(12, 123, (2, 98)), (42, 153, (6, 67)), (60, 60, (59, 20)), (325, 217, (167, 152)),
+                       (115, 36, (83, 21)), (90, 40, (120, 30))]:
+        arr = random_pixels(rs, w, h)
+        x = torch.from_numpy(arr).to(device)
+        ref = pil_resize(arr, size)
+        mine = resize_bicubic(x, size).cpu().numpy()
+        other = resize_bicubic(x, size, by_size=not gpu_resize.PILLOW_ORDERS_PASSES).cpu().numpy()
+        np.testing.assert_array_equal(mine, ref, err_msg=f"{w}x{h} -> {size}")
+        if vertical_first((w, h), size, by_size=True):  # the orders differ here: the other one must miss
+            assert not np.array_equal(other, ref), f"{w}x{h} -> {size}"
+
+
+def test_vertical_first_rule():
+    # Pillow 13: vertical first when the height shrinks by more than twice the width's shrink.
+    assert vertical_first((100, 100), (60, 19), by_size=True)  # 81 > 2 * 40
+    assert not vertical_first((100, 100), (60, 20), by_size=True)  # 80 == 2 * 40: horizontal first
+    assert vertical_first((60, 60), (200, 59), by_size=True)  # the width grows, the height shrinks
+    assert not vertical_first((60, 60), (200, 61), by_size=True)  # both grow
+    assert not vertical_first((100, 100), (100, 10), by_size=True)  # one pass only
+    assert not vertical_first((100, 100), (60, 19), by_size=False)  # Pillow <= 12
+    assert gpu_resize.PILLOW_ORDERS_PASSES == (int(PIL.__version__.split(".")[0]) >= 13)
+
+
+def test_device_path_does_not_call_pil_resize(monkeypatch):
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host = ImageProcessor(cfg)(random_image(500, 380, seed=1))  # downscale and pad-up, in PIL
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("PIL resize called on the device path")
+
+    monkeypatch.setattr(Image.Image, "resize", refuse)
+    dev = ImageProcessor(cfg, resize_device="cpu")(random_image(500, 380, seed=1))
+    assert torch.equal(host.rgb, dev.rgb)
 
 
 def test_bad_arguments():
@@ -111,11 +188,49 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 @pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernels in the gpu tests")
 def test_interp_triton_resize_equals_pil():
-    from graphrt import gpu_resize
-
     rs = np.random.RandomState(3)
-    for w, h, size in [(30, 20, (56, 28)), (17, 45, (28, 56)), (40, 33, (20, 33)), (28, 28, (28, 14))]:
+    for w, h, size in [(30, 20, (56, 28)), (17, 45, (28, 56)), (40, 33, (20, 33)), (28, 28, (28, 14)),
+                       (12, 60, (10, 30)), (50, 14, (9, 5))]:  # (12, 60): vertical pass first on Pillow 13
         arr = random_pixels(rs, w, h)
         t = torch.from_numpy(arr)
         assert gpu_resize._use_triton(t)
         np.testing.assert_array_equal(resize_bicubic(t, size).numpy(), pil_resize(arr, size), err_msg=f"{w}x{h}")
+
+
+def test_pil_rgbx_view_is_pils_pixels():
+    """The zero-copy view of PIL's RGBX memory holds the image's pixels (pad byte aside); images
+    Pillow cannot export in one block (over 16 MB) or modes other than RGB give None."""
+    from graphrt.processor import host_pixels, pil_rgbx
+
+    rs = np.random.RandomState(4)
+    for w, h in [(640, 480), (1, 1), (1, 37), (333, 129), (2000, 1999)]:  # 2000x1999x4 < 16 MB
+        image = Image.fromarray(random_pixels(rs, w, h))
+        with pil_rgbx(image) as rgbx:
+            assert rgbx is not None, (w, h)
+            assert rgbx.shape == (h, w, 4)
+            assert torch.equal(rgbx[..., :3], host_pixels(image)), (w, h)
+    with pil_rgbx(Image.new("RGB", (2100, 2100))) as rgbx:  # 17.6 MB: two blocks
+        assert rgbx is None
+    with pil_rgbx(Image.new("L", (64, 64))) as rgbx:
+        assert rgbx is None
+
+
+@pytest.mark.parametrize("device", devices())
+def test_processor_device_path_without_and_with_rgbx_export(device, monkeypatch):
+    """The device path gives PIL's pixels whether it reads PIL's memory directly or packs a copy."""
+    from graphrt import processor
+
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
+    images = [random_image(*size, seed=i) for i, size in enumerate([(640, 480), (56, 56), (97, 301), (2100, 2100)])]
+    direct = [dev(im).rgb.cpu() for im in images]
+
+    @contextlib.contextmanager
+    def no_export(image):
+        yield None
+
+    monkeypatch.setattr(processor, "pil_rgbx", no_export)
+    packed = [dev(im).rgb.cpu() for im in images]
+    for im, a, b in zip(images, direct, packed):
+        ref = host(im).rgb
+        assert torch.equal(a, ref) and torch.equal(b, ref), im.size
