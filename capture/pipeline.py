@@ -5,7 +5,10 @@ Each body reads only these buffers and writes only these buffers, with shapes fi
     vision(B, P)   pixels/pos/rope of B image slots of P patches  -> vision_out
     prefill(B, T)  B right-aligned prompt segments + image rows of vision_out -> KV cache rows
                    p_target[:B] (any rows: fresh batches, refills of finished rows, shared-prefix
-                   tails after a cached prefix), and the step state of those rows
+                   tails after a cached prefix), and the step state of those rows; with
+                   first_round="merged", segments flagged in p_window also forward their first
+                   MTP window in the same pass and take their first step's tokens (the stock
+                   loop's round 1: prompt + window in one forward)
     step(B)        one MTP step of rows [0, B): window forward, sampler, proposal, accept, state update
 
 All per-row facts (cache length, accepted tokens, counts, finished flags, temperatures) live in
@@ -22,20 +25,23 @@ from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
 
 from .buckets import Buckets
-from .ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
+from .ranges import FirstRoundRanges, PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
 from .state import RowState
 from .varlen import VarlenKernel
 
 
 class StaticPipeline:
     def __init__(self, model, buckets: Buckets, kernel: VarlenKernel, sampling: SamplingConfig, mtp: MTPConfig,
-                 sample: bool, window_plan: str = "shifted", kernels: str = "torch"):
+                 sample: bool, window_plan: str = "shifted", kernels: str = "torch", first_round: str = "separate"):
         if window_plan not in ("shifted", "lse"):
             raise ValueError("window_plan must be 'shifted' or 'lse'")
         if kernels not in ("torch", "fused"):
             raise ValueError("kernels must be 'torch' or 'fused'")
         self.window_plan = window_plan  # torch kernels only; the fused step kernel needs no plan
         self.fused = kernels == "fused"
+        if first_round not in ("merged", "separate"):
+            raise ValueError("first_round must be 'merged' or 'separate'")
+        self.merged = first_round == "merged"  # the first MTP round inside the prefill pass
         cfg = model.cfg
         self.model, self.buckets, self.kernel = model, buckets, kernel
         self.sampling, self.mtp, self.sample = sampling, mtp, sample
@@ -79,6 +85,8 @@ class StaticPipeline:
         self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
         self.p_target = z(bm)  # cache row of each prefill segment
+        # merged first round: the segment ends with the last prompt token and forwards its first window
+        self.p_window = z(bm, dtype=torch.bool)
         # per-segment seeds of the rows a prefill fills (RowState's prompt-id set: pad = V)
         self.seed_inputs = RowState.seed_inputs(bm, tm + 1, self.vocab, dev)
 
@@ -97,6 +105,7 @@ class StaticPipeline:
         self.window_len = torch.full((bm,), blk, dtype=torch.int32, device=dev)
         self.mask_ids = torch.full((bm, blk - 1), self.ids.text_mask, dtype=torch.long, device=dev)
         self.window_index = (self.rows[:, None] * 2 * blk + blk + self.arange_blk[None]).reshape(-1)
+        self.arange_win = torch.arange(bm * blk, device=dev)  # a merged prefill's window rows, after its prompt rows
         self.cu: dict[int, torch.Tensor] = {}
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
@@ -116,7 +125,8 @@ class StaticPipeline:
     def reset_state(self) -> None:
         """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
         self.state.reset()
-        for t, v in ((self.p_seqused, 1), (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True)):
+        for t, v in ((self.p_seqused, 1), (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True),
+                     (self.p_window, False)):
             t.fill_(v)
         self.p_target.copy_(self.rows)
 
@@ -138,8 +148,44 @@ class StaticPipeline:
         cu_k = torch.cat([target * self.slots, self.end_k]).to(torch.int32)  # segment i reads cache row target[i]
         ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], target[:, None].expand(b, t).reshape(-1),
                                self.p_slots[:n], self.cu[t][: b + 1], cu_k, self.p_seqused[:b])
-        llm(emb, ranges, self.cache, ranges, fused=self.fused)
-        self._seed(b)
+        if not self.merged:
+            llm(emb, ranges, self.cache, ranges, fused=self.fused)
+            self._seed(b)
+            return
+        blk, j = self.block, self.arange_blk[None]
+        end = self.p_seqused[:b].long()  # a windowed segment's prompt end: its window's first slot
+        windowed = self.p_window[:b] & ~self.p_padding_row[:b]
+        last = self.p_ids[:n].view(b, t)[:, -1:]  # right-aligned: the segment's last token
+        win_ids = torch.cat([last, self.mask_ids[:b]], dim=1).reshape(-1)
+        win_slots = torch.where(windowed[:, None], end[:, None] + j, self.dead).reshape(-1)
+        rows = torch.cat([ranges.rows, target[:, None].expand(b, blk).reshape(-1)])
+        plan = FirstRoundRanges(
+            ranges, blk, torch.cat([ranges.positions, (end[:, None] - 1 + j).reshape(-1)]), rows,
+            torch.cat([ranges.write_slots, win_slots]), self.cu[blk][: b + 1],
+            torch.where(windowed, end + blk, blk).to(torch.int32),
+            torch.cat([target * self.slots + end, self.end_k]).to(torch.int32),
+            torch.where(windowed, end - 1, 0).to(torch.int32), self.window_len[:b])
+        logits = llm(torch.cat([emb, llm.embed(win_ids)]), plan, self.cache, plan, n + self.arange_win[: b * blk],
+                     fused=self.fused).view(b, blk, -1)
+        self._seed(b)  # the state before round 1 (as a separate prefill leaves it), then round 1 on it
+        self._first_round(b, logits, target, windowed)
+
+    def _first_round(self, b: int, logits: torch.Tensor, target: torch.Tensor, windowed: torch.Tensor) -> None:
+        """The step's sampler and tail on the windows of a merged prefill: state row r takes the
+        tokens of the windowed segment that targets it. Then all_done over every row (free rows
+        are finished), so the host can skip the first step replay when nothing is left."""
+        hits = (self.rows[:, None] == target[None, :]) & windowed[None, :]  # [rows, segments]
+        hit, src = hits.any(1), hits.int().argmax(1)
+        temp = self.temperature[target]
+        probs = probabilities(logits, self.seen[target, : self.vocab], temp if self.sample else None, self.sampling)
+        uniform = uniforms(self.noise_key[target], self.steps[target], self.block) if self.sample else None
+        x0 = choose(probs, temp, uniform, sample=self.sample)
+        if self.fused:
+            from graphrt.kernels import step_tail
+
+            if step_tail.enabled():
+                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp, src=src, hit=hit)
+        self.torch_tail(b, probs, x0, src=src, hit=hit)
 
     def _seed(self, b: int) -> None:
         """Step state of the rows just prefilled: the last prompt token is the first step's
@@ -201,14 +247,20 @@ class StaticPipeline:
                 return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp)
         self.torch_tail(b, probs, x0)
 
-    def torch_tail(self, b: int, probs: torch.Tensor, x0: torch.Tensor) -> None:
-        """The step's end in torch ops (the reference the fused tail is tested against)."""
+    def torch_tail(self, b: int, probs: torch.Tensor, x0: torch.Tensor, src: torch.Tensor | None = None,
+                   hit: torch.Tensor | None = None) -> None:
+        """The step's end in torch ops (the reference the fused tail is tested against).
+        src/hit [R]: a merged prefill's first round; state row r takes segment src[r]'s tokens
+        where hit[r], rows [0, R) are updated and all_done is over them."""
+        tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
+        if src is not None:
+            b = hit.shape[0]
+            tokens, count, kind = tokens[src], count[src], kind[src]
         blk, j = self.block, self.arange_blk[None]
         pend, k, c, fin = self.pending[:b], self.pending_count[:b], self.cache_len[:b], self.finished[:b]
         w0 = c + k
-        tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
 
-        active = ~fin
+        active = ~fin if hit is None else ~fin & hit
         keep = (j < count[:, None]) & active[:, None]
         self.out_tokens[:b].scatter_(1, torch.where(keep, self.n_gen[:b, None] + j, self.trash_col), tokens)
         self.seen[:b].scatter_(1, torch.where(keep, tokens, self.vocab), True)

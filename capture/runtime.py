@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -67,18 +68,39 @@ def pack(jobs: list[ImageJob]) -> tuple[list[ProcessedImage], list[GraphRow]]:
 
 @dataclass(frozen=True)
 class _Segment:
-    """Prompt tokens [start, end) of one row, prefilled into cache row `target`."""
+    """Prompt tokens [start, end) of one row, prefilled into cache row `target`. `window`: the
+    segment also forwards the last prompt token (slot `end`) and the row's first MTP window, and
+    takes its first step's tokens (first_round="merged"); the state it seeds is the same either way."""
     row: GraphRow
     target: int
     start: int
     end: int
     budget: int
+    window: bool = False
+
+    @property
+    def stop(self) -> int:
+        """End of the prompt tokens this segment forwards."""
+        return self.end + self.window
+
+
+# First MTP round: "merged" runs it inside the prefill replay (one forward of prompt + window, as
+# NVIDIA's loop does; one weight read fewer per request), "separate" as the first step replay.
+# GRAPHRT_FIRST_ROUND overrides GraphRuntime's / EngineOptions' first_round (A/B runs).
+FIRST_ROUNDS = ("merged", "separate")
+
+
+def first_round_choice(configured: str) -> str:
+    how = os.environ.get("GRAPHRT_FIRST_ROUND", configured)
+    if how not in FIRST_ROUNDS:
+        raise ValueError(f"first_round (or GRAPHRT_FIRST_ROUND) must be merged or separate, not {how!r}")
+    return how
 
 
 class GraphRuntime:
     def __init__(self, model, buckets: Buckets, generation: GenerationConfig, attention: str = "auto",
                  strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False,
-                 window_plan: str = "shifted", kernels: str = "auto"):
+                 window_plan: str = "shifted", kernels: str = "auto", first_round: str = "merged"):
         self.model, self.buckets, self.generation = model, buckets, generation
         self.kernel_name, kernel = select_kernel(attention, model.device, strict, model.dtype)
         # fused: the Triton layer/step kernels of graphrt.kernels; torch: plain ops (the eager path's)
@@ -88,8 +110,16 @@ class GraphRuntime:
             raise ValueError("the emulated attention kernel cannot be captured in CUDA graphs (it reads lengths "
                              "on the host); use fp16/bf16 on CUDA, or use_graphs=False")
         sample = sampling_graphs or generation.sampling.temperature > 0
+        self.first_round = first_round_choice(first_round)
+        if self.first_round == "merged" and self.kernels == "torch" and self.kernel_name == "flash_attn":
+            # the torch kernel set's window rule merges two calls by their log-sum-exp
+            if strict:
+                raise RuntimeError("first_round='merged' with kernels='torch' needs a varlen kernel with "
+                                   "log-sum-exp output (torch-fa2 or emulated), not flash_attn")
+            log.info("first_round: separate (flash_attn returns no log-sum-exp for the torch kernel set)")
+            self.first_round = "separate"
         self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan,
-                                   self.kernels)
+                                   self.kernels, self.first_round)
         self.inputs = StageInputs(model, self.pipe)
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
@@ -210,8 +240,11 @@ class GraphRuntime:
         self.owner = owner
 
     def decode(self, bb: int) -> int:
-        """Steps of rows [0, bb) until all are finished; returns the steps run."""
+        """Steps of rows [0, bb) until all are finished; returns the step replays run (with the
+        merged first round, one fewer than the rows' MTP rounds, and 0 when the prefill finished all)."""
         steps = 0
+        if self.prefill_done():
+            return steps
         while True:
             self.step(bb)
             steps += 1
@@ -220,6 +253,11 @@ class GraphRuntime:
 
     def step(self, bb: int) -> None:
         self._run(("step", bb))
+
+    def prefill_done(self) -> bool:
+        """Whether the last admission's merged first round finished every row (one device->host
+        read; always False with the separate first round, which leaves every row to a step)."""
+        return self.pipe.merged and bool(self.pipe.all_done)
 
     def finished(self, bb: int) -> list[bool]:
         return self.pipe.finished[:bb].tolist()
@@ -288,12 +326,16 @@ class GraphRuntime:
         first, second = [], []
         for i, (r, t, budget) in enumerate(zip(rows, targets, budgets)):
             last = len(r.prompt.ids) - 1
+            start = r.prompt.prefix_len if i in owners or i in members else 0
+            # merged: the segment also forwards the last prompt token and the first window (a
+            # prompt one token too long for the largest bucket keeps its first round a step)
+            window = self.pipe.merged and last + 1 - start <= self.buckets.max_prefill
             if i in owners or i in members:
                 if i in owners:
                     first.append(_Segment(r, t, 0, r.prompt.prefix_len, budget))
-                second.append(_Segment(r, t, r.prompt.prefix_len, last, budget))
+                second.append(_Segment(r, t, start, last, budget, window))
             else:
-                first.append(_Segment(r, t, 0, last, budget))
+                first.append(_Segment(r, t, 0, last, budget, window))
         prefill_passes = self._prefill(first, base, gen)
         if second:
             for i in members:
@@ -340,8 +382,8 @@ class GraphRuntime:
         is cut), one prefill replay per group. Returns the replays run."""
         b = self.buckets
         groups: list[tuple[list[_Segment], tuple[int, int]]] = []
-        for seg in sorted(segments, key=lambda s: -(s.end - s.start)):
-            t = Buckets.fit(b.prefill_lengths, seg.end - seg.start)
+        for seg in sorted(segments, key=lambda s: -(s.stop - s.start)):
+            t = Buckets.fit(b.prefill_lengths, seg.stop - seg.start)
             if groups and groups[-1][1][1] == t and b.fit_prefill(len(groups[-1][0]) + 1, t) is not None:
                 groups[-1] = (groups[-1][0] + [seg], b.fit_prefill(len(groups[-1][0]) + 1, t))
             else:
