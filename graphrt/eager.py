@@ -58,7 +58,8 @@ class EagerBackend(Backend):
         clock = StageClock(self.device)
         requests = self.requests(jobs)
         clock.lap("vision_ms")
-        decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen)
+        # the first round inside the prefill, as NVIDIA's loop and the graph runtime's default
+        decoder = EagerDecoder(self.model, sdpa.lm_attention, requests, gen, merged=True)
         clock.lap("prefill_ms")
         return EagerDecode(decoder, jobs, clock.laps)
 

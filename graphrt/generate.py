@@ -99,9 +99,11 @@ def generate(model, attend, requests: list[EmbeddedRow], gen: GenerationConfig, 
 
 
 class EagerDecoder:
-    """The eager loop as an object: prefill and the first round on construction (merged: one
-    forward of prompt + first window, as NVIDIA's loop; merged=False: prefill of prompt[:-1], the
-    first round left to the first `step()`), then one `step()` per MTP step.
+    """The eager loop as an object: prefill on construction, then one `step()` per MTP step.
+    merged (generate() and the eager backend): the first round runs on construction too, in one
+    forward of prompt + first window, as NVIDIA's loop. The default (False) prefills prompt[:-1]
+    and leaves the first round to the first `step()`, for callers that drive and compare decoders
+    round by round from the prefill (calib/'s teacher-forced FP8 reports).
 
     All its state is in plain attributes, so `state_dict()` / `from_state()` pause a generation
     and continue it later (in another process too), token for token.
@@ -109,7 +111,7 @@ class EagerDecoder:
 
     @torch.no_grad()
     def __init__(self, model, attend, requests: list[EmbeddedRow], gen: GenerationConfig,
-                 state: tuple[dict, dict] | None = None, merged: bool = True):
+                 state: tuple[dict, dict] | None = None, merged: bool = False):
         cfg, device = model.cfg, model.device
         self.model, self.attend, self.gen = model, attend, gen
         self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
