@@ -90,10 +90,18 @@ class StageInputs:
         for name, value in (("seqused", 1), ("padding", True), ("target", 0), ("window", False)):  # padding segments
             host[name][:bb] = value
         ids, is_image, image_row, positions, slots = (host[k] for k in ("ids", "is_image", "image_row", "positions", "slots"))
+        # merged first round: each segment's last `w` slots are its MTP window (dead for segments
+        # without one), the prompt right-aligned before them
+        w = pipe.block if pipe.merged else 0
         for i, seg in enumerate(segments):
             prompt = seg.row.prompt.ids
             m = seg.stop - seg.start  # stop: the last prompt token too, when the segment forwards a window
-            base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
+            base = i * t + (t - w - m)  # right-aligned, so causal masks align bottom-right
+            if seg.window:  # the last prompt token again at its position, then MASK; K/V after the prompt
+                win = slice(i * t + t - w, (i + 1) * t)
+                ids[win] = [prompt[-1]] + [pipe.ids.text_mask] * (w - 1)
+                positions[win] = np.arange(seg.stop - 1, seg.stop - 1 + w)
+                slots[win] = np.arange(seg.stop, seg.stop + w)
             ids[base : base + m] = prompt[seg.start : seg.stop]
             positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.stop)
             spans = seg.row.prompt.image_spans
@@ -107,7 +115,7 @@ class StageInputs:
                     s0 = base + lo - seg.start
                     is_image[s0 : s0 + hi - lo] = True
                     image_row[s0 : s0 + hi - lo] = image_base[image] + np.arange(lo - start, hi - start)
-            host["seqused"][i], host["padding"][i], host["target"][i] = seg.stop, False, seg.target
+            host["seqused"][i], host["padding"][i], host["target"][i] = seg.stop + w, False, seg.target
             host["window"][i] = seg.window
         self._prefill.send(dict(dict.fromkeys(("ids", "is_image", "image_row", "positions", "slots"), n),
                                       seqused=bb, padding=bb, target=bb, window=bb))

@@ -6,9 +6,9 @@ Each body reads only these buffers and writes only these buffers, with shapes fi
     prefill(B, T)  B right-aligned prompt segments + image rows of vision_out -> KV cache rows
                    p_target[:B] (any rows: fresh batches, refills of finished rows, shared-prefix
                    tails after a cached prefix), and the step state of those rows; with
-                   first_round="merged", segments flagged in p_window also forward their first
-                   MTP window in the same pass and take their first step's tokens (the stock
-                   loop's round 1: prompt + window in one forward)
+                   first_round="merged", each segment's last 6 slots hold its first MTP window,
+                   and segments flagged in p_window take their first step's tokens from it (the
+                   stock loop's round 1: prompt + window in one forward)
     step(B)        one MTP step of rows [0, B): window forward, sampler, proposal, accept, state update
 
 All per-row facts (cache length, accepted tokens, counts, finished flags, temperatures) live in
@@ -25,7 +25,7 @@ from graphrt.mtp import MTPConfig, StepKind, accept, propose
 from graphrt.sampler import SamplingConfig, choose, probabilities, uniforms
 
 from .buckets import Buckets
-from .ranges import FirstRoundRanges, PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
+from .ranges import PrefillRanges, StepKernelRanges, StepRanges, StepRangesLSE, VisionRanges
 from .state import RowState
 from .varlen import VarlenKernel
 
@@ -85,7 +85,7 @@ class StaticPipeline:
         self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
         self.p_target = z(bm)  # cache row of each prefill segment
-        # merged first round: the segment ends with the last prompt token and forwards its first window
+        # merged first round: the segment's window (its last 6 slots) takes its first step
         self.p_window = z(bm, dtype=torch.bool)
         # per-segment seeds of the rows a prefill fills (RowState's prompt-id set: pad = V)
         self.seed_inputs = RowState.seed_inputs(bm, tm + 1, self.vocab, dev)
@@ -105,7 +105,6 @@ class StaticPipeline:
         self.window_len = torch.full((bm,), blk, dtype=torch.int32, device=dev)
         self.mask_ids = torch.full((bm, blk - 1), self.ids.text_mask, dtype=torch.long, device=dev)
         self.window_index = (self.rows[:, None] * 2 * blk + blk + self.arange_blk[None]).reshape(-1)
-        self.arange_win = torch.arange(bm * blk, device=dev)  # a merged prefill's window rows, after its prompt rows
         self.cu: dict[int, torch.Tensor] = {}
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
@@ -146,29 +145,22 @@ class StaticPipeline:
         emb = torch.where(self.p_is_image[:n, None], self.vision_out[self.p_image_row[:n]], emb)
         target = self.p_target[:b]
         cu_k = torch.cat([target * self.slots, self.end_k]).to(torch.int32)  # segment i reads cache row target[i]
+        used = self.p_seqused[:b]
+        window = {}
+        if self.merged:  # each segment's last 6 slots: its first MTP window (capture/inputs.py fills them)
+            blk = self.block
+            window = dict(window=blk, cu_w=self.cu[blk][: b + 1], cu_k_w=torch.cat([cu_k[:b] + (used - blk).clamp(min=0), cu_k[b:]]),
+                          seqused_prefix=(used - blk - 1).clamp(min=0), window_len=self.window_len[:b])
         ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], target[:, None].expand(b, t).reshape(-1),
-                               self.p_slots[:n], self.cu[t][: b + 1], cu_k, self.p_seqused[:b])
+                               self.p_slots[:n], self.cu[t][: b + 1], cu_k, used, **window)
         if not self.merged:
             llm(emb, ranges, self.cache, ranges, fused=self.fused)
             self._seed(b)
             return
-        blk, j = self.block, self.arange_blk[None]
-        end = self.p_seqused[:b].long()  # a windowed segment's prompt end: its window's first slot
-        windowed = self.p_window[:b] & ~self.p_padding_row[:b]
-        last = self.p_ids[:n].view(b, t)[:, -1:]  # right-aligned: the segment's last token
-        win_ids = torch.cat([last, self.mask_ids[:b]], dim=1).reshape(-1)
-        win_slots = torch.where(windowed[:, None], end[:, None] + j, self.dead).reshape(-1)
-        rows = torch.cat([ranges.rows, target[:, None].expand(b, blk).reshape(-1)])
-        plan = FirstRoundRanges(
-            ranges, blk, torch.cat([ranges.positions, (end[:, None] - 1 + j).reshape(-1)]), rows,
-            torch.cat([ranges.write_slots, win_slots]), self.cu[blk][: b + 1],
-            torch.where(windowed, end + blk, blk).to(torch.int32),
-            torch.cat([target * self.slots + end, self.end_k]).to(torch.int32),
-            torch.where(windowed, end - 1, 0).to(torch.int32), self.window_len[:b])
-        logits = llm(torch.cat([emb, llm.embed(win_ids)]), plan, self.cache, plan, n + self.arange_win[: b * blk],
-                     fused=self.fused).view(b, blk, -1)
+        rows = (self.rows[:b, None] * t + t - blk + self.arange_blk[None]).reshape(-1)  # the windows' rows
+        logits = llm(emb, ranges, self.cache, ranges, rows, fused=self.fused).view(b, blk, -1)
         self._seed(b)  # the state before round 1 (as a separate prefill leaves it), then round 1 on it
-        self._first_round(b, logits, target, windowed)
+        self._first_round(b, logits, target, self.p_window[:b] & ~self.p_padding_row[:b])
 
     def _first_round(self, b: int, logits: torch.Tensor, target: torch.Tensor, windowed: torch.Tensor) -> None:
         """The step's sampler and tail on the windows of a merged prefill: state row r takes the

@@ -57,12 +57,38 @@ class PrefillRanges:
     write_slots: torch.Tensor  # [B*T] cache slot (dead slot for pads)
     cu_q: torch.Tensor  # [B+1] int32 = arange * T
     cu_k: torch.Tensor  # [B+1] int32 = cache row * S per segment (last entry unread)
-    seqused: torch.Tensor  # [B] int32 keys per segment: cached prefix + its tokens
+    seqused: torch.Tensor  # [B] int32 keys per segment: cached prefix + its tokens (+ its window)
+    # A merged first round (window = 6): the last 6 query slots of each segment are its MTP window
+    # (the last prompt token again, 5 MASK), their K/V the segment's last 6 keys; the window sees
+    # every key but the last prompt token's (used - 7). The torch kernel set needs the window's
+    # ranges for two calls merged by log-sum-exp (cu_w = arange * 6, cu_k_w = row*S + used - 6).
+    window: int = 0
+    cu_w: torch.Tensor | None = None
+    cu_k_w: torch.Tensor | None = None
+    seqused_prefix: torch.Tensor | None = None  # used - 7
+    window_len: torch.Tensor | None = None  # 6
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         cache.write(layer, self.rows, self.write_slots, k, v)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        out = self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        return self._window_lse(self.kernel, q, kf, vf, out) if self.window else out
+
+    def _window_lse(self, kernel, q, kf, vf, out):
+        """The window rows' attention (their causal outputs replaced) from two non-causal calls,
+        every key before the last prompt token and the window's own keys, merged by their
+        log-sum-exp (as StepRangesLSE)."""
+        w, t = self.window, self.length
+        rows = q.view(-1, t, *q.shape[1:])[:, t - w :]
+        qw = rows.reshape(-1, *q.shape[1:])
+        o1, l1 = kernel(qw, kf, vf, self.cu_w, self.cu_k, w, self.slots, self.seqused_prefix, False, return_lse=True)
+        o2, l2 = kernel(qw, kf, vf, self.cu_w, self.cu_k_w, w, w, self.window_len, False, return_lse=True)
+        l1, l2 = l1.t()[..., None], l2.t()[..., None]
+        top = torch.maximum(l1, l2)
+        w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
+        ow = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
+        out.view(-1, t, *out.shape[1:])[:, t - w :] = ow.view(-1, w, *ow.shape[1:])
+        return out
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
         """Fused path: one kernel ropes q/k and writes K/V into the cache, then the attention call
@@ -74,67 +100,14 @@ class PrefillRanges:
         q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        out = kernel_for(q, self.kernel)(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
-        return out.reshape(qkv.shape[0], -1)
-
-
-@dataclass
-class FirstRoundRanges:
-    """A prefill with its rows' first MTP round in the same forward, as the stock loop's round 1
-    (prompt + window in one call). Queries [0, B*T): the prompt segments of `prompt` (each now
-    ending with the last prompt token, at slot end-1). Queries [B*T, B*T + 6B): each segment's
-    window (the last prompt token again at its position, then 5 MASK), its K/V at slots end..end+5
-    (the slots the first step's window would take). The window sees every prompt key but the last
-    one, and its own 6 keys: [0, end-1) and [end, end+6). Segments without a window write theirs to
-    the dead slot and their window outputs are not read."""
-    prompt: PrefillRanges
-    block: int  # 6
-    positions: torch.Tensor  # [B*T + 6B]
-    rows: torch.Tensor  # [B*T + 6B] cache row of each token
-    write_slots: torch.Tensor  # [B*T + 6B]
-    cu_w: torch.Tensor  # [B+1] int32 = arange * 6 (the window queries, after the prompt ones)
-    seqused_w: torch.Tensor  # [B] int32 = end + 6: keys of the window rule (the fused kernel)
-    cu_k_w: torch.Tensor  # [B+1] int32 = row*S + end: the window's own keys (log-sum-exp form)
-    seqused_prefix: torch.Tensor  # [B] int32 = end - 1: every prompt key but the last
-    window_len: torch.Tensor  # [B] int32 = 6
-
-    def __call__(self, layer, q, k, v, cache, plan=None):
-        p, n = self.prompt, self.prompt.rows.shape[0]
-        cache.write(layer, self.rows, self.write_slots, k, v)
-        kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        out_p = p.kernel(q[:n], kf, vf, p.cu_q, p.cu_k, p.length, p.slots, p.seqused, True)
-        return torch.cat([out_p, self._window_lse(p.kernel, q[n:], kf, vf)])
-
-    def _window_lse(self, kernel, qw, kf, vf):
-        """The window rule from two non-causal calls merged by their log-sum-exp (as StepRangesLSE)."""
-        p = self.prompt
-        o1, l1 = kernel(qw, kf, vf, self.cu_w, p.cu_k, self.block, p.slots, self.seqused_prefix, False, return_lse=True)
-        o2, l2 = kernel(qw, kf, vf, self.cu_w, self.cu_k_w, self.block, self.block, self.window_len, False,
-                        return_lse=True)
-        l1, l2 = l1.t()[..., None], l2.t()[..., None]
-        top = torch.maximum(l1, l2)
-        w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
-        return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(qw.dtype)
-
-    def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
-        """One rope+write kernel for prompt and window tokens, then the prompt's causal attention and
-        the window's (graphrt/kernels/prefill_attention.py's window mode where that kernel runs)."""
-        from graphrt.kernels.layer_ops import rope_write  # lazy: triton is optional (fused kernel set only)
-        from graphrt.kernels.prefill_attention import WINDOW_TILES, kernel_for, prefill_attention
-
-        p, n = self.prompt, self.prompt.rows.shape[0]
-        q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
-                       num_heads, num_kv_heads)
-        kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        kernel = kernel_for(q, p.kernel)
-        if kernel is prefill_attention:  # both parts write into one output: no concatenation
-            out = torch.empty_like(q)
-            prefill_attention(q[:n], kf, vf, p.cu_q, p.cu_k, p.length, p.slots, p.seqused, True, out=out[:n])
-            prefill_attention(q[n:], kf, vf, self.cu_w, p.cu_k, self.block, p.slots, self.seqused_w, False,
-                              tiles=WINDOW_TILES, window=True, out=out[n:])
+        kernel = kernel_for(q, self.kernel)
+        if self.window and kernel is not self.kernel:  # the Triton kernel applies the window rule itself
+            out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True,
+                         window=self.window)
         else:
-            out = torch.cat([kernel(q[:n], kf, vf, p.cu_q, p.cu_k, p.length, p.slots, p.seqused, True),
-                             self._window_lse(kernel, q[n:], kf, vf)])
+            out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+            if self.window:
+                out = self._window_lse(kernel, q, kf, vf, out)
         return out.reshape(qkv.shape[0], -1)
 
 

@@ -209,8 +209,10 @@ class GraphRuntime:
             return f"{len(images)} images (exemplars included) > largest bucket {b.max_batch}"
         if images and max(im.num_patches for im in images) > b.max_patches:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
-        if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
-            return f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
+        reserve = self.pipe.block if self.pipe.merged else 0  # a merged prefill's window slots
+        if max(len(r.prompt.ids) - 1 for r in rows) + reserve > b.max_prefill:
+            return (f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
+                    + (f" less the {reserve} slots of the merged first round's window" if reserve else ""))
         for chunk in self._chunks(images, rows):
             if chunk["patches"] > b.vision_capacity:
                 return (f"an image with its rows' exemplars holds {chunk['patches']} patches > one vision replay's "
@@ -327,9 +329,9 @@ class GraphRuntime:
         for i, (r, t, budget) in enumerate(zip(rows, targets, budgets)):
             last = len(r.prompt.ids) - 1
             start = r.prompt.prefix_len if i in owners or i in members else 0
-            # merged: the segment also forwards the last prompt token and the first window (a
-            # prompt one token too long for the largest bucket keeps its first round a step)
-            window = self.pipe.merged and last + 1 - start <= self.buckets.max_prefill
+            # merged: the segment also forwards the last prompt token and the first window in its
+            # bucket's last 6 slots (a prompt one token too long for that keeps its first round a step)
+            window = self.pipe.merged and last + 1 - start + self.pipe.block <= self.buckets.max_prefill
             if i in owners or i in members:
                 if i in owners:
                     first.append(_Segment(r, t, 0, r.prompt.prefix_len, budget))
@@ -382,8 +384,9 @@ class GraphRuntime:
         is cut), one prefill replay per group. Returns the replays run."""
         b = self.buckets
         groups: list[tuple[list[_Segment], tuple[int, int]]] = []
+        reserve = self.pipe.block if self.pipe.merged else 0  # the window slots of every segment
         for seg in sorted(segments, key=lambda s: -(s.stop - s.start)):
-            t = Buckets.fit(b.prefill_lengths, seg.stop - seg.start)
+            t = Buckets.fit(b.prefill_lengths, seg.stop - seg.start + reserve)
             if groups and groups[-1][1][1] == t and b.fit_prefill(len(groups[-1][0]) + 1, t) is not None:
                 groups[-1] = (groups[-1][0] + [seg], b.fit_prefill(len(groups[-1][0]) + 1, t))
             else:

@@ -87,8 +87,8 @@ def test_prompt_too_long_to_merge_keeps_its_first_step(tiny_engine):
     """A prompt one token longer than the largest prefill bucket allows merged: its first round
     stays a step, beside rows that merge, with the same tokens."""
     images, rows = prepare(tiny_engine, CASES["different images and prompt lengths"])
-    longest = max(len(r.prompt.ids) for r in rows)
-    buckets = dataclasses.replace(BUCKETS, prefill_lengths=(64, longest - 1))
+    longest = max(len(r.prompt.ids) for r in rows)  # its window would need longest + 6 slots
+    buckets = dataclasses.replace(BUCKETS, prefill_lengths=(64, longest + 5))
     rt = runtime(tiny_engine, "merged", buckets=buckets)
     segments = []
     original = rt.inputs.fill_prefill
@@ -143,32 +143,40 @@ def test_fused_merged_equals_fused_separate(tiny_engine):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton's CPU interpreter (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (16, 64, 4, 3)])
-def test_prefill_kernel_window_mode_equals_dense_rule(tiles):
-    """The window rule (6 queries see [0, end-1) and [end, end+6)) in the prefill kernel against the
-    dense rule of graphrt/attention/plan.py, for prompt ends at key-block edges, 1 and a long row."""
-    from graphrt.attention.plan import dense_mask
+@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 16, 4, 1), (16, 64, 4, 3)])
+@pytest.mark.parametrize("t", [40, 50])
+def test_prefill_kernel_window_rows_equal_dense_rule(tiles, t):
+    """Segments of t query slots: pads, then m prompt tokens after a cached prefix of c keys, then
+    the 6 window rows (keys c+m .. c+m+5). The prefill kernel's window mode against the dense rule
+    of graphrt/attention/plan.py (PlanBuilder.add_step with the prompt as the accepted tokens),
+    for prompt ends around key-block edges and 16-row tiles that split the window (t = 50)."""
+    from graphrt.attention.plan import PlanBuilder, dense_mask
     from graphrt.kernels.prefill_attention import prefill_attention
 
-    g = torch.Generator().manual_seed(0)
-    ends, slots, hq, hkv, d = [1, 10, 15, 16, 17, 58, 63, 64, 200], 256, 4, 2, 32
-    b = len(ends)
-    q = torch.randn(6 * b, hq, d, generator=g)
+    g = torch.Generator().manual_seed(t)
+    segs = [(0, 1), (0, 10), (5, 10), (16, 1), (30, 3), (0, t - 6), (40, 20), (60, 4)]  # (cached c, prompt m)
+    slots, hq, hkv, d, w = 128, 4, 2, 32, 6
+    b = len(segs)
+    q = torch.randn(b * t, hq, d, generator=g)
     k, v = torch.randn(b * slots, hkv, d, generator=g), torch.randn(b * slots, hkv, d, generator=g)
     rows = torch.randperm(b, generator=g)  # segments read any cache row
-    cu_q = (torch.arange(b + 1) * 6).int()
+    cu_q = (torch.arange(b + 1) * t).int()
     cu_k = torch.cat([rows * slots, torch.tensor([b * slots])]).int()
-    used = torch.tensor([e + 6 for e in ends], dtype=torch.int32)
-    got = prefill_attention(q, k, v, cu_q, cu_k, 6, slots, used, False, window=True, tiles=tiles)
-    for i, end in enumerate(ends):
-        hi = torch.full((6,), end + 5)
-        mask = dense_mask(hi, torch.full((6,), end - 1), end + 6)  # [6, keys]
-        keys = k[rows[i] * slots : rows[i] * slots + end + 6].repeat_interleave(hq // hkv, 1)
-        vals = v[rows[i] * slots : rows[i] * slots + end + 6].repeat_interleave(hq // hkv, 1)
-        s = torch.einsum("qhd,khd->hqk", q[6 * i : 6 * i + 6].double(), keys.double()) * d ** -0.5
-        s = s.masked_fill(~mask[None], float("-inf"))
-        want = torch.einsum("hqk,khd->qhd", s.softmax(-1), vals.double())
-        torch.testing.assert_close(got[6 * i : 6 * i + 6].double(), want, rtol=1e-4, atol=1e-4)
+    used = torch.tensor([c + m + w for c, m in segs], dtype=torch.int32)
+    got = prefill_attention(q, k, v, cu_q, cu_k, t, slots, used, True, window=w, tiles=tiles)
+    for i, (c, m) in enumerate(segs):
+        plan = PlanBuilder()
+        plan.add_step(0, c, m, w)
+        p = plan.build("cpu")
+        mask = dense_mask(p.q_hi, p.q_blocked, c + m + w)  # [m + w, keys]
+        keys = k[rows[i] * slots : rows[i] * slots + c + m + w].repeat_interleave(hq // hkv, 1)
+        vals = v[rows[i] * slots : rows[i] * slots + c + m + w].repeat_interleave(hq // hkv, 1)
+        qi = q[i * t + t - m - w : (i + 1) * t]
+        s = torch.einsum("qhd,khd->hqk", qi.double(), keys.double()) * d ** -0.5
+        want = torch.einsum("hqk,khd->qhd", s.masked_fill(~mask[None], float("-inf")).softmax(-1), vals.double())
+        torch.testing.assert_close(got[i * t + t - m - w : (i + 1) * t].double(), want, rtol=1e-4, atol=1e-4)
+        blind = max(0, t - (c + m + w))  # pad rows that see no key (causal, bottom-right): zeros
+        assert not got[i * t : i * t + blind].any()
 
 
 def test_pause_resume_after_a_merged_prefill(tiny_engine, tmp_path):

@@ -30,8 +30,6 @@ if MODE not in ("triton", "varlen"):
     raise OptionError(f"GRAPHRT_PREFILL_ATTENTION must be triton or varlen, not {MODE!r}")
 # (block_m, block_n, num_warps, num_stages); benchmarks/vision_stage.py prefill_stage sweeps them.
 TILES = (64, 64, 4, 3)
-# The 6 window queries of a segment (first MTP round inside a prefill): the smallest dot tile.
-WINDOW_TILES = (16, 64, 4, 3)
 
 if triton is not None:
 
@@ -49,9 +47,11 @@ if triton is not None:
         if MASK:
             ok = col_ok[None, :]
             if CAUSAL:
-                ok = ok & (cols[None, :] <= shift + offs_m[:, None])
-            if WINDOW:  # every key but the one just before the window's own keys
-                ok = ok & (cols[None, :] != shift - 1)
+                seen = cols[None, :] <= shift + offs_m[:, None]
+                if WINDOW:  # the segment's last WINDOW rows: every key but the last prompt token
+                    in_window = offs_m[:, None] >= n_keys - shift - WINDOW  # row >= nq - WINDOW
+                    seen = tl.where(in_window, cols[None, :] != n_keys - WINDOW - 1, seen)
+                ok = ok & seen
             s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay at zero weight
@@ -71,8 +71,10 @@ if triton is not None:
                         HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
                         WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # Program (query tile, segment * query head). Segment b: queries cu_q[b] .. cu_q[b+1],
-        # keys cu_k[b] .. cu_k[b] + used[b]; causal: query i sees keys j <= used - nq + i;
-        # window (non-causal): every query sees every key but j = used - nq - 1.
+        # keys cu_k[b] .. cu_k[b] + used[b]; causal: query i sees keys j <= used - nq + i.
+        # WINDOW > 0 (causal, a merged first round): the last WINDOW queries of each segment are
+        # its MTP window, whose K/V are the last WINDOW keys: they see every key but
+        # j = used - WINDOW - 1 (the last prompt token, which the window's first query repeats).
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // HQ
@@ -90,9 +92,9 @@ if triton is not None:
         if CAUSAL:
             hi = tl.minimum(n_keys, shift + first + BLOCK_M)  # past the tile's last row: unseen
             full = shift + first + 1  # keys below it are seen by every row of the tile
-        elif WINDOW:
-            hi = n_keys
-            full = shift - 1  # blocks from the one holding the hidden key on are masked
+            if WINDOW:  # a tile with window rows reads every key; the hidden one is in a masked block
+                hi = tl.where(first + BLOCK_M > nq - WINDOW, n_keys, hi)
+                full = tl.minimum(full, n_keys - WINDOW - 1)
         else:
             hi = n_keys
             full = n_keys
@@ -127,21 +129,21 @@ def runs(q: torch.Tensor) -> bool:
 
 
 def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False, tiles=None,
-                      window=False, out=None):
-    """The varlen contract (capture/varlen.py) without the log-sum-exp output. `window` (with
-    causal False): the MTP window rule of a first round inside a prefill, every query of segment b
-    sees keys [0, used) but key used - nq - 1 (the last prompt token, which the window's first
-    query repeats). `out`: where to write (a view of a larger buffer), else a new tensor."""
+                      window: int = 0):
+    """The varlen contract (capture/varlen.py) without the log-sum-exp output. `window` > 0 (with
+    causal): the first MTP round inside a prefill, the last `window` queries and keys of each
+    segment are its window; those queries see every key of the segment but key used - window - 1
+    (the last prompt token, which the window's first query repeats), the others are causal."""
     if return_lse:
         raise NotImplementedError("prefill_attention returns no log-sum-exp")
-    if window and causal:
-        raise ValueError("the window rule is non-causal")
+    if window and not causal:
+        raise ValueError("the window rows follow a causal prompt")
     total_q, hq, d = q.shape
     hkv = k.shape[1]
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride() != v.stride():
         raise ValueError("prefill_attention needs unit-stride head dims and K/V of the same layout")
     block_m, block_n, warps, stages = tiles or TILES
-    out = torch.empty(total_q, hq, d, device=q.device, dtype=q.dtype) if out is None else out
+    out = torch.empty(total_q, hq, d, device=q.device, dtype=q.dtype)
     qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
     grid = (triton.cdiv(max_q, block_m), (cu_q.numel() - 1) * hq)
     _prefill_kernel[grid](q, k, v, out, cu_q, cu_k, seqused_k, qk_scale, q.stride(0), q.stride(1), k.stride(0),
