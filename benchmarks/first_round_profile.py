@@ -89,7 +89,7 @@ def main() -> None:
         report["results"].append({"batch": b, "p50_ms": p50, "kernels": tables})
         extra = p50["prefill merged"] - p50["prefill separate"]
         lines += [f"## B={b}", "", f"prefill merged {p50['prefill merged']} ms, separate {p50['prefill separate']} ms "
-                  f"(+{extra:.3f} ms for round 1 inside), step replay {p50['step']} ms: per request "
+                  f"(+{extra:.3f} ms for round 1 inside), step replay {p50['step']} ms: per batch "
                   f"{p50['step'] - extra:.3f} ms saved.", "",
                   "Kernels whose total differs (merged - separate prefill, us; profiler, one replay each):", "",
                   "| kernel | count merged | count separate | us merged | us separate | diff |", "| --- | ---: | ---: | ---: | ---: | ---: |"]

@@ -149,8 +149,9 @@ class StaticPipeline:
         window = {}
         if self.merged:  # each segment's last 6 slots: its first MTP window (capture/inputs.py fills them)
             blk = self.block
-            window = dict(window=blk, cu_w=self.cu[blk][: b + 1], cu_k_w=torch.cat([cu_k[:b] + (used - blk).clamp(min=0), cu_k[b:]]),
-                          seqused_prefix=(used - blk - 1).clamp(min=0), window_len=self.window_len[:b])
+            window = {"window": blk, "cu_w": self.cu[blk][: b + 1], "window_len": self.window_len[:b],
+                      "cu_k_w": torch.cat([cu_k[:b] + (used - blk).clamp(min=0), cu_k[b:]]),
+                      "seqused_prefix": (used - blk - 1).clamp(min=0)}
         ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], target[:, None].expand(b, t).reshape(-1),
                                self.p_slots[:n], self.cu[t][: b + 1], cu_k, used, **window)
         if not self.merged:
