@@ -70,6 +70,7 @@ class GraphBackend(Backend):
     def start(self, jobs: list[ImageJob], gen: GenerationConfig) -> GraphDecode:
         decode = GraphDecode(self.runtime, jobs, {})
         decode.timings_ms = self.runtime.admit(Batch.of(jobs), decode.targets, gen, self.share_prefix)
+        decode.done = self.runtime.prefill_done()  # a merged first round may have finished every row
         return decode
 
     def resume(self, jobs: list[ImageJob], gen: GenerationConfig, tensors: dict, extra: dict) -> GraphDecode:
@@ -83,6 +84,7 @@ class GraphBackend(Backend):
 
     def status(self) -> dict:
         rt = self.runtime
-        return {"attention": rt.kernel_name, "kernels": f"{rt.kernels} ({rt.kernels_reason})", "graphs": len(rt.graphs),
+        return {"attention": rt.kernel_name, "kernels": f"{rt.kernels} ({rt.kernels_reason})",
+                "first_round": rt.first_round, "graphs": len(rt.graphs),
                 "graph_runtime": "on", "capture_s": round(rt.capture_seconds, 1),
                 "graph_pool_mib": round(rt.pool_bytes / 2**20, 1), "buckets": dataclasses.asdict(rt.buckets)}

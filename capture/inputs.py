@@ -27,7 +27,7 @@ class StageInputs:
         self._vision = Staging({"merge_index": pipe.merge_index, "v_seqused": pipe.v_seqused})
         self._prefill = Staging({"ids": pipe.p_ids, "is_image": pipe.p_is_image, "image_row": pipe.p_image_row,
                                  "positions": pipe.p_positions, "slots": pipe.p_slots, "seqused": pipe.p_seqused,
-                                 "padding": pipe.p_padding_row, "target": pipe.p_target})
+                                 "padding": pipe.p_padding_row, "target": pipe.p_target, "window": pipe.p_window})
         self._seeds = Staging(pipe.seed_inputs)
         self.geometry: LRU[tuple] = LRU(GRIDS_KEPT)  # grid -> (cos, sin, merge order, position table)
         self.patch_orders: LRU[torch.Tensor] = LRU(GRIDS_KEPT)  # grid -> pixel gather index
@@ -103,28 +103,37 @@ class StageInputs:
         host = self._prefill.fill()
         for name, value in (("ids", 0), ("is_image", False), ("image_row", 0), ("positions", 0), ("slots", pipe.dead)):
             host[name][:n] = value
-        for name, value in (("seqused", 1), ("padding", True), ("target", 0)):  # padding segments
+        for name, value in (("seqused", 1), ("padding", True), ("target", 0), ("window", False)):  # padding segments
             host[name][:bb] = value
         ids, is_image, image_row, positions, slots = (host[k] for k in ("ids", "is_image", "image_row", "positions", "slots"))
+        # merged first round: each segment's last `w` slots are its MTP window (dead for segments
+        # without one), the prompt right-aligned before them
+        w = pipe.block if pipe.merged else 0
         for i, seg in enumerate(segments):
             prompt = seg.row.prompt.token_array()
-            m = seg.end - seg.start
-            base = i * t + (t - m)  # right-aligned, so causal masks align bottom-right
-            ids[base : base + m] = prompt[seg.start : seg.end]
-            positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.end)
+            m = seg.stop - seg.start  # stop: the last prompt token too, when the segment forwards a window
+            base = i * t + (t - w - m)  # right-aligned, so causal masks align bottom-right
+            if seg.window:  # the last prompt token again at its position, then MASK; K/V after the prompt
+                win = slice(i * t + t - w, (i + 1) * t)
+                ids[win] = [prompt[-1]] + [pipe.ids.text_mask] * (w - 1)
+                positions[win] = np.arange(seg.stop - 1, seg.stop - 1 + w)
+                slots[win] = np.arange(seg.stop, seg.stop + w)
+            ids[base : base + m] = prompt[seg.start : seg.stop]
+            positions[base : base + m] = slots[base : base + m] = np.arange(seg.start, seg.stop)
             spans = seg.row.prompt.image_spans
             if len(spans) != len(seg.images):
                 raise ValueError(f"prompt has {len(spans)} images, the row names {len(seg.images)}")
             for (start, count), image in zip(spans, seg.images):
                 # The part of each image inside this segment (a shared-prefix tail holds the
                 # exemplars but not image 1) reads its rows of vision_out.
-                lo, hi = max(start, seg.start), min(start + count, seg.end)
+                lo, hi = max(start, seg.start), min(start + count, seg.stop)
                 if lo < hi:
                     s0 = base + lo - seg.start
                     is_image[s0 : s0 + hi - lo] = True
                     image_row[s0 : s0 + hi - lo] = image_base[image] + np.arange(lo - start, hi - start)
-            host["seqused"][i], host["padding"][i], host["target"][i] = seg.end, False, seg.target
+            host["seqused"][i], host["padding"][i], host["target"][i] = seg.stop + w, False, seg.target
+            host["window"][i] = seg.window
         self._prefill.send(dict(dict.fromkeys(("ids", "is_image", "image_row", "positions", "slots"), n),
-                                      seqused=bb, padding=bb, target=bb))
+                                      seqused=bb, padding=bb, target=bb, window=bb))
         RowState.fill_seeds(self._seeds.fill(), segments, gen, pipe.vocab)
         self._seeds.send({name: bb for name in pipe.seed_inputs})

@@ -5,7 +5,10 @@ Each body reads only these buffers and writes only these buffers, with shapes fi
     vision(B, P)   pixels/pos/rope of B image slots of P patches  -> vision_out
     prefill(B, T)  B right-aligned prompt segments + image rows of vision_out -> KV cache rows
                    p_target[:B] (any rows: fresh batches, refills of finished rows, shared-prefix
-                   tails after a cached prefix), and the step state of those rows
+                   tails after a cached prefix), and the step state of those rows; with
+                   first_round="merged", each segment's last 6 slots hold its first MTP window,
+                   and segments flagged in p_window take their first step's tokens from it (the
+                   stock loop's round 1: prompt + window in one forward)
     step(B)        one MTP step of rows [0, B): window forward, sampler, proposal, accept, state update
 
 All per-row facts (cache length, accepted tokens, counts, finished flags, temperatures) live in
@@ -29,13 +32,16 @@ from .varlen import VarlenKernel
 
 class StaticPipeline:
     def __init__(self, model, buckets: Buckets, kernel: VarlenKernel, sampling: SamplingConfig, mtp: MTPConfig,
-                 sample: bool, window_plan: str = "shifted", kernels: str = "torch"):
+                 sample: bool, window_plan: str = "shifted", kernels: str = "torch", first_round: str = "separate"):
         if window_plan not in ("shifted", "lse"):
             raise ValueError("window_plan must be 'shifted' or 'lse'")
         if kernels not in ("torch", "fused"):
             raise ValueError("kernels must be 'torch' or 'fused'")
         self.window_plan = window_plan  # torch kernels only; the fused step kernel needs no plan
         self.fused = kernels == "fused"
+        if first_round not in ("merged", "separate"):
+            raise ValueError("first_round must be 'merged' or 'separate'")
+        self.merged = first_round == "merged"  # the first MTP round inside the prefill pass
         cfg = model.cfg
         self.model, self.buckets, self.kernel = model, buckets, kernel
         self.sampling, self.mtp, self.sample = sampling, mtp, sample
@@ -79,6 +85,8 @@ class StaticPipeline:
         self.p_seqused = torch.ones(bm, dtype=torch.int32, device=dev)
         self.p_padding_row = z(bm, dtype=torch.bool)
         self.p_target = z(bm)  # cache row of each prefill segment
+        # merged first round: the segment's window (its last 6 slots) takes its first step
+        self.p_window = z(bm, dtype=torch.bool)
         # per-segment seeds of the rows a prefill fills (RowState's prompt-id set: pad = V)
         self.seed_inputs = RowState.seed_inputs(bm, tm + 1, self.vocab, dev)
 
@@ -116,7 +124,8 @@ class StaticPipeline:
     def reset_state(self) -> None:
         """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
         self.state.reset()
-        for t, v in ((self.p_seqused, 1), (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True)):
+        for t, v in ((self.p_seqused, 1), (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True),
+                     (self.p_window, False)):
             t.fill_(v)
         self.p_target.copy_(self.rows)
 
@@ -136,10 +145,40 @@ class StaticPipeline:
         emb = torch.where(self.p_is_image[:n, None], self.vision_out[self.p_image_row[:n]], emb)
         target = self.p_target[:b]
         cu_k = torch.cat([target * self.slots, self.end_k]).to(torch.int32)  # segment i reads cache row target[i]
+        used = self.p_seqused[:b]
+        window = {}
+        if self.merged:  # each segment's last 6 slots: its first MTP window (capture/inputs.py fills them)
+            blk = self.block
+            window = {"window": blk, "cu_w": self.cu[blk][: b + 1], "window_len": self.window_len[:b],
+                      "cu_k_w": torch.cat([cu_k[:b] + (used - blk).clamp(min=0), cu_k[b:]]),
+                      "seqused_prefix": (used - blk - 1).clamp(min=0)}
         ranges = PrefillRanges(self.kernel, t, self.slots, self.p_positions[:n], target[:, None].expand(b, t).reshape(-1),
-                               self.p_slots[:n], self.cu[t][: b + 1], cu_k, self.p_seqused[:b])
-        llm(emb, ranges, self.cache, ranges, fused=self.fused)
-        self._seed(b)
+                               self.p_slots[:n], self.cu[t][: b + 1], cu_k, used, **window)
+        if not self.merged:
+            llm(emb, ranges, self.cache, ranges, fused=self.fused)
+            self._seed(b)
+            return
+        rows = (self.rows[:b, None] * t + t - blk + self.arange_blk[None]).reshape(-1)  # the windows' rows
+        logits = llm(emb, ranges, self.cache, ranges, rows, fused=self.fused).view(b, blk, -1)
+        self._seed(b)  # the state before round 1 (as a separate prefill leaves it), then round 1 on it
+        self._first_round(b, logits, target, self.p_window[:b] & ~self.p_padding_row[:b])
+
+    def _first_round(self, b: int, logits: torch.Tensor, target: torch.Tensor, windowed: torch.Tensor) -> None:
+        """The step's sampler and tail on the windows of a merged prefill: state row r takes the
+        tokens of the windowed segment that targets it. Then all_done over every row (free rows
+        are finished), so the host can skip the first step replay when nothing is left."""
+        hits = (self.rows[:, None] == target[None, :]) & windowed[None, :]  # [rows, segments]
+        hit, src = hits.any(1), hits.int().argmax(1)
+        temp = self.temperature[target]
+        probs = probabilities(logits, self.seen[target, : self.vocab], temp if self.sample else None, self.sampling)
+        uniform = uniforms(self.noise_key[target], self.steps[target], self.block) if self.sample else None
+        x0 = choose(probs, temp, uniform, sample=self.sample)
+        if self.fused:
+            from graphrt.kernels import step_tail
+
+            if step_tail.enabled():
+                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp, src=src, hit=hit)
+        self.torch_tail(b, probs, x0, src=src, hit=hit)
 
     def _seed(self, b: int) -> None:
         """Step state of the rows just prefilled: the last prompt token is the first step's
@@ -201,14 +240,20 @@ class StaticPipeline:
                 return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp)
         self.torch_tail(b, probs, x0)
 
-    def torch_tail(self, b: int, probs: torch.Tensor, x0: torch.Tensor) -> None:
-        """The step's end in torch ops (the reference the fused tail is tested against)."""
+    def torch_tail(self, b: int, probs: torch.Tensor, x0: torch.Tensor, src: torch.Tensor | None = None,
+                   hit: torch.Tensor | None = None) -> None:
+        """The step's end in torch ops (the reference the fused tail is tested against).
+        src/hit [R]: a merged prefill's first round; state row r takes segment src[r]'s tokens
+        where hit[r], rows [0, R) are updated and all_done is over them."""
+        tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
+        if src is not None:
+            b = hit.shape[0]
+            tokens, count, kind = tokens[src], count[src], kind[src]
         blk, j = self.block, self.arange_blk[None]
         pend, k, c, fin = self.pending[:b], self.pending_count[:b], self.cache_len[:b], self.finished[:b]
         w0 = c + k
-        tokens, count, kind = accept(propose(probs, x0, self.ids, "fast", self.mtp), self.ids, "fast")
 
-        active = ~fin
+        active = ~fin if hit is None else ~fin & hit
         keep = (j < count[:, None]) & active[:, None]
         self.out_tokens[:b].scatter_(1, torch.where(keep, self.n_gen[:b, None] + j, self.trash_col), tokens)
         self.seen[:b].scatter_(1, torch.where(keep, tokens, self.vocab), True)

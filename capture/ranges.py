@@ -57,12 +57,38 @@ class PrefillRanges:
     write_slots: torch.Tensor  # [B*T] cache slot (dead slot for pads)
     cu_q: torch.Tensor  # [B+1] int32 = arange * T
     cu_k: torch.Tensor  # [B+1] int32 = cache row * S per segment (last entry unread)
-    seqused: torch.Tensor  # [B] int32 keys per segment: cached prefix + its tokens
+    seqused: torch.Tensor  # [B] int32 keys per segment: cached prefix + its tokens (+ its window)
+    # A merged first round (window = 6): the last 6 query slots of each segment are its MTP window
+    # (the last prompt token again, 5 MASK), their K/V the segment's last 6 keys; the window sees
+    # every key but the last prompt token's (used - 7). The torch kernel set needs the window's
+    # ranges for two calls merged by log-sum-exp (cu_w = arange * 6, cu_k_w = row*S + used - 6).
+    window: int = 0
+    cu_w: torch.Tensor | None = None
+    cu_k_w: torch.Tensor | None = None
+    seqused_prefix: torch.Tensor | None = None  # used - 7
+    window_len: torch.Tensor | None = None  # 6
 
     def __call__(self, layer, q, k, v, cache, plan=None):
         cache.write(layer, self.rows, self.write_slots, k, v)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        return self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        out = self.kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        return self._window_lse(self.kernel, q, kf, vf, out) if self.window else out
+
+    def _window_lse(self, kernel, q, kf, vf, out):
+        """The window rows' attention (their causal outputs replaced) from two non-causal calls,
+        every key before the last prompt token and the window's own keys, merged by their
+        log-sum-exp (as StepRangesLSE)."""
+        w, t = self.window, self.length
+        rows = q.view(-1, t, *q.shape[1:])[:, t - w :]
+        qw = rows.reshape(-1, *q.shape[1:])
+        o1, l1 = kernel(qw, kf, vf, self.cu_w, self.cu_k, w, self.slots, self.seqused_prefix, False, return_lse=True)
+        o2, l2 = kernel(qw, kf, vf, self.cu_w, self.cu_k_w, w, w, self.window_len, False, return_lse=True)
+        l1, l2 = l1.t()[..., None], l2.t()[..., None]
+        top = torch.maximum(l1, l2)
+        w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
+        ow = ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
+        out.view(-1, t, *out.shape[1:])[:, t - w :] = ow.view(-1, w, *ow.shape[1:])
+        return out
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
         """Fused path: one kernel ropes q/k and writes K/V into the cache, then the attention call
@@ -74,7 +100,14 @@ class PrefillRanges:
         q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        out = kernel_for(q, self.kernel)(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+        kernel = kernel_for(q, self.kernel)
+        if self.window and kernel is not self.kernel:  # the Triton kernel applies the window rule itself
+            out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True,
+                         window=self.window)
+        else:
+            out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
+            if self.window:
+                out = self._window_lse(kernel, q, kf, vf, out)
         return out.reshape(qkv.shape[0], -1)
 
 

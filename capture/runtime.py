@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -39,19 +40,40 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Segment:
     """Prompt tokens [start, end) of one row, prefilled into cache row `target`; `images`: the
-    batch image of each of its prompt's images."""
+    batch image of each of its prompt's images. `window`: the segment also forwards the last prompt
+    token (slot `end`) and the row's first MTP window, and takes its first step's tokens
+    (first_round="merged"); the state it seeds is the same either way."""
     row: Row
     images: tuple[int, ...]
     target: int
     start: int
     end: int
     budget: int
+    window: bool = False
+
+    @property
+    def stop(self) -> int:
+        """End of the prompt tokens this segment forwards."""
+        return self.end + self.window
+
+
+# First MTP round: "merged" runs it inside the prefill replay (one forward of prompt + window, as
+# NVIDIA's loop does; one weight read fewer per request), "separate" as the first step replay.
+# GRAPHRT_FIRST_ROUND overrides GraphRuntime's / EngineOptions' first_round (A/B runs).
+FIRST_ROUNDS = ("merged", "separate")
+
+
+def first_round_choice(configured: str) -> str:
+    how = os.environ.get("GRAPHRT_FIRST_ROUND", configured)
+    if how not in FIRST_ROUNDS:
+        raise ValueError(f"first_round (or GRAPHRT_FIRST_ROUND) must be merged or separate, not {how!r}")
+    return how
 
 
 class GraphRuntime:
     def __init__(self, model, buckets: Buckets, generation: GenerationConfig, attention: str = "auto",
                  strict: bool = False, use_graphs: bool | None = None, sampling_graphs: bool = False,
-                 window_plan: str = "shifted", kernels: str = "auto"):
+                 window_plan: str = "shifted", kernels: str = "auto", first_round: str = "merged"):
         self.model, self.buckets, self.generation = model, buckets, generation
         self.kernel_name, kernel = select_kernel(attention, model.device, strict, model.dtype)
         # fused: the Triton layer/step kernels of graphrt.kernels; torch: plain ops (the eager path's)
@@ -61,8 +83,16 @@ class GraphRuntime:
             raise ValueError("the emulated attention kernel cannot be captured in CUDA graphs (it reads lengths "
                              "on the host); use fp16/bf16 on CUDA, or use_graphs=False")
         sample = sampling_graphs or generation.sampling.temperature > 0
+        self.first_round = first_round_choice(first_round)
+        if self.first_round == "merged" and self.kernels == "torch" and self.kernel_name == "flash_attn":
+            # the torch kernel set's window rule merges two calls by their log-sum-exp
+            if strict:
+                raise RuntimeError("first_round='merged' with kernels='torch' needs a varlen kernel with "
+                                   "log-sum-exp output (torch-fa2 or emulated), not flash_attn")
+            log.info("first_round: separate (flash_attn returns no log-sum-exp for the torch kernel set)")
+            self.first_round = "separate"
         self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan,
-                                   self.kernels)
+                                   self.kernels, self.first_round)
         self.inputs = StageInputs(model, self.pipe)
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
@@ -152,8 +182,10 @@ class GraphRuntime:
             return f"{len(images)} images (exemplars included) > largest bucket {b.max_batch}"
         if images and max(im.num_patches for im in images) > b.max_patches:
             return f"image of {max(im.num_patches for im in images)} patches > largest bucket {b.max_patches}"
-        if max(len(r.prompt.ids) - 1 for r in rows) > b.max_prefill:
-            return f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
+        reserve = self.pipe.block if self.pipe.merged else 0  # a merged prefill's window slots
+        if max(len(r.prompt.ids) - 1 for r in rows) + reserve > b.max_prefill:
+            return (f"prompt of {max(len(r.prompt.ids) for r in rows)} tokens > largest prefill bucket {b.max_prefill}"
+                    + (f" less the {reserve} slots of the merged first round's window" if reserve else ""))
         for chunk in self._chunks(batch):
             if chunk["patches"] > b.vision_capacity:
                 return (f"an image with its rows' exemplars holds {chunk['patches']} patches > one vision replay's "
@@ -182,8 +214,11 @@ class GraphRuntime:
         self.owner = owner
 
     def decode(self, bb: int) -> int:
-        """Steps of rows [0, bb) until all are finished; returns the steps run."""
+        """Steps of rows [0, bb) until all are finished; returns the step replays run (with the
+        merged first round, one fewer than the rows' MTP rounds, and 0 when the prefill finished all)."""
         steps = 0
+        if self.prefill_done():
+            return steps
         while True:
             self.step(bb)
             steps += 1
@@ -192,6 +227,11 @@ class GraphRuntime:
 
     def step(self, bb: int) -> None:
         self._run(("step", bb))
+
+    def prefill_done(self) -> bool:
+        """Whether the last admission's merged first round finished every row (one device->host
+        read; always False with the separate first round, which leaves every row to a step)."""
+        return self.pipe.merged and bool(self.pipe.all_done)
 
     def finished(self, bb: int) -> list[bool]:
         return self.pipe.finished[:bb].tolist()
@@ -256,12 +296,16 @@ class GraphRuntime:
         first, second = [], []
         for i, (r, images, t, budget) in enumerate(zip(rows, batch.row_images, targets, budgets)):
             last = len(r.prompt.ids) - 1
+            start = r.prompt.prefix_len if i in owners or i in members else 0
+            # merged: the segment also forwards the last prompt token and the first window in its
+            # bucket's last 6 slots (a prompt one token too long for that keeps its first round a step)
+            window = self.pipe.merged and last + 1 - start + self.pipe.block <= self.buckets.max_prefill
             if i in owners or i in members:
                 if i in owners:
                     first.append(_Segment(r, images, t, 0, r.prompt.prefix_len, budget))
-                second.append(_Segment(r, images, t, r.prompt.prefix_len, last, budget))
+                second.append(_Segment(r, images, t, start, last, budget, window))
             else:
-                first.append(_Segment(r, images, t, 0, last, budget))
+                first.append(_Segment(r, images, t, 0, last, budget, window))
         prefill_passes = self._prefill(first, base, gen)
         if second:
             for i in members:
@@ -308,8 +352,9 @@ class GraphRuntime:
         is cut), one prefill replay per group. Returns the replays run."""
         b = self.buckets
         groups: list[tuple[list[_Segment], tuple[int, int]]] = []
-        for seg in sorted(segments, key=lambda s: -(s.end - s.start)):
-            t = Buckets.fit(b.prefill_lengths, seg.end - seg.start)
+        reserve = self.pipe.block if self.pipe.merged else 0  # the window slots of every segment
+        for seg in sorted(segments, key=lambda s: -(s.stop - s.start)):
+            t = Buckets.fit(b.prefill_lengths, seg.stop - seg.start + reserve)
             if groups and groups[-1][1][1] == t and b.fit_prefill(len(groups[-1][0]) + 1, t) is not None:
                 groups[-1] = (groups[-1][0] + [seg], b.fit_prefill(len(groups[-1][0]) + 1, t))
             else:

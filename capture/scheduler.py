@@ -65,23 +65,31 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
             waiting = None
         if admitted:
             _admit(runtime, admitted, free, live, gen, share_prefix)
+            if runtime.pipe.merged:  # the prefill ran the first round: rows it finished leave before a step
+                yield from _collect(runtime, batch, live, free)
+                continue
         if not live:
             return
         runtime.step(batch)
-        finished = runtime.finished(batch)
-        done = [t for t in live if finished[t]]
-        if not done:
-            continue
-        now = time.perf_counter()
-        for target, result in zip(done, runtime.collect(done)):
-            job, row = live.pop(target)
-            job.rows[row].result = result
-            free.append(target)
-            if all(r is not None for r in job.results):
-                job.timings_ms["decode_ms"] = round((now - job.timings_ms.pop("_admitted")) * 1000, 3)
-                job.timings_ms["steps"] = max(r.steps for r in job.results)
-                yield job
-        free.sort()
+        yield from _collect(runtime, batch, live, free)
+
+
+def _collect(runtime: GraphRuntime, batch: int, live: dict, free: list[int]) -> Iterator[ImageJob]:
+    """Finished rows out of `live` into `free` (one read of the flags); yields each job whose rows are all done."""
+    finished = runtime.finished(batch)
+    done = [t for t in live if finished[t]]
+    if not done:
+        return
+    now = time.perf_counter()
+    for target, result in zip(done, runtime.collect(done)):
+        job, row = live.pop(target)
+        job.rows[row].result = result
+        free.append(target)
+        if all(r is not None for r in job.results):
+            job.timings_ms["decode_ms"] = round((now - job.timings_ms.pop("_admitted")) * 1000, 3)
+            job.timings_ms["steps"] = max(r.steps for r in job.results)
+            yield job
+    free.sort()
 
 
 def patches(job: ImageJob) -> int:

@@ -58,7 +58,8 @@ class EagerBackend(Backend):
         clock = StageClock(self.device)
         batch = self.batch(jobs)
         clock.lap("vision_ms")
-        decoder = EagerDecoder(self.model, sdpa.lm_attention, batch, gen)
+        # the first round inside the prefill, as NVIDIA's loop and the graph runtime's default
+        decoder = EagerDecoder(self.model, sdpa.lm_attention, batch, gen, merged=True)
         clock.lap("prefill_ms")
         return EagerDecode(decoder, jobs, clock.laps)
 

@@ -83,6 +83,9 @@ class EngineOptions:
     strict: bool = False  # refuse fallbacks (another attention kernel, eager for a batch beyond the buckets)
     kernels: str = "auto"  # layer/step kernels of the graph path: auto (fused on CUDA) | fused (Triton) | torch
     sampling_graphs: bool = False  # also capture the sampling branch (needed for temperature > 0 on graphs)
+    # Graph path: the first MTP round inside the prefill replay (merged, NVIDIA's loop: prompt + window
+    # in one forward) or as the first step replay (separate). GRAPHRT_FIRST_ROUND overrides it (A/B).
+    first_round: str = "merged"
     share_prefix: bool = True  # rows of one image prefill the shared prompt prefix once
     preprocess_workers: int = 0  # CPU threads preparing images for large batches; 0: min(8, cores)
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
@@ -104,6 +107,8 @@ class EngineOptions:
             raise OptionError(f"prompt_format {self.prompt_format!r}: choose official or jinja")
         if self.graphs not in ("auto", "on", "off"):
             raise OptionError(f"graphs {self.graphs!r}: choose auto, on or off")
+        if self.first_round not in ("merged", "separate"):
+            raise OptionError(f"first_round {self.first_round!r}: choose merged or separate")
         for name, least in (("preprocess_workers", 0), ("eager_batch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -358,7 +363,8 @@ def _backends(model: LocateAnything, options: EngineOptions) -> tuple:
     memory_plan = plan_for_model(model, options.memory_gb, options.buckets)
     runtime = GraphRuntime(model, memory_plan.buckets, options.generation, options.attention,
                            options.strict, use_graphs=model.device.type == "cuda",
-                           sampling_graphs=options.sampling_graphs, kernels=options.kernels)
+                           sampling_graphs=options.sampling_graphs, kernels=options.kernels,
+                           first_round=options.first_round)
     runtime.warmup(progress=options.progress)
     return eager, GraphBackend(runtime, options.share_prefix), memory_plan
 

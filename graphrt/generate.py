@@ -3,7 +3,10 @@
 This is the reference the CUDA-graph runtime must match token for token. Per step, every active
 row forwards `[accepted tokens not yet cached | window]` (window = last accepted token at its own
 position + 5 MASK tokens) in one packed LM call; the window's KV is dropped afterwards simply by
-not advancing the row's cache length past the accepted tokens.
+not advancing the row's cache length past the accepted tokens. The first round is the same step
+with the whole uncached prompt as its accepted tokens (NVIDIA's loop: prompt + window in one
+forward); `merged=False` prefills prompt[:-1] first and makes round 1 `[last prompt token | window]`
+(the same keys, queries and mask, split in two forwards).
 """
 
 from __future__ import annotations
@@ -86,9 +89,11 @@ def embed_prompt(model, row: Row, images: tuple[torch.Tensor, ...], length: int)
 
 
 @torch.no_grad()
-def generate(model, attend, batch: EagerBatch, gen: GenerationConfig, on_stage=None) -> list[RowResult]:
-    """`on_stage(name)`, when given, is called after the prefill ("prefill") and after each step ("step")."""
-    decoder = EagerDecoder(model, attend, batch, gen)
+def generate(model, attend, batch: EagerBatch, gen: GenerationConfig, on_stage=None,
+             merged: bool = True) -> list[RowResult]:
+    """`on_stage(name)`, when given, is called after the prefill ("prefill", with the first round
+    when merged) and after each step ("step"). merged: see EagerDecoder."""
+    decoder = EagerDecoder(model, attend, batch, gen, merged=merged)
     if on_stage:
         on_stage("prefill")
     while not decoder.done:
@@ -100,6 +105,10 @@ def generate(model, attend, batch: EagerBatch, gen: GenerationConfig, on_stage=N
 
 class EagerDecoder:
     """The eager loop as an object: prefill on construction, then one `step()` per MTP step.
+    merged (generate() and the eager backend): the first round runs on construction too, in one
+    forward of prompt + first window, as NVIDIA's loop. The default (False) prefills prompt[:-1]
+    and leaves the first round to the first `step()`, for callers that drive and compare decoders
+    round by round from the prefill (calib/'s teacher-forced FP8 reports).
 
     All its state is in plain attributes, so `state_dict()` / `from_state()` pause a generation
     and continue it later (in another process too), token for token.
@@ -107,7 +116,7 @@ class EagerDecoder:
 
     @torch.no_grad()
     def __init__(self, model, attend, batch: EagerBatch, gen: GenerationConfig,
-                 state: tuple[dict, dict] | None = None):
+                 state: tuple[dict, dict] | None = None, merged: bool = False):
         cfg, device = model.cfg, model.device
         self.model, self.attend, self.gen = model, attend, gen
         self.block, vocab = cfg.text.block_size, cfg.text.vocab_size
@@ -118,6 +127,7 @@ class EagerDecoder:
         self.sampled = [t > 0 for t in temps]  # host copy: greedy rows skip the draw
         seed = gen.seed if gen.seed is not None else draw_seed() if any(self.sampled) else 0
         self.keys = noise_keys(seed, [r.index for r in rows]).to(device)
+        self._first: dict[int, torch.Tensor] = {}  # row -> embeddings of its uncached prompt (round 1)
         if state is not None:
             self._load(*state)
             return
@@ -126,9 +136,6 @@ class EagerDecoder:
         self.budgets = [context_budget(cfg, len(p), r.max_new_tokens or gen.max_new_tokens)
                         for p, r in zip(prompts, rows)]
         self.cache = model.llm.new_cache(n, max(len(p) + b + 2 * self.block for p, b in zip(prompts, self.budgets)))
-        self._prefill(batch)
-        self.cached = [len(p) - 1 for p in prompts]
-        self.pending = [[p[-1]] for p in prompts]
         self.results = [RowResult(tokens=[], stop_reason="") for _ in rows]
         self.ar_mode = [gen.mode == "slow"] * n
         self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
@@ -136,6 +143,16 @@ class EagerDecoder:
             self.seen[row, torch.tensor(p, device=device)] = True
         self.active = list(range(n))
         self.steps_done = 0
+        if not merged:
+            self._prefill(batch)
+            self.cached = [len(p) - 1 for p in prompts]
+            self.pending = [[p[-1]] for p in prompts]
+            return
+        self.cached = self._prefill_shared_prefixes(batch)
+        self.pending = [p[c:] for p, c in zip(prompts, self.cached)]
+        self._first = {row: embed_prompt(model, r, images, len(r.prompt.ids))[c:]
+                       for row, (r, images, c) in enumerate(zip(rows, batch.images, self.cached))}
+        self.step()  # round 1: the uncached prompt and the first window in one forward
 
     def _prefill(self, batch: EagerBatch) -> None:
         """All but the last prompt token: the first step then forwards [last | window], which is
@@ -168,6 +185,28 @@ class EagerDecoder:
             embeds.append(embed_prompt(model, r, batch.images[row], len(r.prompt.ids) - 1)[cut:])
         model.llm(torch.cat(embeds), plan.build(device), self.cache, self.attend)
 
+    def _prefill_shared_prefixes(self, batch: EagerBatch) -> list[int]:
+        """The merged first round's only prefill: each shared prefix once, its KV copied to the
+        rows sharing it. Returns each row's cached length (its prefix, or 0)."""
+        model, device, owner_of = self.model, self.model.device, batch.prefix_owner
+        members = [i for i, owner in enumerate(owner_of) if owner is not None]
+        owners = sorted({owner_of[i] for i in members})
+        if not members:
+            return [0] * len(batch.rows)
+        plan = PlanBuilder()
+        for row in owners:
+            plan.add_causal(row, 0, batch.rows[row].prompt.prefix_len)
+        embeds = torch.cat([embed_prompt(model, batch.rows[row], batch.images[row], batch.rows[row].prompt.prefix_len)
+                            for row in owners])
+        model.llm(embeds, plan.build(device), self.cache, self.attend)
+        dst = torch.tensor(members, device=device)
+        src = torch.tensor([owner_of[i] for i in members], device=device)
+        width = max(batch.rows[i].prompt.prefix_len for i in members)
+        for buf in (self.cache.k, self.cache.v):
+            buf[:, dst, :width] = buf[:, src, :width]
+        sharing = set(members) | set(owners)
+        return [r.prompt.prefix_len if row in sharing else 0 for row, r in enumerate(batch.rows)]
+
     @property
     def done(self) -> bool:
         return not self.active
@@ -177,14 +216,18 @@ class EagerDecoder:
         """One decode step (MTP, or AR for rows in AR mode) of every active row."""
         model, gen, ids, block = self.model, self.gen, self.model.cfg.tokens, self.block
         device, mask_id = model.device, ids.text_mask
-        plan, tokens, logit_rows = PlanBuilder(), [], []
+        plan, tokens, logit_rows, first = PlanBuilder(), [], [], []
         for row in self.active:
             window = 0 if self.ar_mode[row] else block
             plan.add_step(row, self.cached[row], len(self.pending[row]), window)
             pend = self.pending[row]
+            if row in self._first:  # round 1: the prompt's embeddings (images in place) for its tokens
+                first.append((len(tokens), self._first.pop(row)))
             tokens += pend + ([pend[-1]] + [mask_id] * (block - 1) if window else [])
             logit_rows.append(list(range(len(tokens) - window, len(tokens))) if window else [len(tokens) - 1])
         embeds = model.llm.embed(torch.tensor(tokens, device=device))
+        for start, prompt_embeds in first:
+            embeds[start : start + prompt_embeds.shape[0]] = prompt_embeds
         index = torch.tensor([i for rows in logit_rows for i in rows], device=device)
         logits = model.llm(embeds, plan.build(device), self.cache, self.attend, logits_index=index)
 

@@ -50,8 +50,9 @@ def test_calibration_covers_every_linear_with_positive_finite_scales(tiny_engine
         assert e["scale"] == pytest.approx(e["amax"] / FP8_MAX)
         assert (e["in"], e["out"]) == (names[name].weight.shape[1], names[name].weight.shape[0])
         assert e["calls"] >= 1 and e["rows"] >= 1
-    # vision, prefill and both steps ran through the LM linears: more calls than batches
-    assert calib.linears["llm.layers.0.qkv_proj"]["calls"] >= 2 * 3
+    # vision, prefill with the first round (merged, as the eager backend runs it) and the second
+    # step ran through the LM linears: more calls than batches
+    assert calib.linears["llm.layers.0.qkv_proj"]["calls"] >= 2 * 2
     assert calib.dataset["pairs"] == 4 and calib.checkpoint_fingerprint == checkpoint_fingerprint(
         tiny_engine.checkpoint_dir)
 

@@ -140,3 +140,36 @@ def test_fused_step_tail_equals_torch_tail_gpu(dtype, b):
     if not torch.cuda.is_available():
         pytest.skip("no GPU")
     check("cuda", dtype, trials=40, b=b)
+
+
+def check_mapped(device, dtype, trials: int, b: int) -> None:
+    """The first round inside a merged prefill: logits rows are segments, state row r takes segment
+    src[r] where hit[r]; rows not hit (decoding rows, padding) stay exactly as they were."""
+    from graphrt.kernels.step_tail import step_tail
+
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(trials):
+        probs, x0 = crafted_batch(b, dtype, gen)
+        probs, x0 = probs.to(device), x0.to(device)
+        seed = int(torch.randint(0, 1 << 30, (), generator=gen))
+        ref, got = state(b, torch.Generator().manual_seed(seed), device), state(b, torch.Generator().manual_seed(seed), device)
+        rows = ref.pending.shape[0]
+        perm = torch.randperm(rows, generator=gen)
+        src = (perm % b).to(device)  # a permutation of segments over rows (each segment one row)
+        hit = (torch.randint(0, 3, (rows,), generator=gen) > 0).to(device)
+        before = fields(ref)
+        StaticPipeline.torch_tail(ref, b, probs, x0, src=src, hit=hit)
+        step_tail(got, b, probs, x0, IDS, MTPConfig(), src=src, hit=hit)
+        want, have = fields(ref), fields(got)
+        for k in want:
+            assert torch.equal(want[k], have[k]), (k, want[k], have[k])
+        untouched = (~hit).cpu()
+        for k in ("pending", "pending_count", "cache_len", "n_gen", "steps", "finished", "ended", "out_tokens"):
+            assert torch.equal(want[k].cpu()[untouched], before[k].cpu()[untouched]), k
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_fused_step_tail_mapped_rows_equals_torch_tail(dtype):
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 or a GPU")
+    check_mapped("cuda" if torch.cuda.is_available() else "cpu", dtype, trials=20, b=8)

@@ -35,7 +35,7 @@ if triton is not None:
 
     @triton.jit
     def _key_block(acc, m_i, l_i, q, k_ptr, v_ptr, n0, offs_m, offs_n, d, shift, n_keys, k_stride_t, qk_scale,
-                   MASK: tl.constexpr, CAUSAL: tl.constexpr):
+                   MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
         cols = n0 + offs_n
         kv = cols.to(tl.int64)[:, None] * k_stride_t + d[None, :]
         if MASK:
@@ -47,7 +47,11 @@ if triton is not None:
         if MASK:
             ok = col_ok[None, :]
             if CAUSAL:
-                ok = ok & (cols[None, :] <= shift + offs_m[:, None])
+                seen = cols[None, :] <= shift + offs_m[:, None]
+                if WINDOW:  # the segment's last WINDOW rows: every key but the last prompt token
+                    in_window = offs_m[:, None] >= n_keys - shift - WINDOW  # row >= nq - WINDOW
+                    seen = tl.where(in_window, cols[None, :] != n_keys - WINDOW - 1, seen)
+                ok = ok & seen
             s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay at zero weight
@@ -65,9 +69,12 @@ if triton is not None:
     def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, used_ptr, qk_scale,
                         q_stride_t, q_stride_h, k_stride_t, k_stride_h, o_stride_t, o_stride_h,
                         HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                        WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # Program (query tile, segment * query head). Segment b: queries cu_q[b] .. cu_q[b+1],
         # keys cu_k[b] .. cu_k[b] + used[b]; causal: query i sees keys j <= used - nq + i.
+        # WINDOW > 0 (causal, a merged first round): the last WINDOW queries of each segment are
+        # its MTP window, whose K/V are the last WINDOW keys: they see every key but
+        # j = used - WINDOW - 1 (the last prompt token, which the window's first query repeats).
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // HQ
@@ -85,6 +92,9 @@ if triton is not None:
         if CAUSAL:
             hi = tl.minimum(n_keys, shift + first + BLOCK_M)  # past the tile's last row: unseen
             full = shift + first + 1  # keys below it are seen by every row of the tile
+            if WINDOW:  # a tile with window rows reads every key; the hidden one is in a masked block
+                hi = tl.where(first + BLOCK_M > nq - WINDOW, n_keys, hi)
+                full = tl.minimum(full, n_keys - WINDOW - 1)
         else:
             hi = n_keys
             full = n_keys
@@ -101,10 +111,10 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         for n0 in range(0, full, BLOCK_N):
             acc, m_i, l_i = _key_block(acc, m_i, l_i, q, k_ptr, v_ptr, n0, offs_m, offs_n, d, shift, n_keys,
-                                       k_stride_t, qk_scale, False, CAUSAL)
+                                       k_stride_t, qk_scale, False, CAUSAL, WINDOW)
         for n0 in range(full, hi, BLOCK_N):
             acc, m_i, l_i = _key_block(acc, m_i, l_i, q, k_ptr, v_ptr, n0, offs_m, offs_n, d, shift, n_keys,
-                                       k_stride_t, qk_scale, True, CAUSAL)
+                                       k_stride_t, qk_scale, True, CAUSAL, WINDOW)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # no key seen: zeros
         tl.store(o_ptr + (q0 + offs_m)[:, None] * o_stride_t + h * o_stride_h + d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
@@ -118,10 +128,16 @@ def runs(q: torch.Tensor) -> bool:
             and (d >= 16 or not q.is_cuda))
 
 
-def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False, tiles=None):
-    """The varlen contract (capture/varlen.py) without the log-sum-exp output."""
+def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False, tiles=None,
+                      window: int = 0):
+    """The varlen contract (capture/varlen.py) without the log-sum-exp output. `window` > 0 (with
+    causal): the first MTP round inside a prefill, the last `window` queries and keys of each
+    segment are its window; those queries see every key of the segment but key used - window - 1
+    (the last prompt token, which the window's first query repeats), the others are causal."""
     if return_lse:
         raise NotImplementedError("prefill_attention returns no log-sum-exp")
+    if window and not causal:
+        raise ValueError("the window rows follow a causal prompt")
     total_q, hq, d = q.shape
     hkv = k.shape[1]
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride() != v.stride():
@@ -132,7 +148,7 @@ def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scal
     grid = (triton.cdiv(max_q, block_m), (cu_q.numel() - 1) * hq)
     _prefill_kernel[grid](q, k, v, out, cu_q, cu_k, seqused_k, qk_scale, q.stride(0), q.stride(1), k.stride(0),
                           k.stride(1), out.stride(0), out.stride(1), HQ=hq, GROUP=hq // hkv, D=d, CAUSAL=causal,
-                          BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                          WINDOW=window, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     return out
 
 

@@ -67,19 +67,28 @@ def _first_match(cand_ptr, r, j, live, slot0, n_slots, KK: tl.constexpr, LO, HI,
 @triton.jit
 def _step_tail_kernel(probs_ptr, x0_ptr, top_ptr, ref_ptr,
                       pend_ptr, count_ptr, clen_ptr, ngen_ptr, budget_ptr, fin_ptr, ended_ptr, steps_ptr,
-                      limit_ptr, ignore_ptr, seen_ptr, out_ptr, done_ptr,
+                      limit_ptr, ignore_ptr, seen_ptr, out_ptr, done_ptr, src_ptr, hit_ptr,
                       B, V, stride_pend, stride_seen, stride_out,
                       BOX_START, BOX_END, REF_START, REF_END, COORD_START, COORD_END, NONE, NULL, IM_END,
                       TH_BOX, TH_NONE, TH_END, TH_NULL, TH_LEGAL, TH_REF,
-                      W: tl.constexpr, KK: tl.constexpr, KR: tl.constexpr,
+                      W: tl.constexpr, KK: tl.constexpr, KR: tl.constexpr, MAPPED: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
+    # Lane r1 updates state row r1. Unmapped (a step): its logits are row r1's. MAPPED (the first
+    # round inside a prefill): its logits are segment src[r1]'s, and only rows with hit[r1] move.
     r1 = tl.arange(0, BLOCK_B)
     live1 = r1 < B
+    if MAPPED:
+        g1 = tl.load(src_ptr + r1, mask=live1, other=0)
+        hit1 = tl.load(hit_ptr + r1, mask=live1, other=0) != 0
+    else:
+        g1 = r1
+        hit1 = live1
     r = r1[:, None]
+    g = g1[:, None]
     j = tl.arange(0, BLOCK_W)[None, :]
     live = live1[:, None] & (j < W)
     pdt = probs_ptr.dtype.element_ty
-    row0 = probs_ptr + (r1 * W).to(tl.int64) * V
+    row0 = probs_ptr + (g1 * W).to(tl.int64) * V
     # ---- proposal (graphrt.mtp.propose, mode 'fast')
     empty = ((_p(row0, 0, BOX_START, V, live1) >= TH_BOX) & (_p(row0, 1, NONE, V, live1) > TH_NONE)
              & (_p(row0, 2, BOX_END, V, live1) > TH_END) & (_p(row0, 3, NULL, V, live1) > TH_NULL)
@@ -87,15 +96,15 @@ def _step_tail_kernel(probs_ptr, x0_ptr, top_ptr, ref_ptr,
     enders = _p(row0, 5, BOX_END, V, live1) + _p(row0, 5, NULL, V, live1)
     enders = (enders + _p(row0, 5, IM_END, V, live1)).to(pdt).to(tl.float32)  # one rounding, as torch's sum
     legal = ~empty & (enders >= TH_LEGAL)
-    coords, coord_ok = _first_match(top_ptr, r, j, live, 1, 4, KK, COORD_START, COORD_END, True)
+    coords, coord_ok = _first_match(top_ptr, g, j, live, 1, 4, KK, COORD_START, COORD_END, True)
     slots14 = (j >= 1) & (j <= 4)
     box = legal & (tl.min(tl.where(slots14, coord_ok.to(tl.int32), 1), axis=1) == 1)
-    text, text_ok = _first_match(ref_ptr, r, j, live, 1, 5, KR, COORD_START, COORD_END, False)
+    text, text_ok = _first_match(ref_ptr, g, j, live, 1, 5, KR, COORD_START, COORD_END, False)
     slots15 = (j >= 1) & (j <= 5)
     ref = (~empty & ~box & (_p(row0, 0, REF_START, V, live1) >= TH_REF)
            & (tl.min(tl.where(slots15, text_ok.to(tl.int32), 1), axis=1) == 1))
 
-    x = tl.load(x0_ptr + r * W + j, mask=live, other=0)
+    x = tl.load(x0_ptr + g * W + j, mask=live, other=0)
     ref_prop = tl.where(j == 0, REF_START, text)
     box_prop = tl.where(j == 0, BOX_START, tl.where(j == 5, BOX_END, coords))
     empty_prop = tl.where(j == 0, BOX_START, tl.where(j == 1, NONE, tl.where(j == 2, BOX_END, NULL)))
@@ -130,7 +139,7 @@ def _step_tail_kernel(probs_ptr, x0_ptr, top_ptr, ref_ptr,
 
     # ---- state update (capture/pipeline.py, StaticPipeline.step's torch tail)
     fin = tl.load(fin_ptr + r1, mask=live1, other=1) != 0
-    active = ~fin & live1
+    active = ~fin & live1 & hit1
     k = tl.load(count_ptr + r1, mask=live1, other=1)
     c = tl.load(clen_ptr + r1, mask=live1, other=0)
     n_gen = tl.load(ngen_ptr + r1, mask=live1, other=0)
@@ -174,11 +183,18 @@ def _as_u8(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
-def step_tail(state, b: int, probs: torch.Tensor, x0: torch.Tensor, ids, cfg: MTPConfig = MTPConfig()) -> None:
+def step_tail(state, b: int, probs: torch.Tensor, x0: torch.Tensor, ids, cfg: MTPConfig = MTPConfig(),
+              src: torch.Tensor | None = None, hit: torch.Tensor | None = None) -> None:
     """From the step's probabilities [b, 6, V] and choices x0 [b, 6] to the next state, in place on
     `state` (a StaticPipeline: pending, pending_count, cache_len, n_gen, budget, finished, ended,
-    steps, step_limit, ignore_end, seen [rows, V+1], out_tokens, all_done; rows [0, b))."""
+    steps, step_limit, ignore_end, seen [rows, V+1], out_tokens, all_done; rows [0, b)).
+
+    src/hit [R] (the first round inside a prefill, whose logits rows are prompt segments): state
+    rows [0, R) take segment src[r]'s logits where hit[r], the others stay; all_done is then over
+    rows [0, R)."""
     assert int(StepKind.FINISH) == 0
+    mapped = src is not None
+    rows = hit.shape[0] if mapped else b
     width = probs.shape[1]
     probs = probs.contiguous()
     _, top_i, ref_i = candidates(probs, cfg)
@@ -189,11 +205,11 @@ def step_tail(state, b: int, probs: torch.Tensor, x0: torch.Tensor, ids, cfg: MT
         probs, x0.contiguous(), top_i.contiguous(), ref_i.contiguous(),
         state.pending, state.pending_count, state.cache_len, state.n_gen, state.budget, _as_u8(state.finished),
         _as_u8(state.ended), state.steps, state.step_limit, _as_u8(state.ignore_end), _as_u8(state.seen),
-        state.out_tokens, _as_u8(state.all_done),
-        b, probs.shape[2], state.pending.stride(0), state.seen.stride(0), state.out_tokens.stride(0),
+        state.out_tokens, _as_u8(state.all_done), src if mapped else x0, _as_u8(hit) if mapped else x0,
+        rows, probs.shape[2], state.pending.stride(0), state.seen.stride(0), state.out_tokens.stride(0),
         ids.box_start, ids.box_end, ids.ref_start, ids.ref_end, ids.coord_start, ids.coord_end, ids.none, ids.null,
         ids.im_end,
         round_(cfg.box_start_thresh), round_(cfg.empty_none_thresh), round_(cfg.empty_end_thresh),
         round_(cfg.empty_null_thresh), round_(cfg.legal_end_thresh), round_(cfg.ref_start_thresh),
-        W=width, KK=cfg.keep_k, KR=cfg.ref_keep_k, BLOCK_B=max(2, triton.next_power_of_2(b)),
+        W=width, KK=cfg.keep_k, KR=cfg.ref_keep_k, MAPPED=mapped, BLOCK_B=max(2, triton.next_power_of_2(rows)),
         BLOCK_W=triton.next_power_of_2(width), num_warps=1)
