@@ -38,22 +38,22 @@ def test_merged_first_round_on_graphs(request, which, name, kernels):
     engine = request.getfixturevalue(f"{which}_gpu")
     buckets = TINY_BUCKETS if which == "tiny" else MID_BUCKETS
     pairs = [(img.resize((min(img.width, 160), min(img.height, 160))), q) for img, q in CASES[name]]
-    images, rows = prepare(engine, pairs)
+    batch = prepare(engine, pairs)
     out, steps = {}, {}
     for how in ("merged", "separate"):
         kw = dict(attention="torch-fa2", strict=True, kernels=kernels, first_round=how)
         rt = GraphRuntime(engine.model, buckets, GEN, **kw)
         rt.warmup(progress=False)
-        out[how] = [r.tokens for r in rt.run(images, rows, GEN)]
+        out[how] = [r.tokens for r in rt.run(batch, GEN)]
         steps[how] = rt.last_timings_ms["steps"]
         bare = GraphRuntime(engine.model, buckets, GEN, use_graphs=False, **kw)
-        assert out[how] == [r.tokens for r in bare.run(images, rows, GEN)], how  # capture changes nothing
+        assert out[how] == [r.tokens for r in bare.run(batch, GEN)], how  # capture changes nothing
         assert all(len(t) >= GEN.max_new_tokens for t in out[how])  # random weights: rows run to the budget
     assert steps["merged"] == steps["separate"] - 1
-    eager = eager_tokens(engine, images, rows, GEN)
+    eager = eager_tokens(engine, batch, GEN)
     half = "float16" if which == "tiny" else "bfloat16"
     for how in ("merged", "separate"):
-        ties = [near_tie_or_fail(engine, images, rows, r, got, want, half)
+        ties = [near_tie_or_fail(engine, batch, r, got, want, half)
                 for r, (got, want) in enumerate(zip(out[how], eager)) if got != want]
         assert len(ties) <= 1, f"{how}: several rows diverge: {ties}"
     apart = [r for r, (a, b) in enumerate(zip(out["merged"], out["separate"])) if a != b]
@@ -62,13 +62,13 @@ def test_merged_first_round_on_graphs(request, which, name, kernels):
 
 def test_merged_rows_finishing_in_the_prefill_on_graphs(tiny_gpu):
     """fixed_steps=1: every row finishes in the merged prefill replay, no step replay runs."""
-    images, rows = prepare(tiny_gpu, CASES["ragged five"])
+    batch = prepare(tiny_gpu, CASES["ragged five"])
     one = dataclasses.replace(GEN, fixed_steps=1)
     out = {}
     for how in ("merged", "separate"):
         rt = GraphRuntime(tiny_gpu.model, TINY_BUCKETS, one, attention="torch-fa2", strict=True, first_round=how)
         rt.warmup(progress=False)
-        out[how] = [r.tokens for r in rt.run(images, rows, one)]
+        out[how] = [r.tokens for r in rt.run(batch, one)]
         assert rt.last_timings_ms["steps"] == (0 if how == "merged" else 1)
     apart = [r for r, (a, b) in enumerate(zip(out["merged"], out["separate"])) if a != b]
     assert len(apart) <= 1, apart
