@@ -32,6 +32,7 @@ from PIL import Image
 
 from capture import Buckets
 from graphrt import Engine
+from graphrt.timing import StageClock
 
 QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella", "bus", "cat"]
 
@@ -39,7 +40,8 @@ QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella
 def parse_config(text: str) -> dict:
     """"graphs=off,share_prefix=false,attention=torch-fa2" -> EngineOptions / GenerationConfig overrides.
     `prefill=64:256:480:576` sets the prefill buckets (the other bucket lists keep their defaults);
-    `vision_attention=varlen` the vision tower's attention in that config's graphs."""
+    `vision_attention=varlen` the vision tower's attention in that config's graphs;
+    `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch)."""
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -50,6 +52,15 @@ def parse_config(text: str) -> dict:
         out[key.strip()] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() \
             else value
     return out
+
+
+def clocked(sync_laps: bool, fn, *args):
+    """fn(*args) with StageClock's laps synchronizing (the old clock, stage_clock=sync) or not."""
+    StageClock.synchronize = sync_laps
+    try:
+        return fn(*args)
+    finally:
+        StageClock.synchronize = False
 
 
 def percentile(xs, q):
@@ -140,13 +151,14 @@ def main() -> None:
     configs = {"A " + args.a: parse_config(args.a)}
     if args.b != "none":
         configs["B " + args.b] = parse_config(args.b)
-    engines = {}
+    engines, stage_sync = {}, {}
     default_vision_attention = base.model.vision.attention
     for name, over in configs.items():
         t = time.perf_counter()
         # vision_attention=MODE (graphrt.vision.VISION_ATTENTION_MODES): the tower's attention as
         # this config's graphs are captured (they keep it; the weights stay shared).
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
+        stage_sync[name] = over.pop("stage_clock", "events") == "sync"
         engines[name] = base.with_options(**over)
         base.model.vision.attention = default_vision_attention
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
@@ -156,7 +168,8 @@ def main() -> None:
     for batch in args.batch:
         pool = images(batch, args.width, args.height, seed=batch)
         pairs = [(im, QUERIES[i % len(QUERIES)]) for i, im in enumerate(pool)]
-        calls = {name: (lambda e=e: e.locate_batch(pairs)) for name, e in engines.items()}
+        calls = {name: (lambda e=e, s=stage_sync[name]: clocked(s, e.locate_batch, pairs))
+                 for name, e in engines.items()}
         probe = max(timed(fn)[0] for fn in calls.values())
         iters = args.iters if probe < 1000 else args.slow_iters
         samples = interleaved(calls, args.warmup, iters)

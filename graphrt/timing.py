@@ -1,24 +1,49 @@
-"""Wall time per stage; on CUDA each lap synchronizes first, so it holds its own GPU work."""
+"""Time per stage of one call, without stalling the GPU.
+
+On CUDA a lap records an event on the current stream instead of synchronizing: the host goes on
+filling the next stage's inputs (and launching it) while the GPU still runs this stage, so timing
+a call no longer adds a host-to-GPU bubble at every stage boundary. A lap's time is the GPU
+timeline between two events (host work the GPU waited for is inside it). Reading `laps` waits for
+the last event only. On the CPU a lap is wall time.
+
+A/B switch: GRAPHRT_STAGE_CLOCK=sync (or `StageClock.synchronize = True`) makes every lap
+synchronize first, as before, so a stage boundary stalls the GPU again.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
 
 class StageClock:
+    synchronize = os.environ.get("GRAPHRT_STAGE_CLOCK", "events") == "sync"
+
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.laps: dict[str, float] = {}
-        self.t = self._now()
+        self._marks: list[tuple[str | None, object]] = [(None, self._mark())]
 
-    def _now(self) -> float:
+    def _mark(self):
         if self.cuda:
-            torch.cuda.synchronize()
+            if self.synchronize:
+                torch.cuda.synchronize()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         return time.perf_counter()
 
     def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name] = round((now - self.t) * 1000.0, 3)
-        self.t = now
+        self._marks.append((name, self._mark()))
+
+    @property
+    def laps(self) -> dict[str, float]:
+        """Milliseconds per lap name (a name lapped twice keeps its last lap)."""
+        if self.cuda:
+            self._marks[-1][1].synchronize()
+        out: dict[str, float] = {}
+        for (_, start), (name, end) in zip(self._marks, self._marks[1:]):
+            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1000.0
+            out[name] = round(ms, 3)
+        return out
