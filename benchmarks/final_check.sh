@@ -2,6 +2,7 @@
 # The lead's device check after merging, in two calls that each fit the 600 s limit:
 #   PART=tests  every gpu-marked test (the CPU suite runs in CI)
 #   PART=bench  the 3B numbers: end to end 640x480 fused vs torch kernels (B=1, 32, interleaved),
+#               host A/Bs (stage clock, intake threads),
 #               FP8 vs bf16 end to end, B=1 latency by image size (graphs vs eager, peak memory),
 #               start-up with every bucket of the default 24 GiB plan.
 # Logs and results under $OUT.
@@ -24,6 +25,16 @@ timeout ${E2E_TIMEOUT:-170} python benchmarks/latency.py --checkpoint /tmp/ck3b 
     --b graphs=on,kernels=torch --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag e2e-final \
     > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$?" >> "$OUT/e2e.log"; tail -c 2500 "$OUT/e2e.log"; el e2e
+# Host-side A/B: stage laps as CUDA events (default) vs synchronizing laps (the old clock), and the
+# intake's CPU threads (default min(8, cores)) vs one, for decoded (PIL) inputs.
+timeout ${AB_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on \
+    --b graphs=on,stage_clock=sync --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag stage-clock-ab \
+    > "$OUT/ab_clock.log" 2>&1
+echo "ab rc=$?" >> "$OUT/ab_clock.log"; grep -E '^\| [AB] |rc=' "$OUT/ab_clock.log"
+timeout ${AB_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on \
+    --b graphs=on,preprocess_workers=1 --batch 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag workers-ab \
+    > "$OUT/ab_workers.log" 2>&1
+echo "ab rc=$?" >> "$OUT/ab_workers.log"; grep -E '^\| [AB] |rc=' "$OUT/ab_workers.log"; el ab
 timeout ${SIZES_TIMEOUT:-200} python benchmarks/large_images.py --checkpoint /tmp/ck3b --memory-gb 24 --iters 6 \
     --eager-iters 2 --stream 2 --out-dir "$OUT" > "$OUT/sizes.log" 2>&1
 echo "sizes rc=$?" >> "$OUT/sizes.log"; tail -c 2500 "$OUT/sizes.log"; el sizes
