@@ -3,7 +3,7 @@
 #   PART=tests  every gpu-marked test (the CPU suite runs in CI)
 #   PART=bench  the 3B numbers: end to end 640x480 fused vs torch kernels (B=1, 32, interleaved),
 #               host A/Bs (stage clock, intake threads),
-#               FP8 vs bf16 end to end, B=1 latency by image size (graphs vs eager, peak memory),
+#               B=1 latency by image size (graphs vs eager, peak memory),
 #               start-up with every bucket of the default 24 GiB plan.
 # Logs and results under $OUT.
 set -u
