@@ -1,8 +1,8 @@
 """The vision attention kernel on Hopper's copy engine (graphrt/kernels/vision_attention.py)
 against an fp32 attention per image over random lengths: on CPU through Triton's interpreter
 (float32, tight bounds), on the GPU in bf16 at the real shape (16 heads x 72, marked gpu).
-Every loop schedule (tensor-descriptor or pointer loads, the pipelined q.k, lazy rescaling) is
-checked; rows outside the images are poisoned with NaN to show that no read leaks into real rows."""
+Both load paths (tensor descriptors, pointer loads) are checked; rows outside the images are
+poisoned with NaN to show that no read leaks into real rows."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernel in the gpu tests")
 
-SCHEDULES = {"default": {}, "pointer loads": {"tma": False}, "pipelined q.k": {"pipe_qk": True},
-             "lazy rescale": {"lazy": True}, "unrolled": {"unroll": 2}}
+SCHEDULES = {"default": {}, "pointer loads": {"tma": False}}
 
 
 def reference(qkv, starts, used):
@@ -45,7 +44,7 @@ def layout(used, slot, packed, tail=5):
 def make(used, slot, packed, heads, d, gen, device="cpu", dtype=torch.float32, loud_rows=True):
     starts, real, total = layout(used, slot, packed)
     qkv = torch.randn(total, 3, heads, d, generator=gen, device=device).to(dtype)
-    if loud_rows:  # some queries 4x louder: their max grows across key blocks (rescaling happens)
+    if loud_rows:  # some queries 4x louder: their running max moves more across key blocks
         qkv[::7, 0] *= 4
     cu = torch.tensor(starts + [total], dtype=torch.int32, device=device)
     return qkv, cu, torch.tensor(used, dtype=torch.int32, device=device), starts, real.to(device)
@@ -58,6 +57,7 @@ def poisoned(qkv, real):
 
 
 @interpreted
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on the NaN-poisoned pad rows
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("head_dim", [72, 32])

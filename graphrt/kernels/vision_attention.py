@@ -12,8 +12,9 @@ block), with what the profile showed it wasting:
   rows past an image may be another image, or uninitialized rows of a packed batch).
 - the softmax scale is folded into one FMA per logit (s * scale - max), as FA2 does.
 
-Tiles (block_m, block_n, warps, stages) per problem size: `tiles_for` (H100 sweep, docs/notes.md).
-`TRITON_INTERPRET=1` runs it on CPU tensors (tests).
+Measured on the H100 against the first kernel: 9-11% less time per call at 1,680-patch slots (B=1,
+B=32) and at 25,600 patches, as fast as cuDNN's dense kernel on exactly the real rows (which a
+graph slot cannot use). `TRITON_INTERPRET=1` runs it on CPU tensors (tests).
 """
 
 from __future__ import annotations
@@ -55,22 +56,13 @@ if triton is not None:
     @triton.jit
     def _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi, key_row, v_col, n0, n_keys, qk_scale,
                     offs_n, d_lo, d_hi, hi_ok, row_stride: tl.constexpr, D_LO: tl.constexpr,
-                    MASK_KEYS: tl.constexpr, USE_TMA: tl.constexpr, LAZY: tl.constexpr):
+                    MASK_KEYS: tl.constexpr, USE_TMA: tl.constexpr):
         # Online softmax of one block of logits, then P @ V into the running output.
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # log2 units: exp2 below
-        if LAZY:  # rescale only when some row's max grew by more than 2^8 (p stays <= 256)
-            if tl.max(m_new - m_i, 0) > 8.0:
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha
-                acc_lo = acc_lo * alpha[:, None]
-                acc_hi = acc_hi * alpha[:, None]
-                m_i = m_new
-            m_new = m_i
-        else:
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc_lo = acc_lo * alpha[:, None]
-            acc_hi = acc_hi * alpha[:, None]
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha
+        acc_lo = acc_lo * alpha[:, None]
+        acc_hi = acc_hi * alpha[:, None]
         p = tl.exp2(s * qk_scale - m_new[:, None])
         l_i = l_i + tl.sum(p, 1)
         cols = n0 + offs_n
@@ -94,8 +86,7 @@ if triton is not None:
     def _vision_attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
                                  HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
-                                 USE_TMA: tl.constexpr, PIPE_QK: tl.constexpr, LAZY: tl.constexpr,
-                                 UNROLL: tl.constexpr):
+                                 USE_TMA: tl.constexpr):
         # Program (query block, image * head). Image b starts at row cu[b]; its first used[b] rows
         # are real (keys and queries). Slots (PACKED false): every row of the image's `slot` rows
         # gets an output (pad rows in a block with real rows attend like the others; blocks of pad
@@ -127,40 +118,18 @@ if triton is not None:
         acc_hi = tl.zeros([BLOCK_M, D_HI], tl.float32)
         keys = tl.where(pid_m * BLOCK_M < n_keys, n_keys, 0)  # a block of pad queries only: no keys, zeros
         full = keys // BLOCK_N * BLOCK_N
-        if PIPE_QK:  # the next block's q.k issued before this block's softmax (tensor cores busy meanwhile)
-            if full > 0:
-                s = _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, start, k_col, 0, n_keys, offs_n, d_lo, d_hi, hi_ok,
-                            row_stride, D_LO, False, USE_TMA)
-                for n0 in range(BLOCK_N, full, BLOCK_N):
-                    s_next = _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, start, k_col, n0, n_keys, offs_n, d_lo,
-                                     d_hi, hi_ok, row_stride, D_LO, False, USE_TMA)
-                    acc_lo, acc_hi, m_i, l_i = _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi,
-                                                           start, v_col, n0 - BLOCK_N, n_keys, qk_scale, offs_n,
-                                                           d_lo, d_hi, hi_ok, row_stride, D_LO, False, USE_TMA, LAZY)
-                    s = s_next
-                acc_lo, acc_hi, m_i, l_i = _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi, start,
-                                                       v_col, full - BLOCK_N, n_keys, qk_scale, offs_n, d_lo, d_hi,
-                                                       hi_ok, row_stride, D_LO, False, USE_TMA, LAZY)
-        elif UNROLL > 1:
-            for n0 in tl.range(0, full, BLOCK_N, loop_unroll_factor=UNROLL):
-                s = _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, start, k_col, n0, n_keys, offs_n, d_lo, d_hi, hi_ok,
-                            row_stride, D_LO, False, USE_TMA)
-                acc_lo, acc_hi, m_i, l_i = _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi, start,
-                                                       v_col, n0, n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok,
-                                                       row_stride, D_LO, False, USE_TMA, LAZY)
-        else:
-            for n0 in range(0, full, BLOCK_N):
-                s = _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, start, k_col, n0, n_keys, offs_n, d_lo, d_hi, hi_ok,
-                            row_stride, D_LO, False, USE_TMA)
-                acc_lo, acc_hi, m_i, l_i = _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi, start,
-                                                       v_col, n0, n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok,
-                                                       row_stride, D_LO, False, USE_TMA, LAZY)
+        for n0 in range(0, full, BLOCK_N):
+            s = _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, start, k_col, n0, n_keys, offs_n, d_lo, d_hi, hi_ok,
+                        row_stride, D_LO, False, USE_TMA)
+            acc_lo, acc_hi, m_i, l_i = _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi, start, v_col,
+                                                   n0, n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride, D_LO,
+                                                   False, USE_TMA)
         for n0 in range(full, keys, BLOCK_N):  # the last, partial block (masked)
             s = _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, start, k_col, n0, n_keys, offs_n, d_lo, d_hi, hi_ok,
                         row_stride, D_LO, True, USE_TMA)
             acc_lo, acc_hi, m_i, l_i = _softmax_pv(s, acc_lo, acc_hi, m_i, l_i, v_ptr, desc_lo, desc_hi, start, v_col,
                                                    n0, n_keys, qk_scale, offs_n, d_lo, d_hi, hi_ok, row_stride, D_LO,
-                                                   True, USE_TMA, LAZY)
+                                                   True, USE_TMA)
         inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros, as the varlen contract says
         o_ptr = out_ptr + q_rows[:, None] * (HEADS * D) + h * D
         tl.store(o_ptr + d_lo[None, :], (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=q_ok[:, None])
@@ -177,16 +146,10 @@ def head_split(d: int) -> tuple[int, int]:
     return d_lo, max(16, 1 << (d - d_lo - 1).bit_length())
 
 
-# (block_m, block_n, num_warps, num_stages) by problem size (H100 sweep, docs/notes.md): the grid is
-# query blocks x images x heads; a short problem needs smaller query blocks to fill 132 SMs.
-TILES_LONG = (128, 64, 4, 3)
-TILES_SHORT = (128, 64, 4, 3)
-SHORT_PROGRAMS = 0  # grids with fewer (query block of 128) x image x head programs take TILES_SHORT
-
-
-def tiles_for(slot: int, images: int, heads: int) -> tuple[int, int, int, int]:
-    programs = triton.cdiv(slot, 128) * images * heads
-    return TILES_SHORT if programs < SHORT_PROGRAMS else TILES_LONG
+# (block_m, block_n, num_warps, num_stages): best at all four sizes of the H100 sweep (1 and 32 images
+# of 1,680-patch slots, 4 of them, one 26,676-patch slot), out of ten tiles and four loop schedules
+# (benchmarks/vision_attention_hopper.py, docs/notes.md 2026-11-24).
+TILES = (128, 64, 4, 3)
 
 
 def tma_usable(qkv: torch.Tensor) -> bool:
@@ -198,20 +161,19 @@ def tma_usable(qkv: torch.Tensor) -> bool:
 
 
 def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
-                     scale: float | None = None, tiles=None, packed: bool = False, tma: bool | None = None,
-                     pipe_qk: bool = False, lazy: bool = False, unroll: int = 1) -> torch.Tensor:
+                     scale: float | None = None, tiles=None, packed: bool = False, tma: bool | None = None
+                     ) -> torch.Tensor:
     """Full attention inside each image of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
 
     Image b starts at row cu[b] (cu [B+1] int32 on the device; may change between graph replays)
     and has used[b] real rows. Slots (default): image b owns `slot` rows, every one gets an
     output. packed: images back to back, `slot` is the longest image, only real rows written.
-    tma None: tensor descriptors wherever they work. pipe_qk / lazy / unroll: loop schedules
-    (A/B of the H100 sweep; the defaults are the measured best)."""
+    tma None: tensor descriptors wherever they work (False: pointer loads, the A/B)."""
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"vision_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
     d_lo, d_hi = head_split(d)
-    block_m, block_n, warps, stages = tiles or tiles_for(slot, cu.numel() - 1, heads)
+    block_m, block_n, warps, stages = tiles or TILES
     use_tma = tma_usable(qkv) if tma is None else tma
     out = torch.empty(n, heads, d, device=qkv.device, dtype=qkv.dtype)
     qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
@@ -224,6 +186,5 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
     grid = (triton.cdiv(slot, block_m), (cu.numel() - 1) * heads)
     _vision_attention_kernel[grid](qkv, desc_lo, desc_hi, out, cu, used, slot, qk_scale, HEADS=heads, D=d,
                                    D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n, PACKED=packed,
-                                   USE_TMA=use_tma, PIPE_QK=pipe_qk, LAZY=lazy, UNROLL=unroll, num_warps=warps,
-                                   num_stages=stages)
+                                   USE_TMA=use_tma, num_warps=warps, num_stages=stages)
     return out
