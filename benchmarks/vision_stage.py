@@ -5,13 +5,14 @@
 2. Where a 640x480 call's host preprocessing goes: decode (JPEG bytes), RGB convert, PIL resize,
    numpy copy, prompt build (template + tokenization), and the device path's host time.
 3. The vision tower (27 layers, 1680-patch slot, 640x480 = 1656 real patches) as CUDA graphs,
-   unfused vs fused kernels interleaved A/B, at B=1 and B=32, with TFLOP/s; fused vs unfused
-   output difference.
+   unfused vs fused with the first slot kernel ("slot1") vs fused with the current one ("slot"),
+   interleaved A/B, at B=1 and B=32, and one 2240x2240 image (25,600 patches in a 26,676 slot, also
+   on exactly its rows with the eager path's SDPA), P50/P90/P99 with TFLOP/s; output differences;
+   the kernel table of the fastest variant's graph replay (profiler: kernel, count, µs, TFLOP/s).
 4. Attention with head dim 72: the varlen FA2 call vs padding the head to 80/96/128, the dense
    SDPA backends (cuDNN, flash, efficient), and graphrt's own slot kernel (vision_kernels.
    slot_attention: head split 64 + 16) over a sweep of tiles, last-block-only masking vs every block.
-5. The tower A/B as graphs: unfused, fused + FA2 (before), fused + slot kernel; kernel split of
-   the fastest variant by profiler.
+5. (merged into 3.)
 6. Prefill at B=1 and B=32 (3B widths, 480-token bucket, fused LM kernels, random weights) as
    graphs, FA2 vs graphrt's Triton prefill attention interleaved; kernel split by class against
    the weight-read and compute floors; the attention call alone over tiles.
@@ -189,8 +190,9 @@ def vision_flops(cfg: VisionConfig, n: int) -> float:
     return cfg.num_hidden_layers * (per_token * n + attn) + 2 * n * 3 * cfg.patch_size ** 2 * h
 
 
-# Tower variants of the A/B: (name, fused kernels, attention mode of the slots).
-TOWER_VARIANTS = [("unfused", False, "varlen"), ("fused+slot1 (before)", True, "slot1"), ("fused+slot (now)", True, "slot")]
+# Tower variants of the A/B: (name, fused kernels, attention mode of the slots, one-GEMM patch embedding).
+TOWER_VARIANTS = [("unfused", False, "varlen", False), ("fused+slot1 (before)", True, "slot1", False),
+                  ("fused+slot, patch linear + add", True, "slot", False), ("fused+slot (now)", True, "slot", True)]
 
 
 def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profile: bool = True,
@@ -224,10 +226,10 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
     variants = variants or TOWER_VARIANTS
-    for name, fused, mode in variants:
+    for name, fused, mode, patch in variants:
 
-        def body(name=name, model=m, fused=fused, mode=mode):
-            model.fused, model.attention = fused, mode
+        def body(name=name, model=m, fused=fused, mode=mode, patch=patch):
+            model.fused, model.attention, model.fused_patch_embed = fused, mode, patch
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
@@ -245,7 +247,7 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
         px, pz = pixels[:real].contiguous(), pos[:real].contiguous()
 
         def exact_body(model=m):
-            model.fused = True
+            model.fused, model.fused_patch_embed = True, True
             outs["exact rows + SDPA (eager's attention)"] = model(px, pz, ex, vision_attention)
 
         graphs["exact rows + SDPA (eager's attention)"] = capture(exact_body)

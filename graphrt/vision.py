@@ -173,6 +173,9 @@ class MoonViT(nn.Module):
         # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
         # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
         self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
+        # Fused path: patch linear + bias + position embedding as one aligned GEMM (vk.patch_embed);
+        # False (benchmark A/B only) keeps the linear and the add.
+        self.fused_patch_embed = True
         self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
@@ -225,11 +228,16 @@ class MoonViT(nn.Module):
     def forward(self, pixels: torch.Tensor, pos: torch.Tensor, geo, attend: VisionAttention) -> torch.Tensor:
         """pixels [N, 3, p, p] (all images packed), pos [N, C] -> merged features [N/4, 4*C].
         `geo` carries cos/sin [N, head_dim/2] and merge_index [N] (VisionGeometry or static buffers)."""
-        x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
-        x = x + pos
-        if (x.is_cuda if self.fused is None else self.fused) and vk.available(x):
+        if (pixels.is_cuda if self.fused is None else self.fused) and vk.available(pixels):
+            if self.fused_patch_embed:
+                x = vk.patch_embed(pixels, self.patch_weight, self.patch_bias, pos)
+            else:
+                x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1),
+                             self.patch_bias) + pos
             x = self._blocks_fused(x, geo, attend)
         else:
+            x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
+            x = x + pos
             for block in self.blocks:
                 x = block(x, geo, attend)
             x = self.final_layernorm(x)
