@@ -5,13 +5,14 @@
 2. Where a 640x480 call's host preprocessing goes: decode (JPEG bytes), RGB convert, PIL resize,
    numpy copy, prompt build (template + tokenization), and the device path's host time.
 3. The vision tower (27 layers, 1680-patch slot, 640x480 = 1656 real patches) as CUDA graphs,
-   unfused vs fused kernels interleaved A/B, at B=1 and B=32, with TFLOP/s; fused vs unfused
-   output difference.
+   unfused vs fused with the first slot kernel ("slot1") vs fused with the current one ("slot"),
+   interleaved A/B, at B=1 and B=32, and one 2240x2240 image (25,600 patches in a 26,676 slot, also
+   on exactly its rows with the eager path's SDPA), P50/P90/P99 with TFLOP/s; output differences;
+   the kernel table of the fastest variant's graph replay (profiler: kernel, count, µs, TFLOP/s).
 4. Attention with head dim 72: the varlen FA2 call vs padding the head to 80/96/128, the dense
    SDPA backends (cuDNN, flash, efficient), and graphrt's own slot kernel (vision_kernels.
    slot_attention: head split 64 + 16) over a sweep of tiles, last-block-only masking vs every block.
-5. The tower A/B as graphs: unfused, fused + FA2 (before), fused + slot kernel; kernel split of
-   the fastest variant by profiler.
+5. (merged into 3.)
 6. Prefill at B=1 and B=32 (3B widths, 480-token bucket, fused LM kernels, random weights) as
    graphs, FA2 vs graphrt's Triton prefill attention interleaved; kernel split by class against
    the weight-read and compute floors; the attention call alone over tiles.
@@ -189,7 +190,16 @@ def vision_flops(cfg: VisionConfig, n: int) -> float:
     return cfg.num_hidden_layers * (per_token * n + attn) + 2 * n * 3 * cfg.patch_size ** 2 * h
 
 
-def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profile: bool = True):
+# Tower variants of the A/B: (name, fused kernels, attention mode of the slots, one-GEMM patch embedding).
+TOWER_VARIANTS = [("unfused", False, "varlen", False), ("fused+slot1 (before)", True, "slot1", False),
+                  ("fused+slot, patch linear + add", True, "slot", False), ("fused+slot (now)", True, "slot", True)]
+
+
+def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profile: bool = True,
+              variants=None, exact_sdpa: bool = False):
+    """The tower as CUDA graphs, variants interleaved (P50/P90/P99, useful TFLOP/s), on B slots of
+    p patches with `real` real ones each. exact_sdpa: also the tower on exactly the real rows with
+    the eager path's per-image SDPA (what an eager call of that image runs)."""
     cfg = VisionConfig()
     m = random_vision(cfg)
     geo1 = vision_geometry([grid], cfg, "cuda")
@@ -215,11 +225,11 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     used = torch.full((b,), real, dtype=torch.int32, device="cuda")
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
-    variants = [("unfused", False, "varlen"), ("fused+fa2 (before)", True, "varlen"), ("fused+slot", True, "slot")]
-    for name, fused, mode in variants:
+    variants = variants or TOWER_VARIANTS
+    for name, fused, mode, patch in variants:
 
-        def body(name=name, model=m, fused=fused, mode=mode):
-            model.fused, model.attention = fused, mode
+        def body(name=name, model=m, fused=fused, mode=mode, patch=patch):
+            model.fused, model.attention, model.fused_patch_embed = fused, mode, patch
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
@@ -228,61 +238,81 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
             log(f"vision variant {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
             outs.pop(name, None)
             torch.cuda.synchronize()
+    keep = torch.cat([torch.arange(i * p, i * p + real, device="cuda") for i in range(b)])
+    if exact_sdpa and b == 1:  # the eager path's attention on exactly the real rows
+        from graphrt.attention.sdpa import vision_attention
+
+        ex = Geo()
+        ex.cos, ex.sin, ex.merge_index, ex.seqlens = cos[:real], sin[:real], merge[:real], [real]
+        px, pz = pixels[:real].contiguous(), pos[:real].contiguous()
+
+        def exact_body(model=m):
+            model.fused, model.fused_patch_embed = True, True
+            outs["exact rows + SDPA (eager's attention)"] = model(px, pz, ex, vision_attention)
+
+        graphs["exact rows + SDPA (eager's attention)"] = capture(exact_body)
     times = alternating_ms(graphs, reps)
     torch.cuda.synchronize()
-    # Compare only real patches (rows of pad patches are never used), against the unfused output.
-    keep = torch.cat([torch.arange(i * p, i * p + real, device="cuda") for i in range(b)])
-    rows = {k: o.view(n, -1).float()[keep] for k, o in outs.items()}  # merge_index is the identity here
-    a = rows["unfused"]
-    rel = {k: float((r - a).norm() / a.norm()) for k, r in rows.items() if k != "unfused"}
+    # Compare only real patches (rows of pad patches are never used), merge_index is the identity here.
+    rows = {k: o.reshape(-1, cfg.hidden_size).float() for k, o in outs.items()}
+    rows = {k: (r[keep] if r.shape[0] == n else r) for k, r in rows.items()}
+    base_name = "unfused" if "unfused" in rows else variants[0][0]
+    a = rows[base_name]
+    rel = {k: float((r - a).norm() / a.norm()) for k, r in rows.items() if k != base_name}
     flops = b * vision_flops(cfg, real)
     res = {}
     for k, v in times.items():
         med = statistics.median(v)
         res[k] = {"p50_ms": round(med, 3), "p90_ms": round(float(np.percentile(v, 90)), 3),
-                  "tflops": round(flops / med / 1e9, 1)}
-    res["rel_err_vs_unfused"] = rel
-    res["slot_tiles"] = list(vk.SLOT_ATTENTION_TILES)
-    res["work"] = f"B={b}, slot {p} patches, {real} real ({grid[0]}x{grid[1]}), {flops / 1e12:.2f} TFLOP useful"
-    REPORT[f"vision_B{b}"] = res
-    log(f"vision B={b}:", json.dumps(res))
+                  "p99_ms": round(float(np.percentile(v, 99)), 3), "tflops": round(flops / med / 1e9, 1)}
+    res[f"rel_err_vs_{base_name}"] = rel
+    res["work"] = (f"B={b}, slot {p} patches, {real} real ({grid[0]}x{grid[1]}), {flops / 1e12:.2f} TFLOP useful, "
+                   f"{reps} interleaved rounds")
+    REPORT[f"vision_B{b}_{real}"] = res
+    log(f"vision B={b} {real}:", json.dumps(res))
     if profile:
-        best = min((k for k in times if k != "unfused"), key=lambda k: statistics.median(times[k]))
-        m.attention = dict((v[0], v[2]) for v in variants)[best]
-        REPORT[f"kernel_split_B{b}"] = kernel_split(m, pixels, pos, geo, attend)
-        REPORT[f"kernel_split_B{b}"]["variant"] = best
-        log(f"kernel split B={b}:", json.dumps(REPORT[f"kernel_split_B{b}"], indent=1))
+        best = min((k for k in graphs if k in dict((v[0], v) for v in variants) and k != "unfused"),
+                   key=lambda k: statistics.median(times[k]))
+        REPORT[f"kernel_table_B{b}_{real}"] = kernel_table(graphs[best], cfg, b, n, real)
+        REPORT[f"kernel_table_B{b}_{real}"]["variant"] = best
+        log(f"kernel table B={b} {real}:", json.dumps(REPORT[f"kernel_table_B{b}_{real}"], indent=1))
     del graphs, m
     torch.cuda.empty_cache()
 
 
-def kernel_split(model, pixels, pos, geo, attend) -> dict:
-    """CUDA time per kernel class of one eager fused forward (profiler), in ms."""
+def kernel_table(graph, cfg: VisionConfig, b: int, n: int, real: int, replays: int = 3) -> dict:
+    """Kernels of a tower graph's replay (profiler): per kernel count, µs per replay, and the
+    achieved TFLOP/s of the two matrix classes (GEMMs over all n rows, attention over real rows)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model.fused = True
-    with torch.no_grad():
-        model(pixels, pos, geo, attend)
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(pixels, pos, geo, attend)
-            torch.cuda.synchronize()
-    classes: dict[str, float] = {}
-    kernels: dict[str, float] = {}
+    h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    gemm_flops = layers * 2 * n * h * (3 * h + h + 2 * i)
+    attn_flops = layers * b * 4 * real * real * h
+    rows, classes = [], {}
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
         if t <= 0 or ev.key.startswith("aten::") or ev.key.startswith("cuda"):
             continue
-        name = ev.key
-        low = name.lower()
-        cls = ("attention" if "flash" in low or "fmha" in low or "attn" in low or "attention" in low else
+        low = ev.key.lower()
+        cls = ("attention" if "attention" in low or "flash" in low or "fmha" in low or "attn" in low else
                "gemm" if any(x in low for x in ("gemm", "sm90", "cutlass", "nvjet", "xmma")) else
-               "triton" if "triton" in low or "_kernel" in low else "other")
-        classes[cls] = classes.get(cls, 0.0) + t / 1e3
-        kernels[name[:90]] = kernels.get(name[:90], 0.0) + t / 1e3
-    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:14])
-    return {"by_class_ms": {k: round(v, 3) for k, v in classes.items()}, "total_ms": round(sum(classes.values()), 3),
-            "top_kernels_ms": {k: round(v, 3) for k, v in top.items()}}
+               "layernorm" if "layernorm" in low else "rope" if "rope" in low else "other")
+        us = t / replays
+        classes[cls] = classes.get(cls, 0.0) + us
+        rows.append({"kernel": ev.key[:100], "class": cls, "count": ev.count // replays, "us": round(us, 1),
+                     "us_per_call": round(us / max(1, ev.count // replays), 2)})
+    rows.sort(key=lambda r: -r["us"])
+    tf = {"gemm": gemm_flops, "attention": attn_flops}
+    by_class = {k: {"ms": round(v / 1e3, 3), **({"tflops": round(tf[k] / v / 1e6, 1)} if k in tf else {})}
+                for k, v in sorted(classes.items(), key=lambda kv: -kv[1])}
+    return {"by_class": by_class, "total_ms": round(sum(classes.values()) / 1e3, 3), "kernels": rows[:20],
+            "note": "graph replay; gemm TFLOP/s over all slot rows, attention over real rows"}
 
 
 def gemm_shapes(reps: int = 20):
@@ -589,6 +619,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="vision_stage.json")
     ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--only", nargs="*", default=None, help="run only these steps (names as in --skip)")
     args = ap.parse_args()
     import triton
 
@@ -601,12 +632,14 @@ def main():
              ("slot32", lambda: slot_attention_sweep(32, 1680, 1656, 10)),
              ("vision1", lambda: vision_ab(1, 1680, 1656, (36, 46), 40)),
              ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10)),
+             ("vision25600", lambda: vision_ab(1, 26676, 25600, (160, 160), 6, variants=TOWER_VARIANTS[1:],
+                                               exact_sdpa=True)),
              ("mixed", mixed_batch),
              ("prefill", prefill_stage),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),
              ("attn32", lambda: attention_variants(32, 1680, 1656, 10))]
     for name, fn in steps:
-        if name in args.skip:
+        if name in args.skip or (args.only is not None and name not in args.only):
             continue
         t = time.perf_counter()
         try:

@@ -15,6 +15,7 @@ from . import vision_kernels as vk
 from .attention.sdpa import vision_attention
 from .config import VisionConfig
 from .errors import OptionError
+from .kernels.vision_attention import vision_attention as vision_attention_kernel
 from .layers import LayerNorm, Linear, empty_param
 from .lru import LRU
 
@@ -50,15 +51,18 @@ class PackedImages:
 
 
 # Attention of the fused tower over image slots (capture.ranges.VisionRanges, the graph path), after the RoPE pass:
-#   "slot"          vision_kernels.slot_attention (head 72 as 64 + 16 columns)
+#   "slot"          kernels.vision_attention (head 72 as 64 + 16 columns, K/V tiles by tensor
+#                   descriptors: the copy engine)
+#   "slot1"         the first slot kernel, vision_kernels.slot_attention (pointer loads); A/B only
+#                   (docs/notes.md, 2026-11-24, fourth pass)
 #   "cudnn"         cuDNN's fused kernel, no mask tensor: head padded to 80 with a mask column
 #                   (vision_kernels.rope_2d_pad writes q/k/v that way in the RoPE pass); A/B only:
 #                   slower than "slot" at 1,680 and 26,676-patch slots, 1.8% faster at 10,816
 #                   (docs/notes.md, 2026-11-24)
 #   "varlen"        the slots' own varlen kernel (torch's FA2: head 72 in its 96-wide kernel)
 # GRAPHRT_VISION_ATTENTION overrides the default (A/B). PackedImages takes the slot kernel over the
-# real lengths ("packed"); other attend callables always take "varlen".
-VISION_ATTENTION_MODES = ("slot", "cudnn", "varlen")
+# real lengths ("packed"; "packed1" under "slot1"); other attend callables always take "varlen".
+VISION_ATTENTION_MODES = ("slot", "slot1", "cudnn", "varlen")
 
 
 @dataclass
@@ -137,9 +141,12 @@ class MoonViTBlock(nn.Module):
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
             vk.rope_2d_(qkv, geo.cos, geo.sin)
-            if mode == "slot":
+            if mode in ("slot", "packed"):
+                slot = attend.patches if mode == "slot" else attend.longest
+                att = vision_attention_kernel(qkv, attend.cu, attend.seqused, slot, packed=mode == "packed")
+            elif mode == "slot1":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
-            elif mode == "packed":
+            elif mode == "packed1":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
             else:
                 att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
@@ -166,6 +173,9 @@ class MoonViT(nn.Module):
         # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
         # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
         self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
+        # Fused path: patch linear + bias + position embedding as one aligned GEMM (vk.patch_embed);
+        # False (benchmark A/B only) keeps the linear and the add.
+        self.fused_patch_embed = True
         self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
@@ -201,7 +211,7 @@ class MoonViT(nn.Module):
             if layout == "slots":
                 mode = self.attention
             elif layout == "packed":
-                mode = "packed"
+                mode = "packed1" if self.attention == "slot1" else "packed"
         x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
         for i, block in enumerate(self.blocks):
             x, branch = block.forward_fused(x, h, geo, attend, mode)
@@ -218,11 +228,16 @@ class MoonViT(nn.Module):
     def forward(self, pixels: torch.Tensor, pos: torch.Tensor, geo, attend: VisionAttention) -> torch.Tensor:
         """pixels [N, 3, p, p] (all images packed), pos [N, C] -> merged features [N/4, 4*C].
         `geo` carries cos/sin [N, head_dim/2] and merge_index [N] (VisionGeometry or static buffers)."""
-        x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
-        x = x + pos
-        if (x.is_cuda if self.fused is None else self.fused) and vk.available(x):
+        if (pixels.is_cuda if self.fused is None else self.fused) and vk.available(pixels):
+            if self.fused_patch_embed:
+                x = vk.patch_embed(pixels, self.patch_weight, self.patch_bias, pos)
+            else:
+                x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1),
+                             self.patch_bias) + pos
             x = self._blocks_fused(x, geo, attend)
         else:
+            x = F.linear(pixels.flatten(1).to(self.patch_weight.dtype), self.patch_weight.flatten(1), self.patch_bias)
+            x = x + pos
             for block in self.blocks:
                 x = block(x, geo, attend)
             x = self.final_layernorm(x)

@@ -4,11 +4,13 @@
   statistics, like F.layer_norm), writing the new residual and the normalized row;
 - `rope_2d_`: 2D RoPE of q and k in place inside the packed qkv (fp32 complex multiply, as
   `vision.apply_rope_2d`), instead of ~10 elementwise kernels per tensor;
+- `patch_embed`: the patch linear, its bias and the position embedding as one aligned GEMM;
 - `linear_gelu`: fc0's bias and tanh-GELU in the matmul's epilogue (cuBLASLt through torch's
   `_addmm_activation`), so the 4304-wide activation is written once;
 - `slot_attention`: full attention inside each image slot straight from the packed qkv, for
   head dim 72 without padding it in memory: the head is split 64 + 16 (8 masked) in registers, so
-  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel;
+  the matmuls compute 80 columns, where torch's FA2 runs head 72 in its 96-wide kernel (now the
+  A/B mode "slot1": the default is its successor on tensor descriptors, kernels/vision_attention.py);
 - `rope_2d_pad` + `cudnn_slot_attention`: the same attention on cuDNN's fused kernel without a mask
   tensor (its masked kernel is slower): the RoPE pass writes q/k/v with the head padded 72 -> 80,
   and the first extra column is a mask column: 1 in every query, 0 in real keys and KEY_PAD_LOGIT
@@ -220,6 +222,22 @@ def rope_2d_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     _rope_2d_kernel[(n,)](qkv, cos.contiguous(), sin.contiguous(), qkv.stride(0), WIDTH=heads * d, HALF=d // 2,
                           BLOCK=triton.next_power_of_2(heads * d), num_warps=4)
     return qkv
+
+
+def patch_embed(pixels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """pixels [N, 3, p, p] -> pos + pixels @ weight.T + bias [N, C] in one GEMM (addmm with pos as
+    its input): the bias rides as an extra input column of ones, and the 3*p*p = 588 columns are
+    padded to a multiple of 8 (16-byte rows), where 588 ran in an Ampere align-2 cuBLAS kernel at
+    76-143 TFLOP/s (H100 profile, docs/notes.md). Sums in fp32 and rounds once (the unfused path
+    rounds the linear, then the add)."""
+    n, c = pixels.shape[0], weight.shape[0]
+    k = weight[0].numel()
+    kp = (k + 1 + 7) // 8 * 8
+    a = torch.empty(n, kp, device=pixels.device, dtype=weight.dtype)
+    a[:, :k].copy_(pixels.flatten(1))
+    a[:, k:].copy_(torch.eye(1, kp - k, device=pixels.device, dtype=weight.dtype).expand(n, -1))  # 1, 0, 0, ..
+    w = torch.cat([weight.flatten(1), bias[:, None], weight.new_zeros(c, kp - k - 1)], 1)
+    return torch.addmm(pos, a, w.t())
 
 
 _EPILOGUE_IS_TANH: dict[tuple[str, torch.dtype], bool] = {}

@@ -138,3 +138,19 @@ def test_fused_tower_bf16_on_gpu_within_bf16_noise():
     ref, got = outs[False][keep], outs[True][keep]
     err = ((got - ref).norm() / ref.norm()).item()
     assert 0 < err < 2e-2, err  # bf16 rounding differs (the GELU epilogue rounds once), nothing else
+
+
+def test_patch_embed_is_linear_plus_bias_plus_positions():
+    """The fused path's one-GEMM patch embedding (bias as a column of ones, K padded 588 -> 592)
+    equals the linear, its bias and the position add (fp32 here; bf16 rounds once less)."""
+    import torch.nn.functional as F
+
+    import graphrt.vision_kernels as vk
+
+    g = torch.Generator().manual_seed(0)
+    px = torch.randn(37, 3, 14, 14, generator=g)
+    w = torch.randn(64, 3, 14, 14, generator=g) / 24
+    b = torch.randn(64, generator=g)
+    pos = torch.randn(37, 64, generator=g)
+    want = F.linear(px.flatten(1), w.flatten(1), b) + pos
+    torch.testing.assert_close(vk.patch_embed(px, w, b, pos), want, rtol=1e-5, atol=1e-5)
