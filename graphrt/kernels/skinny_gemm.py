@@ -38,7 +38,9 @@ import triton
 import triton.language as tl
 
 from ..layers import Linear
+from . import pdl
 from .layer_ops import silu_mul
+from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,10 @@ BLOCK_M_MAX = 128
 
 @triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_off, stride_x, stride_y,
+                   prefetch_programs,
                    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PDL: tl.constexpr, PREFETCH: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -60,6 +64,16 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
     k_per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_per
     k_hi = tl.minimum(k_lo + k_per, K)
+    if PDL:
+        gdc_launch_dependents()
+        if PREFETCH:  # the first wave pulls its weight slice into L2 while the previous kernel ends
+            linear = (pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n
+            if (pid_m == 0) & (linear < prefetch_programs):
+                rows = tl.minimum(rn, N - 1).to(tl.int64)
+                prefetch_l2(w_ptr + rows * K + k_lo, (k_hi - k_lo) * 2)
+                if SILU:
+                    prefetch_l2(w_ptr + (rows + up_off) * K + k_lo, (k_hi - k_lo) * 2)
+        gdc_wait()  # activations, workspace and counters only after the previous kernel completed
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -132,7 +146,7 @@ def _workspace(device, rows: int, n: int, split: int, tiles: int) -> tuple[torch
 
 
 def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu: bool = False,
-                  config: Config = Config(32, 128, 1, 4, 4)) -> torch.Tensor:
+                  config: Config = Config(32, 128, 1, 4, 4), prefetch: bool | None = None) -> torch.Tensor:
     """x [M, K] (rows contiguous) @ weight[N', K]^T (+ bias) -> [M, N'], or with silu: weight is
     [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I]."""
     m, k = x.shape
@@ -149,10 +163,30 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         part, lock = _workspace(x.device, grid[2] * block_m, n, split, grid[0] * grid[2])
     else:
         part = lock = y
+    launch = pdl.launch(x)
+    # the L2 prefetch needs 16-byte-aligned row slices (cp.async.bulk)
+    prefetch = launch["PDL"] and (prefetch_default() if prefetch is None else prefetch) and k % 8 == 0 \
+        and weight.data_ptr() % 16 == 0 and weight.element_size() == 2
     _skinny_kernel[grid](x, weight, bias if bias is not None else y, y, part, lock, m, n, k, n, x.stride(0), y.stride(0),
-                         HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n,
-                         BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+                         _sm_count(x.device), HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, BLOCK_M=block_m,
+                         BLOCK_N=block_n, BLOCK_K=block_k, PREFETCH=prefetch, num_warps=warps, num_stages=stages,
+                         **launch)
     return y
+
+
+def prefetch_default() -> bool:
+    """GRAPHRT_STEP_PREFETCH=0 turns the pre-wait L2 weight prefetch off (A/B runs; PDL only)."""
+    return os.environ.get("GRAPHRT_STEP_PREFETCH", "1") != "0"
+
+
+_sms: dict[str, int] = {}
+
+
+def _sm_count(device) -> int:
+    key = str(device)
+    if key not in _sms:
+        _sms[key] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return _sms[key]
 
 
 def candidates(m: int, n: int, k: int, silu: bool) -> list[Config]:
@@ -240,7 +274,7 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
     return out
 
 
-_choice: dict[tuple, Config | None] = {}  # (m, n_w, k, dtype, bias, silu, mode) -> config, None = cuBLAS
+_choice: dict[tuple, Config | None] = {}  # (m, n_w, k, dtype, bias, silu, mode, pdl, prefetch) -> config; None = cuBLAS
 timings: dict[tuple, dict] = {}  # what was measured, for benchmarks
 choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
@@ -258,7 +292,8 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Non
     if how == "cublas" or m > MAX_ROWS or not weight.is_cuda or weight.dtype not in (torch.float16, torch.bfloat16):
         return None
     n_w, k = weight.shape
-    key = (m, n_w, k, weight.dtype, bias, silu, how)
+    # PDL changes what wins (Triton kernels chain, cuBLAS ends a chain): measured per setting
+    key = (m, n_w, k, weight.dtype, bias, silu, how, pdl.enabled(weight), prefetch_default())
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])
