@@ -7,7 +7,8 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-gemm  fused, but the torch step tail (GRAPHRT_STEP_TAIL=torch)
     fused-old   fused with cuBLAS GEMMs and the torch tail (the fused set before the skinny GEMM and tail)
     fused-nopdl fused without programmatic dependent launch (GRAPHRT_PDL=off: the set before PDL)
-    fused-nopf  fused with PDL but no L2 weight prefetch before the grid-dependency wait
+    fused-pdl   fused with PDL at every batch size (GRAPHRT_PDL=on; auto uses it at B=1 only)
+    fused-pf    fused-pdl with the L2 weight prefetch before the grid-dependency wait
     fused-tri   fused with the skinny Triton GEMM for every step GEMM (GRAPHRT_STEP_GEMM=triton)
     torch       the plain-torch kernel set
 
@@ -44,7 +45,8 @@ from graphrt.request import Batch
 VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL": "torch"}),
             "fused-old": ("fused", {"GRAPHRT_STEP_GEMM": "cublas", "GRAPHRT_STEP_TAIL": "torch"}),
             "fused-nopdl": ("fused", {"GRAPHRT_PDL": "off"}),
-            "fused-nopf": ("fused", {"GRAPHRT_STEP_PREFETCH": "0"}),
+            "fused-pdl": ("fused", {"GRAPHRT_PDL": "on"}),
+            "fused-pf": ("fused", {"GRAPHRT_PDL": "on", "GRAPHRT_STEP_PREFETCH": "1"}),
             "fused-tri": ("fused", {"GRAPHRT_STEP_GEMM": "triton"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")

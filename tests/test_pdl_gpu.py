@@ -88,7 +88,7 @@ def test_pdl_chain_in_graph_equals_plain_launches(batch, monkeypatch):
         want.append([t.clone() for t in (*out, *state["k"], *state["v"])])
 
     monkeypatch.setenv("GRAPHRT_PDL", "on")
-    assert pdl.enabled(state["x"])
+    assert pdl.enabled(state["x"], m)
     fill(0)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

@@ -70,7 +70,7 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     _add_rms_norm_kernel[(rows,)](
         x, x if delta is None else delta, weight, x if index is None else index, out if delta is None else res, out,
         d, eps, HAS_DELTA=delta is not None, HAS_INDEX=index is not None, BLOCK=block,
-        num_warps=max(1, min(16, block // 256)), **pdl.launch(x))
+        num_warps=max(1, min(16, block // 256)), **pdl.launch(x, rows))
     return res, out
 
 
@@ -188,5 +188,5 @@ def transpose(x: torch.Tensor, cols: int | None = None) -> torch.Tensor:
     out = torch.empty((cols, r), dtype=x.dtype, device=x.device)
     block_r = 128
     _transpose_kernel[(triton.cdiv(r, block_r),)](x, out, r, cols, c, BLOCK_R=block_r, BLOCK_C=32, num_warps=4,
-                                                      **pdl.launch(x))
+                                                      **pdl.launch(x, cols))
     return out

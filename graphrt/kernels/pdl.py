@@ -13,9 +13,15 @@ What it buys in the MTP step (dozens of 2-10 us kernels per layer): each kernel'
 ramp-up and, for the skinny GEMMs, an L2 prefetch of its weights overlap the previous kernel's
 tail. Torch/cuBLAS kernels in the stream simply end a chain (they launch as usual).
 
-`GRAPHRT_PDL=auto|on|off` (A/B runs): auto = on for CUDA devices of compute capability >= 9 when
-Triton provides the grid-dependency ops; off everywhere else (the CPU interpreter has no PDL).
-Read at kernel launch, so a graph captured under one setting keeps it.
+Measured (H100, random 3B, benchmarks/step_kernels.py, 2026-11-24): the B=1 step 3.60 -> 3.51 ms
+with PDL, but B=8 4.63 -> 4.91 and B=32 6.86 -> 6.98 ms (there the GEMMs are cuBLAS, which end
+every chain, and the early-launched programs only wait). So `auto` turns it on only for launches
+of at most `AUTO_MAX_ROWS` token rows (the B=1 step), where it was measured faster.
+
+`GRAPHRT_PDL=auto|on|off` (A/B runs): auto = as above, on CUDA devices of compute capability >= 9
+when Triton provides the grid-dependency ops; `on` = every launch of these kernels; off everywhere
+else (the CPU interpreter has no PDL). Read at kernel launch, so a graph captured under one setting
+keeps it.
 """
 
 from __future__ import annotations
@@ -42,12 +48,15 @@ def _supported(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def enabled(x: torch.Tensor) -> bool:
-    """Whether kernels working on x launch with PDL."""
+AUTO_MAX_ROWS = 12  # one step row (12 query tokens): the only size measured faster with PDL
+
+
+def enabled(x: torch.Tensor, rows: int) -> bool:
+    """Whether a kernel working on x (`rows` token rows) launches with PDL."""
     if not x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     m = mode()
-    if m == "off":
+    if m == "off" or (m == "auto" and rows > AUTO_MAX_ROWS):
         return False
     ok = _supported(x.device.index if x.device.index is not None else torch.cuda.current_device())
     if m == "on" and not ok:
@@ -55,6 +64,7 @@ def enabled(x: torch.Tensor) -> bool:
     return ok
 
 
-def launch(x: torch.Tensor) -> dict:
-    """Keyword arguments of a Triton launch: the PDL constexpr and, when on, `launch_pdl`."""
-    return {"PDL": True, "launch_pdl": True} if enabled(x) else {"PDL": False}
+def launch(x: torch.Tensor, rows: int | None = None) -> dict:
+    """Keyword arguments of a Triton launch: the PDL constexpr and, when on, `launch_pdl`.
+    rows: the launch's token rows (default x.shape[0])."""
+    return {"PDL": True, "launch_pdl": True} if enabled(x, x.shape[0] if rows is None else rows) else {"PDL": False}

@@ -175,8 +175,11 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def prefetch_default() -> bool:
-    """GRAPHRT_STEP_PREFETCH=0 turns the pre-wait L2 weight prefetch off (A/B runs; PDL only)."""
-    return os.environ.get("GRAPHRT_STEP_PREFETCH", "1") != "0"
+    """GRAPHRT_STEP_PREFETCH=1 turns on the pre-wait L2 weight prefetch (PDL launches only). Off by
+    default: measured slower (H100, B=1 step 3.51 -> 3.77 ms; the 36-layer GEMM chain at M=12
+    2.53 -> 2.98 ms): the first wave's bulk prefetch and its own loads of the same lines both
+    go to HBM, and PDL's overlap window is too short to hide it."""
+    return os.environ.get("GRAPHRT_STEP_PREFETCH", "0") == "1"
 
 
 _sms: dict[str, int] = {}
@@ -293,7 +296,7 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Non
         return None
     n_w, k = weight.shape
     # PDL changes what wins (Triton kernels chain, cuBLAS ends a chain): measured per setting
-    key = (m, n_w, k, weight.dtype, bias, silu, how, pdl.enabled(weight), prefetch_default())
+    key = (m, n_w, k, weight.dtype, bias, silu, how, pdl.enabled(weight, m), prefetch_default())
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])
