@@ -10,7 +10,7 @@ T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 export TRITON_CACHE_DIR=/tmp/triton_cache
 if [ -n "${PROBE:-}" ]; then
-  timeout 120 python benchmarks/pdl_probe.py > "$R/probe.log" 2>&1; echo "probe rc=$?" >> "$R/probe.log"
+  timeout 150 python benchmarks/pdl_probe.py ${PROBE_ARGS:-} > "$R/probe.log" 2>&1; echo "probe rc=$?" >> "$R/probe.log"
   cut -c1-900 "$R/probe.log"; el probe
 fi
 (python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False); open('/tmp/ck3b.done','w')" > "$R/ckpt.log" 2>&1 &)

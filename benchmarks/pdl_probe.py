@@ -6,7 +6,8 @@
 2. The step's four GEMMs of every layer (QKV+bias, O, gate/up+SiLU, down; 3B widths, distinct
    weights per layer, so they stream from HBM) chained as in the step, each variant captured in a
    CUDA graph: cuBLAS (+ silu_mul), the skinny kernel without PDL, with PDL, with PDL and the
-   pre-wait L2 prefetch. Times per chain (P50 of 7 replays) against the weight-read floor.
+   pre-wait L2 prefetch; with --fp8 also the skinny kernel on e4m3 weights (half the bytes).
+   Times per chain (P50 of 7 replays) against the weight-read floor.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def ptx_check() -> dict:
     w = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
     y = torch.empty(12, 2048, device="cuda", dtype=torch.bfloat16)
     bm = block_m_for(12)
-    k = _skinny_kernel[(64, 1, 1)](x, w, y, y, y, y, 12, 2048, 2048, 2048, 2048, 2048, 132, HAS_BIAS=False, SILU=False,
-                                   SPLIT_K=1, BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, PDL=True, PREFETCH=True,
+    k = _skinny_kernel[(64, 1, 1)](x, w, y, y, y, y, 12, 2048, 2048, 2048, 2048, 2048, 132, y, HAS_BIAS=False,
+                                   SILU=False, SPLIT_K=1, SCALED=False, BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, PDL=True, PREFETCH=True,
                                    launch_pdl=True, num_warps=4, num_stages=4)
     torch.cuda.synchronize()
     ptx = k.asm["ptx"]
@@ -64,6 +65,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=36)
     ap.add_argument("--rows", type=int, nargs="+", default=[12, 96])
+    ap.add_argument("--fp8", action="store_true", help="also the chain on e4m3 weights (weight-only FP8)")
     args = ap.parse_args()
     from graphrt.kernels.layer_ops import silu_mul
     from graphrt.kernels.skinny_gemm import choose, skinny_matmul
@@ -103,6 +105,20 @@ def main():
 
             res[label] = round(chain_ms(skinny), 3)
             res[label + "_configs"] = {k: repr(v) for k, v in cfg.items()}
+            if label == "skinny" and args.fp8:  # weight-only e4m3, same configs: half the weight bytes
+                w8 = [{k: (p[k].to(torch.float8_e4m3fn), torch.ones(p[k].shape[0], device="cuda"))
+                       for k in ("qkv", "o", "gu", "down")} for p in ws]
+
+                def skinny_fp8(cfg=cfg):
+                    for p, q in zip(ws, w8):
+                        skinny_matmul(h, q["qkv"][0], p["b"], False, cfg["qkv"], scale=q["qkv"][1])
+                        skinny_matmul(a, q["o"][0], None, False, cfg["o"], scale=q["o"][1])
+                        g = skinny_matmul(h, q["gu"][0], None, True, cfg["gu"], scale=q["gu"][1])
+                        skinny_matmul(g, q["down"][0], None, False, cfg["down"], scale=q["down"][1])
+
+                res["skinny_fp8_weights"] = round(chain_ms(skinny_fp8), 3)
+                res["fp8_floor_ms"] = round(floor_ms / 2, 3)
+                del w8
         print(json.dumps(res), flush=True)
 
 
