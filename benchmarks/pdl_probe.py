@@ -29,7 +29,7 @@ def ptx_check() -> dict:
     y = torch.empty(12, 2048, device="cuda", dtype=torch.bfloat16)
     bm = block_m_for(12)
     k = _skinny_kernel[(64, 1, 1)](x, w, y, y, y, y, 12, 2048, 2048, 2048, 2048, 2048, 132, y, HAS_BIAS=False,
-                                   SILU=False, SPLIT_K=1, SCALED=False, BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, PDL=True, PREFETCH=True,
+                                   SILU=False, SPLIT_K=1, SCALED=False, PF_CHUNKS=4, W_BYTES=2, BLOCK_M=bm, BLOCK_N=32, BLOCK_K=128, PDL=True, PREFETCH=True,
                                    launch_pdl=True, num_warps=4, num_stages=4)
     torch.cuda.synchronize()
     ptx = k.asm["ptx"]

@@ -51,8 +51,9 @@ def _chain(state, layers, att):
     return x, delta
 
 
-@pytest.mark.parametrize("batch", [1, 8])
-def test_pdl_chain_in_graph_equals_plain_launches(batch, monkeypatch):
+@pytest.mark.parametrize("batch,prefetch", [(1, "0"), (1, "1"), (8, "0")])
+def test_pdl_chain_in_graph_equals_plain_launches(batch, prefetch, monkeypatch):
+    """prefetch "1": the skinny GEMM's L2 weight prefetch before its wait (GRAPHRT_STEP_PREFETCH)."""
     _needs_hopper()
     from graphrt.kernels import pdl
     from graphrt.kernels.step_attention import StepAttention
@@ -88,6 +89,7 @@ def test_pdl_chain_in_graph_equals_plain_launches(batch, monkeypatch):
         want.append([t.clone() for t in (*out, *state["k"], *state["v"])])
 
     monkeypatch.setenv("GRAPHRT_PDL", "on")
+    monkeypatch.setenv("GRAPHRT_STEP_PREFETCH", prefetch)
     assert pdl.enabled(state["x"], m)
     fill(0)
     s = torch.cuda.Stream()

@@ -53,7 +53,7 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
                    prefetch_programs, scale_ptr,
                    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr, SCALED: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                   PDL: tl.constexpr, PREFETCH: tl.constexpr, PF_CHUNKS: tl.constexpr, W_BYTES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -69,10 +69,17 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
         if PREFETCH:  # the first wave pulls its weight slice into L2 while the previous kernel ends
             linear = (pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n
             if (pid_m == 0) & (linear < prefetch_programs):
-                rows = tl.minimum(rn, N - 1).to(tl.int64)
-                prefetch_l2(w_ptr + rows * K + k_lo, (k_hi - k_lo) * 2)
+                # one bulk prefetch per thread: [BLOCK_N rows, PF_CHUNKS pieces] = the block's thread count,
+                # so no two threads fetch the same bytes; pieces 16-byte aligned (K % 16 == 0 on the host)
+                piece = tl.cdiv(tl.cdiv(k_hi - k_lo, PF_CHUNKS), 16) * 16
+                at = k_lo + tl.arange(0, PF_CHUNKS)[None, :] * piece
+                size = tl.minimum(piece, k_hi - at)
+                at = tl.where(size > 0, at, k_lo)
+                size = tl.where(size > 0, size, 16) * W_BYTES
+                rows = tl.minimum(rn, N - 1).to(tl.int64)[:, None]
+                prefetch_l2(w_ptr + rows * K + at, size)
                 if SILU:
-                    prefetch_l2(w_ptr + (rows + up_off) * K + k_lo, (k_hi - k_lo) * 2)
+                    prefetch_l2(w_ptr + (rows + up_off) * K + at, size)
         gdc_wait()  # activations, workspace and counters only after the previous kernel completed
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -183,22 +190,22 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     else:
         part = lock = y
     launch = pdl.launch(x)
-    # the L2 prefetch needs 16-byte-aligned row slices (cp.async.bulk)
-    prefetch = launch["PDL"] and (prefetch_default() if prefetch is None else prefetch) and k % 8 == 0 \
-        and weight.data_ptr() % 16 == 0 and weight.element_size() == 2
+    # the L2 prefetch needs 16-byte-aligned row pieces (cp.async.bulk)
+    prefetch = bool(launch["PDL"] and (prefetch_default() if prefetch is None else prefetch) and k % 16 == 0
+                    and weight.data_ptr() % 16 == 0)
     _skinny_kernel[grid](x, weight, bias if bias is not None else y, y, part, lock, m, n, k, n, x.stride(0), y.stride(0),
                          _sm_count(x.device), scale if fp8 else y, HAS_BIAS=bias is not None, SILU=silu,
                          SPLIT_K=split, SCALED=fp8, BLOCK_M=block_m,
-                         BLOCK_N=block_n, BLOCK_K=block_k, PREFETCH=prefetch, num_warps=warps, num_stages=stages,
-                         **launch)
+                         BLOCK_N=block_n, BLOCK_K=block_k, PREFETCH=prefetch, PF_CHUNKS=max(1, 32 * warps // block_n),
+                         W_BYTES=weight.element_size(), num_warps=warps, num_stages=stages, **launch)
     return y
 
 
 def prefetch_default() -> bool:
     """GRAPHRT_STEP_PREFETCH=1 turns on the pre-wait L2 weight prefetch (PDL launches only). Off by
-    default: measured slower (H100, B=1 step 3.51 -> 3.77 ms; the 36-layer GEMM chain at M=12
-    2.53 -> 2.98 ms): the first wave's bulk prefetch and its own loads of the same lines both
-    go to HBM, and PDL's overlap window is too short to hide it."""
+    default: its first version (each row's prefetch issued by every thread that held the row) was
+    measured slower (H100, B=1 step 3.51 -> 3.77 ms; the 36-layer GEMM chain at M=12 2.53 -> 2.98
+    ms); this one issues each byte's prefetch once (docs/notes.md has the numbers)."""
     return os.environ.get("GRAPHRT_STEP_PREFETCH", "0") == "1"
 
 
