@@ -39,7 +39,7 @@ def mode() -> str:
     return m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supported(index: int) -> bool:
     try:
         from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
