@@ -64,6 +64,64 @@ def test_skinny_gemm_cpu(case):
     check("cpu", torch.float16, *case)  # the interpreter multiplies bf16 tiles wrongly (triton 3.9); GPU: bf16
 
 
+def quantize_e4m3(w):
+    """Per-row symmetric e4m3 weights and their fp32 scales (absmax / 448)."""
+    scale = (w.float().abs().amax(dim=1) / 448.0).clamp(min=1e-12)
+    return (w.float() / scale[:, None]).to(torch.float8_e4m3fn), scale
+
+
+def check_fp8(device, dtype, m, n, k, bias, silu, config):
+    """Weight-only FP8: the kernel on e4m3 weights + per-row scales against the bf16/fp16 reference
+    on the dequantized weights (w8 * scale, formed in fp32, as `reference` multiplies in fp32)."""
+    from graphrt.kernels.skinny_gemm import Config, skinny_matmul
+
+    gen = torch.Generator(device=device).manual_seed(m * 5 + n + k)
+    x = torch.randn(m, k, device=device, generator=gen).to(dtype)
+    w = torch.randn(n, k, device=device, generator=gen) * k**-0.5 * (1 + torch.rand(n, 1, device=device, generator=gen) * 4)
+    w8, scale = quantize_e4m3(w)
+    w_deq = w8.float() * scale[:, None]  # what the kernel computes with, exactly (fp32)
+    b = torch.randn(n, device=device, generator=gen).to(dtype) if bias else None
+    for _ in range(2):
+        got = skinny_matmul(x, w8, b, silu, Config(*config), scale=scale)
+        y = x.float() @ w_deq.t() + (b.float() if b is not None else 0)
+        if silu:
+            g, u = y.to(dtype).chunk(2, dim=-1)
+            want = (F.silu(g.float()).to(dtype).float() * u.float()).to(dtype)
+        else:
+            want = y.to(dtype)
+        tol = bound(x, w_deq, dtype)
+        if silu:
+            g_t, u_t = tol.chunk(2, -1)
+            tol = (g_t * 1.2 + u_t) * 2
+        err = (got.float() - want.float()).abs()
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        assert (err <= tol + torch.finfo(dtype).eps * want.float().abs() * 2).all(), (err.max(), tol.max())
+        # and far from the product with the raw (unscaled) e4m3 values: the scale is applied
+        assert silu or not torch.allclose(got.float(), (x.float() @ w8.float().t()).to(dtype).float(), atol=1e-2)
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_skinny_gemm_fp8_weights_cpu(case):
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU case runs in the Triton interpreter")
+    check_fp8("cpu", torch.float16, *case)
+
+
+def test_skinny_gemm_fp8_refuses_bad_scales():
+    from graphrt.kernels.skinny_gemm import skinny_matmul
+
+    x = torch.randn(4, 64, dtype=torch.float16)
+    w8, scale = quantize_e4m3(torch.randn(32, 64))
+    with pytest.raises(ValueError, match="scale"):
+        skinny_matmul(x, w8)  # fp8 without a scale
+    with pytest.raises(ValueError, match="scale"):
+        skinny_matmul(x, w8, scale=scale[:16])
+    with pytest.raises(ValueError, match="scale"):
+        skinny_matmul(x, w8.to(torch.float16), scale=scale)  # a scale for non-fp8 weights
+    with pytest.raises(ValueError, match="dtype"):
+        skinny_matmul(x, w8.to(torch.bfloat16))
+
+
 STEP_SHAPES = [(2560, 2048, True, False), (2048, 2048, False, False), (22016, 2048, False, True),
                (2048, 11008, False, False)]  # qkv (bias), o, gate/up (SiLU), down
 
@@ -82,6 +140,20 @@ def test_skinny_gemm_step_shapes_gpu(batch, shape):
     configs = set(shortlist(m, out_n, k, silu)) | set(candidates(m, out_n, k, silu)[::7])
     for cfg in configs:
         check("cuda", torch.bfloat16, m, n, k, bias, silu, cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("shape", STEP_SHAPES)
+def test_skinny_gemm_fp8_weights_step_shapes_gpu(batch, shape):
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    from graphrt.kernels.skinny_gemm import shortlist
+
+    n, k, bias, silu = shape
+    m = 12 * batch
+    for cfg in shortlist(m, n // 2 if silu else n, k, silu):
+        check_fp8("cuda", torch.bfloat16, m, n, k, bias, silu, cfg)
 
 
 def test_shortlists_cover_the_step_shapes_and_skip_small_models():

@@ -17,6 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+from .pdl_ops import gdc_launch_dependents, gdc_wait
+
 
 @triton.jit
 def residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, src, row, n_cols, eps,
@@ -40,7 +43,10 @@ def residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, src, row, n_cols, eps,
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_cols, eps,
-                         HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr):
+                         HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     row = tl.program_id(0)
     src = row
     if HAS_INDEX:
@@ -64,14 +70,18 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     _add_rms_norm_kernel[(rows,)](
         x, x if delta is None else delta, weight, x if index is None else index, out if delta is None else res, out,
         d, eps, HAS_DELTA=delta is not None, HAS_INDEX=index is not None, BLOCK=block,
-        num_warps=max(1, min(16, block // 256)))
+        num_warps=max(1, min(16, block // 256)), **pdl.launch(x, rows))
     return res, out
 
 
 @triton.jit
 def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc_ptr, vc_ptr,
                        qkv_stride, cos_stride, row_stride, slot_stride, rows_step, slots_step,
-                       HQ: tl.constexpr, HKV: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr):
+                       HQ: tl.constexpr, HKV: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr,
+                       PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     t = tl.program_id(0)
     half: tl.constexpr = D // 2
     h = tl.arange(0, BLOCK_H)[:, None]
@@ -116,7 +126,7 @@ def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: to
         qkv, cos, sin, rows, slots, q, k_cache, v_cache,
         qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), rows.stride(0), slots.stride(0),
         HQ=num_heads, HKV=num_kv_heads, BLOCK_H=triton.next_power_of_2(max(num_heads, num_kv_heads)), D=d,
-        num_warps=4)
+        num_warps=4, **pdl.launch(qkv))
     return q
 
 
@@ -135,7 +145,10 @@ def silu_mul_block(gu_ptr, n_cols, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     h, cols, live = silu_mul_block(gu_ptr, n_cols, BLOCK)
     tl.store(out_ptr + tl.program_id(0) * n_cols + cols, h, mask=live)
 
@@ -147,12 +160,16 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     assert gate_up.is_contiguous()
     out = torch.empty((t, n), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(t, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, num_warps=4, **pdl.launch(gate_up))
     return out
 
 
 @triton.jit
-def _transpose_kernel(src_ptr, dst_ptr, n_rows, n_cols, src_stride, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _transpose_kernel(src_ptr, dst_ptr, n_rows, n_cols, src_stride, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                      PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     live_r = r < n_rows
     for c0 in range(0, n_cols, BLOCK_C):
@@ -170,5 +187,6 @@ def transpose(x: torch.Tensor, cols: int | None = None) -> torch.Tensor:
     cols = c if cols is None else cols
     out = torch.empty((cols, r), dtype=x.dtype, device=x.device)
     block_r = 128
-    _transpose_kernel[(triton.cdiv(r, block_r),)](x, out, r, cols, c, BLOCK_R=block_r, BLOCK_C=32, num_warps=4)
+    _transpose_kernel[(triton.cdiv(r, block_r),)](x, out, r, cols, c, BLOCK_R=block_r, BLOCK_C=32, num_warps=4,
+                                                      **pdl.launch(x, cols))
     return out

@@ -20,10 +20,10 @@ CUDA graph over enough weight copies that they stream from HBM, not L2; the fast
 cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM` overrides that (A/B runs): `auto` (default),
 `cublas` (never this kernel), `triton` (this kernel's fastest config even where cuBLAS wins).
 
-FP8 later: the weight load is the only place that knows the weight dtype. e4m3 weights would load
-as fp8 and upcast to bf16 before the dot (exact: every e4m3 value is a bf16 value), and a
-per-output-channel scale vector multiplies `acc` in the epilogue before the bias/SiLU; the x tile
-stays bf16 (weight-only FP8), so bytes read halve and nothing else changes.
+Weight-only FP8 (`scale=`; not wired into the model's linears: that is the FP8 work's choice): e4m3
+weights load as fp8 and upcast to x's dtype before the dot (exact: every e4m3 value is a bf16 /
+fp16 value), a per-output-channel fp32 scale multiplies `acc` (after the split-K sum) before the
+bias/SiLU; x stays bf16, so the weight bytes read halve and nothing else changes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ import triton
 import triton.language as tl
 
 from ..layers import Linear
+from . import pdl
 from .layer_ops import silu_mul
+from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,10 @@ BLOCK_M_MAX = 128
 
 @triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_off, stride_x, stride_y,
-                   HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   prefetch_programs, scale_ptr,
+                   HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr, SCALED: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PDL: tl.constexpr, PREFETCH: tl.constexpr, PF_CHUNKS: tl.constexpr, W_BYTES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -60,6 +64,23 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
     k_per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_per
     k_hi = tl.minimum(k_lo + k_per, K)
+    if PDL:
+        gdc_launch_dependents()
+        if PREFETCH:  # the first wave pulls its weight slice into L2 while the previous kernel ends
+            linear = (pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n
+            if (pid_m == 0) & (linear < prefetch_programs):
+                # one bulk prefetch per thread: [BLOCK_N rows, PF_CHUNKS pieces] = the block's thread count,
+                # so no two threads fetch the same bytes; pieces 16-byte aligned (K % 16 == 0 on the host)
+                piece = tl.cdiv(tl.cdiv(k_hi - k_lo, PF_CHUNKS), 16) * 16
+                at = k_lo + tl.arange(0, PF_CHUNKS)[None, :] * piece
+                size = tl.minimum(piece, k_hi - at)
+                at = tl.where(size > 0, at, k_lo)
+                size = tl.where(size > 0, size, 16) * W_BYTES
+                rows = tl.minimum(rn, N - 1).to(tl.int64)[:, None]
+                prefetch_l2(w_ptr + rows * K + at, size)
+                if SILU:
+                    prefetch_l2(w_ptr + (rows + up_off) * K + at, size)
+        gdc_wait()  # activations, workspace and counters only after the previous kernel completed
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -69,11 +90,12 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
         # weights are read once per step: evict them first, keep activations and the KV cache in L2
         w = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=live_n[:, None] & live_k[None, :], other=0.0,
                     eviction_policy="evict_first")
-        acc += tl.dot(a, tl.trans(w))
+        # e4m3 weights (SCALED) upcast exactly: every e4m3 value is a bf16/fp16 value
+        acc += tl.dot(a, tl.trans(w.to(a.dtype)))
         if SILU:
             u = tl.load(w_ptr + (rn[:, None] + up_off) * K + kk[None, :], mask=live_n[:, None] & live_k[None, :],
                         other=0.0, eviction_policy="evict_first")
-            acc_up += tl.dot(a, tl.trans(u))
+            acc_up += tl.dot(a, tl.trans(u.to(a.dtype)))
     out_ty = y_ptr.dtype.element_ty
     if SPLIT_K > 1:
         tile = pid_m * tl.num_programs(0) + pid_n
@@ -87,12 +109,18 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_o
             for s in range(SPLIT_K):
                 acc += tl.load(part_ptr + (s * rows_all + rm[:, None]) * N + rn[None, :], mask=live_n[None, :],
                                other=0.0, cache_modifier=".cg")
+            if SCALED:  # per-output-channel weight scale, on the summed product
+                acc *= tl.load(scale_ptr + rn, mask=live_n, other=0.0)[None, :]
             if HAS_BIAS:
                 acc += tl.load(b_ptr + rn, mask=live_n, other=0.0).to(tl.float32)[None, :]
             tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(out_ty),
                      mask=live_m[:, None] & live_n[None, :])
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next replay
     else:
+        if SCALED:
+            acc *= tl.load(scale_ptr + rn, mask=live_n, other=0.0)[None, :]
+            if SILU:
+                acc_up *= tl.load(scale_ptr + rn + up_off, mask=live_n, other=0.0)[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=live_n, other=0.0).to(tl.float32)[None, :]
         if SILU:
@@ -132,12 +160,24 @@ def _workspace(device, rows: int, n: int, split: int, tiles: int) -> tuple[torch
 
 
 def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu: bool = False,
-                  config: Config = Config(32, 128, 1, 4, 4)) -> torch.Tensor:
+                  config: Config = Config(32, 128, 1, 4, 4), prefetch: bool | None = None,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (rows contiguous) @ weight[N', K]^T (+ bias) -> [M, N'], or with silu: weight is
-    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I]."""
+    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I].
+
+    Weight-only FP8: weight in float8_e4m3fn with `scale` [N'] fp32 (one per weight row, gate and
+    up rows alike): the product is x @ (weight * scale[:, None])^T, x and the output stay in x's
+    dtype; the scale multiplies the fp32 accumulator (after the split-K sum) before bias / SiLU."""
     m, k = x.shape
     n_w, k_w = weight.shape
     assert k == k_w and x.stride(1) == 1 and weight.is_contiguous()
+    fp8 = weight.dtype == torch.float8_e4m3fn
+    if fp8 != (scale is not None):
+        raise ValueError("skinny_matmul: float8_e4m3fn weights take a per-row `scale`, other weights none")
+    if fp8 and (scale.shape != (n_w,) or scale.dtype != torch.float32 or not scale.is_contiguous()):
+        raise ValueError(f"skinny_matmul: scale must be contiguous float32 [{n_w}], not {scale.dtype} {tuple(scale.shape)}")
+    if not fp8 and weight.dtype != x.dtype:
+        raise ValueError(f"skinny_matmul: weight dtype {weight.dtype} differs from x's {x.dtype}")
     block_n, block_k, split, warps, stages = config
     if silu and (split > 1 or bias is not None):
         raise ValueError("the SiLU epilogue takes no split-K and no bias")
@@ -149,10 +189,34 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         part, lock = _workspace(x.device, grid[2] * block_m, n, split, grid[0] * grid[2])
     else:
         part = lock = y
+    launch = pdl.launch(x)
+    # the L2 prefetch needs 16-byte-aligned row pieces (cp.async.bulk)
+    prefetch = bool(launch["PDL"] and (prefetch_default() if prefetch is None else prefetch) and k % 16 == 0
+                    and weight.data_ptr() % 16 == 0)
     _skinny_kernel[grid](x, weight, bias if bias is not None else y, y, part, lock, m, n, k, n, x.stride(0), y.stride(0),
-                         HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n,
-                         BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+                         _sm_count(x.device), scale if fp8 else y, HAS_BIAS=bias is not None, SILU=silu,
+                         SPLIT_K=split, SCALED=fp8, BLOCK_M=block_m,
+                         BLOCK_N=block_n, BLOCK_K=block_k, PREFETCH=prefetch, PF_CHUNKS=max(1, 32 * warps // block_n),
+                         W_BYTES=weight.element_size(), num_warps=warps, num_stages=stages, **launch)
     return y
+
+
+def prefetch_default() -> bool:
+    """GRAPHRT_STEP_PREFETCH=1 turns on the pre-wait L2 weight prefetch (PDL launches only). Off by
+    default: its first version (each row's prefetch issued by every thread that held the row) was
+    measured slower (H100, B=1 step 3.51 -> 3.77 ms; the 36-layer GEMM chain at M=12 2.53 -> 2.98
+    ms); this one issues each byte's prefetch once (docs/notes.md has the numbers)."""
+    return os.environ.get("GRAPHRT_STEP_PREFETCH", "0") == "1"
+
+
+_sms: dict[str, int] = {}
+
+
+def _sm_count(device) -> int:
+    key = str(device)
+    if key not in _sms:
+        _sms[key] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return _sms[key]
 
 
 def candidates(m: int, n: int, k: int, silu: bool) -> list[Config]:
@@ -240,7 +304,7 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
     return out
 
 
-_choice: dict[tuple, Config | None] = {}  # (m, n_w, k, dtype, bias, silu, mode) -> config, None = cuBLAS
+_choice: dict[tuple, Config | None] = {}  # (m, n_w, k, dtype, bias, silu, mode, pdl, prefetch) -> config; None = cuBLAS
 timings: dict[tuple, dict] = {}  # what was measured, for benchmarks
 choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
@@ -258,7 +322,8 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Non
     if how == "cublas" or m > MAX_ROWS or not weight.is_cuda or weight.dtype not in (torch.float16, torch.bfloat16):
         return None
     n_w, k = weight.shape
-    key = (m, n_w, k, weight.dtype, bias, silu, how)
+    # PDL changes what wins (Triton kernels chain, cuBLAS ends a chain): measured per setting
+    key = (m, n_w, k, weight.dtype, bias, silu, how, pdl.enabled(weight, m), prefetch_default())
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])

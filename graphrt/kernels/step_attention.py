@@ -23,6 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+from .pdl_ops import gdc_launch_dependents, gdc_wait
+
 _LOG2E = 1.4426950408889634
 
 
@@ -41,7 +44,10 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
                        qk_scale, row_stride, slot_stride,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr,
-                       SPLIT_M: tl.constexpr):
+                       SPLIT_M: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // HKV
@@ -96,7 +102,10 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
 def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr):
+                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     pid = tl.program_id(0)
     b = pid // HKV
     g = pid % HKV
@@ -171,7 +180,7 @@ class StepAttention:
         assert b == self.rows and q.shape == (b * 2 * self.window, self.hq, self.d) and q.is_contiguous()
         assert k_cache.is_contiguous() and v_cache.is_contiguous()
         out = torch.empty_like(q)
-        meta = dict(HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
+        meta = dict(**pdl.launch(q), HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
                     BLOCK_N=self.block_n, N_SPLIT=self.n_split)
         _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
             q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse,
