@@ -50,6 +50,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[12])
     ap.add_argument("--no-grid", action="store_true", help="only the untuned and short-listed FP8 configs")
+    ap.add_argument("--prefill-rows", type=int, default=0, help="also time _scaled_mm (row-wise) with and without "
+                    "use_fast_accum at this many rows (B=32 prefill: 32 x 512), with each one's error")
+    ap.add_argument("--skip-skinny", action="store_true")
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--tag", default="fp8-skinny-ab")
     args = ap.parse_args()
@@ -58,7 +61,7 @@ def main() -> None:
     bw = copy_bandwidth_gbs()
     report["copy_gbs"] = round(bw)
     rows_out = []
-    for m in args.rows:
+    for m in [] if args.skip_skinny else args.rows:
         for name, (n, k, bias) in SHAPES.items():
             silu = name == "gate_up_proj"
             bf = skinny_gemm.time_candidates(m, n, k, torch.bfloat16, dev, bias, silu,
@@ -98,9 +101,49 @@ def main() -> None:
             rows_out.append(row)
             print(json.dumps(row), flush=True)
     report["rows"] = rows_out
+    if args.prefill_rows:
+        report["fast_accum"] = fast_accum_rows(args.prefill_rows, dev)
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     (out_dir / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
+
+
+def _event_ms(fn, reps: int = 10) -> float:
+    fn()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / reps
+
+
+def fast_accum_rows(m: int, dev) -> list[dict]:
+    """Prefill-size FP8 GEMMs: _scaled_mm row-wise, fp32 accumulation vs use_fast_accum, time and
+    error against the exact product of the same e4m3 operands (fp32 matmul, TF32 off)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = []
+    for name, (n, k, _) in SHAPES.items():
+        lin = FP8Linear((torch.randn(n, k, device=dev) / k**0.5).to(torch.bfloat16), None, 4.0 / 448)
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        q, rs = lin.quantize(x)
+        exact = (q.float() * rs) @ (lin.weight_fp8.float() * lin.weight_scale.t()).t()
+        row = {"rows": m, "linear": name, "N": n, "K": k}
+        for fast in (False, True):
+            def mm(fast=fast):
+                return torch._scaled_mm(q, lin.weight_fp8.t(), scale_a=rs, scale_b=lin.weight_scale,
+                                        out_dtype=torch.bfloat16, use_fast_accum=fast)
+            ms = _event_ms(mm)
+            err = ((mm().float() - exact).norm() / exact.norm()).item()
+            tag = "fast" if fast else "fp32acc"
+            row[f"{tag}_ms"] = round(ms, 3)
+            row[f"{tag}_TFLOPs"] = round(2 * m * n * k / ms / 1e9)
+            row[f"{tag}_rel_err"] = float(f"{err:.3g}")
+        del exact
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
 
 
 def markdown(r: dict) -> str:
@@ -115,6 +158,12 @@ def markdown(r: dict) -> str:
                      f"{x['fp8_untuned_us']} | {x['fp8_chosen_us']} {x['fp8_chosen']} | {x['fp8_grid_best_us']} "
                      f"{x['fp8_grid_best']} | {x['fp8_bf16_in_chosen_us']} | {x['quantizer_us']} | {round(total, 2)} | "
                      f"{x['fp8_floor_us']} |")
+    if r.get("fast_accum"):
+        lines += ["", "_scaled_mm row-wise at prefill size, fp32 accumulation vs use_fast_accum (error: vs the exact "
+                  "product of the same e4m3 operands, relative Frobenius):", "",
+                  "| rows | linear | fp32-acc ms | TFLOP/s | rel err | fast ms | TFLOP/s | rel err |", "| --- " * 8 + "|"]
+        lines += [f"| {x['rows']} | {x['linear']} | {x['fp32acc_ms']} | {x['fp32acc_TFLOPs']} | {x['fp32acc_rel_err']} | "
+                  f"{x['fast_ms']} | {x['fast_TFLOPs']} | {x['fast_rel_err']} |" for x in r["fast_accum"]]
     return "\n".join(lines) + "\n"
 
 

@@ -77,7 +77,7 @@ def test_bf16_input_is_quantized_in_the_kernel_by_the_static_rule(config):
     x, w, w_scale, bias = exact_operands(m, n, k, seed=11, x_scale=2.0**-5)
     scale = torch.tensor(2.0**-5, device=DEVICE)
     xb = (x * scale).to(torch.bfloat16)
-    xb[0, :4] = torch.tensor([500.0, -600.0, 1e4, -1e4]) * scale  # clipped to +-448
+    xb[0, :4] = torch.tensor([500.0, -600.0, 1e4, -1e4], device=DEVICE) * scale  # clipped to +-448
     xb[1, 3] = 0.0
     q, rs = quantize_input_torch(xb, 1.0 / scale, scale)
     qw, b16 = w.to(FP8), bias.to(torch.bfloat16)
