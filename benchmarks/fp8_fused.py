@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--slow-iters", type=int, default=6)
     ap.add_argument("--modes", default=",".join(MODES), help="FP8 modes on graphs (comma list of " + ", ".join(MODES) + ")")
+    ap.add_argument("--fidelity-accum", action="store_true", help="fidelity of w8a8 with fp32 accumulation (the "
+                    "default) vs fast accumulation in _scaled_mm (GRAPHRT_FP8_FAST_ACCUM=1), and the 2^-9 probe")
     ap.add_argument("--fidelity-short", action="store_true", help="fidelity of w8a8 / w8a16 / w8a16-int8 and the "
                     "2^-9 probe only")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: fidelity,step,e2e,prefill,tokens")
@@ -102,11 +104,18 @@ def main() -> None:
     # 2. fidelity
     if "fidelity" not in skip:
         t = time.perf_counter()
-        variants = {m: quantize_model(base.model, calib, s) for m, s in MODES.items()}
-        if args.fidelity_short:  # the modes and the bf16-rounding probe only (more pairs in the same time)
+        if args.fidelity_accum:
+            variants = {"w8a8 (fp32 accumulation)": quantize_model(base.model, calib, "lm")}
+            os.environ["GRAPHRT_FP8_FAST_ACCUM"] = "1"  # read when the FP8 linears are built
+            variants["w8a8, fast accumulation"] = quantize_model(base.model, calib, "lm")
+            del os.environ["GRAPHRT_FP8_FAST_ACCUM"]
+            variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
+        else:
+            variants = {m: quantize_model(base.model, calib, s) for m, s in MODES.items()}
+        if args.fidelity_short and not args.fidelity_accum:  # the modes and the bf16-rounding probe only (more pairs in the same time)
             variants.pop("w8a8-dynamic")
             variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
-    if "fidelity" not in skip and not args.fidelity_short:
+    if "fidelity" not in skip and not args.fidelity_short and not args.fidelity_accum:
         variants["w8a8, down bf16"] = quantize_model(base.model, calib, "lm,-down_proj")
         variants["w8a16, down bf16"] = quantize_model(base.model, calib, "lm+w8a16,-down_proj")
         last = len(base.model.llm.layers) - 1
