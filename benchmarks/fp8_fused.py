@@ -12,6 +12,8 @@ One process, one loaded bf16 model, FP8 copies sharing its other tensors:
    the weight-byte floor; a kernel table of one step per FP8 mode at B=1;
 4. end to end: latency.py's interleaved() over engine.locate_batch (preprocessing included) at
    each --e2e-batch, 640x480, one query, --fixed-steps MTP steps;
+4b. prefill: the prefill graph (with the merged first MTP round) replayed alone per engine,
+   interleaved, at each --e2e-batch, and its kernel table (where FP8 prefill time goes);
 5. graphs vs eager tokens per mode (8 pairs), and eager vs eager with a bf16-rounding-sized
    perturbation of the layer-0 input (is a divergence the path or the arithmetic's sensitivity?).
 Random weights: tokens are random; accuracy figures are numerical fidelity only.
@@ -67,9 +69,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--slow-iters", type=int, default=6)
     ap.add_argument("--modes", default=",".join(MODES), help="FP8 modes on graphs (comma list of " + ", ".join(MODES) + ")")
+    ap.add_argument("--fidelity-accum", action="store_true", help="fidelity of w8a8 with fp32 accumulation (the "
+                    "default) vs fast accumulation in _scaled_mm (GRAPHRT_FP8_FAST_ACCUM=1), and the 2^-9 probe")
     ap.add_argument("--fidelity-short", action="store_true", help="fidelity of w8a8 / w8a16 / w8a16-int8 and the "
                     "2^-9 probe only")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: fidelity,step,e2e,tokens")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: fidelity,step,e2e,prefill,tokens")
+    ap.add_argument("--untuned", action="store_true", help="add a w8a8 engine captured with "
+                    "GRAPHRT_FP8_SKINNY_TUNE=off (the skinny FP8 GEMM without split-K / per-shape tiles): A/B")
     ap.add_argument("--write-to", help="with --preset: write the checkpoint here (kept for a later latency.py run)")
     ap.add_argument("--wait-for", help="before timing, wait (up to 240 s) until this file exists")
     ap.add_argument("--out-dir", default="benchmarks/results")
@@ -98,11 +104,18 @@ def main() -> None:
     # 2. fidelity
     if "fidelity" not in skip:
         t = time.perf_counter()
-        variants = {m: quantize_model(base.model, calib, s) for m, s in MODES.items()}
-        if args.fidelity_short:  # the modes and the bf16-rounding probe only (more pairs in the same time)
+        if args.fidelity_accum:
+            variants = {"w8a8 (fp32 accumulation)": quantize_model(base.model, calib, "lm")}
+            os.environ["GRAPHRT_FP8_FAST_ACCUM"] = "1"  # read when the FP8 linears are built
+            variants["w8a8, fast accumulation"] = quantize_model(base.model, calib, "lm")
+            del os.environ["GRAPHRT_FP8_FAST_ACCUM"]
+            variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
+        else:
+            variants = {m: quantize_model(base.model, calib, s) for m, s in MODES.items()}
+        if args.fidelity_short and not args.fidelity_accum:  # the modes and the bf16-rounding probe only (more pairs in the same time)
             variants.pop("w8a8-dynamic")
             variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
-    if "fidelity" not in skip and not args.fidelity_short:
+    if "fidelity" not in skip and not args.fidelity_short and not args.fidelity_accum:
         variants["w8a8, down bf16"] = quantize_model(base.model, calib, "lm,-down_proj")
         variants["w8a16, down bf16"] = quantize_model(base.model, calib, "lm+w8a16,-down_proj")
         last = len(base.model.llm.layers) - 1
@@ -126,8 +139,8 @@ def main() -> None:
 
     wait_for_file(args.wait_for, report)
 
-    if not torch.cuda.is_available() or {"step", "e2e", "tokens"} <= skip:
-        skip |= {"step", "e2e", "tokens"}
+    if not torch.cuda.is_available() or {"step", "e2e", "prefill", "tokens"} <= skip:
+        skip |= {"step", "e2e", "prefill", "tokens"}
         save()
         print("graph parts skipped (no CUDA or --skip)")
         return
@@ -135,7 +148,7 @@ def main() -> None:
     probe = base.processor(held[0][0])
     patch = Buckets.fit((1024, 1680, 4144), probe.num_patches)
     longest = max(len(base.prompts.build(q, probe.num_tokens((2, 2))).ids) for q in QUERIES)
-    prefill = (longest + 63) // 64 * 64
+    prefill = (longest + 16 + 63) // 64 * 64  # + the merged first round's window slots
     buckets = Buckets(batch_sizes=tuple(sorted(set(args.batch) | set(args.e2e_batch))), patch_budgets=(patch,),
                       prefill_lengths=(prefill,), max_new_tokens=64)
     common = dict(graphs="on", buckets=buckets, max_new_tokens=64, strict=True)
@@ -143,6 +156,17 @@ def main() -> None:
     engines = {"bf16": base.with_options(**common)}
     for m in filter(None, args.modes.split(",")):
         engines[m] = base.with_options(**common, fp8=calib_path, fp8_scope=MODES[m])
+    if args.untuned:
+        os.environ["GRAPHRT_FP8_SKINNY_TUNE"] = "off"  # read while the graphs are captured
+        engines["w8a8-untuned"] = base.with_options(**common, fp8=calib_path, fp8_scope="lm")
+        del os.environ["GRAPHRT_FP8_SKINNY_TUNE"]
+    from calib import triton_gemm
+
+    report["skinny_fp8_choice"] = {str(k[1:]): str(v) for k, v in triton_gemm._CHOICE.items()}
+    report["skinny_fp8_timings_us"] = {str(k[1:]): {str(c): round(t, 2) for c, t in v.items()}
+                                       for k, v in triton_gemm.TIMINGS.items()}
+    report["skinny_fp8_choose_s"] = round(triton_gemm.choose_seconds, 1)
+    print("skinny FP8 choice", report["skinny_fp8_choice"], report["skinny_fp8_timings_us"], flush=True)
     report["capture_s"] = round(time.perf_counter() - t, 1)
     report["statuses"] = {k: {"kernels": e.status().get("kernels"), "fp8": e.status().get("fp8")}
                           for k, e in engines.items()}
@@ -191,6 +215,32 @@ def main() -> None:
                 e2e.append(summarize(n, b, s))
                 print(json.dumps(e2e[-1]), flush=True)
         report["e2e"] = e2e
+        save()
+
+    if "prefill" not in skip:
+        pre, pre_tables = [], {}
+        for b in args.e2e_batch:
+            pairs = [(im, QUERIES[i % len(QUERIES)]) for i, im in enumerate(images(b, 640, 480, seed=b))]
+            for e in engines.values():
+                e.locate_batch(pairs)  # inputs of this batch in the prefill buffers
+            names = list(engines)
+            keys = {n: sorted(k for k in engines[n].runtime.graphs.graphs if k[0] == "prefill" and k[1] >= b)[0]
+                    for n in names}
+            samples = {n: [] for n in names}
+            for n in names:
+                replay_ms(engines[n].runtime.graphs, keys[n], 2)
+            for r in range(args.rounds):
+                for n in (names if r % 2 == 0 else names[::-1]):
+                    samples[n].append(replay_ms(engines[n].runtime.graphs, keys[n], 3))
+            for n, xs in samples.items():
+                row = {"batch": b, "mode": n, "key": str(keys[n]), "p50_ms": pct(xs, 50), "p90_ms": pct(xs, 90)}
+                pre.append(row)
+                print(json.dumps(row), flush=True)
+            for n in names:
+                rows_k, share = kernel_table(engines[n].runtime, keys[n], replays=3)
+                pre_tables[f"{n} B={b}"] = {"gemm_share": round(share, 3), "kernels": rows_k[:25]}
+        report["prefill"] = pre
+        report["prefill_kernel_tables"] = pre_tables
         save()
 
     if "tokens" not in skip:
@@ -243,6 +293,17 @@ def summary_md(r: dict) -> str:
                   f"{x.get('preprocess_p50_ms')} | {x.get('vision_p50_ms')} | {x.get('prefill_p50_ms')} | "
                   f"{x.get('decode_p50_ms')} | {x['img_per_s']} |" for x in r["e2e"]]
         lines.append("")
+    if "prefill" in r:
+        lines += ["| B | mode | prefill graph P50 ms | P90 | key |", "| --- " * 5 + "|"]
+        lines += [f"| {x['batch']} | {x['mode']} | {x['p50_ms']} | {x['p90_ms']} | {x['key']} |" for x in r["prefill"]]
+        for n, t in r.get("prefill_kernel_tables", {}).items():
+            lines += ["", f"Kernels of one prefill, {n} (GEMM share {t['gemm_share']:.0%}): "
+                      + "; ".join(f"{k['kernel'][:60]} {k['us_per_step']} us x{k['calls_per_step']:g}"
+                                  for k in t["kernels"][:14])]
+        lines.append("")
+    if "skinny_fp8_choice" in r:
+        lines += [f"Skinny FP8 configs chosen at warm-up ({r.get('skinny_fp8_choose_s')} s): "
+                  f"{json.dumps(r['skinny_fp8_choice'])}; timings us: {json.dumps(r['skinny_fp8_timings_us'])}", ""]
     if "fidelity" in r:
         lines += ["## Fidelity", "", fidelity_md(r["fidelity"])]
     if "tokens" in r:

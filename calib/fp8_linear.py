@@ -33,7 +33,7 @@ from torch import nn
 from . import triton_gemm
 from .quantize import (FP8, dequantize, quantize_input, quantize_input_dynamic_torch, quantize_input_torch,
                        quantize_weight, quantize_weight_int8)
-from .triton_gemm import SKINNY_MAX_ROWS, skinny_fp8_linear, w8a16_choice, w8a16_linear
+from .triton_gemm import SKINNY_MAX_ROWS, choose_skinny, skinny_fp8_linear, w8a16_choice, w8a16_linear
 
 ACT_MODES = ("static", "dynamic", "none")
 W8A16_TRITON_MAX_ROWS = 2048  # weight-only GEMMs above this many rows use cuBLAS on dequantized weights
@@ -53,11 +53,18 @@ def _fallback(device_type: str, mode: str, exc: Exception) -> str:
     return mode
 
 
+def _skinny_broken(exc: Exception) -> None:
+    _SKINNY_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
+    log.warning("Triton skinny FP8 GEMM unavailable, using the quantizer and _scaled_mm: %s", _SKINNY_BROKEN[0])
+
+
 def gemm_mode(device_type: str) -> str:
-    big = "_scaled_mm e4m3 " + _GEMM_MODE.get(device_type, "rowwise+bias")
+    accum = "fast" if device_type == "cuda" and os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1" else "fp32"
+    big = "_scaled_mm e4m3 " + _GEMM_MODE.get(device_type, "rowwise+bias") + f", {accum} accumulation"
     if device_type != "cuda" or triton_gemm.triton is None or os.environ.get("GRAPHRT_FP8_SKINNY", "triton") != "triton":
         return big
-    small = f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN else "Triton skinny GEMM"
+    small = (f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN
+             else f"Triton skinny GEMM (split-K, tiles per shape: {triton_gemm.tune_mode()})")
     return f"{small} for <= {SKINNY_MAX_ROWS} rows, {big} above"
 
 
@@ -90,7 +97,11 @@ class FP8Linear(nn.Module):
         self.register_buffer("inv_input_scale", 1.0 / self.input_scale, persistent=False)
         self.register_buffer("one", torch.ones((1, 1), dtype=torch.float32, device=dev), persistent=False)
         self.use_triton = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_QUANT", "triton") == "triton"
-        self.fast_accum = os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1"
+        # GRAPHRT_FP8_FAST_ACCUM=1: _scaled_mm (above 64 rows: prefill, steps at B >= 8) with Hopper's
+        # fast FP8 accumulation: 7-21% faster at B=32 prefill size for a GEMM error of 0.19-0.30%
+        # against 0.17% with fp32 accumulation (the bf16 output rounding), both far below the e4m3
+        # operands' own ~3.7% (H100, benchmarks/fp8_skinny_ab.py --prefill-rows; docs/notes.md).
+        self.fast_accum = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1"
         # Rows <= 64 (decode steps): the Triton skinny GEMM (calib/triton_gemm.py), bf16 models on CUDA.
         self.use_skinny = (dev.type == "cuda" and weight.dtype == torch.bfloat16 and triton_gemm.triton is not None
                            and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
@@ -116,6 +127,13 @@ class FP8Linear(nn.Module):
         x2d = x.reshape(-1, self.in_features)
         if self.act == "none":
             return self.forward_w8a16(x2d).view(*lead, self.out_features)
+        if self.act == "static" and self.use_triton and self._skinny(x2d.shape[0]) and x2d.dtype == torch.bfloat16:
+            try:  # the skinny kernel quantizes x itself by the same rule: one launch, not two
+                return skinny_fp8_linear(x2d, self.weight_fp8, self.input_scale, self.weight_scale, self.bias,
+                                         config=self.skinny_config(), inv_scale=self.inv_input_scale
+                                         ).view(*lead, self.out_features)
+            except Exception as exc:  # compile/launch failure on this install: quantizer + _scaled_mm, said once
+                _skinny_broken(exc)
         q, row_scale = self.quantize(x2d)
         return self.forward_fp8(q, row_scale).view(*lead, self.out_features)
 
@@ -140,12 +158,12 @@ class FP8Linear(nn.Module):
 
     def forward_fp8(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
         """q [M, K] e4m3 row-major, row_scale [M, 1] float32 -> [M, N] in the model dtype."""
-        if self.use_skinny and q.shape[0] <= SKINNY_MAX_ROWS and not _SKINNY_BROKEN:
+        if self._skinny(q.shape[0]):
             try:
-                return skinny_fp8_linear(q, self.weight_fp8, row_scale, self.weight_scale, self.bias)
+                return skinny_fp8_linear(q, self.weight_fp8, row_scale, self.weight_scale, self.bias,
+                                         config=self.skinny_config())
             except Exception as exc:  # compile/launch failure on this install: _scaled_mm, said once
-                _SKINNY_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
-                log.warning("Triton skinny FP8 GEMM unavailable, using _scaled_mm: %s", _SKINNY_BROKEN[0])
+                _skinny_broken(exc)
         mode = _GEMM_MODE.get(q.device.type, "rowwise+bias")
         if mode == "rowwise+bias":
             try:
@@ -161,6 +179,15 @@ class FP8Linear(nn.Module):
         # per-tensor GEMM: both scales after it (row scales differ per row in the dynamic mode)
         y = self._mm(q, self.one, self.one, None).float() * row_scale * self.weight_scale
         return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
+
+    def _skinny(self, rows: int) -> bool:
+        return self.use_skinny and rows <= SKINNY_MAX_ROWS and not _SKINNY_BROKEN
+
+    def skinny_config(self) -> tuple:
+        """(BLOCK_N, BLOCK_K, SPLIT_K, warps, stages) of the skinny kernel for this weight shape:
+        measured once per shape outside capture (calib/triton_gemm.choose_skinny), the same for
+        every row count, so a row's bits do not depend on the batch size."""
+        return choose_skinny(self.out_features, self.in_features, self.weight_fp8.device)
 
     def _mm(self, q, scale_a, scale_b, bias):
         return torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale_a, scale_b=scale_b, bias=bias,

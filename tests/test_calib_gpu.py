@@ -77,7 +77,33 @@ def test_triton_skinny_gemm_equals_scaled_mm(rows, shape):
     want = lin._mm(q, rs, lin.weight_scale, lin.bias).float()
     torch.testing.assert_close(got, want, rtol=2**-7, atol=2e-3)
     torch.testing.assert_close(got, lin.reference(x), rtol=2**-7, atol=2e-3)
-    assert torch.equal(lin(x), skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias))  # the path used
+    # the path used: the config chosen for this shape (split-K maybe), bf16 x quantized in the kernel
+    assert torch.equal(lin(x), skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias,
+                                                 config=lin.skinny_config()))
+
+
+@pytest.mark.parametrize("rows", [1, 12, 48])
+@pytest.mark.parametrize("shape", [(2048, 2560), (2048, 2048), (2048, 22016), (11008, 2048)])
+def test_every_skinny_config_computes_the_same_sums(rows, shape):
+    """Every shortlisted tile / split-K config of the 3B's shapes = the untuned kernel within fp32
+    summation order, and the bf16 input quantized in the kernel = the quantizer's bytes (same bits)."""
+    from calib import triton_gemm
+
+    k, n = shape
+    g = torch.Generator(device="cuda").manual_seed(rows + n)
+    lin = FP8Linear((torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16), None,
+                    input_scale=4.0 / FP8_MAX)
+    x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    q, rs = lin.quantize(x)
+    base = triton_gemm.skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale).float()
+    bound = (q.float().abs() @ lin.weight_fp8.float().abs().t()) * rs * lin.weight_scale * 2**-16 + base.abs() * 2**-7
+    for cfg in triton_gemm.shortlist(n, k):
+        for _ in range(2):  # the second call finds the split-K counters reset
+            got = triton_gemm.skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, config=cfg)
+            assert ((got.float() - base).abs() <= bound).all(), cfg
+        inside = triton_gemm.skinny_fp8_linear(x, lin.weight_fp8, lin.input_scale, lin.weight_scale, config=cfg,
+                                               inv_scale=lin.inv_input_scale)
+        assert torch.equal(inside, got), cfg
 
 
 @pytest.mark.parametrize("act", ["static", "dynamic"])
