@@ -59,7 +59,7 @@ def _skinny_broken(exc: Exception) -> None:
 
 
 def gemm_mode(device_type: str) -> str:
-    accum = "fast" if device_type == "cuda" and os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1" else "fp32"
+    accum = "fast" if device_type == "cuda" and os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "1") == "1" else "fp32"
     big = "_scaled_mm e4m3 " + _GEMM_MODE.get(device_type, "rowwise+bias") + f", {accum} accumulation"
     if device_type != "cuda" or triton_gemm.triton is None or os.environ.get("GRAPHRT_FP8_SKINNY", "triton") != "triton":
         return big
@@ -97,11 +97,11 @@ class FP8Linear(nn.Module):
         self.register_buffer("inv_input_scale", 1.0 / self.input_scale, persistent=False)
         self.register_buffer("one", torch.ones((1, 1), dtype=torch.float32, device=dev), persistent=False)
         self.use_triton = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_QUANT", "triton") == "triton"
-        # GRAPHRT_FP8_FAST_ACCUM=1: _scaled_mm (above 64 rows: prefill, steps at B >= 8) with Hopper's
+        # Default on (GRAPHRT_FP8_FAST_ACCUM=0 for fp32 accumulation): _scaled_mm (above 64 rows: prefill, steps at B >= 8) with Hopper's
         # fast FP8 accumulation: 7-21% faster at B=32 prefill size for a GEMM error of 0.19-0.30%
         # against 0.17% with fp32 accumulation (the bf16 output rounding), both far below the e4m3
         # operands' own ~3.7% (H100, benchmarks/fp8_skinny_ab.py --prefill-rows; docs/notes.md).
-        self.fast_accum = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "0") == "1"
+        self.fast_accum = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "1") == "1"
         # Rows <= 64 (decode steps): the Triton skinny GEMM (calib/triton_gemm.py), bf16 models on CUDA.
         self.use_skinny = (dev.type == "cuda" and weight.dtype == torch.bfloat16 and triton_gemm.triton is not None
                            and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
