@@ -1,4 +1,4 @@
-"""Attention inside each image of the vision tower, on Hopper's copy engine (Triton).
+"""Attention inside each image of the vision tower, K/V tiles loaded through Hopper's TMA (Triton).
 
 The same function as `vision_kernels.slot_attention` (full attention over each image's real
 rows, read in place from the packed [N, 3, H, D] qkv; head 72 computed as a 64- and a 16-column
@@ -7,7 +7,7 @@ block), with what the profile showed it wasting:
 - K/V tiles of full key blocks come through tensor descriptors (TMA): one bulk copy per tile
   into swizzled shared memory, no per-thread address math or masks in the loop. The 16-column
   block of a head reads 8 columns of the next head (or, for V of the last head, past the row:
-  zero-filled by the copy engine); they meet zero columns of q (QK) or land in output columns
+  zero-filled by the TMA unit); they meet zero columns of q (QK) or land in output columns
   that are never stored (PV). Only the last, partial key block uses masked pointer loads (the
   rows past an image may be another image, or uninitialized rows of a packed batch).
 - the softmax scale is folded into one FMA per logit (s * scale - max), as FA2 does.
