@@ -28,6 +28,7 @@ from step_kernels import copy_bandwidth_gbs  # noqa: E402
 
 from calib import FP8Linear, triton_gemm  # noqa: E402
 from graphrt.kernels import skinny_gemm  # noqa: E402
+from graphrt.timing import graph_call_ms  # noqa: E402
 
 SHAPES = {"qkv_proj": (2560, 2048, True), "o_proj": (2048, 2048, False), "gate_up_proj": (22016, 2048, False),
           "down_proj": (2048, 11008, False)}  # name: (N, K, bias)
@@ -78,14 +79,14 @@ def main() -> None:
             # the separate quantizer in front (the path before: o_proj's own quantizer launch)
             lin = FP8Linear((torch.randn(n, k, device=dev) / k**0.5).to(torch.bfloat16), None, 4.0 / 448)
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            quant = triton_gemm._graph_us(lambda i, lin=lin, x=x: lin.quantize(x), 20)
+            quant = 1e3 * graph_call_ms(lambda i, lin=lin, x=x: lin.quantize(x), 20)
             extra = 0.0
             if silu:  # FP8 gate/up output -> SiLU*up -> e4m3 input of down: the producer kernel
                 from graphrt.kernels.fp8_ops import silu_mul_fp8
 
                 down = FP8Linear(torch.randn(64, n // 2, device=dev, dtype=torch.bfloat16), None, 4.0 / 448)
                 gu = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
-                extra = triton_gemm._graph_us(lambda i, gu=gu, down=down: silu_mul_fp8(gu, down), 20)
+                extra = 1e3 * graph_call_ms(lambda i, gu=gu, down=down: silu_mul_fp8(gu, down), 20)
             row = {"rows": m, "linear": name, "N": n, "K": k,
                    "bf16_best": str(bf_best), "bf16_best_us": round(bf[bf_best] * 1e3, 2),
                    "bf16_cublas_us": round(bf["cublas"] * 1e3, 2),

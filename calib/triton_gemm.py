@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from graphrt.timing import graph_call_ms
+
 try:
     import triton
     import triton.language as tl
@@ -183,30 +185,6 @@ def skinny_fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, row_scale: torch.Ten
     return y
 
 
-def _graph_us(fn, reps: int) -> float:
-    """Median microseconds of one fn(i), replayed inside a CUDA graph (launch costs as in the step)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn(0)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fn(i)
-    g.replay()
-    times = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / reps)
-    del g
-    return sorted(times)[2]
-
-
 def time_skinny(n: int, k: int, device, configs, rows: int = TUNE_ROWS, x_fp8: bool = True) -> dict:
     """{config: us per call} at `rows` rows, each over weight copies that together exceed the L2
     (so the weights stream from HBM, as in the step's 36 layers). Configs that fail to compile are left out."""
@@ -223,9 +201,9 @@ def time_skinny(n: int, k: int, device, configs, rows: int = TUNE_ROWS, x_fp8: b
     for cfg in configs:
         try:
             skinny_fp8_linear(args[0], ws[0], args[1], args[2], config=cfg, inv_scale=inv)  # compile outside capture
-            out[cfg] = _graph_us(lambda i, cfg=cfg: skinny_fp8_linear(args[0], ws[i % copies], args[1], args[2],
-                                                                      config=cfg, inv_scale=inv),
-                                 copies * max(1, 8 // copies))
+            call = lambda i, cfg=cfg: skinny_fp8_linear(args[0], ws[i % copies], args[1], args[2],  # noqa: E731
+                                                         config=cfg, inv_scale=inv)
+            out[cfg] = 1e3 * graph_call_ms(call, copies * max(1, 8 // copies))  # microseconds
         except Exception as exc:  # noqa: BLE001  (out of shared memory / registers: not a candidate)
             log.info("skinny FP8 config %s skipped: %s", cfg, str(exc).splitlines()[0][:120])
     return out

@@ -47,3 +47,28 @@ class StageClock:
             ms = start.elapsed_time(end) if self.cuda else (end - start) * 1000.0
             out[name] = round(ms, 3)
         return out
+
+
+def graph_call_ms(fn, reps: int) -> float:
+    """Median milliseconds of one fn(i), i = 0..reps-1 captured in one CUDA graph (launch costs as
+    inside the runtime's graphs): what the warm-up choosers of the skinny GEMMs compare."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(0)  # compile / autotune outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(reps):
+            fn(i)
+    graph.replay()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    del graph
+    return sorted(times)[2]

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from ..layers import Linear
+from ..timing import graph_call_ms
 from . import pdl
 from .layer_ops import silu_mul
 from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
@@ -251,30 +252,6 @@ def shortlist(m: int, n: int, k: int, silu: bool) -> list[Config]:
     return [full[p] for p in picks if p in full]
 
 
-def _graph_ms(fn, reps: int) -> float:
-    """Median time of one call of fn, replayed inside a CUDA graph (launch costs as in the step)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn(0)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fn(i)
-    g.replay()
-    times = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / reps)
-    del g
-    return sorted(times)[2]
-
-
 def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: bool,
                     configs: list[Config] | None = None) -> dict:
     """{config or "cublas": ms per call}, each timed over weight copies that together exceed the L2
@@ -293,14 +270,14 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
             y = silu_mul(y)
         return y
 
-    out["cublas"] = _graph_ms(cublas, reps)
+    out["cublas"] = graph_call_ms(cublas, reps)
     for cfg in configs if configs is not None else candidates(m, n_w // 2 if silu else n_w, k, silu):
         try:
             skinny_matmul(x, ws[0], b, silu, cfg)  # compile outside the capture
-            out[cfg] = _graph_ms(lambda i: skinny_matmul(x, ws[i % copies], b, silu, cfg), reps)
+            out[cfg] = graph_call_ms(lambda i: skinny_matmul(x, ws[i % copies], b, silu, cfg), reps)
         except Exception as e:  # noqa: BLE001  (out of shared memory / registers: not a candidate)
             log.info("skinny_gemm %s skipped: %s", cfg, str(e).splitlines()[0][:120])
-    del ws
+    ws.clear()  # the copies (up to 200 MB) go before the next shape's
     return out
 
 
