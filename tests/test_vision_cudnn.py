@@ -167,19 +167,13 @@ def test_cudnn_slot_attention_replays_in_a_graph_with_new_lengths():
 @torch.no_grad()
 def test_fused_tower_cudnn_mode_equals_slot_mode_within_bf16_noise():
     """Real widths, 3 layers, two images in 480-row slots: the cudnn attention mode vs the slot mode."""
+    from random_towers import random_moonvit
+
     from capture.ranges import VisionRanges
     from capture.varlen import torch_fa2
-    from graphrt.config import VisionConfig
-    from graphrt.vision import MoonViT, vision_geometry
+    from graphrt.vision import vision_geometry
 
-    cfg = VisionConfig(num_hidden_layers=3)
-    torch.manual_seed(5)
-    m = MoonViT(cfg, torch.bfloat16, "cuda")
-    for name, prm in m.named_parameters():
-        if prm.dim() == 1:
-            prm.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(prm.float()))
-        else:
-            prm.copy_(torch.randn_like(prm.float()) / prm[0].numel() ** 0.5)
+    cfg, m = random_moonvit(5)
     grids, slot = [(20, 24), (12, 16)], 480
     geos = [vision_geometry([g], cfg, "cuda") for g in grids]
     n = slot * len(grids)

@@ -154,19 +154,13 @@ def test_graph_replay_with_new_lengths_equals_eager():
 def test_fused_tower_modes_and_packing_within_bf16_noise():
     """Real widths, 3 layers: the tower on slots with the new kernel vs the first slot kernel
     (same math, different kernels), and three images packed vs each alone (within bf16 noise)."""
+    from random_towers import random_moonvit
+
     from capture.ranges import VisionRanges
     from capture.varlen import torch_fa2
-    from graphrt.config import VisionConfig
-    from graphrt.vision import MoonViT, PackedImages, vision_geometry
+    from graphrt.vision import PackedImages, vision_geometry
 
-    cfg = VisionConfig(num_hidden_layers=3)
-    torch.manual_seed(6)
-    m = MoonViT(cfg, torch.bfloat16, "cuda")
-    for name, prm in m.named_parameters():
-        if prm.dim() == 1:
-            prm.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(prm.float()))
-        else:
-            prm.copy_(torch.randn_like(prm.float()) / prm[0].numel() ** 0.5)
+    cfg, m = random_moonvit(6)
     grids = [(16, 24), (36, 46), (8, 12)]
     geo = vision_geometry(grids, cfg, "cuda")
     p = cfg.patch_size

@@ -98,19 +98,12 @@ def test_fused_kernels_bf16_on_gpu():
 @torch.no_grad()
 def test_fused_tower_bf16_on_gpu_within_bf16_noise():
     """Real widths (1152, head dim 72), 3 layers, two images in varlen slots: fused vs unfused."""
+    from random_towers import random_moonvit
+
     from capture.ranges import VisionRanges
     from capture.varlen import torch_fa2
-    from graphrt.config import VisionConfig
-    from graphrt.vision import MoonViT
 
-    cfg = VisionConfig(num_hidden_layers=3)
-    torch.manual_seed(5)
-    m = MoonViT(cfg, torch.bfloat16, "cuda")
-    for name, prm in m.named_parameters():
-        if prm.dim() == 1:
-            prm.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(prm.float()))
-        else:
-            prm.copy_(torch.randn_like(prm.float()) / prm[0].numel() ** 0.5)
+    cfg, m = random_moonvit(5)
     grids, slot = [(20, 24), (12, 16)], 480
     geo1 = [vision_geometry([g], cfg, "cuda") for g in grids]
     n = slot * len(grids)
