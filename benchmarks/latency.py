@@ -32,7 +32,7 @@ from PIL import Image
 
 from capture import Buckets
 from graphrt import Engine
-from graphrt.timing import StageClock
+from graphrt.timing import StageClock, stage_clock_syncs
 
 QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella", "bus", "cat"]
 
@@ -60,7 +60,7 @@ def clocked(sync_laps: bool, fn, *args):
     try:
         return fn(*args)
     finally:
-        StageClock.synchronize = False
+        StageClock.synchronize = None  # back to GRAPHRT_STAGE_CLOCK
 
 
 def percentile(xs, q):
@@ -158,7 +158,7 @@ def main() -> None:
         # vision_attention=MODE (graphrt.vision.VISION_ATTENTION_MODES): the tower's attention as
         # this config's graphs are captured (they keep it; the weights stay shared).
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
-        stage_sync[name] = over.pop("stage_clock", "events") == "sync"
+        stage_sync[name] = stage_clock_syncs(over.pop("stage_clock", "events"))
         engines[name] = base.with_options(**over)
         base.model.vision.attention = default_vision_attention
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",

@@ -6,8 +6,8 @@ a call no longer adds a host-to-GPU bubble at every stage boundary. A lap's time
 timeline between two events (host work the GPU waited for is inside it). Reading `laps` waits for
 the last event only. On the CPU a lap is wall time.
 
-A/B switch: GRAPHRT_STAGE_CLOCK=sync (or `StageClock.synchronize = True`) makes every lap
-synchronize first, as before, so a stage boundary stalls the GPU again.
+A/B switch: GRAPHRT_STAGE_CLOCK=sync (or `StageClock.synchronize = True`, which benchmarks set per
+call) makes every lap synchronize first, as before, so a stage boundary stalls the GPU again.
 """
 
 from __future__ import annotations
@@ -17,17 +17,30 @@ import time
 
 import torch
 
+from .errors import OptionError
+
+STAGE_CLOCKS = ("events", "sync")
+
+
+def stage_clock_syncs(mode: str | None = None) -> bool:
+    """Whether laps synchronize: `mode`, else GRAPHRT_STAGE_CLOCK (default events)."""
+    mode = mode if mode is not None else os.environ.get("GRAPHRT_STAGE_CLOCK", "events")
+    if mode not in STAGE_CLOCKS:
+        raise OptionError(f"GRAPHRT_STAGE_CLOCK (stage_clock) must be events or sync, not {mode!r}")
+    return mode == "sync"
+
 
 class StageClock:
-    synchronize = os.environ.get("GRAPHRT_STAGE_CLOCK", "events") == "sync"
+    synchronize: bool | None = None  # None: GRAPHRT_STAGE_CLOCK decides, read per clock
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self.sync = self.synchronize if self.synchronize is not None else stage_clock_syncs()
         self._marks: list[tuple[str | None, object]] = [(None, self._mark())]
 
     def _mark(self):
         if self.cuda:
-            if self.synchronize:
+            if self.sync:
                 torch.cuda.synchronize()
             event = torch.cuda.Event(enable_timing=True)
             event.record()

@@ -36,3 +36,18 @@ def test_cuda_lap_does_not_wait_for_the_gpu():
     busy = clock.laps["busy_ms"]  # waits for the GPU
     assert busy > 20, busy
     assert lap_host_ms < busy / 4, (lap_host_ms, busy)
+
+
+def test_stage_clock_switch_is_checked(monkeypatch):
+    from graphrt.errors import OptionError
+    from graphrt.timing import stage_clock_syncs
+
+    monkeypatch.setenv("GRAPHRT_STAGE_CLOCK", "sync")
+    assert stage_clock_syncs() and StageClock(torch.device("cpu")).sync
+    monkeypatch.setattr(StageClock, "synchronize", False)  # a benchmark's per-call choice wins
+    assert not StageClock(torch.device("cpu")).sync
+    monkeypatch.setattr(StageClock, "synchronize", None)
+    monkeypatch.setenv("GRAPHRT_STAGE_CLOCK", "on")  # not a mode: named, not silently "events"
+    with pytest.raises(OptionError, match="GRAPHRT_STAGE_CLOCK"):
+        StageClock(torch.device("cpu"))
+    assert not stage_clock_syncs("events")
