@@ -69,8 +69,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--slow-iters", type=int, default=6)
     ap.add_argument("--modes", default=",".join(MODES), help="FP8 modes on graphs (comma list of " + ", ".join(MODES) + ")")
-    ap.add_argument("--fidelity-accum", action="store_true", help="fidelity of w8a8 with fp32 accumulation (the "
-                    "default) vs fast accumulation in _scaled_mm (GRAPHRT_FP8_FAST_ACCUM=1), and the 2^-9 probe")
+    ap.add_argument("--fidelity-accum", action="store_true", help="fidelity of w8a8 with fp32 accumulation "
+                    "(GRAPHRT_FP8_FAST_ACCUM=0) vs fast accumulation in _scaled_mm (the default), and the 2^-9 probe")
     ap.add_argument("--fidelity-short", action="store_true", help="fidelity of w8a8 / w8a16 / w8a16-int8 and the "
                     "2^-9 probe only")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: fidelity,step,e2e,prefill,tokens")
@@ -105,10 +105,15 @@ def main() -> None:
     if "fidelity" not in skip:
         t = time.perf_counter()
         if args.fidelity_accum:
-            variants = {"w8a8 (fp32 accumulation)": quantize_model(base.model, calib, "lm")}
-            os.environ["GRAPHRT_FP8_FAST_ACCUM"] = "1"  # read when the FP8 linears are built
-            variants["w8a8, fast accumulation"] = quantize_model(base.model, calib, "lm")
-            del os.environ["GRAPHRT_FP8_FAST_ACCUM"]
+            before = os.environ.get("GRAPHRT_FP8_FAST_ACCUM")
+            variants = {}
+            for label, flag in (("w8a8 (fp32 accumulation)", "0"), ("w8a8, fast accumulation", "1")):
+                os.environ["GRAPHRT_FP8_FAST_ACCUM"] = flag  # read when the FP8 linears are built
+                variants[label] = quantize_model(base.model, calib, "lm")
+            if before is None:
+                del os.environ["GRAPHRT_FP8_FAST_ACCUM"]
+            else:
+                os.environ["GRAPHRT_FP8_FAST_ACCUM"] = before
             variants["probe: bf16, 2^-9 noise into layer 0"] = noise_probe(base.model, 0, 2**-9)
         else:
             variants = {m: quantize_model(base.model, calib, s) for m, s in MODES.items()}

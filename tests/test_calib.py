@@ -313,3 +313,18 @@ def test_calibration_observes_every_linear_of_a_fused_vision_tower(tiny_engine):
     finally:
         vision.fused = before
     assert set(cal.linears) == set(linear_modules(tiny_engine.model))
+
+
+def test_fast_accumulation_switch(monkeypatch):
+    """Fast FP8 accumulation is the CUDA default; 0 turns it off; anything else is refused by name
+    (a typo must not silently pick a mode)."""
+    from calib.fp8_linear import fast_accumulation
+    from graphrt.errors import OptionError
+
+    monkeypatch.delenv("GRAPHRT_FP8_FAST_ACCUM", raising=False)
+    assert fast_accumulation("cuda") and not fast_accumulation("cpu")
+    monkeypatch.setenv("GRAPHRT_FP8_FAST_ACCUM", "0")
+    assert not fast_accumulation("cuda")
+    monkeypatch.setenv("GRAPHRT_FP8_FAST_ACCUM", "on")
+    with pytest.raises(OptionError, match="GRAPHRT_FP8_FAST_ACCUM"):
+        fast_accumulation("cuda")
