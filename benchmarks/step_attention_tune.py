@@ -1,8 +1,8 @@
-"""Variants of the step attention kernel pair (warps, key block, programs per SM, query tile, and
-the merge: a second kernel or the last split to arrive) and of the LM head product, timed alone on
-the GPU at the 3B shapes; prints a table per batch size.
+"""Variants of the step attention kernel pair (warps, key block, programs per SM, query rows per
+split program) and of the LM head product, timed alone on the GPU at the 3B shapes; prints a table
+per batch size.
 
-    python benchmarks/step_attention_tune.py [--batch 1 8 32] [--cache 558 2000] [--last-max-batch 2]
+    python benchmarks/step_attention_tune.py [--batch 1 8 32] [--cache 558 2000] [--skip-lm-head]
 
 Each timing is the median of CUDA-event timings over a CUDA graph of 36 calls (one per layer,
 each on its own layer's cache so the caches are not re-read from L2)."""
@@ -25,8 +25,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--cache", type=int, nargs="+", default=[558, 2000])
     ap.add_argument("--layers", type=int, default=36)
-    ap.add_argument("--last-max-batch", type=int, default=2,
-                    help="also time merge='last' variants (n_split x split_m x key block x warps) up to this B")
     ap.add_argument("--skip-lm-head", action="store_true")
     args = ap.parse_args()
     hq, hkv, d, w = 16, 2, 128, 6
@@ -40,29 +38,23 @@ def main() -> None:
         for c in args.cache:
             clen = torch.full((b,), c, device=dev)
             res = []
-            # (warps, block_n, programs per SM, split_m, n_split, merge); the first is the default
-            variants = [(None, None, 1, None, None, None)]
-            variants += [(wa, bn, 1, sm, None, "kernel") for wa, bn, sm in
-                         itertools.product((4, 8), (32, 64), (128, 64, 32))]
-            if b <= args.last_max_batch:
-                variants += [(wa, bn, 1, sm, ns, "last") for wa, bn, sm, ns in
-                             itertools.product((4, 8), (32, 64), (128, 32, 16), (8, 16, 64))]
-            for warps, bn, pps, sm, ns, merge in variants:
+            # (warps, block_n, programs per SM, split_m); the first is the default
+            variants = [(None, None, 1, None)] + list(itertools.product((4, 8), (32, 64), (1,), (128, 64, 32)))
+            for warps, bn, pps, sm in variants:
                 try:
                     att = StepAttention(b, w, hq, hkv, d, dev, block_n=bn, num_warps=warps, programs_per_sm=pps,
-                                        split_m=sm, n_split=ns, merge=merge)
+                                        split_m=sm)
                     fn = lambda: [att(q, kc[i], vc[i], clen, count) for i in range(args.layers)]  # noqa: E731
                     res.append((captured_us(fn, 1, 20) / args.layers, att.num_warps, att.block_n, pps, att.n_split,
-                                att.split_m, att.merge))
+                                att.split_m))
                 except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal
-                    print(f"B={b} warps={warps} block_n={bn} merge={merge}: {type(e).__name__}: {str(e)[:80]}")
+                    print(f"B={b} warps={warps} block_n={bn}: {type(e).__name__}: {str(e)[:80]}")
             default = res[0]
             res.sort(key=lambda x: x[0])
             fmt = lambda r: (f"{r[0]:.1f} us (warps {r[1]}, block_n {r[2]}, pps {r[3]}, split {r[4]}, "  # noqa: E731
-                             f"split_m {r[5]}, merge {r[6]})")
-            best_kernel = next(r for r in res if r[6] == "kernel")
-            print(f"B={b} c={c}: best " + "; ".join(fmt(r) for r in res[:4]) + f"; best two-kernel {fmt(best_kernel)}"
-                  f"; worst {res[-1][0]:.1f} us; default {fmt(default)}", flush=True)
+                             f"split_m {r[5]})")
+            print(f"B={b} c={c}: default {fmt(default)}; best " + "; ".join(fmt(r) for r in res[:4]) +
+                  f"; worst {res[-1][0]:.1f} us", flush=True)
     if args.skip_lm_head:
         return
     # LM head: plain product vs transposed product + transposing copy

@@ -48,10 +48,8 @@ def step_reference(q, k_cache, v_cache, cache_len, count):
     return out, live
 
 
-@pytest.mark.parametrize("n_split,block_n,split_m,merge", [
-    (1, 16, None, "kernel"), (3, 16, 16, "kernel"), (8, 32, None, "kernel"), (16, 16, 16, "kernel"),
-    (1, 16, None, "last"), (3, 16, 16, "last"), (8, 16, 32, "last")])
-def test_step_attention_matches_dense_rule(n_split, block_n, split_m, merge):  # 16 splits: all-at-once merge
+@pytest.mark.parametrize("n_split,block_n,split_m", [(1, 16, None), (3, 16, 16), (8, 32, None), (16, 16, 16)])
+def test_step_attention_matches_dense_rule(n_split, block_n, split_m):  # 16 splits: all-at-once merge
     gen = torch.Generator().manual_seed(n_split)
     hq, hkv, d, slots = 4, 2, 16, 160
     cache_len = torch.tensor([1, 15, 16, 17, 140])  # 1, key-block edges, a long row
@@ -60,49 +58,12 @@ def test_step_attention_matches_dense_rule(n_split, block_n, split_m, merge):  #
     k_cache = torch.randn(rows + 1, slots, hkv, d, generator=gen)
     v_cache = torch.randn(rows + 1, slots, hkv, d, generator=gen)
     q = torch.randn(rows * 2 * W, hq, d, generator=gen)
-    att = StepAttention(rows, W, hq, hkv, d, DEV, n_split=n_split, block_n=block_n, split_m=split_m, merge=merge)
+    att = StepAttention(rows, W, hq, hkv, d, DEV, n_split=n_split, block_n=block_n, split_m=split_m)
     got = att(*(t.to(DEV) for t in (q, k_cache, v_cache, cache_len, count))).cpu()
     want, live = step_reference(q, k_cache, v_cache, cache_len, count)
     assert torch.isfinite(got).all()
     err = (got[live].double() - want[live]).norm() / want[live].norm()
     assert err < (1e-5 if DEV == "cpu" else 2e-3)  # the GPU's fp32 dot runs as tf32
-    assert not att.locks.any()  # merge="last": every counter back at zero for the next call
-
-
-def test_merge_mode_switch(monkeypatch):
-    from graphrt.errors import OptionError
-    from graphrt.kernels.step_attention import merge_mode
-
-    monkeypatch.delenv("GRAPHRT_STEP_MERGE", raising=False)
-    assert merge_mode(1) == "last" and merge_mode(2) == "kernel"  # auto: one row merges in the split kernel
-    assert StepAttention(1, W, 4, 2, 16, DEV).merge == "last"
-    monkeypatch.setenv("GRAPHRT_STEP_MERGE", "kernel")
-    assert StepAttention(1, W, 4, 2, 16, DEV).merge == "kernel"
-    monkeypatch.setenv("GRAPHRT_STEP_MERGE", "last")
-    assert StepAttention(8, W, 4, 2, 16, DEV).merge == "last"
-    monkeypatch.setenv("GRAPHRT_STEP_MERGE", "lsat")
-    with pytest.raises(OptionError, match="GRAPHRT_STEP_MERGE"):
-        StepAttention(1, W, 4, 2, 16, DEV)
-
-
-def test_merge_in_the_split_kernel_equals_the_merge_kernel():
-    """merge="last" (the last split to arrive merges) gives the merge kernel's loop form bit for
-    bit, call after call (counters reset), with rows of different lengths and used-split counts."""
-    gen = torch.Generator().manual_seed(7)
-    hq, hkv, d, slots = 4, 2, 16, 200
-    rows = 4
-    k_cache = torch.randn(rows, slots, hkv, d, generator=gen).to(DEV)
-    v_cache = torch.randn(rows, slots, hkv, d, generator=gen).to(DEV)
-    q = torch.randn(rows * 2 * W, hq, d, generator=gen).to(DEV)
-    pair = StepAttention(rows, W, hq, hkv, d, DEV, n_split=4, block_n=16, split_m=16, merge="kernel")
-    one = StepAttention(rows, W, hq, hkv, d, DEV, n_split=4, block_n=16, split_m=16, merge="last")
-    for lens in ([3, 40, 100, 180], [180, 1, 17, 64]):
-        cache_len = torch.tensor(lens).to(DEV)
-        count = torch.tensor([2, 6, 1, 4]).to(DEV)
-        want = pair(q, k_cache, v_cache, cache_len, count)
-        got = one(q, k_cache, v_cache, cache_len, count)
-        assert torch.equal(got, want)
-        assert not one.locks.any()
 
 
 def test_layer_ops_match_torch():

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Step attention with the merge in the split kernel (merge="last", the B=1 default): GPU tests of
+# Step attention with the merge in the split kernel (merge="last", commit 74456a9; removed after
+# this run measured it slower than the merge kernel at every tile and split): GPU tests of
 # the kernel and the fused graphs, then the tuning table at B=1 (both merges, every tile/split).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD

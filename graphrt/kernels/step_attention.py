@@ -15,23 +15,14 @@ Two kernels (flash-decoding):
   merge  grid (rows * kv_heads, query tiles): weights the used splits by their log-sum-exp.
 n_split is fixed per captured batch size (enough programs to cover the SMs); the per-row lengths
 are read on the device, so the pair is capturable in a CUDA graph and allocates nothing at replay.
-
-Merge in the split kernel (`merge="last"`): every split program of a (row, KV head, query tile)
-bumps a counter after writing its partial; the last of the row's used splits to arrive merges them
-(in split order, the same arithmetic as the merge kernel's loop) and resets the counter. One
-kernel per layer instead of two, and with small query tiles (`split_m`) small partials: the form
-for one row, where the merge kernel was ~3 us of a ~9 us pair. `merge="kernel"` is the pair.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..errors import OptionError
 from . import pdl
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
@@ -49,29 +40,11 @@ def _row_lengths(clen_ptr, count_ptr, b, W: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _merge_loop(po_ptr, plse_ptr, first_part, used, m, top_safe, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                TILE_M: tl.constexpr, CG: tl.constexpr):
-    # sum over the used splits, in split order, of exp2(lse_s - top) * out_s (fp32)
-    d = tl.arange(0, D)
-    acc = tl.zeros([TILE_M, D], tl.float32)
-    for s in range(used):
-        part = first_part + s
-        if CG:  # written by other programs of this grid: read from L2, never a stale L1 line
-            w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m, cache_modifier=".cg") - top_safe)
-            acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :],
-                                          cache_modifier=".cg")
-        else:
-            w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
-            acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
-    return acc
-
-
-@triton.jit
-def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr, lock_ptr, out_ptr,
+def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr,
                        qk_scale, row_stride, slot_stride,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr,
-                       SPLIT_M: tl.constexpr, SPLITS: tl.constexpr, MERGE_HERE: tl.constexpr, PDL: tl.constexpr):
+                       SPLIT_M: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
@@ -123,24 +96,6 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
         part = pid * N_SPLIT + split
         tl.store(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :], out)
         tl.store(plse_ptr + part * BLOCK_M + m, lse)
-        if MERGE_HERE:
-            tl.debug_barrier()  # every thread's partial is written before the counter says so
-            tile = pid * tl.num_programs(2) + tl.program_id(2)
-            used = tl.cdiv(kv_len, chunk)  # the splits that start inside the row: all of them arrive
-            arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
-            if arrived == used - 1:
-                s_all = tl.arange(0, SPLITS)
-                rows = (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :]
-                lse_all = tl.load(plse_ptr + rows, mask=(s_all < used)[:, None], other=float("-inf"),
-                                  cache_modifier=".cg")
-                top = tl.max(lse_all, axis=0)
-                top_safe = tl.where(top == float("-inf"), 0.0, top)
-                total = tl.sum(tl.exp2(lse_all - top_safe[None, :]), axis=0)
-                acc = _merge_loop(po_ptr, plse_ptr, pid * N_SPLIT, used, m, top_safe, D, BLOCK_M, SPLIT_M, True)
-                merged = acc / tl.where(total > 0.0, total, 1.0)[:, None]
-                dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
-                tl.store(dst, merged.to(out_ptr.dtype.element_ty), mask=live_m[:, None])
-                tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next layer / replay
 
 
 @triton.jit
@@ -175,25 +130,15 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
             acc = tl.sum(parts * wgt[:, :, None], axis=0)
         else:
             # few splits (many rows, programs enough): a loop over them is cheaper on registers
-            acc = _merge_loop(po_ptr, plse_ptr, pid * N_SPLIT, used, m, top_safe, D, BLOCK_M, TILE_M, False)
+            acc = tl.zeros([TILE_M, D], tl.float32)
+            for s in range(0, used):
+                part = pid * N_SPLIT + s
+                w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
+                acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
         out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         head = g * GROUP + m % GROUP
         dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
         tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=live_m[:, None])
-
-
-LAST_MAX_ROWS = 1  # merge in the split kernel up to this many cache rows (measured: see merge_mode)
-
-
-def merge_mode(rows: int) -> str:
-    """Where the splits are merged for a batch of `rows`: GRAPHRT_STEP_MERGE=kernel|last forces
-    one (A/B runs), auto (the default) merges in the split kernel for one row."""
-    env = os.environ.get("GRAPHRT_STEP_MERGE", "auto")
-    if env not in ("auto", "kernel", "last"):
-        raise OptionError(f"GRAPHRT_STEP_MERGE must be auto, kernel or last, not {env!r}")
-    if env != "auto":
-        return env
-    return "last" if rows <= LAST_MAX_ROWS else "kernel"
 
 
 class StepAttention:
@@ -202,19 +147,16 @@ class StepAttention:
     def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  device: torch.device | str, n_split: int | None = None, block_n: int | None = None,
                  scale: float | None = None, num_warps: int | None = None, merge_rows: int = 64,
-                 programs_per_sm: int = 1, split_m: int | None = None, merge: str | None = None):
+                 programs_per_sm: int = 1, split_m: int | None = None):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
-        self.merge = merge or merge_mode(rows)
-        if self.merge not in ("kernel", "last"):
-            raise ValueError(f"StepAttention merge must be 'kernel' or 'last', not {self.merge!r}")
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
         # H100 tuning (benchmarks/step_attention_tune.py): many rows favour small key blocks
         self.block_n = block_n or (32 if rows >= 8 else 64)
         self.num_warps = num_warps or (4 if rows >= 8 or self.block_m < 128 else 8)
-        # query rows per split program (the tile may be cut in two: more programs, fewer registers)
-        # (merging in the split kernel: 16-row tiles keep the partials the last arrival reads small)
-        self.split_m = min(split_m or (16 if self.merge == "last" else self.block_m), self.block_m)
+        # query rows per split program (the tile may be cut in two: more programs, fewer registers);
+        # H100, 2026-11-24, with PDL: one row 7.5 vs 8.4+ us a layer at c=461, 9.0 vs 10.5 at c=2000
+        self.split_m = min(split_m or (64 if rows == 1 else self.block_m), self.block_m)
         if n_split is None:
             on_gpu = torch.device(device).type == "cuda"
             sms = torch.cuda.get_device_properties(device).multi_processor_count if on_gpu else 8
@@ -228,9 +170,6 @@ class StepAttention:
         self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2 if self.merge_all else 16))
         self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
         parts = rows * num_kv_heads * n_split
-        # one arrival counter per (row, KV head, query tile) for merge="last"; the last arrival resets it
-        self.locks = torch.zeros(rows * num_kv_heads * (self.block_m // self.split_m), dtype=torch.int32,
-                                 device=device)
         self.partial_out = torch.empty((parts * self.block_m, head_dim), dtype=torch.float32, device=device)
         self.partial_lse = torch.empty((parts * self.block_m,), dtype=torch.float32, device=device)
 
@@ -244,13 +183,10 @@ class StepAttention:
         out = torch.empty_like(q)
         meta = dict(**pdl.launch(q), HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
                     BLOCK_N=self.block_n, N_SPLIT=self.n_split)
-        last = self.merge == "last"
         _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
-            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse, self.locks, out,
-            self.qk_scale, k_cache.stride(0), k_cache.stride(1), SPLIT_M=self.split_m, SPLITS=self.splits_pow2,
-            MERGE_HERE=last, num_warps=self.num_warps, num_stages=2, **meta)
-        if last:
-            return out
+            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse,
+            self.qk_scale, k_cache.stride(0), k_cache.stride(1), SPLIT_M=self.split_m, num_warps=self.num_warps,
+            num_stages=2, **meta)
         _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
             self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
             SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
