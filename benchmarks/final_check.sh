@@ -2,6 +2,7 @@
 # The lead's device check after merging, in two calls that each fit the 600 s limit:
 #   PART=tests  every gpu-marked test (the CPU suite runs in CI)
 #   PART=bench  the 3B numbers: end to end 640x480 fused vs torch kernels (B=1, 32, interleaved),
+#               one MTP step B=1/8/32 beside its floor (STEP=0 skips it),
 #               host A/Bs (stage clock, intake threads), FP8 vs bf16 (FP8=0 skips it),
 #               B=1 latency by image size (graphs vs eager, peak memory),
 #               start-up with every bucket of the default 24 GiB plan.
@@ -25,6 +26,12 @@ timeout ${E2E_TIMEOUT:-170} python benchmarks/latency.py --checkpoint /tmp/ck3b 
     --b graphs=on,kernels=torch --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag e2e-final \
     > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$?" >> "$OUT/e2e.log"; tail -c 2500 "$OUT/e2e.log"; el e2e
+# One MTP step replay at B=1/8/32 beside the weight-read floor (fused vs torch kernel sets, interleaved).
+if [ "${STEP:-1}" = 1 ]; then
+  timeout ${STEP_TIMEOUT:-150} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch 1 8 32 \
+      --sets fused,torch --rounds 6 --out-dir "$OUT" --tag step-final > "$OUT/step.log" 2>&1
+  echo "step rc=$?" >> "$OUT/step.log"; grep -E "floor|^\{|rc=" "$OUT/step.log" | cut -c1-400 | head -30; el step
+fi
 # Host-side A/B: stage laps as CUDA events (default) vs synchronizing laps (the old clock), and the
 # intake's CPU threads (default min(8, cores)) vs one, for decoded (PIL) inputs.
 timeout ${AB_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on \
