@@ -6,10 +6,12 @@
 tower: MoonViT (27 layers, 1152 wide, random weights) as CUDA graphs over B image slots of 1,680
   patches (1,656 real: 640x480), B = 1 and 32, three variants interleaved: bf16 (the fused tower as
   it runs today), FP8 with the producers writing e4m3 (norm -> wqkv / fc0, attention store -> wo,
-  GELU pass -> fc1), FP8 with a quantizer pass in front of each linear (before this branch). Static
+  GELU pass -> fc1), FP8 with a quantizer pass in front of each linear (before this branch), and FP8
+  with fc0 + bias + GELU + fc1's quantization in one Triton FP8 GEMM (calib/fp8_gemm_gelu.py) per tile. Static
   scales: the bf16 unfused tower's own input amax per linear over the same input. P50/P90/P99,
   useful TFLOP/s, rel. L2 of each output against bf16, and the kernel table of the bf16 and FP8
   replays (profiler).
+gelu: the GELU + quantize pass alone at the B=32 shape per tile.
 accuracy: the random 3B checkpoint, calibration on 64 random 640x480 pairs (all linears, vision
   included), then calib/report.py's accuracy report against bf16 on held-out pairs for scope `lm`
   and `lm,vision`: vision-embedding cosine, K/V cosines, window-logit top-1 / cosine / KL per step,
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_util import add_checkpoint_args, alternating_ms, capture, checkpoint_dir, result_stem  # noqa: E402
 from vision_stage import kernel_table, random_vision, vision_flops  # noqa: E402
 
-from calib import FP8Linear  # noqa: E402
+from calib import FP8Linear, fp8_gemm_gelu  # noqa: E402
 from calib.apply import _set_module, linear_modules, shared_copy  # noqa: E402
 from calib.calibrate import RangeObserver  # noqa: E402
 from capture.ranges import VisionRanges  # noqa: E402
@@ -81,14 +83,26 @@ def tower_ab(b: int, reps: int, p: int = 1680, real: int = 1656, grid=(36, 46)) 
     fp8 = shared_copy(m)
     for name, lin in linear_modules(fp8).items():
         _set_module(fp8, name, FP8Linear.from_linear(lin, max(obs.amax[name].item(), 1e-6) / 448.0, name))
-    variants = {"bf16 (fused tower today)": (m, True), "FP8, producers write e4m3 (new)": (fp8, True),
-                "FP8, a quantizer pass per linear (before)": (fp8, False)}
+    # name -> (model, FP8 producers, fc0 in the Triton FP8 GEMM with the GELU epilogue, its tile)
+    variants = {"bf16 (fused tower today)": (m, True, False, None),
+                "FP8, producers write e4m3 (new)": (fp8, True, False, None),
+                "FP8, a quantizer pass per linear (before)": (fp8, False, False, None)}
+    for tile in GEMM_TILES:
+        variants[f"FP8, fc0+GELU Triton GEMM {tile}"] = (fp8, True, True, tile)
     outs, graphs = {}, {}
-    for name, (model, producers) in variants.items():
-        def body(name=name, model=model, producers=producers):
-            model.fp8_producers = producers
+    for name, (model, producers, epilogue, tile) in variants.items():
+        def body(name=name, model=model, producers=producers, epilogue=epilogue, tile=tile):
+            model.fp8_producers, model.fp8_fc0_epilogue = producers, epilogue
+            if tile is not None:
+                fp8_gemm_gelu.TILE = tile
             outs[name] = model(pixels, pos, geo, attend)
-        graphs[name] = capture(body)
+        try:
+            graphs[name] = capture(body)
+        except Exception as exc:  # noqa: BLE001 - a tile that does not compile is a result too
+            log(f"variant {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+            outs.pop(name, None)
+            torch.cuda.synchronize()
+    fp8.fp8_fc0_epilogue = False
     times = alternating_ms(graphs, reps)
     flops = b * vision_flops(cfg, real)
     rows = {k: o.reshape(-1, cfg.hidden_size)[keep].float() for k, o in outs.items()}
@@ -102,14 +116,41 @@ def tower_ab(b: int, reps: int, p: int = 1680, real: int = 1656, grid=(36, 46)) 
                   "rel_l2_vs_bf16": round(float((rows[k] - ref).norm() / ref.norm()), 5)}
     a, c = rows["FP8, producers write e4m3 (new)"], rows["FP8, a quantizer pass per linear (before)"]
     res["rel_l2_fp8_new_vs_before"] = round(float((a - c).norm() / c.norm()), 6)
-    for k in ("bf16 (fused tower today)", "FP8, producers write e4m3 (new)"):
-        variants[k][0].fp8_producers = True
+    gemm = [k for k in graphs if "Triton GEMM" in k]
+    best = min(gemm, key=lambda k: res[k]["p50_ms"]) if gemm else None
+    tables = ["bf16 (fused tower today)", "FP8, producers write e4m3 (new)"] + ([best] if best else [])
+    for k in tables:
         res[f"kernels: {k}"] = kernel_table(graphs[k], cfg, b, n, real)
     log(f"tower B={b}:", json.dumps({k: v for k, v in res.items() if not k.startswith("kernels")}))
-    for k in ("bf16 (fused tower today)", "FP8, producers write e4m3 (new)"):
-        log(f"  {k}: by class", json.dumps(res[f"kernels: {k}"]["by_class"]))
+    for k in tables:
+        log(f"  {k}: by class", json.dumps(res[f"kernels: {k}"]["by_class"]),
+            json.dumps([(r["kernel"][:40], r["us"]) for r in res[f"kernels: {k}"]["kernels"][:6]]))
     del graphs, m, fp8
     torch.cuda.empty_cache()
+    return res
+
+
+GEMM_TILES = [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (128, 128, 128, 8, 4, 4),
+              (256, 128, 128, 8, 8, 3)]
+GELU_TILES = [((4096, 64), 8), ((2048, 32), 4), ((8192, 128), 16), ((1024, 16), 4)]
+
+
+def gelu_tiles(rows: int = 53760, cols: int = 4304) -> dict:
+    """gelu_fp8 alone on the B=32 fc0 output, per tile (us per call inside a CUDA graph, GB/s)."""
+    from bench_util import captured_us
+
+    import graphrt.vision_kernels as vk
+
+    y = torch.randn(rows, cols, device="cuda").to(torch.bfloat16)
+    lin = FP8Linear(torch.randn(64, cols, device="cuda", dtype=torch.bfloat16), None, 6.0 / 448)
+    res = {}
+    keep = vk.GELU_FP8_TILE, vk.GELU_FP8_WARPS
+    for tile, warps in GELU_TILES:
+        vk.GELU_FP8_TILE, vk.GELU_FP8_WARPS = tile, warps
+        us = captured_us(lambda: vk.gelu_fp8(y, lin), calls=5, replays=7)
+        res[f"{tile} {warps} warps"] = {"us": round(us, 1), "gbs": round(rows * cols * 3 / us / 1e3)}
+    vk.GELU_FP8_TILE, vk.GELU_FP8_WARPS = keep
+    log("gelu_fp8 tiles at", rows, "x", cols, json.dumps(res))
     return res
 
 
@@ -155,7 +196,7 @@ def accuracy(args, out_dir: Path, stem: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(ap)
-    ap.add_argument("--only", default="tower,accuracy", help="comma list: tower, accuracy")
+    ap.add_argument("--only", default="gelu,tower,accuracy", help="comma list: gelu, tower, accuracy")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--reps", type=int, nargs="+", default=[40, 10], help="interleaved rounds per batch size")
     ap.add_argument("--calib-pairs", type=int, default=64)
@@ -176,6 +217,9 @@ def main() -> None:
     def save():
         (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
 
+    if "gelu" in parts:
+        report["gelu_tiles"] = gelu_tiles()
+        save()
     if "tower" in parts:
         for b, reps in zip(args.batch, args.reps):
             report[f"tower_B{b}"] = tower_ab(b, reps)

@@ -16,7 +16,7 @@ if [ "${PART:-tests}" = tests ]; then
   echo "pytest rc=$?" >> "$OUT/pytest-gpu.log"
   tail -25 "$OUT/pytest-gpu.log"
   grep "rel L2" "$OUT/pytest-gpu.log"
-  timeout ${TOWER_TIMEOUT:-200} python benchmarks/fp8_vision.py --preset tiny --only tower --out-dir "$OUT" \
+  timeout ${TOWER_TIMEOUT:-200} python benchmarks/fp8_vision.py --preset tiny --only gelu,tower --out-dir "$OUT" \
       --tag fp8v-tower > "$OUT/tower.log" 2>&1
   echo "tower rc=$?" >> "$OUT/tower.log"
   grep -v "^ *{" "$OUT/tower.log" | tail -20

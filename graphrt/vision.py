@@ -132,14 +132,16 @@ class MoonViTBlock(nn.Module):
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
     def forward_fused(self, x: torch.Tensor, h, geo, attend: VisionAttention, mode: str = "varlen",
-                      fp8_producers: bool = True):
+                      fp8_producers: bool = True, fc0_epilogue: bool = False):
         """The same block on fused kernels. Takes x and h = norm0(x) (bf16, or (e4m3, row scales)
         when wqkv is a static W8A8 FP8Linear: MoonViT._norm writes it so); returns x after the
         attention branch and the MLP branch output, which the caller adds with the next norm.
         Static FP8 linears take e4m3 inputs written by the kernels that produce them: wo's by the
         attention kernel's store (modes slot / packed), fc0's by the add+LayerNorm, fc1's by one
         GELU + quantize pass over fc0's output (bias in _scaled_mm's epilogue). fp8_producers=False
-        (A/B only): every FP8 linear quantizes its own bf16 input (one quantizer pass each)."""
+        (A/B only): every FP8 linear quantizes its own bf16 input (one quantizer pass each).
+        fc0_epilogue: fc0 + bias + GELU + fc1's quantization in one Triton FP8 GEMM
+        (calib/fp8_gemm_gelu.py) instead of _scaled_mm and the GELU pass."""
         n = x.shape[0]
         qkv = (self.wqkv.forward_fp8(*h) if isinstance(h, tuple) else self.wqkv(h)).view(
             n, 3, self.num_heads, self.head_dim)
@@ -165,10 +167,14 @@ class MoonViTBlock(nn.Module):
             out = self.wo(att.reshape(n, -1))
         if fp8_producers and vk.takes_static_fp8(self.fc0):
             x, q, rs = vk.add_layernorm_fp8(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps, self.fc0)
-            y = self.fc0.forward_fp8(q, rs)
             if vk.takes_static_fp8(self.fc1):
-                return x, self.fc1.forward_fp8(*vk.gelu_fp8(y, self.fc1))
-            return x, self.fc1(F.gelu(y, approximate="tanh"))
+                if fc0_epilogue:
+                    from calib.fp8_gemm_gelu import fp8_gemm_gelu, usable
+
+                    if usable(q, self.fc0, self.fc1):
+                        return x, self.fc1.forward_fp8(*fp8_gemm_gelu(q, rs, self.fc0, self.fc1))
+                return x, self.fc1.forward_fp8(*vk.gelu_fp8(self.fc0.forward_fp8(q, rs), self.fc1))
+            return x, self.fc1(F.gelu(self.fc0.forward_fp8(q, rs), approximate="tanh"))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
             if fp8_producers and vk.takes_static_fp8(self.fc1):
@@ -200,6 +206,12 @@ class MoonViT(nn.Module):
         # linear's input write it in e4m3; False (benchmark A/B only) leaves each FP8 linear to
         # quantize its own bf16 input.
         self.fp8_producers = True
+        # ... and fc0 with bias, GELU and fc1's quantization in one Triton FP8 GEMM (calib/fp8_gemm_gelu.py)
+        # instead of _scaled_mm + one GELU pass: GRAPHRT_VISION_FP8_FC0=triton|scaled_mm (A/B).
+        fc0 = os.environ.get("GRAPHRT_VISION_FP8_FC0", "scaled_mm")
+        if fc0 not in ("triton", "scaled_mm"):
+            raise OptionError(f"GRAPHRT_VISION_FP8_FC0 must be triton or scaled_mm, not {fc0!r}")
+        self.fp8_fc0_epilogue = fc0 == "triton"
         self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
@@ -238,7 +250,7 @@ class MoonViT(nn.Module):
                 mode = "packed1" if self.attention == "slot1" else "packed"
         x, h = self._norm(x, None, first, self.blocks[0].wqkv)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend, mode, self.fp8_producers)
+            x, branch = block.forward_fused(x, h, geo, attend, mode, self.fp8_producers, self.fp8_fc0_epilogue)
             last = i + 1 == len(self.blocks)
             norm = self.final_layernorm if last else self.blocks[i + 1].norm0
             x, h = self._norm(x, branch, norm, None if last else self.blocks[i + 1].wqkv)

@@ -72,22 +72,24 @@ if triton is not None:
             tl.store(h_ptr + row * cols + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gelu_quant_kernel(y_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, cols, BLOCK: tl.constexpr):
-        # tanh-GELU of a [rows, cols] GEMM output (bias already added), rounded to the model dtype as
-        # F.gelu's output is, then quantized by the static rule; program (row, column block).
-        row = tl.program_id(0).to(tl.int64)
-        blk = tl.program_id(1)
-        offs = blk * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < cols
-        y = tl.load(y_ptr + row * cols + offs, mask=mask, other=0.0).to(tl.float32)
+    def _gelu_quant_kernel(y_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, total, rows, BLOCK: tl.constexpr,
+                           RS_BLOCK: tl.constexpr):
+        # tanh-GELU of a contiguous [rows, cols] GEMM output (bias already added) seen as one flat
+        # array (elementwise: no row boundaries, no partial blocks at row ends), rounded to the model
+        # dtype as F.gelu's output is, then quantized by the static rule; program i also writes the
+        # row scales of rows [i * RS_BLOCK, (i + 1) * RS_BLOCK).
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < total
+        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
         # tanh(u) = 1 - 2 / (exp(2u) + 1): saturates to +-1 without inf/inf at large |u|
         t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
         g = (0.5 * y * (1.0 + t)).to(y_ptr.dtype.element_ty).to(tl.float32)
         q = tl.minimum(tl.maximum(g * tl.load(inv_ptr), -448.0), 448.0)
-        tl.store(q_ptr + row * cols + offs, q.to(tl.float8e4nv), mask=mask)
-        if blk == 0:
-            tl.store(rs_ptr + row, tl.load(scale_ptr))
+        tl.store(q_ptr + offs, q.to(tl.float8e4nv), mask=mask)
+        r = pid * RS_BLOCK + tl.arange(0, RS_BLOCK)
+        tl.store(rs_ptr + r, tl.zeros([RS_BLOCK], tl.float32) + tl.load(scale_ptr), mask=r < rows)
 
     @triton.jit
     def _rope_2d_kernel(qkv_ptr, cos_ptr, sin_ptr, row_stride, WIDTH: tl.constexpr, HALF: tl.constexpr,
@@ -268,10 +270,17 @@ def gelu_fp8(y: torch.Tensor, linear) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.contiguous()
     q = torch.empty((n, cols), dtype=torch.float8_e4m3fn, device=y.device)
     rs = torch.empty((n, 1), dtype=torch.float32, device=y.device)
-    block = 1024
-    _gelu_quant_kernel[(n, triton.cdiv(cols, block))](y, q, rs, linear.inv_input_scale, linear.input_scale, cols,
-                                                      BLOCK=block, num_warps=4)
+    block, rs_block = GELU_FP8_TILE
+    grid = (max(triton.cdiv(n * cols, block), triton.cdiv(n, rs_block)),)
+    _gelu_quant_kernel[grid](y, q, rs, linear.inv_input_scale, linear.input_scale, n * cols, n, BLOCK=block,
+                             RS_BLOCK=rs_block, num_warps=GELU_FP8_WARPS)
     return q, rs
+
+
+# gelu_fp8's elements per program and row scales per program; warps. The first form (a program per
+# row and 1,024 columns) moved 1.98 TB/s at B=32 (H100, 2026-11-24).
+GELU_FP8_TILE = (4096, 64)
+GELU_FP8_WARPS = 8
 
 
 def takes_static_fp8(linear) -> bool:
