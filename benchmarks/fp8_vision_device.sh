@@ -21,6 +21,10 @@ if [ "${PART:-tests}" = tests ]; then
   echo "tower rc=$?" >> "$OUT/tower.log"
   grep -v "^ *{" "$OUT/tower.log" | tail -20
 else
+  timeout ${TEST_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider -m gpu -s tests/test_calib_gpu.py \
+      -k "${K:-lm,vision or tower or producers}" > "$OUT/pytest-gpu.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/pytest-gpu.log"
+  tail -4 "$OUT/pytest-gpu.log"
   mkdir -p /tmp/fp8vck
   timeout ${ACC_TIMEOUT:-200} python benchmarks/fp8_vision.py --preset 3b --write-to /tmp/fp8vck --only accuracy \
       --held-out ${HELD:-32} --out-dir "$OUT" --tag fp8v-accuracy > "$OUT/accuracy.log" 2>&1

@@ -277,10 +277,11 @@ def gelu_fp8(y: torch.Tensor, linear) -> tuple[torch.Tensor, torch.Tensor]:
     return q, rs
 
 
-# gelu_fp8's elements per program and row scales per program; warps. The first form (a program per
-# row and 1,024 columns) moved 1.98 TB/s at B=32 (H100, 2026-11-24).
-GELU_FP8_TILE = (4096, 64)
-GELU_FP8_WARPS = 8
+# gelu_fp8's elements per program and row scales per program; warps: best of four at the B=32 shape
+# (53,760 x 4,304: 233 us, 2.98 TB/s; 4096/8 warps 243, 8192/16 246, 1024/4 274; the first form, a
+# program per row and 1,024 columns, 351 us = 1.98 TB/s; H100, 2026-11-24, benchmarks/fp8_vision.py).
+GELU_FP8_TILE = (2048, 32)
+GELU_FP8_WARPS = 4
 
 
 def takes_static_fp8(linear) -> bool:
