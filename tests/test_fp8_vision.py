@@ -211,3 +211,19 @@ def test_scope_with_vision_refused_for_an_lm_only_file(tiny_engine, vision_calib
     assert "calibrate again" in msg and "'lm,vision'" in msg
     with pytest.raises(CalibrationError, match="group 'projector'"):
         quantize_model(tiny_engine.model, path, "projector")
+
+
+def test_fc0_path_switch(tiny_engine, monkeypatch):
+    """GRAPHRT_VISION_FP8_FC0 picks fc0's FP8 form (triton: the GEMM with the GELU epilogue, the
+    default; scaled_mm: _scaled_mm + the GELU pass); any other value is an OptionError naming it."""
+    from graphrt.errors import OptionError
+    from graphrt.vision import MoonViT
+
+    cfg = tiny_engine.cfg.vision
+    monkeypatch.delenv("GRAPHRT_VISION_FP8_FC0", raising=False)
+    assert MoonViT(cfg, torch.float32, "meta").fp8_fc0_epilogue is True
+    monkeypatch.setenv("GRAPHRT_VISION_FP8_FC0", "scaled_mm")
+    assert MoonViT(cfg, torch.float32, "meta").fp8_fc0_epilogue is False
+    monkeypatch.setenv("GRAPHRT_VISION_FP8_FC0", "cublas")
+    with pytest.raises(OptionError, match="GRAPHRT_VISION_FP8_FC0"):
+        MoonViT(cfg, torch.float32, "meta")
