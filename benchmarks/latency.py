@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--a", default="graphs=on", help="config A: comma-separated option=value (default graphs=on)")
     ap.add_argument("--b", default="graphs=off,eager_batch=64",
                     help="config B (default: eager, every row in one batch); 'none' for A alone")
+    ap.add_argument("--c", default="none", help="config C, interleaved with A and B (default: none)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--steps", type=int, default=2, help="MTP steps per row (fixed; end tokens ignored)")
     ap.add_argument("--width", type=int, default=640)
@@ -151,6 +152,8 @@ def main() -> None:
     configs = {"A " + args.a: parse_config(args.a)}
     if args.b != "none":
         configs["B " + args.b] = parse_config(args.b)
+    if args.c != "none":
+        configs["C " + args.c] = parse_config(args.c)
     engines, stage_sync = {}, {}
     default_vision_attention = base.model.vision.attention
     for name, over in configs.items():

@@ -131,11 +131,21 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
-    def forward_fused(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str = "varlen"):
-        """The same block on fused kernels. Takes x and h = norm0(x); returns x after the
-        attention branch and the MLP branch output, which the caller adds with the next norm."""
+    def forward_fused(self, x: torch.Tensor, h, geo, attend: VisionAttention, mode: str = "varlen",
+                      fp8_producers: bool = True, fc0_epilogue: bool = False):
+        """The same block on fused kernels. Takes x and h = norm0(x) (bf16, or (e4m3, row scales)
+        when wqkv is a static W8A8 FP8Linear: MoonViT._norm writes it so); returns x after the
+        attention branch and the MLP branch output, which the caller adds with the next norm.
+        Static FP8 linears take e4m3 inputs written by the kernels that produce them: wo's by the
+        attention kernel's store (modes slot / packed), fc0's by the add+LayerNorm, fc1's by one
+        GELU + quantize pass over fc0's output (bias in _scaled_mm's epilogue). fp8_producers=False
+        (A/B only): every FP8 linear quantizes its own bf16 input (one quantizer pass each).
+        fc0_epilogue: fc0 + bias + GELU + fc1's quantization in one Triton FP8 GEMM
+        (calib/fp8_gemm_gelu.py) instead of _scaled_mm and the GELU pass."""
         n = x.shape[0]
-        qkv = self.wqkv(h).view(n, 3, self.num_heads, self.head_dim)
+        qkv = (self.wqkv.forward_fp8(*h) if isinstance(h, tuple) else self.wqkv(h)).view(
+            n, 3, self.num_heads, self.head_dim)
+        fp8_wo = self.wo if fp8_producers and vk.takes_static_fp8(self.wo) else None
         if mode == "cudnn":  # RoPE and the padded mask-column layout in one pass
             padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
@@ -143,18 +153,34 @@ class MoonViTBlock(nn.Module):
             vk.rope_2d_(qkv, geo.cos, geo.sin)
             if mode in ("slot", "packed"):
                 slot = attend.patches if mode == "slot" else attend.longest
-                att = vision_attention_kernel(qkv, attend.cu, attend.seqused, slot, packed=mode == "packed")
+                att = vision_attention_kernel(qkv, attend.cu, attend.seqused, slot, packed=mode == "packed",
+                                              fp8_for=fp8_wo)
             elif mode == "slot1":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
             elif mode == "packed1":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
             else:
                 att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
-        out = self.wo(att.reshape(n, -1))
+        if isinstance(att, tuple):
+            out = self.wo.forward_fp8(att[0].view(n, -1), att[1])
+        else:
+            out = self.wo(att.reshape(n, -1))
+        if fp8_producers and vk.takes_static_fp8(self.fc0):
+            x, q, rs = vk.add_layernorm_fp8(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps, self.fc0)
+            if vk.takes_static_fp8(self.fc1):
+                if fc0_epilogue:
+                    from calib.fp8_gemm_gelu import fp8_gemm_gelu, usable
+
+                    if usable(q, self.fc0, self.fc1):
+                        return x, self.fc1.forward_fp8(*fp8_gemm_gelu(q, rs, self.fc0, self.fc1))
+                return x, self.fc1.forward_fp8(*vk.gelu_fp8(self.fc0.forward_fp8(q, rs), self.fc1))
+            return x, self.fc1(F.gelu(self.fc0.forward_fp8(q, rs), approximate="tanh"))
         x, h = vk.add_layernorm(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps)
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
+            if fp8_producers and vk.takes_static_fp8(self.fc1):
+                return x, self.fc1.forward_fp8(*vk.gelu_fp8(self.fc0(h), self.fc1))
             return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
-        return x, self.fc1(F.gelu(self.fc0(h), approximate="tanh"))  # a replaced linear (FP8) keeps its own GEMM
+        return x, self.fc1(F.gelu(self.fc0(h), approximate="tanh"))  # another replaced linear keeps its own GEMM
 
 
 class MoonViT(nn.Module):
@@ -176,6 +202,17 @@ class MoonViT(nn.Module):
         # Fused path: patch linear + bias + position embedding as one aligned GEMM (vk.patch_embed);
         # False (benchmark A/B only) keeps the linear and the add.
         self.fused_patch_embed = True
+        # Fused path with static W8A8 FP8 linears (fp8 scope `vision`): the kernels that produce a
+        # linear's input write it in e4m3; False (benchmark A/B only) leaves each FP8 linear to
+        # quantize its own bf16 input.
+        self.fp8_producers = True
+        # ... and fc0 with bias, GELU and fc1's quantization in one Triton FP8 GEMM (calib/fp8_gemm_gelu.py)
+        # instead of _scaled_mm + one GELU pass (measured 2% faster at B=1, 0.5% at B=32 on the H100,
+        # docs/notes.md); GRAPHRT_VISION_FP8_FC0=scaled_mm for the A/B.
+        fc0 = os.environ.get("GRAPHRT_VISION_FP8_FC0", "triton")
+        if fc0 not in ("triton", "scaled_mm"):
+            raise OptionError(f"GRAPHRT_VISION_FP8_FC0 must be triton or scaled_mm, not {fc0!r}")
+        self.fp8_fc0_epilogue = fc0 == "triton"
         self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
@@ -212,12 +249,20 @@ class MoonViT(nn.Module):
                 mode = self.attention
             elif layout == "packed":
                 mode = "packed1" if self.attention == "slot1" else "packed"
-        x, h = vk.add_layernorm(x, None, first.weight, first.bias, first.eps)
+        x, h = self._norm(x, None, first, self.blocks[0].wqkv)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend, mode)
-            norm = self.blocks[i + 1].norm0 if i + 1 < len(self.blocks) else self.final_layernorm
-            x, h = vk.add_layernorm(x, branch, norm.weight, norm.bias, norm.eps)
+            x, branch = block.forward_fused(x, h, geo, attend, mode, self.fp8_producers, self.fp8_fc0_epilogue)
+            last = i + 1 == len(self.blocks)
+            norm = self.final_layernorm if last else self.blocks[i + 1].norm0
+            x, h = self._norm(x, branch, norm, None if last else self.blocks[i + 1].wqkv)
         return h
+
+    def _norm(self, x, delta, norm, feeds):
+        """add + LayerNorm; for a static W8A8 FP8Linear `feeds`, h is its (e4m3 input, row scales)."""
+        if feeds is not None and self.fp8_producers and vk.takes_static_fp8(feeds):
+            x, q, rs = vk.add_layernorm_fp8(x, delta, norm.weight, norm.bias, norm.eps, feeds)
+            return x, (q, rs)
+        return vk.add_layernorm(x, delta, norm.weight, norm.bias, norm.eps)
 
     def clear_cache(self) -> None:
         self._pos_cache.clear()

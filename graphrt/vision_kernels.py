@@ -42,8 +42,11 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _add_layernorm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, xo_ptr, h_ptr, cols, eps,
-                              HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_layernorm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, xo_ptr, h_ptr, cols, eps, rs_ptr, inv_ptr, scale_ptr,
+                              HAS_DELTA: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
+        # QUANT: h_ptr is the e4m3 input of the linear this norm feeds; the row is rounded to the
+        # model dtype first and then quantized by calib/quantize.py's static rule, so the bytes
+        # are those of the unfused norm followed by the quantizer, and rs_ptr gets the row scale.
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         mask = offs < cols
@@ -59,7 +62,34 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(var + eps)
         w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(h_ptr + row * cols + offs, (diff * rstd * w + b).to(h_ptr.dtype.element_ty), mask=mask)
+        h = diff * rstd * w + b
+        if QUANT:
+            hq = h.to(x_ptr.dtype.element_ty).to(tl.float32) * tl.load(inv_ptr)
+            hq = tl.minimum(tl.maximum(hq, -448.0), 448.0)
+            tl.store(h_ptr + row * cols + offs, hq.to(tl.float8e4nv), mask=mask)
+            tl.store(rs_ptr + row, tl.load(scale_ptr))
+        else:
+            tl.store(h_ptr + row * cols + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _gelu_quant_kernel(y_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, total, rows, BLOCK: tl.constexpr,
+                           RS_BLOCK: tl.constexpr):
+        # tanh-GELU of a contiguous [rows, cols] GEMM output (bias already added) seen as one flat
+        # array (elementwise: no row boundaries, no partial blocks at row ends), rounded to the model
+        # dtype as F.gelu's output is, then quantized by the static rule; program i also writes the
+        # row scales of rows [i * RS_BLOCK, (i + 1) * RS_BLOCK).
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < total
+        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        # tanh(u) = 1 - 2 / (exp(2u) + 1): saturates to +-1 without inf/inf at large |u|
+        t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+        g = (0.5 * y * (1.0 + t)).to(y_ptr.dtype.element_ty).to(tl.float32)
+        q = tl.minimum(tl.maximum(g * tl.load(inv_ptr), -448.0), 448.0)
+        tl.store(q_ptr + offs, q.to(tl.float8e4nv), mask=mask)
+        r = pid * RS_BLOCK + tl.arange(0, RS_BLOCK)
+        tl.store(rs_ptr + r, tl.zeros([RS_BLOCK], tl.float32) + tl.load(scale_ptr), mask=r < rows)
 
     @triton.jit
     def _rope_2d_kernel(qkv_ptr, cos_ptr, sin_ptr, row_stride, WIDTH: tl.constexpr, HALF: tl.constexpr,
@@ -209,9 +239,55 @@ def add_layernorm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Ten
     h = torch.empty_like(x)
     xo = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(cols)
-    _add_layernorm_kernel[(n,)](x, delta if delta is not None else x, weight, bias, xo, h, cols, eps,
-                                HAS_DELTA=delta is not None, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    _add_layernorm_kernel[(n,)](x, delta if delta is not None else x, weight, bias, xo, h, cols, eps, x, x, x,
+                                HAS_DELTA=delta is not None, QUANT=False, BLOCK=block,
+                                num_warps=4 if block <= 2048 else 8)
     return xo, h
+
+
+def add_layernorm_fp8(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
+                      eps: float, linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x + delta, q, row scales): q [N, C] e4m3 is `linear`'s (a static-scale W8A8 FP8Linear)
+    quantized input LayerNorm(x + delta), row scales [N, 1] float32 its static scale; the bf16
+    normalized row is never written. Same statistics, warps and rounding as add_layernorm, so q
+    holds the bytes the quantizer writes from add_layernorm's output."""
+    n, cols = x.shape
+    q = torch.empty((n, cols), dtype=torch.float8_e4m3fn, device=x.device)
+    rs = torch.empty((n, 1), dtype=torch.float32, device=x.device)
+    xo = torch.empty_like(x) if delta is not None else x
+    block = triton.next_power_of_2(cols)
+    _add_layernorm_kernel[(n,)](x, delta if delta is not None else x, weight, bias, xo, q, cols, eps, rs,
+                                linear.inv_input_scale, linear.input_scale, HAS_DELTA=delta is not None,
+                                QUANT=True, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    return xo, q, rs
+
+
+def gelu_fp8(y: torch.Tensor, linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [N, C] (fc0's output, bias included) -> (q, row scales): q [N, C] e4m3 is `linear`'s (fc1,
+    static W8A8) quantized input tanh-GELU(y), in one pass (read 2 bytes, write 1 per element)."""
+    n, cols = y.shape
+    if not y.is_contiguous():
+        y = y.contiguous()
+    q = torch.empty((n, cols), dtype=torch.float8_e4m3fn, device=y.device)
+    rs = torch.empty((n, 1), dtype=torch.float32, device=y.device)
+    block, rs_block = GELU_FP8_TILE
+    grid = (max(triton.cdiv(n * cols, block), triton.cdiv(n, rs_block)),)
+    _gelu_quant_kernel[grid](y, q, rs, linear.inv_input_scale, linear.input_scale, n * cols, n, BLOCK=block,
+                             RS_BLOCK=rs_block, num_warps=GELU_FP8_WARPS)
+    return q, rs
+
+
+# gelu_fp8's elements per program and row scales per program; warps: best of four at the B=32 shape
+# (53,760 x 4,304: 233 us, 2.98 TB/s; 4096/8 warps 243, 8192/16 246, 1024/4 274; the first form, a
+# program per row and 1,024 columns, 351 us = 1.98 TB/s; H100, 2026-11-24, benchmarks/fp8_vision.py).
+GELU_FP8_TILE = (2048, 32)
+GELU_FP8_WARPS = 4
+
+
+def takes_static_fp8(linear) -> bool:
+    """Whether `linear` is a W8A8 FP8Linear with a static input scale, whose input the fused tower's
+    kernels write in e4m3 (per-token and weight-only modes take the bf16 value)."""
+    return getattr(linear, "act", None) == "static"
 
 
 def rope_2d_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

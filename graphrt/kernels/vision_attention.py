@@ -84,9 +84,10 @@ if triton is not None:
 
     @triton.jit
     def _vision_attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
+                                 rs_ptr, inv_ptr, scale_ptr,
                                  HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
-                                 USE_TMA: tl.constexpr):
+                                 USE_TMA: tl.constexpr, QUANT: tl.constexpr):
         # Program (query block, image * head). Image b starts at row cu[b]; its first used[b] rows
         # are real (keys and queries). Slots (PACKED false): every row of the image's `slot` rows
         # gets an output (pad rows in a block with real rows attend like the others; blocks of pad
@@ -132,9 +133,16 @@ if triton is not None:
                                                    True, USE_TMA)
         inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros, as the varlen contract says
         o_ptr = out_ptr + q_rows[:, None] * (HEADS * D) + h * D
-        tl.store(o_ptr + d_lo[None, :], (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=q_ok[:, None])
-        tl.store(o_ptr + d_hi[None, :], (acc_hi * inv[:, None]).to(out_ptr.dtype.element_ty),
-                 mask=q_ok[:, None] & hi_ok[None, :])
+        o_lo = (acc_lo * inv[:, None]).to(qkv_ptr.dtype.element_ty)
+        o_hi = (acc_hi * inv[:, None]).to(qkv_ptr.dtype.element_ty)
+        if QUANT:  # wo's e4m3 input: the bf16 output quantized by calib/quantize.py's static rule
+            qs = tl.load(inv_ptr)
+            o_lo = tl.minimum(tl.maximum(o_lo.to(tl.float32) * qs, -448.0), 448.0)
+            o_hi = tl.minimum(tl.maximum(o_hi.to(tl.float32) * qs, -448.0), 448.0)
+            if h == 0:
+                tl.store(rs_ptr + q_rows, tl.zeros([BLOCK_M], tl.float32) + tl.load(scale_ptr), mask=q_ok)
+        tl.store(o_ptr + d_lo[None, :], o_lo.to(out_ptr.dtype.element_ty), mask=q_ok[:, None])
+        tl.store(o_ptr + d_hi[None, :], o_hi.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & hi_ok[None, :])
 
 
 def head_split(d: int) -> tuple[int, int]:
@@ -161,21 +169,27 @@ def tma_usable(qkv: torch.Tensor) -> bool:
 
 
 def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
-                     scale: float | None = None, tiles=None, packed: bool = False, tma: bool | None = None
-                     ) -> torch.Tensor:
+                     scale: float | None = None, tiles=None, packed: bool = False, tma: bool | None = None,
+                     fp8_for=None):
     """Full attention inside each image of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
 
     Image b starts at row cu[b] (cu [B+1] int32 on the device; may change between graph replays)
     and has used[b] real rows. Slots (default): image b owns `slot` rows, every one gets an
     output. packed: images back to back, `slot` is the longest image, only real rows written.
-    tma None: tensor descriptors wherever they work (False: pointer loads, the A/B)."""
+    tma None: tensor descriptors wherever they work (False: pointer loads, the A/B).
+    fp8_for: a static-scale W8A8 FP8Linear (the block's wo): the output is its e4m3 input, the
+    qkv-dtype result quantized in the store, and the call returns (q [N, H, D], row scales [N, 1]);
+    the row scales are written for the rows the output covers."""
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"vision_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
     d_lo, d_hi = head_split(d)
     block_m, block_n, warps, stages = tiles or TILES
     use_tma = tma_usable(qkv) if tma is None else tma
-    out = torch.empty(n, heads, d, device=qkv.device, dtype=qkv.dtype)
+    quant = fp8_for is not None
+    out = torch.empty(n, heads, d, device=qkv.device, dtype=torch.float8_e4m3fn if quant else qkv.dtype)
+    rs = torch.empty((n, 1), device=qkv.device, dtype=torch.float32) if quant else out
+    inv, s_in = (fp8_for.inv_input_scale, fp8_for.input_scale) if quant else (out, out)
     qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
     if use_tma:
         flat = qkv.view(n, 3 * heads * d)
@@ -184,7 +198,8 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
     else:
         desc_lo = desc_hi = qkv
     grid = (triton.cdiv(slot, block_m), (cu.numel() - 1) * heads)
-    _vision_attention_kernel[grid](qkv, desc_lo, desc_hi, out, cu, used, slot, qk_scale, HEADS=heads, D=d,
-                                   D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n, PACKED=packed,
-                                   USE_TMA=use_tma, num_warps=warps, num_stages=stages)
-    return out
+    _vision_attention_kernel[grid](qkv, desc_lo, desc_hi, out, cu, used, slot, qk_scale, rs, inv, s_in,
+                                   HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n,
+                                   PACKED=packed, USE_TMA=use_tma, QUANT=quant, num_warps=warps,
+                                   num_stages=stages)
+    return (out, rs) if quant else out
