@@ -186,26 +186,44 @@ def swab_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
+SMEM_BUDGET = 200 * 1024  # of the H100's 227 KB per block: the pipeline stages, with room for the epilogue
+
+
 def swab_candidates(m: int, n: int, k: int, silu: bool) -> list[SwabConfig]:
-    """Configs worth timing for one shape (what start-up measures against cuBLAS and skinny_gemm.py):
-    64 / 128 weight rows per tile, BLOCK_K 64 / 128, the one or two split-K factors that put ~120-400
-    programs on the 132 SMs, the deepest pipeline that fits in ~200 KB of shared memory; all through
-    TMA descriptors, plus the first one with pointer loads (the fallback, and the A/B of TMA)."""
+    """Configs worth timing for one shape (what start-up measures against cuBLAS and skinny_gemm.py).
+
+    64 weight rows per tile (128 too for the SiLU GEMM above 128 token rows); token tiles of all
+    the rows (up to 128; BLOCK_K 64 / 128) and, above 32 rows, also 32- and 64-row tiles (BLOCK_K
+    64; more programs, each weight tile read from HBM once and by its neighbours from L2); the
+    smallest split-K that puts >= 120 programs on the 132 SMs, and the one below it where that
+    still gives >= 64 (more splits were always slower: H100 sweep
+    2026-11-24, one program per SM at these pipeline depths); the deepest pipeline that fits
+    in SMEM_BUDGET, up to 16 stages (cuBLAS's choice at these shapes: 64-row tiles, 10-16 stages),
+    and for full token tiles also 6 stages.
+    All through TMA descriptors, plus the first with pointer loads (fallback, and the TMA A/B)."""
     out = []
-    block_t = block_t_for(m)
-    t_tiles = triton.cdiv(m, block_t)
-    for block_w in (64, 128):
-        for block_k in (64, 128):
-            tiles = triton.cdiv(n, block_w) * t_tiles
-            k_blocks = triton.cdiv(k, block_k)
-            splits = [s for s in (1, 2, 3, 4, 6, 8, 12, 16) if 120 <= tiles * s <= 400 and k_blocks >= 2 * s]
-            if not splits and tiles >= 120:
-                splits = [1]
-            per_stage = (block_w * (2 if silu else 1) + block_t) * block_k * 2
-            stages = min(6, (200 * 1024) // per_stage)
-            warps = 8 if block_t >= 128 and (block_w == 128 or silu) else 4
-            for split in splits[:2]:
-                out.append(SwabConfig(block_w, block_t, block_k, split, warps, stages, True))
+    block_ts = [block_t_for(m)] + [t for t in (32, 64) if t < block_t_for(m) and m > t]
+    for block_t in block_ts:
+        t_tiles = triton.cdiv(m, block_t)
+        for block_w in ((64, 128) if silu and m > 128 else (64,)):
+            full = block_t == block_ts[0]
+            for block_k in ((64, 128) if full else (64,)):
+                tiles = triton.cdiv(n, block_w) * t_tiles
+                k_blocks = triton.cdiv(k, block_k)
+                fits = [s for s in (1, 2, 3, 4, 6, 8) if k_blocks >= 2 * s]
+                if not fits or tiles * fits[-1] < 64:  # too little work to spread (small models): no candidate
+                    continue
+                first = next((i for i, s in enumerate(fits) if tiles * s >= 120), len(fits) - 1)
+                splits = [fits[first]] + ([fits[first - 1]] if first > 0 and tiles * fits[first - 1] >= 64 else [])
+                per_stage = (block_w * (2 if silu else 1) + block_t) * block_k * 2
+                stages = min(16, SMEM_BUDGET // per_stage)
+                if stages < 2:
+                    continue
+                warps = 8 if block_t >= 128 and (block_w == 128 or silu) else 4
+                for split in splits:
+                    out.append(SwabConfig(block_w, block_t, block_k, split, warps, stages, True))
+                if full and stages > 6:  # and the first sweep's depth (its winners at B=1 had 5-6 stages)
+                    out.append(SwabConfig(block_w, block_t, block_k, splits[0], warps, 6, True))
     if out:
         out.append(SwabConfig(*out[0][:6], False))
     return out
