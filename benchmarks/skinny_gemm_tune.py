@@ -5,7 +5,7 @@ graphrt/kernels/swap_ab_gemm.py) against cuBLAS.
 
 For each GEMM of the 3B step (qkv + bias, o, gate/up + SiLU*up, down) and M = 12 * batch rows:
 the skinny kernel's configs (`--skinny all`: every candidate; `shortlist`: what start-up times),
-the swap-AB kernel's candidates (what start-up times) and cuBLAS (+ the separate SiLU*mul kernel
+the swap-AB kernel's configs (`--swab all`: every candidate; `shortlist`: what start-up times) and cuBLAS (+ the separate SiLU*mul kernel
 for gate/up), each timed inside a CUDA graph over enough weight copies to stream from HBM (not
 L2). Prints per shape and M: cuBLAS, the best config overall, the best of each kernel, and the
 weight GB/s against the measured copy rate. Writes JSON + markdown."""
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_kernels import copy_bandwidth_gbs  # noqa: E402
 
 from graphrt.kernels.skinny_gemm import candidates, shortlist, swab_shortlist, time_candidates  # noqa: E402
-from graphrt.kernels.swap_ab_gemm import SwabConfig  # noqa: E402
+from graphrt.kernels.swap_ab_gemm import SwabConfig, swab_candidates  # noqa: E402
 
 SHAPES = {"qkv": (2560, 2048, True, False), "o": (2048, 2048, False, False),
           "gate_up+silu": (22016, 2048, False, True), "down": (2048, 11008, False, False)}
@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--skinny", choices=["all", "shortlist", "none"], default="all", help="skinny_gemm configs to time")
-    ap.add_argument("--swab", choices=["on", "off"], default="on", help="time the swap-AB candidates")
+    ap.add_argument("--swab", choices=["all", "shortlist", "off"], default="all",
+                    help="swap-AB configs to time: every candidate, or the start-up shortlist")
     ap.add_argument("--tag", default="skinny-gemm-tune")
     args = ap.parse_args()
     bw = copy_bandwidth_gbs()
@@ -49,8 +50,8 @@ def main() -> None:
             m = 12 * b
             out_n = n // 2 if silu else n
             configs = {"all": candidates, "shortlist": shortlist, "none": lambda *a: []}[args.skinny](m, out_n, k, silu)
-            if args.swab == "on":
-                configs = configs + swab_shortlist(m, out_n, k, silu)
+            if args.swab != "off":
+                configs = configs + {"all": swab_candidates, "shortlist": swab_shortlist}[args.swab](m, out_n, k, silu)
             t = time_candidates(m, n, k, torch.bfloat16, torch.device("cuda"), bias, silu, configs)
             ours = {c: v for c, v in t.items() if c != "cublas"}
             if not ours:

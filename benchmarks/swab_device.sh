@@ -20,7 +20,7 @@ timeout $(( $(left) < ${STEP_TIMEOUT:-260} ? $(left) : ${STEP_TIMEOUT:-260} )) p
 echo "step rc=$?" >> "$R/step.log"
 grep -E '^\{|choices|graphs in|rc=|Error' "$R/step.log" | cut -c1-1500 | head -40; el "step"
 if [ -n "${TUNE:-}" ] && [ $(left) -gt 60 ]; then
-  timeout $(( $(left) < ${TUNE_TIMEOUT:-120} ? $(left) : ${TUNE_TIMEOUT:-120} )) python benchmarks/skinny_gemm_tune.py --skinny shortlist --batch ${TUNE_BATCH:-1 8 32} --out-dir "$R" --tag swab-tune > "$R/tune.log" 2>&1
+  timeout $(( $(left) < ${TUNE_TIMEOUT:-120} ? $(left) : ${TUNE_TIMEOUT:-120} )) python benchmarks/skinny_gemm_tune.py --skinny shortlist --swab ${TUNE_SWAB:-all} --batch ${TUNE_BATCH:-1 8 32} --out-dir "$R" --tag swab-tune > "$R/tune.log" 2>&1
   echo "tune rc=$?" >> "$R/tune.log"; grep -E '^\{|rc=' "$R/tune.log" | cut -c1-400; el "tune"
 fi
 if [ -n "${GPU_TESTS:-}" ] && [ $(left) -gt 60 ]; then

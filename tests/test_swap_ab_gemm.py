@@ -118,20 +118,43 @@ def test_swab_candidates_cover_the_step_shapes():
 
 
 def test_chooser_times_swab_unless_switched_off(monkeypatch):
+    """auto times the swap-AB shortlist (3-6 configs, each a candidate of the full list) where a
+    shape has one; `noswab`, weights the copy engine cannot address, or shapes without swap-AB
+    candidates time skinny_gemm's own shortlist; a small model's shapes time nothing (cuBLAS)."""
     from graphrt.kernels import skinny_gemm as sg
-    from graphrt.kernels.swap_ab_gemm import SwabConfig
+    from graphrt.kernels.swap_ab_gemm import SwabConfig, swab_candidates
 
-    n, k = 2048, 11008
-    auto = sg.configs_to_time(12, n, k, False, "auto", True)
-    assert any(isinstance(c, SwabConfig) for c in auto) and any(isinstance(c, sg.Config) for c in auto)
-    assert not any(isinstance(c, SwabConfig) for c in sg.configs_to_time(12, n, k, False, "noswab", True))
-    assert not any(isinstance(c, SwabConfig) for c in sg.configs_to_time(12, n, k, False, "auto", False))
+    for n, k, _, silu in STEP_SHAPES:
+        out_n = n // 2 if silu else n
+        for batch in (1, 2, 4, 8, 16, 32):
+            m = 12 * batch
+            auto = sg.configs_to_time(m, n, k, silu, "auto", True)
+            assert 3 <= len(auto) <= 6 and all(isinstance(c, SwabConfig) for c in auto), (n, k, batch)
+            assert set(auto) <= set(swab_candidates(m, out_n, k, silu))
+            assert any(not c[6] for c in auto)  # the pointer-load variant is timed too
+            old = sg.configs_to_time(m, n, k, silu, "noswab", True)
+            assert old == sg.shortlist(m, out_n, k, silu) and old
+            assert sg.configs_to_time(m, n, k, silu, "auto", False) == old
     assert sg.configs_to_time(12, 64, 64, False, "auto", True) == []  # small model: cuBLAS untimed
     monkeypatch.setenv("GRAPHRT_STEP_GEMM", "noswab")
     assert sg.mode() == "noswab"
     monkeypatch.setenv("GRAPHRT_STEP_GEMM", "swab")
     with pytest.raises(ValueError, match="GRAPHRT_STEP_GEMM"):
         sg.mode()
+
+
+def test_swab_shortlist_keeps_the_measured_winners():
+    """The configs that won their shape in the H100 sweep (2026-11-24, run 2: B = 1, 8, 32) stay
+    in the start-up shortlist (a trimmed shortlist must not drop a winner)."""
+    from graphrt.kernels.skinny_gemm import swab_shortlist
+    from graphrt.kernels.swap_ab_gemm import SwabConfig
+
+    winners = {(12, 2560, 2048, False): (64, 16, 64, 3, 4, 16, False), (12, 2048, 2048, False): (64, 16, 64, 4, 4, 16, False),
+               (12, 11008, 2048, True): (64, 16, 128, 1, 4, 5, True), (12, 2048, 11008, False): (64, 16, 128, 4, 4, 6, True),
+               (96, 11008, 2048, True): (64, 128, 128, 1, 8, 3, True), (384, 2560, 2048, False): (64, 128, 128, 1, 4, 4, True),
+               (384, 11008, 2048, True): (128, 128, 64, 1, 8, 4, True), (384, 2048, 11008, False): (64, 128, 64, 1, 4, 8, True)}
+    for (m, n, k, silu), cfg in winners.items():
+        assert SwabConfig(*cfg) in swab_shortlist(m, n, k, silu), (m, n, k)
 
 
 def test_chooser_picks_the_fastest_and_keeps_cublas_on_ties():

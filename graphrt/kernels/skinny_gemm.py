@@ -328,13 +328,17 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Swa
 
 
 def configs_to_time(m: int, n_w: int, k: int, silu: bool, how: str, weight_tma_ok: bool) -> list:
-    """What the chooser times beside cuBLAS for one shape: this kernel's shortlist, and (unless
-    `noswab`, and only for weights the copy engine can address) the swap-AB candidates."""
+    """What the chooser times beside cuBLAS for one shape: the swap-AB shortlist where it has one
+    (weights the copy engine can address, shapes big enough), else this kernel's shortlist; with
+    `noswab` always this kernel's (the chooser before the swap-AB kernel). This kernel won no
+    3B step shape against the swap-AB kernel (H100, B = 1/8/32, 2026-11-24, docs/notes.md), so
+    timing both would only add compiles to a cold start."""
     n = n_w // 2 if silu else n_w
-    configs = shortlist(m, n, k, silu)
     if how != "noswab" and weight_tma_ok:
-        configs = configs + swab_shortlist(m, n, k, silu)
-    return configs
+        swab = swab_shortlist(m, n, k, silu)
+        if swab:
+            return swab
+    return shortlist(m, n, k, silu)
 
 
 def fastest(t: dict, how: str):
@@ -348,8 +352,31 @@ def fastest(t: dict, how: str):
 
 
 def swab_shortlist(m: int, n: int, k: int, silu: bool) -> list[SwabConfig]:
-    """Swap-AB configs timed at start-up (swap_ab_gemm.swab_candidates: 5-9 per shape)."""
-    return swab_candidates(m, n, k, silu)
+    """Swap-AB configs timed at start-up: of swap_ab_gemm.swab_candidates (the tune's list), the
+    full token tile and (a) BLOCK_K 128, the first split, the depth nearest 6 stages, (b) BLOCK_K
+    64 at the deepest pipeline with each split on offer, for each weight-tile height on offer;
+    (c) the candidates' pointer-load entry (the first of (b) for 64-row weight tiles). Every winner of the H100 sweep at B = 1, 8, 32
+    (docs/notes.md, 2026-11-24) is one of these."""
+    cands = swab_candidates(m, n, k, silu)
+    if not cands:
+        return []
+    block_t = max(c[1] for c in cands)
+    out = []
+    for block_w in sorted({c[0] for c in cands}):
+        full = [c for c in cands if c[0] == block_w and c[1] == block_t and c[6]]
+        for block_k in (128, 64):
+            same = [c for c in full if c[2] == block_k]
+            if not same:
+                continue
+            if block_k == 128:  # the first split (candidates list it first), the depth nearest 6
+                first = [c for c in same if c[3] == same[0][3]]
+                out.append(min(first, key=lambda c: abs(c[5] - 6)))
+            else:  # every split on offer at the deepest pipeline, and the first through pointer loads
+                deep = [c for c in same if c[5] == max(d[5] for d in same)]
+                out += deep
+    # and through pointer loads (the candidates' fallback entry: the first 64-deep config)
+    out.append(next(c for c in cands if not c[6]))
+    return out
 
 
 def run_choice(x: torch.Tensor, weight: torch.Tensor, bias, silu: bool, cfg):
