@@ -5,8 +5,8 @@ graphrt/kernels/swap_ab_gemm.py) against cuBLAS.
 
 For each GEMM of the 3B step (qkv + bias, o, gate/up + SiLU*up, down) and M = 12 * batch rows:
 the skinny kernel's configs (`--skinny all`: every candidate; `shortlist`: what start-up times),
-the swap-AB kernel's configs (`--swab all`: every candidate; `shortlist`: what start-up times) and cuBLAS (+ the separate SiLU*mul kernel
-for gate/up), each timed inside a CUDA graph over enough weight copies to stream from HBM (not
+the swap-AB kernel's configs (`--swab all`: every candidate; `shortlist`: what start-up times)
+and cuBLAS (+ the separate SiLU*mul kernel for gate/up), each timed inside a CUDA graph over enough weight copies to stream from HBM (not
 L2). Prints per shape and M: cuBLAS, the best config overall, the best of each kernel, and the
 weight GB/s against the measured copy rate. Writes JSON + markdown."""
 

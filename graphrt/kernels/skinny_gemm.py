@@ -15,10 +15,10 @@ program reads the gate rows n and the up rows I + n, so the [M, 2I] intermediate
 both halves round to the model dtype before the SiLU, as the unfused path does).
 
 Which kernel runs is chosen per (shape, M, epilogue) the first time a shape is seen outside a
-graph capture (the warm-up before capture): every candidate config of this kernel, of the swap-AB
-kernel (swap_ab_gemm.py: weight rows on the wgmma M side, TMA-fed) and cuBLAS are timed inside a
-CUDA graph over enough weight copies that they stream from HBM, not L2; the fastest wins, and
-cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM` overrides that (A/B runs): `auto` (default),
+graph capture (the warm-up before capture): the start-up shortlist of the swap-AB kernel
+(swap_ab_gemm.py: weight rows on the wgmma M side, TMA-fed; this kernel's own shortlist where a shape
+has none) and cuBLAS are timed inside a CUDA graph over enough weight copies that they stream
+from HBM, not L2; the fastest wins, and cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM` overrides that (A/B runs): `auto` (default),
 `cublas` (never a Triton GEMM), `triton` (the fastest Triton config even where cuBLAS wins),
 `noswab` (auto without the swap-AB candidates: the chooser before 2026-11-24's swap-AB pass).
 
@@ -355,8 +355,8 @@ def swab_shortlist(m: int, n: int, k: int, silu: bool) -> list[SwabConfig]:
     """Swap-AB configs timed at start-up: of swap_ab_gemm.swab_candidates (the tune's list), the
     full token tile and (a) BLOCK_K 128, the first split, the depth nearest 6 stages, (b) BLOCK_K
     64 at the deepest pipeline with each split on offer, for each weight-tile height on offer;
-    (c) the candidates' pointer-load entry (the first of (b) for 64-row weight tiles). Every winner of the H100 sweep at B = 1, 8, 32
-    (docs/notes.md, 2026-11-24) is one of these."""
+    (c) the candidates' pointer-load entry (the first of (b) for 64-row weight tiles). Every
+    winner of the H100 sweep at B = 1, 8, 32 (docs/notes.md, 2026-11-24) is one of these."""
     cands = swab_candidates(m, n, k, silu)
     if not cands:
         return []
@@ -371,10 +371,10 @@ def swab_shortlist(m: int, n: int, k: int, silu: bool) -> list[SwabConfig]:
             if block_k == 128:  # the first split (candidates list it first), the depth nearest 6
                 first = [c for c in same if c[3] == same[0][3]]
                 out.append(min(first, key=lambda c: abs(c[5] - 6)))
-            else:  # every split on offer at the deepest pipeline, and the first through pointer loads
+            else:  # every split on offer, at the deepest pipeline
                 deep = [c for c in same if c[5] == max(d[5] for d in same)]
                 out += deep
-    # and through pointer loads (the candidates' fallback entry: the first 64-deep config)
+    # and through pointer loads (the candidates' fallback entry)
     out.append(next(c for c in cands if not c[6]))
     return out
 
