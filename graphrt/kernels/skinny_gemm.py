@@ -18,8 +18,8 @@ Which kernel runs is chosen per (shape, M, epilogue) the first time a shape is s
 graph capture (the warm-up before capture): the start-up shortlist of the swap-AB kernel
 (swap_ab_gemm.py: weight rows on the wgmma M side, TMA-fed; this kernel's own shortlist where a shape
 has none) and cuBLAS are timed inside a CUDA graph over enough weight copies that they stream
-from HBM, not L2; the fastest wins, and cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM` overrides that (A/B runs): `auto` (default),
-`cublas` (never a Triton GEMM), `triton` (the fastest Triton config even where cuBLAS wins),
+from HBM, not L2; the fastest wins, and cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM`
+overrides that (A/B runs): `auto` (default), `cublas` (never a Triton GEMM), `triton` (the fastest Triton config even where cuBLAS wins),
 `noswab` (auto without the swap-AB candidates: the chooser before 2026-11-24's swap-AB pass).
 
 Weight-only FP8 (`scale=`; not wired into the model's linears: that is the FP8 work's choice): e4m3
