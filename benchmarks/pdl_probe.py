@@ -53,7 +53,7 @@ def main():
     ap.add_argument("--fp8", action="store_true", help="also the chain on e4m3 weights (weight-only FP8)")
     args = ap.parse_args()
     from graphrt.kernels.layer_ops import silu_mul
-    from graphrt.kernels.skinny_gemm import choose, skinny_matmul
+    from graphrt.kernels.skinny_gemm import Config, choose, run_choice, skinny_matmul
 
     print(json.dumps({"triton": triton.__version__, "torch": torch.__version__, "ptx": ptx_check()}), flush=True)
     dt = torch.bfloat16
@@ -84,13 +84,13 @@ def main():
 
             def skinny(cfg=cfg):
                 for p in ws:
-                    skinny_matmul(h, p["qkv"], p["b"], False, cfg["qkv"])
-                    skinny_matmul(a, p["o"], None, False, cfg["o"])
-                    skinny_matmul(skinny_matmul(h, p["gu"], None, True, cfg["gu"]), p["down"], None, False, cfg["down"])
+                    run_choice(h, p["qkv"], p["b"], False, cfg["qkv"])  # skinny or swap-AB, as chosen
+                    run_choice(a, p["o"], None, False, cfg["o"])
+                    run_choice(run_choice(h, p["gu"], None, True, cfg["gu"]), p["down"], None, False, cfg["down"])
 
             res[label] = round(chain_ms(skinny), 3)
             res[label + "_configs"] = {k: repr(v) for k, v in cfg.items()}
-            if label == "skinny" and args.fp8:  # weight-only e4m3, same configs: half the weight bytes
+            if label == "skinny" and args.fp8 and all(type(c) is Config for c in cfg.values()):  # weight-only e4m3, same configs: half the weight bytes
                 w8 = [{k: (p[k].to(torch.float8_e4m3fn), torch.ones(p[k].shape[0], device="cuda"))
                        for k in ("qkv", "o", "gu", "down")} for p in ws]
 

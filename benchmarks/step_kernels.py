@@ -9,7 +9,8 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-nopdl fused without programmatic dependent launch (GRAPHRT_PDL=off: the set before PDL)
     fused-pdl   fused with PDL at every batch size (GRAPHRT_PDL=on; auto uses it at B=1 only)
     fused-pf    fused-pdl with the L2 weight prefetch before the grid-dependency wait
-    fused-tri   fused with the skinny Triton GEMM for every step GEMM (GRAPHRT_STEP_GEMM=triton)
+    fused-tri   fused with a Triton GEMM (skinny or swap-AB) for every step GEMM (GRAPHRT_STEP_GEMM=triton)
+    fused-noswab fused without the swap-AB GEMM candidates (GRAPHRT_STEP_GEMM=noswab: the set before them)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -48,8 +49,9 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-pdl": ("fused", {"GRAPHRT_PDL": "on"}),
             "fused-pf": ("fused", {"GRAPHRT_PDL": "on", "GRAPHRT_STEP_PREFETCH": "1"}),
             "fused-tri": ("fused", {"GRAPHRT_STEP_GEMM": "triton"}),
+            "fused-noswab": ("fused", {"GRAPHRT_STEP_GEMM": "noswab"}),
             "torch": ("torch", {})}
-GEMM_MARKS = ("skinny_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
+GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 
 
 def copy_bandwidth_gbs() -> float:
@@ -172,8 +174,8 @@ def main() -> None:
         print(f"{name}: {len(rt.graphs)} graphs in {capture_s[name]} s", flush=True)
     from graphrt.kernels import skinny_gemm
 
-    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} pdl={k[7]} pf={k[8]}": repr(v)
-                   for k, v in skinny_gemm._choice.items() if k[6] == "auto"}
+    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]}": repr(v)
+                   for k, v in skinny_gemm._choice.items() if k[6] in ("auto", "noswab")}
     gemm_timing = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]}": {repr(c): round(t * 1e3, 2) for c, t in v.items()}
                    for k, v in skinny_gemm.timings.items()}
     print("skinny GEMM choices:", json.dumps(gemm_choice), f"measured in {skinny_gemm.choose_seconds:.1f} s", flush=True)

@@ -15,10 +15,12 @@ program reads the gate rows n and the up rows I + n, so the [M, 2I] intermediate
 both halves round to the model dtype before the SiLU, as the unfused path does).
 
 Which kernel runs is chosen per (shape, M, epilogue) the first time a shape is seen outside a
-graph capture (the warm-up before capture): every candidate config and cuBLAS are timed inside a
-CUDA graph over enough weight copies that they stream from HBM, not L2; the fastest wins, and
-cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM` overrides that (A/B runs): `auto` (default),
-`cublas` (never this kernel), `triton` (this kernel's fastest config even where cuBLAS wins).
+graph capture (the warm-up before capture): the start-up shortlist of the swap-AB kernel
+(swap_ab_gemm.py: weight rows on the wgmma M side, TMA-fed; this kernel's own shortlist where a shape
+has none) and cuBLAS are timed inside a CUDA graph over enough weight copies that they stream
+from HBM, not L2; the fastest wins, and cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM`
+overrides that (A/B runs): `auto` (default), `cublas` (never a Triton GEMM), `triton` (the fastest Triton config even where cuBLAS wins),
+`noswab` (auto without the swap-AB candidates: the chooser before 2026-11-24's swap-AB pass).
 
 Weight-only FP8 (`scale=`; not wired into the model's linears: that is the FP8 work's choice): e4m3
 weights load as fp8 and upcast to x's dtype before the dot (exact: every e4m3 value is a bf16 /
@@ -42,6 +44,7 @@ from ..timing import graph_call_ms
 from . import pdl
 from .layer_ops import silu_mul
 from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
+from .swap_ab_gemm import SwabConfig, swab_candidates, swab_matmul, tma_ok
 
 log = logging.getLogger(__name__)
 
@@ -273,28 +276,30 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
     out["cublas"] = graph_call_ms(cublas, reps)
     for cfg in configs if configs is not None else candidates(m, n_w // 2 if silu else n_w, k, silu):
         try:
-            skinny_matmul(x, ws[0], b, silu, cfg)  # compile outside the capture
-            out[cfg] = graph_call_ms(lambda i: skinny_matmul(x, ws[i % copies], b, silu, cfg), reps)
+            run = swab_matmul if isinstance(cfg, SwabConfig) else skinny_matmul
+            run(x, ws[0], b, silu, cfg)  # compile outside the capture
+            out[cfg] = graph_call_ms(lambda i: run(x, ws[i % copies], b, silu, cfg), reps)
         except Exception as e:  # noqa: BLE001  (out of shared memory / registers: not a candidate)
             log.info("skinny_gemm %s skipped: %s", cfg, str(e).splitlines()[0][:120])
     ws.clear()  # the copies (up to 200 MB) go before the next shape's
     return out
 
 
-_choice: dict[tuple, Config | None] = {}  # (m, n_w, k, dtype, bias, silu, mode, pdl, prefetch) -> config; None = cuBLAS
+_choice: dict[tuple, Config | SwabConfig | None] = {}  # (m, n_w, k, dtype, bias, silu, mode, pdl, prefetch) -> config; None = cuBLAS
 timings: dict[tuple, dict] = {}  # what was measured, for benchmarks
 choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
 
 def mode() -> str:
     m = os.environ.get("GRAPHRT_STEP_GEMM", "auto")
-    if m not in ("auto", "cublas", "triton"):
-        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas or triton, not {m!r}")
+    if m not in ("auto", "cublas", "triton", "noswab"):
+        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas, triton or noswab, not {m!r}")
     return m
 
 
-def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | None:
-    """The kernel for this call: a Config, or None for cuBLAS (+ silu_mul)."""
+def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | SwabConfig | None:
+    """The kernel for this call: a Config (this kernel), a SwabConfig (swap-AB kernel), or None for
+    cuBLAS (+ silu_mul)."""
     how = mode()
     if how == "cublas" or m > MAX_ROWS or not weight.is_cuda or weight.dtype not in (torch.float16, torch.bfloat16):
         return None
@@ -305,7 +310,7 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Non
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])
             return None
-        configs = shortlist(m, n_w // 2 if silu else n_w, k, silu)
+        configs = configs_to_time(m, n_w, k, silu, how, tma_ok(weight))
         if not configs:  # too few output tiles for this kernel's layout (small models): cuBLAS, untimed
             _choice[key] = None
             return None
@@ -314,14 +319,74 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Non
         t = time_candidates(m, n_w, k, weight.dtype, weight.device, bias, silu, configs)
         choose_seconds += time.perf_counter() - t0
         timings[key] = t
+        best = fastest(t, how)
         ours = {c: v for c, v in t.items() if c != "cublas"}
-        best = min(ours, key=ours.get) if ours else None
-        if how == "auto" and (best is None or t["cublas"] <= ours[best]):
-            best = None
         _choice[key] = best
         log.info("skinny_gemm M=%d N=%d K=%d silu=%s: %s (cublas %.1f us, best %s)", m, n_w, k, silu, best,
                  t["cublas"] * 1e3, None if not ours else f"{min(ours.values()) * 1e3:.1f} us")
     return _choice[key]
+
+
+def configs_to_time(m: int, n_w: int, k: int, silu: bool, how: str, weight_tma_ok: bool) -> list:
+    """What the chooser times beside cuBLAS for one shape: the swap-AB shortlist where it has one
+    (weights the copy engine can address, shapes big enough), else this kernel's shortlist; with
+    `noswab` always this kernel's (the chooser before the swap-AB kernel). This kernel won no
+    3B step shape against the swap-AB kernel (H100, B = 1/8/32, 2026-11-24, docs/notes.md), so
+    timing both would only add compiles to a cold start."""
+    n = n_w // 2 if silu else n_w
+    if how != "noswab" and weight_tma_ok:
+        swab = swab_shortlist(m, n, k, silu)
+        if swab:
+            return swab
+    return shortlist(m, n, k, silu)
+
+
+def fastest(t: dict, how: str):
+    """The pick from {config or "cublas": ms}: the fastest Triton config, or None (cuBLAS) where
+    cuBLAS is as fast or faster (ties go to cuBLAS) or nothing ran; `triton` mode ignores cuBLAS."""
+    ours = {c: v for c, v in t.items() if c != "cublas"}
+    best = min(ours, key=ours.get) if ours else None
+    if how != "triton" and (best is None or t["cublas"] <= ours[best]):
+        return None
+    return best
+
+
+def swab_shortlist(m: int, n: int, k: int, silu: bool) -> list[SwabConfig]:
+    """Swap-AB configs timed at start-up: of swap_ab_gemm.swab_candidates (the tune's list), the
+    full token tile and (a) BLOCK_K 128, the first split, the depth nearest 6 stages, (b) BLOCK_K
+    64 at the deepest pipeline with each split on offer, for each weight-tile height on offer;
+    (c) the candidates' pointer-load entry (the first of (b) for 64-row weight tiles). Every
+    winner of the H100 sweep at B = 1, 8, 32 (docs/notes.md, 2026-11-24) is one of these."""
+    cands = swab_candidates(m, n, k, silu)
+    if not cands:
+        return []
+    block_t = max(c[1] for c in cands)
+    out = []
+    for block_w in sorted({c[0] for c in cands}):
+        full = [c for c in cands if c[0] == block_w and c[1] == block_t and c[6]]
+        for block_k in (128, 64):
+            same = [c for c in full if c[2] == block_k]
+            if not same:
+                continue
+            if block_k == 128:  # the first split (candidates list it first), the depth nearest 6
+                first = [c for c in same if c[3] == same[0][3]]
+                out.append(min(first, key=lambda c: abs(c[5] - 6)))
+            else:  # every split on offer, at the deepest pipeline
+                deep = [c for c in same if c[5] == max(d[5] for d in same)]
+                out += deep
+    # and through pointer loads (the candidates' fallback entry)
+    out.append(next(c for c in cands if not c[6]))
+    return out
+
+
+def run_choice(x: torch.Tensor, weight: torch.Tensor, bias, silu: bool, cfg):
+    """The chosen Triton kernel on x. A TMA swap-AB config on an x the copy engine cannot address
+    (unaligned view) runs the same tiles with pointer loads."""
+    if isinstance(cfg, SwabConfig):
+        if cfg[6] and not tma_ok(x):
+            cfg = SwabConfig(*cfg[:6], False)
+        return swab_matmul(x, weight, bias, silu, cfg)
+    return skinny_matmul(x, weight, bias, silu, cfg)
 
 
 def _plain(module) -> bool:
@@ -334,7 +399,7 @@ def linear(x: torch.Tensor, module) -> torch.Tensor:
     if _plain(module) and x.is_cuda:
         cfg = choose(x.shape[0], module.weight, module.bias is not None, False)
         if cfg is not None:
-            return skinny_matmul(x, module.weight, module.bias, False, cfg)
+            return run_choice(x, module.weight, module.bias, False, cfg)
     return module(x)
 
 
@@ -343,5 +408,5 @@ def gate_up_silu(x: torch.Tensor, module) -> torch.Tensor:
     if _plain(module) and module.bias is None and x.is_cuda:
         cfg = choose(x.shape[0], module.weight, False, True)
         if cfg is not None:
-            return skinny_matmul(x, module.weight, None, True, cfg)
+            return run_choice(x, module.weight, None, True, cfg)
     return silu_mul(module(x))
