@@ -1,24 +1,29 @@
 """Where the host time of one `Engine.locate_batch` goes, span by span, and A/B of host-side changes.
 
 Wraps the engine's phases with wall-clock spans (perf_counter; no extra synchronization, so the
-stage timings stay what the engine reports) and runs the same batch repeatedly:
+stage timings stay what the engine reports) and runs the same batch repeatedly. Per call:
 
-    intake      first Intake.prepare start -> last prepare end (the thread pool's wall time);
-                inside: processor (load_image, rescale_on_device), prompt build; busy = sum over jobs
-    run         Backend.run: admit (vision: fill_vision + replays; prefill: fill_prefill + replays),
-                decode steps (one D2H read each), finish (collect)
-    results     LocateResult.of for every row (parse + decode text)
-    other       the rest of the call (validation, grouping, generators)
+    call                Engine.locate_batch, returned results included
+    stages              the engine's laps: preprocess + vision + prefill + decode (first row)
+    exposed             call - stages: host time no stage lap holds (the issue's measure)
+    host_outside_gpu    call - (vision + prefill + decode): every host ms of the call outside the
+                        GPU stages' laps (the whole intake included)
+and a timeline: each span's start (ms after the call's start, first occurrence) and its summed
+time, P50/P90 over the calls. Spans:
+    prepare / prepare_many  Intake (inside: load_image, processor.process_loaded (the device
+                        resizes), prompt_build); run: Backend.run; admit (vision: fill_vision and
+                        the replay launch; prefill: fill_prefill (fill_seeds) and launch; the wait
+                        for the prefill's last event); step (replay + the one D2H read); collect;
+                        result_of (LocateResult.of per row)
 
 Variants (interleaved, rotating order, over the same images):
-    before        every prompt built (no prompt cache), fill_vision as before 2026-11-24's pre
-                  branch (staging copy per image, cos/sin/pos copied per image), PIL's pixels packed
-                  into a copy before the host->device copy
-    after_packed  the prompt cache and the grouped fill_vision, pixels still packed
-    after         everything (the code now): PIL's RGBX memory read directly (processor.pil_rgbx)
-    after_w1      `after` with 1 preprocessing thread (EngineOptions.preprocess_workers; default
-                  min(8, cores))
-Random weights: fixed 2 MTP steps per row, tokens are random.
+    before   this pass's starting point: images prepared one by one (EngineOptions.batch_intake
+             False: on the CPU threads, each with its own upload and resize launches), the `seen`
+             seed written from the prompt's id list, five device->host reads in collect
+    after    the code now: equal-size images resized together, the seed from the id array, one
+             read in collect
+Random weights: fixed 2 MTP steps per row, tokens are random. On a CPU-only machine the graph
+backend runs its stage bodies directly (--graphs on), which exercises the same host code.
 
     python benchmarks/host_gaps.py --checkpoint DIR --batch 1 32 --iters 10 --out res.json
 """
@@ -33,7 +38,6 @@ import functools
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,7 @@ import graphrt.processor
 import graphrt.request
 from capture import Buckets
 from graphrt import Engine
+from graphrt.decode import RowResult
 from graphrt.prompt import PromptBuilder
 
 QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella", "bus", "cat"]
@@ -103,96 +108,89 @@ def instrument(spans: Spans) -> None:
     w = spans.wrap
     w(Engine, "locate_batch", "call")
     w(graphrt.intake.Intake, "prepare", "prepare")
-    w(graphrt.processor.ImageProcessor, "__call__", "processor")
+    w(graphrt.intake.Intake, "prepare_many", "prepare_many")
+    w(graphrt.processor.ImageProcessor, "process_loaded", "process_loaded")
     w(graphrt.processor, "load_image", "load_image")
-    w(graphrt.processor.ImageProcessor, "rescale_on_device", "rescale_on_device")
     w(PromptBuilder, "build", "prompt_build")
     w(graphrt.backend.Backend, "run", "run")
     w(capture.runtime.GraphRuntime, "admit", "admit")
     w(capture.runtime.GraphRuntime, "_encode", "vision")
     w(capture.runtime.GraphRuntime, "_prefill", "prefill")
-    w(capture.state.RowState, "fill_seeds", "fill_seeds")
-    w(capture.staging.Staging, "fill", "staging_wait")
-    w(capture.staging.Staging, "send", "staging_send")
+    w(capture.inputs.StageInputs, "fill_vision", "fill_vision")
     w(capture.inputs.StageInputs, "fill_prefill", "fill_prefill")
+    w(capture.state.RowState, "fill_seeds", "fill_seeds")
+    w(capture.staging.Staging, "send", "staging_send")
     w(capture.backend.GraphDecode, "_step", "step")
     w(capture.backend.GraphDecode, "_results", "collect")
     w(graphrt.request.LocateResult, "of", "result_of")
-    w(graphrt.request, "parse_detections", "parse")
 
 
-def summarize_call(records) -> dict[str, float]:
-    """One call's spans -> ms per phase (sums over calls of the same name; walls for intake/call)."""
+STAGES = ("vision_ms", "prefill_ms", "decode_ms")
+
+
+def summarize_call(records, results) -> dict[str, float]:
+    """One call's spans -> ms per span name (summed) and its first start after the call's start;
+    the call against the engine's own stage laps."""
     by = collections.defaultdict(list)
     for name, t0, t1, _ in records:
         by[name].append((t0, t1))
-    out = {f"{k}_ms": sum(t1 - t0 for t0, t1 in v) * 1e3 for k, v in by.items()}
-    out.update({f"{k}_n": len(v) for k, v in by.items()})
     call0, call1 = by["call"][0]
-    if by.get("prepare"):
-        first, last = min(t0 for t0, _ in by["prepare"]), max(t1 for _, t1 in by["prepare"])
-        out["intake_wall_ms"] = (last - first) * 1e3
-        out["before_intake_ms"] = (first - call0) * 1e3
-    if by.get("run"):
-        r0, r1 = by["run"][0]
-        out["intake_to_run_ms"] = (r0 - (last if by.get("prepare") else call0)) * 1e3
-        out["after_run_ms"] = (call1 - r1) * 1e3
+    out = {f"{k}_ms": sum(t1 - t0 for t0, t1 in v) * 1e3 for k, v in by.items()}
+    out.update({f"{k}_at_ms": (min(t0 for t0, _ in v) - call0) * 1e3 for k, v in by.items() if k != "call"})
+    out.update({f"{k}_end_ms": (max(t1 for _, t1 in v) - call0) * 1e3 for k, v in by.items() if k != "call"})
+    intake = by.get("prepare_many") or by.get("prepare") or []
+    if intake:
+        out["intake_wall_ms"] = (max(t1 for _, t1 in intake) - min(t0 for t0, _ in intake)) * 1e3
+    laps = {k: float(np.median([r.timings_ms.get(k, float("nan")) for r in results]))
+            for k in ("preprocess_ms",) + STAGES}
+    out.update({f"engine_{k}": v for k, v in laps.items()})
+    gpu = sum(laps[k] for k in STAGES)
+    out["stages_ms"] = gpu + laps["preprocess_ms"]
+    out["exposed_ms"] = out["call_ms"] - out["stages_ms"]
+    out["host_outside_gpu_ms"] = out["call_ms"] - gpu
     return out
 
 
-def fill_vision_before(self, images, bv: int, p: int) -> None:
-    """capture/inputs.py's fill_vision before the pre branch (for the A/B)."""
-    pipe = self.pipe
-    if (images[0].mean, images[0].std) != self._norm:
-        cols = pipe.pix_mean.shape[0] // 3
-        pipe.pix_mean.copy_(torch.tensor(images[0].mean).repeat_interleave(cols))
-        pipe.pix_std.copy_(torch.tensor(images[0].std).repeat_interleave(cols))
-        self._norm = (images[0].mean, images[0].std)
-    host = self._vision.fill()
-    merge, used = host["merge_index"], host["v_seqused"]
-    for i, im in enumerate(images):
-        n, start = im.num_patches, i * p
-        stage = pipe.rgb_stage[: im.rgb.numel()]
-        stage.copy_(im.rgb.view(-1))
-        torch.index_select(stage, 0, self.patch_order(im.grid), out=pipe.pixels_u8[start : start + n].view(-1))
-        cos, sin, order, pos = self.grid_geometry(im.grid)
-        pipe.cos[start : start + n].copy_(cos)
-        pipe.sin[start : start + n].copy_(sin)
-        pipe.pos[start : start + n].copy_(pos)
-        merge[start : start + n] = order + start
-        merge[start + n : start + p] = start
-        used[i] = n
-    for i in range(len(images), bv):
-        merge[i * p : (i + 1) * p] = i * p
-        used[i] = p
-    self._vision.send({"merge_index": bv * p, "v_seqused": bv})
+# ---------------------------------------------------------------- the "before" variant's pieces
+
+def fill_seeds_before(cls, host: dict, segments: list, gen, pad_id: int) -> None:
+    """capture/state.py's fill_seeds before this pass: the `seen` seed from the id list."""
+    for name, seed in cls.seeded().items():
+        if isinstance(seed, capture.state.FromSegments):
+            host[name][: len(segments)] = seed.values(segments, gen)
+        elif isinstance(seed, capture.state.TokenSet):
+            for i, seg in enumerate(segments):
+                ids = seg.row.prompt.ids if name == "seen" else seed.ids(seg, gen)
+                host[name][i, : len(ids)] = ids
+                host[name][i, len(ids):] = pad_id
 
 
-FILL_AFTER = capture.inputs.StageInputs.fill_vision
-RGBX = graphrt.processor.pil_rgbx
-
-
-@contextlib.contextmanager
-def no_rgbx(image):
-    yield None  # the processor packs PIL's pixels into a copy, as before
+def collect_before(self, targets: list[int]) -> list:
+    """capture/runtime.py's collect before this pass: five device->host reads."""
+    pipe, n = self.pipe, len(targets)
+    index = slice(0, n) if targets == list(range(n)) else torch.tensor(targets, device=self.model.device)
+    n_gen, steps, ended, limit = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended, pipe.step_limit))
+    out = pipe.out_tokens[index].cpu()
+    results = []
+    for i in range(len(targets)):
+        reason = "end" if ended[i] else "fixed_steps" if steps[i] >= limit[i] else "max_new_tokens"
+        results.append(RowResult(tokens=out[i, : n_gen[i]].tolist(), stop_reason=reason, steps=steps[i]))
+    return results
 
 
 class Variant:
-    """One configuration of the host side: prompt cache on/off, fill_vision, preprocessing threads."""
+    """One configuration of the host side, applied by patching the engine's classes in place."""
 
-    def __init__(self, engine, cache: bool, fill, workers: int, rgbx: bool = True):
-        self.engine, self.cache, self.fill, self.workers, self.rgbx = engine, cache, fill, workers, rgbx
-        self.built = collections.OrderedDict()  # this variant's own prompt cache
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"prep{workers}")
+    def __init__(self, engine, spans: Spans, before: bool):
+        self.engine, self.before = engine, before
+        self.fill_seeds = classmethod(spans.timed(fill_seeds_before, "fill_seeds")) if before \
+            else capture.state.RowState.__dict__["fill_seeds"]  # as instrument() wrapped it
+        self.collect = collect_before if before else capture.runtime.GraphRuntime.collect
 
     def apply(self) -> None:
-        prompts = self.engine.prompts
-        prompts._built = self.built
-        prompts.PROMPTS_KEPT = PromptBuilder.PROMPTS_KEPT if self.cache else 0
-        capture.inputs.StageInputs.fill_vision = self.fill
-        graphrt.processor.pil_rgbx = RGBX if self.rgbx else no_rgbx
-        self.engine.options = dataclasses.replace(self.engine.options, preprocess_workers=self.workers)
-        self.engine._pool = self.pool
+        self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before)
+        capture.state.RowState.fill_seeds = self.fill_seeds
+        capture.runtime.GraphRuntime.collect = self.collect
 
 
 def images(n: int, width: int, height: int, seed: int) -> list[Image.Image]:
@@ -202,6 +200,10 @@ def images(n: int, width: int, height: int, seed: int) -> list[Image.Image]:
 
 def pct(xs, q) -> float:
     return round(float(np.percentile(np.asarray(xs), q)), 3)
+
+
+SUMMARY = ("call_ms", "stages_ms", "exposed_ms", "host_outside_gpu_ms", "intake_wall_ms", "engine_preprocess_ms",
+           "engine_vision_ms", "engine_prefill_ms", "engine_decode_ms")
 
 
 def main():
@@ -216,19 +218,18 @@ def main():
     ap.add_argument("--out", default="host_gaps.json")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
-    opts = dict(progress=False, fixed_steps=2, graphs=args.graphs if cuda else "off")
-    if cuda and args.graphs == "on":  # only the buckets this run uses: a short capture
+    opts = dict(progress=False, fixed_steps=2, graphs=args.graphs)
+    if args.graphs == "on":  # only the buckets this run uses: a short capture
         opts["buckets"] = Buckets(batch_sizes=tuple(sorted(set(args.batch))), patch_budgets=(1680,),
                                   prefill_lengths=(64, 480, 576, 1280))
+    if not cuda:
+        opts.update(device="cpu", dtype="float32")
     t = time.perf_counter()
     engine = Engine.from_pretrained(args.checkpoint, **opts)
     load_s = time.perf_counter() - t
     spans = Spans()
     instrument(spans)
-    before, after = spans.timed(fill_vision_before, "fill_vision"), spans.timed(FILL_AFTER, "fill_vision")
-    variants = {"before": Variant(engine, False, before, 8, rgbx=False),
-                "after_packed": Variant(engine, True, after, 8, rgbx=False),
-                "after": Variant(engine, True, after, 8), "after_w1": Variant(engine, True, after, 1)}
+    variants = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False)}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),
               "work": f"locate_batch of B distinct {args.width}x{args.height} PIL images, one query each "
                       f"({len(QUERIES)} distinct, cycled), 2 MTP steps per row, graphs {opts['graphs']}",
@@ -236,6 +237,7 @@ def main():
     for batch in args.batch:
         pairs = list(zip(images(batch, args.width, args.height, seed=batch), (QUERIES * batch)[:batch]))
         samples = {v: [] for v in variants}
+        tokens = {}
         names = list(variants)
         for i in range(args.warmup + args.iters):
             for name in names[i % len(names):] + names[: i % len(names)]:  # rotating order
@@ -246,26 +248,25 @@ def main():
                     results = engine.locate_batch(pairs)
                 if cuda:
                     torch.cuda.synchronize()
+                tokens[name] = [r.tokens for r in results]
                 if i >= args.warmup:
-                    s = summarize_call(spans.records)
-                    for key in ("preprocess_ms", "vision_ms", "prefill_ms", "decode_ms"):
-                        s[f"engine_{key}"] = float(np.median([r.timings_ms.get(key, float("nan")) for r in results]))
-                    samples[name].append(s)
-        out = {}
+                    samples[name].append(summarize_call(spans.records, results))
+        out = {"same_tokens": len({json.dumps(t) for t in tokens.values()}) == 1}
         for name, rows in samples.items():
             keys = sorted({k for r in rows for k in r})
-            out[name] = {k: {"p50": pct([r.get(k, 0.0) for r in rows], 50), "p90": pct([r.get(k, 0.0) for r in rows], 90)}
-                         for k in keys}
-            stages = sum(out[name][f"engine_{k}"]["p50"] for k in ("vision_ms", "prefill_ms", "decode_ms"))
-            out[name]["summary"] = {"call_p50_ms": out[name]["call_ms"]["p50"], "stages_p50_ms": round(stages, 3),
-                                    "call_minus_stages_p50_ms": round(out[name]["call_ms"]["p50"] - stages, 3)}
+            out[name] = {k: {"p50": pct([r.get(k, 0.0) for r in rows], 50), "p90": pct([r.get(k, 0.0) for r in rows], 90),
+                             "p99": pct([r.get(k, 0.0) for r in rows], 99)} for k in keys}
         report["results"][f"B={batch}"] = out
-        print(f"B={batch}", json.dumps({n: out[n]["summary"] for n in out}))
-        for name in out:
-            print(f"  {name}: " + ", ".join(f"{k}={v['p50']}" for k, v in out[name].items()
-                                            if k != "summary" and k.endswith("_ms")))
+        print(f"B={batch} same tokens across variants: {out['same_tokens']}")
+        for name in variants:
+            o = out[name]
+            print(f"  {name}: " + ", ".join(f"{k[:-3]}={o[k]['p50']}/{o[k]['p90']}" for k in SUMMARY if k in o)
+                  + "  (P50/P90 ms)")
+            spans_ms = sorted((k[:-6] for k in o if k.endswith("_at_ms")), key=lambda n: o[n + "_at_ms"]["p50"])
+            print("    timeline (start..end ms after the call's start: summed ms): " + "; ".join(
+                f"{n} {o[n + '_at_ms']['p50']:.2f}..{o[n + '_end_ms']['p50']:.2f}: {o[n + '_ms']['p50']:.3f}"
+                for n in spans_ms))
     variants["after"].apply()
-    capture.inputs.StageInputs.fill_vision = FILL_AFTER
     spans.restore()
     Path(args.out).write_text(json.dumps(report, indent=1))
 

@@ -369,12 +369,13 @@ class GraphRuntime:
         pipe, n = self.pipe, len(targets)
         # Rows [0, n) (a whole batch) by slicing: no device allocation on the latency path.
         index = slice(0, n) if targets == list(range(n)) else torch.tensor(targets, device=self.model.device)
-        n_gen, steps, ended, limit = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended, pipe.step_limit))
-        out = pipe.out_tokens[index].cpu()
+        # One device->host read (a synchronizing copy each would wait on the GPU five times).
+        counts = torch.stack((pipe.n_gen[index], pipe.steps[index], pipe.ended[index].long(), pipe.step_limit[index]), 1)
+        host = torch.cat((counts, pipe.out_tokens[index]), 1).cpu().numpy()
         results = []
-        for i in range(len(targets)):
-            reason = "end" if ended[i] else "fixed_steps" if steps[i] >= limit[i] else "max_new_tokens"
-            results.append(RowResult(tokens=out[i, : n_gen[i]].tolist(), stop_reason=reason, steps=steps[i]))
+        for row, (n_gen, steps, ended, limit) in zip(host, host[:, :4].tolist()):
+            reason = "end" if ended else "fixed_steps" if steps >= limit else "max_new_tokens"
+            results.append(RowResult(tokens=row[4 : 4 + n_gen].tolist(), stop_reason=reason, steps=steps))
         return results
 
     # ------------------------------------------------------------------ pause / resume

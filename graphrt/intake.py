@@ -1,5 +1,6 @@
 """Pairs to image jobs: each (image, query[, options]) pair's options read, its image decoded and
-resized on the CPU, exemplars cropped or loaded, the prompt built and checked against the context;
+resized (on the GPU where the engine runs there; equal-size images of a batch together),
+exemplars cropped or loaded, the prompt built and checked against the context;
 the rows of one image become one ImageJob. A bad image fails all its rows, a bad query only its own."""
 
 from __future__ import annotations
@@ -27,7 +28,39 @@ class Intake:
     def prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str, task: str):
         """Image and prompts of one group -> (ImageJob or None, [(index, failed result)]). A bad
         image fails all its rows; a bad query (or task, or exemplar) only its own."""
+        return self.prepare_many(pairs, [indices], temps, gen, errors, task)[0]
+
+    def prepare_many(self, pairs, groups: list[list[int]], temps, gen: GenerationConfig, errors: str, task: str,
+                     pool=None) -> list[tuple]:
+        """`prepare` of every group at once, in order: images loaded (on `pool`'s threads when
+        given: decoders release the GIL), then resized together (equal sizes share one upload
+        buffer and one set of resize launches: graphrt.processor.process_loaded), then each
+        group's rows built. Each job's preprocess_ms is the wall time of the whole preparation
+        (no image of the batch is ready before the last one is). Errors as in `prepare`; with
+        errors="raise" the first bad group (image before its rows) raises."""
         t0 = time.perf_counter()
+        load = lambda indices: self._load(pairs, indices, task)  # noqa: E731
+        loaded = list(pool.map(load, groups)) if pool is not None and len(groups) > 1 else [load(g) for g in groups]
+        good = [k for k, (_, rgb) in enumerate(loaded) if not isinstance(rgb, InputError)]
+        processed = dict(zip(good, self.processor.process_loaded([loaded[k][1] for k in good])))
+        outcomes = []
+        for k, (indices, (specs, rgb)) in enumerate(zip(groups, loaded)):
+            image = processed.get(k, rgb)
+            if isinstance(image, InputError):
+                if errors == "raise":
+                    raise image
+                outcomes.append((None, [(i, LocateResult.failed(query_text(pairs[i][1]), str(image)))
+                                        for i in indices]))
+                continue
+            outcomes.append(self._rows(pairs, indices, specs, rgb, image, temps, gen, errors))
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        for job, _ in outcomes:
+            if job is not None:
+                job.preprocess_ms = ms
+        return outcomes
+
+    def _load(self, pairs, indices: list[int], task: str) -> tuple:
+        """(each row's pair options or its InputError, the group's loaded RGB image or its InputError)."""
         specs = {}
         for i in indices:
             try:
@@ -35,16 +68,14 @@ class Intake:
             except InputError as exc:
                 specs[i] = exc
         try:
-            src = pairs[indices[0]][0]
             # Boxes are cropped from the image as read (before the processor resizes it).
-            boxed = any(not isinstance(v, Exception) and v[2] is not None and v[2].box is not None
-                        for v in specs.values())
-            rgb = load_image(src, self.max_image_pixels) if boxed else None
-            image = self.processor(rgb if boxed else src)
+            return specs, self.processor.load(pairs[indices[0]][0])
         except InputError as exc:
-            if errors == "raise":
-                raise
-            return None, [(i, LocateResult.failed(query_text(pairs[i][1]), str(exc))) for i in indices]
+            return specs, exc
+
+    def _rows(self, pairs, indices: list[int], specs: dict, rgb, image: ProcessedImage, temps,
+              gen: GenerationConfig, errors: str) -> tuple:
+        """(ImageJob of the group's good rows or None, [(index, failed result)])."""
         rows, failures = [], []
         merge = self.cfg.vision.merge_kernel_size
         for i in indices:
@@ -67,8 +98,7 @@ class Intake:
                 continue
             phrase = normalize_query(query) if row_task in PHRASE_TASKS else ""
             rows.append(Row(i, phrase, row_task, prompt, temps[i], exemplars=exemplars))
-        job = ImageJob(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
-        return job, failures
+        return (ImageJob(image, rows) if rows else None), failures
 
     def check_query_length(self, query) -> None:
         if not isinstance(query, (str, list, tuple)):

@@ -234,3 +234,58 @@ def test_processor_device_path_without_and_with_rgbx_export(device, monkeypatch)
     for im, a, b in zip(images, direct, packed):
         ref = host(im).rgb
         assert torch.equal(a, ref) and torch.equal(b, ref), im.size
+
+
+@pytest.mark.parametrize("device", devices())
+def test_batched_resize_equals_each_image_and_pil(device):
+    """A batch of equal-size images resizes in the same launches as one image, each image exactly
+    as alone (and as PIL): up, down, one side down and one up, the vertical-first order of
+    Pillow 13, a strip, a batch of one."""
+    rs = np.random.RandomState(21)
+    for (w, h), size, k in [((640, 480), (644, 504), 5), ((300, 200), (140, 84), 3), ((97, 301), (112, 140), 4),
+                            ((60, 300), (56, 60), 3), ((640, 480), (644, 504), 1), ((1, 37), (28, 56), 2)]:
+        arrs = [random_pixels(rs, w, h) for _ in range(k)]
+        batch = torch.from_numpy(np.stack(arrs)).to(device)
+        out = resize_bicubic(batch, size)
+        assert out.shape == (k, size[1], size[0], 3)
+        for i, arr in enumerate(arrs):
+            alone = resize_bicubic(torch.from_numpy(arr).to(device), size)
+            assert torch.equal(out[i], alone), ((w, h), size, i)
+            np.testing.assert_array_equal(out[i].cpu().numpy(), pil_resize(arr, size), err_msg=f"{(w, h)} -> {size}")
+
+
+@pytest.mark.parametrize("rgbx", [True, False], ids=["rgbx", "packed"])
+@pytest.mark.parametrize("device", devices())
+def test_process_loaded_equals_one_by_one_and_pil(device, rgbx, monkeypatch):
+    """process_loaded resizes equal-size images together (one rescale_many_on_device per size,
+    whatever the order of the list) and gives every image PIL's pixels, bit for bit, as the
+    processor gives it alone; an image too large for the position table fails in its own place."""
+    from graphrt import processor
+
+    if not rgbx:
+        @contextlib.contextmanager
+        def no_export(image):
+            yield None
+
+        monkeypatch.setattr(processor, "pil_rgbx", no_export)
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
+    sizes = [(640, 480), (56, 56), (640, 480), (97, 301), (640, 480), (56, 56), (300, 260)]
+    images = [random_image(*size, seed=i) for i, size in enumerate(sizes)]
+    too_large = Image.new("RGB", (14 * 512, 10))  # no whole patch row: never capped, 512 columns
+    images.insert(3, too_large)
+    calls = []
+    many = ImageProcessor.rescale_many_on_device
+    monkeypatch.setattr(ImageProcessor, "rescale_many_on_device",
+                        lambda self, ims, d: calls.append(len(ims)) or many(self, ims, d))
+    out = dev.process_loaded([processor.load_image(im) for im in images])
+    assert sorted(calls) == [1, 1, 2, 3], calls  # one call per size: 3x 640x480, 2x 56x56, two alone
+    assert isinstance(out[3], processor.InputError) and "position table" in str(out[3])
+    for im, got in zip(images, out):
+        if im is too_large:
+            continue
+        ref = host(im)
+        assert got.rgb.device.type == torch.device(device).type
+        assert torch.equal(got.rgb.cpu(), ref.rgb), im.size
+        assert (got.grid, got.size, got.mean, got.std) == (ref.grid, ref.size, ref.mean, ref.std)
+        assert torch.equal(dev(im).rgb.cpu(), ref.rgb), im.size  # one image alone: the same
