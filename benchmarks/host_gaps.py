@@ -18,10 +18,12 @@ time, P50/P90 over the calls. Spans:
 
 Variants (interleaved, rotating order, over the same images):
     before   this pass's starting point: images prepared one by one (EngineOptions.batch_intake
-             False: on the CPU threads, each with its own upload and resize launches), the `seen`
+             False: on the CPU threads, each with its own blocking upload (torch synchronizes the
+             stream after a pageable copy) and resize launches), the `seen`
              seed written from the prompt's id list, five device->host reads in collect
-    after    the code now: equal-size images resized together, the seed from the id array, one
-             read in collect
+    after    the code now: equal-size images resized together (uploaded through the processor's
+             pinned block), the seed from the id array, one read in collect
+    after_pageable  `after` with non-blocking pageable uploads instead of the pinned block
 Random weights: fixed 2 MTP steps per row, tokens are random. On a CPU-only machine the graph
 backend runs its stage bodies directly (--graphs on), which exercises the same host code.
 
@@ -178,19 +180,42 @@ def collect_before(self, targets: list[int]) -> list:
     return results
 
 
+def rescale_before(self, image, device):
+    """graphrt/processor.py's rescale_on_device before this pass: one image, a blocking upload
+    (torch synchronizes the stream after a pageable copy), its own launches."""
+    capped = self.capped_size(*image.size)
+    target = self.rounded_size(*capped)
+    self._check_grid(*target)
+    with graphrt.processor.pil_rgbx(image) as rgbx:
+        if rgbx is not None:
+            rgb = rgbx.to(device)[..., :3].contiguous()
+        else:
+            rgb = graphrt.processor.host_pixels(image).to(device)
+    if capped != image.size:
+        rgb = graphrt.processor.resize_bicubic(rgb, capped)
+    return graphrt.processor.resize_bicubic(rgb, target) if target != capped else rgb
+
+
+MANY_AFTER = graphrt.processor.ImageProcessor.rescale_many_on_device
+PINNED_LIMIT = graphrt.processor.PinnedUploads.LIMIT
+
+
 class Variant:
     """One configuration of the host side, applied by patching the engine's classes in place."""
 
-    def __init__(self, engine, spans: Spans, before: bool):
-        self.engine, self.before = engine, before
+    def __init__(self, engine, spans: Spans, before: bool, pinned: bool = True):
+        self.engine, self.before, self.pinned = engine, before, pinned
         self.fill_seeds = classmethod(spans.timed(fill_seeds_before, "fill_seeds")) if before \
             else capture.state.RowState.__dict__["fill_seeds"]  # as instrument() wrapped it
         self.collect = collect_before if before else capture.runtime.GraphRuntime.collect
+        self.rescale = (lambda proc, ims, d: [rescale_before(proc, im, d) for im in ims]) if before else MANY_AFTER
 
     def apply(self) -> None:
         self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before)
         capture.state.RowState.fill_seeds = self.fill_seeds
         capture.runtime.GraphRuntime.collect = self.collect
+        graphrt.processor.ImageProcessor.rescale_many_on_device = self.rescale
+        graphrt.processor.PinnedUploads.LIMIT = PINNED_LIMIT if self.pinned else 0
 
 
 def images(n: int, width: int, height: int, seed: int) -> list[Image.Image]:
@@ -229,7 +254,8 @@ def main():
     load_s = time.perf_counter() - t
     spans = Spans()
     instrument(spans)
-    variants = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False)}
+    variants = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False),
+                "after_pageable": Variant(engine, spans, False, pinned=False)}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),
               "work": f"locate_batch of B distinct {args.width}x{args.height} PIL images, one query each "
                       f"({len(QUERIES)} distinct, cycled), 2 MTP steps per row, graphs {opts['graphs']}",
@@ -268,6 +294,7 @@ def main():
                 for n in spans_ms))
     variants["after"].apply()
     spans.restore()
+    graphrt.processor.ImageProcessor.rescale_many_on_device = MANY_AFTER
     Path(args.out).write_text(json.dumps(report, indent=1))
 
 

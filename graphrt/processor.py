@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import io
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,7 @@ class ImageProcessor:
         self.cfg = cfg
         self.max_pixels = max_pixels
         self.resize_device = torch.device(resize_device) if resize_device is not None else None
+        self._pinned = PinnedUploads()
 
     def capped_size(self, width: int, height: int) -> tuple[int, int]:
         """Step 1: shrink to the patch budget, keeping the aspect ratio."""
@@ -277,28 +279,35 @@ class ImageProcessor:
         capped = self.capped_size(width, height)
         target = self.rounded_size(*capped)
         self._check_grid(*target)
-        cuda = device.type != "cpu"
-        # Pageable copies (a pinned block + async copy measured slower per call: H100 host,
-        # Engine.locate P50 2.39 vs 1.50 ms; benchmarks/preprocess_ab.py), but non-blocking: a
-        # copy from pageable memory returns once the driver has staged the source (CUDA's
-        # "API synchronization behavior"), so the view may go right after, and the host no longer
-        # waits for the GPU at each image. PIL's own RGBX buffer goes over as it is where it can
-        # (no packing copy on the host: 0.43 of 0.86 ms at 640x480 on the H100 host); the pad
-        # byte is dropped on the device, in one launch for the batch.
+        # PIL's own RGBX buffer goes over as it is where it can (no packing copy on the host:
+        # 0.43 of 0.86 ms at 640x480 on the H100 host); the pad byte is dropped on the device, in
+        # one launch for the batch. Images larger than Pillow's one block are packed first.
         with contextlib.ExitStack() as held:
             views = [held.enter_context(pil_rgbx(im)) for im in images]
-            if all(v is not None for v in views):
-                batch = torch.empty((len(images), height, width, 4), dtype=torch.uint8, device=device)
-                for dst, view in zip(batch, views):
-                    dst.copy_(view, non_blocking=cuda)  # a copy: PIL's bytes are never shared
-                rgb = batch[..., :3].contiguous()
-            else:
-                rgb = torch.empty((len(images), height, width, 3), dtype=torch.uint8, device=device)
-                for dst, im in zip(rgb, images):
-                    dst.copy_(host_pixels(im), non_blocking=cuda)
+            if any(v is None for v in views):
+                views = [host_pixels(im) for im in images]
+            batch = self._upload(views, device)
+        rgb = batch[..., :3].contiguous() if batch.shape[-1] == 4 else batch
         if capped != (width, height):
             rgb = resize_bicubic(rgb, capped)
         return resize_bicubic(rgb, target) if target != capped else rgb
+
+    def _upload(self, views: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Equal-shape host pixel views -> one [B, H, W, C] tensor on `device` (a copy: PIL's
+        bytes are never shared). On a GPU through the processor's pinned block when they fit it
+        (a host copy on torch's CPU threads, then one asynchronous upload: the host goes on while
+        the DMA runs), else as pageable copies, non-blocking: such a copy returns once the driver
+        has staged its source (CUDA's "API synchronization behavior"), so the views may go at
+        once, and the host no longer waits for the GPU at each image as a blocking copy does."""
+        if device.type == "cpu":
+            return torch.stack(views)
+        pinned = self._pinned.upload(views, device)
+        if pinned is not None:
+            return pinned
+        batch = torch.empty((len(views), *views[0].shape), dtype=torch.uint8, device=device)
+        for dst, view in zip(batch, views):
+            dst.copy_(view, non_blocking=True)
+        return batch
 
     def _check_grid(self, width: int, height: int) -> None:
         p = self.cfg.patch_size
@@ -342,6 +351,42 @@ class ImageProcessor:
         p = self.cfg.patch_size
         return ProcessedImage(arr, (arr.shape[0] // p, arr.shape[1] // p), rgb.size,
                               tuple(self.cfg.image_mean), tuple(self.cfg.image_std))
+
+
+class PinnedUploads:
+    """One persistent pinned host block through which a batch of images goes to the GPU: the
+    pixels are copied in on torch's CPU threads and sent in one asynchronous copy. The block is
+    never rewritten under a copy: while the last one is still queued (behind replays of a
+    stream, say) an upload declines (None: the caller copies pageable) instead of waiting for
+    the GPU. A pinned block allocated per call measured slower than a pageable copy (issue 13);
+    this one is kept. Batches above LIMIT bytes (~30 frames of 1920x1080 RGBX) decline too."""
+
+    LIMIT = 256 << 20
+    GRANULE = 16 << 20  # the block grows in these steps
+
+    def __init__(self):
+        self.block: torch.Tensor | None = None
+        self._copied = None
+        self._lock = threading.Lock()  # the engine's prefetch threads upload too
+
+    def upload(self, views: list[torch.Tensor], device: torch.device) -> torch.Tensor | None:
+        nbytes = sum(v.numel() for v in views)
+        if nbytes > self.LIMIT or not torch.cuda.is_available():
+            return None
+        with self._lock:
+            if self._copied is not None and not self._copied.query():
+                return None
+            if self.block is None or self.block.numel() < nbytes:
+                self.block = None  # the old block goes back to torch's pinned cache first
+                size = -(-nbytes // self.GRANULE) * self.GRANULE
+                self.block = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            host = self.block[:nbytes].view(len(views), *views[0].shape)
+            for dst, view in zip(host, views):
+                dst.copy_(view)
+            out = host.to(device, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        return out
 
 
 def host_pixels(image: Image.Image) -> torch.Tensor:
