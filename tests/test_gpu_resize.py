@@ -197,6 +197,21 @@ def test_interp_triton_resize_equals_pil():
         np.testing.assert_array_equal(resize_bicubic(t, size).numpy(), pil_resize(arr, size), err_msg=f"{w}x{h}")
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernels in the gpu tests")
+def test_interp_triton_batched_rgbx_resize_equals_pil():
+    """The kernel on a batch of RGBX images, keeping RGB (the first pass skips the pad byte):
+    each image equals PIL's resize of its RGB pixels, in either pass order."""
+    rs = np.random.RandomState(5)
+    for w, h, size in [(30, 20, (56, 28)), (12, 60, (10, 30)), (28, 28, (28, 28))]:
+        arrs = [random_pixels(rs, w, h) for _ in range(2)]
+        rgbx = torch.from_numpy(np.stack([np.concatenate([a, rs.randint(0, 256, (h, w, 1), dtype=np.uint8)], 2)
+                                          for a in arrs]))
+        out = resize_bicubic(rgbx, size, channels=3)
+        assert out.shape == (2, size[1], size[0], 3) and out.is_contiguous()
+        for a, o in zip(arrs, out):
+            np.testing.assert_array_equal(o.numpy(), pil_resize(a, size), err_msg=f"{w}x{h}")
+
+
 def test_pil_rgbx_view_is_pils_pixels():
     """The zero-copy view of PIL's RGBX memory holds the image's pixels (pad byte aside); images
     Pillow cannot export in one block (over 16 MB) or modes other than RGB give None."""
@@ -248,6 +263,8 @@ def test_batched_resize_equals_each_image_and_pil(device):
         batch = torch.from_numpy(np.stack(arrs)).to(device)
         out = resize_bicubic(batch, size)
         assert out.shape == (k, size[1], size[0], 3)
+        pad = torch.from_numpy(rs.randint(0, 256, (k, h, w, 1), dtype=np.uint8)).to(device)
+        assert torch.equal(resize_bicubic(torch.cat([batch, pad], 3), size, channels=3), out)  # RGBX read as RGB
         for i, arr in enumerate(arrs):
             alone = resize_bicubic(torch.from_numpy(arr).to(device), size)
             assert torch.equal(out[i], alone), ((w, h), size, i)
