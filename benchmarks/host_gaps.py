@@ -23,10 +23,11 @@ Variants (interleaved, rotating order, over the same images):
              written from the prompt's id list, fill_vision rewriting every table and length
              and gathering image by image, begin()'s fill before the vision, no read-back copy
              (done checks and five reads in collect on the device after the GPU ends)
-    after    the code now: equal-size images resized together (uploaded through the processor's
-             pinned block, the first pass reading RGBX), the seed from the id array, fill_vision
-             rewriting only what changed, the read-back copy queued behind each replay
-    after_pageable  `after` with non-blocking pageable uploads instead of the pinned block
+    after    the code now: equal-size images resized together (non-blocking uploads, the first
+             pass reading RGBX), the seed from the id array, fill_vision rewriting only what
+             changed, the read-back copy queued behind each replay
+(2026-11-24's run also had `after` through a kept pinned upload block, measured no faster and
+removed: docs/notes.md, section "Host time around the GPU stages".)
 Random weights: fixed 2 MTP steps per row, tokens are random. On a CPU-only machine the graph
 backend runs its stage bodies directly (--graphs on), which exercises the same host code.
 
@@ -246,7 +247,6 @@ def rescale_before(self, image, device):
     return graphrt.processor.resize_bicubic(rgb, target) if target != capped else rgb
 
 
-PINNED_LIMIT = graphrt.processor.PinnedUploads.LIMIT
 
 
 def before_patches(timed=lambda fn, name: fn) -> dict:
@@ -281,8 +281,8 @@ def host_before():
 class Variant:
     """One configuration of the host side, applied by patching the engine's classes in place."""
 
-    def __init__(self, engine, spans: Spans, before: bool, pinned: bool = True):
-        self.engine, self.before, self.pinned = engine, before, pinned
+    def __init__(self, engine, spans: Spans, before: bool):
+        self.engine, self.before = engine, before
         patches = before_patches(spans.timed)
         now = {key: key[0].__dict__[key[1]] for key in patches}  # as instrument() wrapped them
         self.patches = patches if before else now
@@ -291,7 +291,6 @@ class Variant:
         self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before)
         for (owner, attr), fn in self.patches.items():
             setattr(owner, attr, fn)
-        graphrt.processor.PinnedUploads.LIMIT = PINNED_LIMIT if self.pinned else 0
 
 
 def images(n: int, width: int, height: int, seed: int) -> list[Image.Image]:
@@ -330,8 +329,7 @@ def main():
     load_s = time.perf_counter() - t
     spans = Spans()
     instrument(spans)
-    variants = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False),
-                "after_pageable": Variant(engine, spans, False, pinned=False)}
+    variants = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False)}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),
               "work": f"locate_batch of B distinct {args.width}x{args.height} PIL images, one query each "
                       f"({len(QUERIES)} distinct, cycled), 2 MTP steps per row, graphs {opts['graphs']}",

@@ -309,7 +309,8 @@ class Engine:
         GPU: all groups at once (Intake.prepare_many; files and bytes decode on the CPU threads,
         decoded images are loaded inline: one thread measured faster for them); else group by
         group on the threads (PIL's host resizes run in parallel there)."""
-        if not self.options.batch_intake or self.processor.resize_device is None:
+        batched = isinstance(self.processor, ImageProcessor) and self.processor.resize_device is not None
+        if not self.options.batch_intake or not batched:
             prepare = lambda indices: intake.prepare(pairs, indices, temps, gen, errors, task)  # noqa: E731
             return [prepare(groups[0])] if len(groups) == 1 else list(self._pool.map(prepare, groups))
         encoded = any(isinstance(pairs[g[0]][0], (str, Path, bytes, bytearray, memoryview)) for g in groups)

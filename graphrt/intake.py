@@ -41,11 +41,11 @@ class Intake:
         t0 = time.perf_counter()
         load = lambda indices: self._load(pairs, indices, task)  # noqa: E731
         loaded = list(pool.map(load, groups)) if pool is not None and len(groups) > 1 else [load(g) for g in groups]
-        good = [k for k, (_, rgb) in enumerate(loaded) if not isinstance(rgb, InputError)]
-        processed = dict(zip(good, self.processor.process_loaded([loaded[k][1] for k in good])))
+        todo = [k for k, (_, rgb, image) in enumerate(loaded) if image is None and not isinstance(rgb, InputError)]
+        processed = dict(zip(todo, self.processor.process_loaded([loaded[k][1] for k in todo]))) if todo else {}
         outcomes = []
-        for k, (indices, (specs, rgb)) in enumerate(zip(groups, loaded)):
-            image = processed.get(k, rgb)
+        for k, (indices, (specs, rgb, image)) in enumerate(zip(groups, loaded)):
+            image = processed.get(k, rgb if image is None else image)
             if isinstance(image, InputError):
                 if errors == "raise":
                     raise image
@@ -60,18 +60,27 @@ class Intake:
         return outcomes
 
     def _load(self, pairs, indices: list[int], task: str) -> tuple:
-        """(each row's pair options or its InputError, the group's loaded RGB image or its InputError)."""
+        """(each row's pair options or its InputError, the group's loaded RGB image or its
+        InputError, its ProcessedImage or None when `process_loaded` is to make it). A processor
+        that is only a callable (scale-out's, which passes images processed elsewhere through)
+        processes each image here."""
         specs = {}
         for i in indices:
             try:
                 specs[i] = pair_options(pairs[i], task)
             except InputError as exc:
                 specs[i] = exc
+        src = pairs[indices[0]][0]
         try:
-            # Boxes are cropped from the image as read (before the processor resizes it).
-            return specs, self.processor.load(pairs[indices[0]][0])
+            if isinstance(self.processor, ImageProcessor):
+                # Boxes are cropped from the image as read (before the processor resizes it).
+                return specs, self.processor.load(src), None
+            boxed = any(not isinstance(v, Exception) and v[2] is not None and v[2].box is not None
+                        for v in specs.values())
+            rgb = load_image(src, self.max_image_pixels) if boxed else None
+            return specs, rgb, self.processor(rgb if boxed else src)
         except InputError as exc:
-            return specs, exc
+            return specs, exc, None
 
     def _rows(self, pairs, indices: list[int], specs: dict, rgb, image: ProcessedImage, temps,
               gen: GenerationConfig, errors: str) -> tuple:
