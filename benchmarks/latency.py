@@ -41,7 +41,9 @@ def parse_config(text: str) -> dict:
     """"graphs=off,share_prefix=false,attention=torch-fa2" -> EngineOptions / GenerationConfig overrides.
     `prefill=64:256:480:576` sets the prefill buckets (the other bucket lists keep their defaults);
     `vision_attention=varlen` the vision tower's attention in that config's graphs;
-    `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch)."""
+    `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch);
+    `host=before` the host side as before the intake pass (benchmarks/host_gaps.py's patches,
+    applied around that config's calls; pair it with batch_intake=false)."""
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -61,6 +63,18 @@ def clocked(sync_laps: bool, fn, *args):
         return fn(*args)
     finally:
         StageClock.synchronize = None  # back to GRAPHRT_STAGE_CLOCK
+
+
+def with_host(host: str, fn, *args):
+    """fn(*args) with the host side as before the intake pass (host=before) or as now."""
+    if host == "now":
+        return fn(*args)
+    if host != "before":
+        raise ValueError(f"host must be now or before, not {host!r}")
+    from host_gaps import host_before  # benchmarks/ is the script's directory
+
+    with host_before():
+        return fn(*args)
 
 
 def percentile(xs, q):
@@ -85,6 +99,9 @@ def timed(fn):
     return (time.perf_counter() - t) * 1000.0, out
 
 
+GPU_STAGES = ("vision_ms", "prefill_ms", "decode_ms")
+
+
 def summarize(name: str, batch: int, samples: list[tuple[float, list]]) -> dict:
     e2e = [ms for ms, _ in samples]
     stages = collections.defaultdict(list)
@@ -99,6 +116,11 @@ def summarize(name: str, batch: int, samples: list[tuple[float, list]]) -> dict:
         "e2e_p50_ms": p50, "e2e_p90_ms": percentile(e2e, 90), "e2e_p99_ms": percentile(e2e, 99),
         **{f"{k[:-3]}_p50_ms": percentile(v, 50) for k, v in stages.items()},
         "img_per_s": round(batch / p50 * 1000.0, 1),
+        # per call: e2e minus the GPU stages' laps (every host ms outside them), and minus all four laps
+        "host_outside_gpu_p50_ms": percentile([ms - sum(r[0].timings_ms.get(k, 0.0) for k in GPU_STAGES)
+                                               for ms, r in samples], 50),
+        "exposed_p50_ms": percentile([ms - sum(r[0].timings_ms.get(k, 0.0) for k in ("preprocess_ms", *GPU_STAGES))
+                                      for ms, r in samples], 50),
         "image": f"{r0.image_size[0]}x{r0.image_size[1]}", "patches": r0.image_patches,
         "image_tokens": r0.image_tokens, "prompt_tokens": r0.prompt_tokens,
         "steps": sorted({r.steps for r in last}), "output_tokens": sorted({len(r.tokens) for r in last}),
@@ -154,7 +176,7 @@ def main() -> None:
         configs["B " + args.b] = parse_config(args.b)
     if args.c != "none":
         configs["C " + args.c] = parse_config(args.c)
-    engines, stage_sync = {}, {}
+    engines, stage_sync, host_side = {}, {}, {}
     default_vision_attention = base.model.vision.attention
     for name, over in configs.items():
         t = time.perf_counter()
@@ -162,6 +184,7 @@ def main() -> None:
         # this config's graphs are captured (they keep it; the weights stay shared).
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
         stage_sync[name] = stage_clock_syncs(over.pop("stage_clock", "events"))
+        host_side[name] = over.pop("host", "now")
         engines[name] = base.with_options(**over)
         base.model.vision.attention = default_vision_attention
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
@@ -171,7 +194,8 @@ def main() -> None:
     for batch in args.batch:
         pool = images(batch, args.width, args.height, seed=batch)
         pairs = [(im, QUERIES[i % len(QUERIES)]) for i, im in enumerate(pool)]
-        calls = {name: (lambda e=e, s=stage_sync[name]: clocked(s, e.locate_batch, pairs))
+        calls = {name: (lambda e=e, s=stage_sync[name], h=host_side[name]: with_host(h, clocked, s, e.locate_batch,
+                                                                                   pairs))
                  for name, e in engines.items()}
         probe = max(timed(fn)[0] for fn in calls.values())
         iters = args.iters if probe < 1000 else args.slow_iters

@@ -30,7 +30,7 @@ class GraphDecode(Decode):
     def _step(self) -> None:
         self._check_owner()
         self.runtime.step(self.batch)
-        self.done = bool(self.runtime.pipe.all_done)  # the one device->host read per step
+        self.done = self.runtime.all_done()  # the one wait per step (on the read-back copy)
 
     def _results(self) -> list[RowResult]:
         self._check_owner()

@@ -32,6 +32,11 @@ class StageInputs:
         self.geometry: LRU[tuple] = LRU(GRIDS_KEPT)  # grid -> (cos, sin, merge order, position table)
         self.patch_orders: LRU[torch.Tensor] = LRU(GRIDS_KEPT)  # grid -> pixel gather index
         self._norm = None  # (mean, std) now in the pipeline's normalization buffers
+        # What the vision input buffers already hold (only fill_vision and the pipeline's
+        # reset_state write them): a robot loop's frames of one size rewrite nothing but pixels.
+        self._tables_at: dict[int, tuple[int, int]] = {}  # first row -> grid of the cos/sin/pos rows there
+        self._lengths_sent = None  # (bv, p, grids) whose merge_index / v_seqused are on the device
+        self._resets = pipe.resets
 
     def grid_geometry(self, grid: tuple[int, int]):
         def make():
@@ -53,36 +58,56 @@ class StageInputs:
 
     def fill_vision(self, images: list[ProcessedImage], bv: int, p: int) -> None:
         pipe = self.pipe
+        if pipe.resets != self._resets:  # warm-up values overwrote the buffers
+            self._tables_at.clear()
+            self._lengths_sent, self._resets = None, pipe.resets
         if (images[0].mean, images[0].std) != self._norm:
             cols = pipe.pix_mean.shape[0] // 3
             pipe.pix_mean.copy_(torch.tensor(images[0].mean).repeat_interleave(cols))
             pipe.pix_std.copy_(torch.tensor(images[0].std).repeat_interleave(cols))
             self._norm = (images[0].mean, images[0].std)
+        geometry = [self.grid_geometry(im.grid) for im in images]  # once each (an LRU of 8 grids)
+        if any((im.mean, im.std) != (images[0].mean, images[0].std) for im in images):
+            raise ValueError("images of one batch must share the normalization constants")
+        i = 0
+        while i < len(images):
+            k = _adjacent_run(images, i, pipe.rgb_stage.device)
+            im, n, start = images[i], images[i].num_patches, i * p
+            order = self.patch_order(im.grid)
+            # uint8 HWC -> patch order, read where the resize left it (no staging copy on the device)
+            if k > 1:  # frames resized together lie back to back: one gather for the run
+                size = im.rgb.numel()
+                src = torch.as_strided(im.rgb, (k, size), (size, 1))
+                dst = pipe.pixels_u8[start : start + k * p].view(k, -1)[:, :size]
+                dst.copy_(torch.index_select(src, 1, order))
+            else:
+                src = im.rgb.view(-1)
+                if src.device != pipe.rgb_stage.device:  # resized on the host: to the device first
+                    src = pipe.rgb_stage[: src.numel()]
+                    src.copy_(im.rgb.view(-1))
+                torch.index_select(src, 0, order, out=pipe.pixels_u8[start : start + n].view(-1))
+            i += k
+        self._fill_tables(images, geometry, p)
+        lengths = (bv, p, tuple(im.grid for im in images))
+        if lengths == self._lengths_sent:
+            return
         host = self._vision.fill()
         merge, used = host["merge_index"], host["v_seqused"]
-        geometry = [self.grid_geometry(im.grid) for im in images]  # once each (an LRU of 8 grids)
         for i, im in enumerate(images):
             n, start = im.num_patches, i * p
-            if (im.mean, im.std) != (images[0].mean, images[0].std):
-                raise ValueError("images of one batch must share the normalization constants")
-            src = im.rgb.view(-1)
-            if src.device != pipe.rgb_stage.device:  # resized on the host: to the device first
-                src = pipe.rgb_stage[: src.numel()]
-                src.copy_(im.rgb.view(-1))
-            # uint8 HWC -> patch order, read where the resize left it (no staging copy on the device)
-            torch.index_select(src, 0, self.patch_order(im.grid), out=pipe.pixels_u8[start : start + n].view(-1))
             merge[start : start + n] = geometry[i][2] + start
             merge[start + n : start + p] = start
             used[i] = n
-        self._fill_tables(images, geometry, p)
         for i in range(len(images), bv):  # padding slots
             merge[i * p : (i + 1) * p] = i * p
             used[i] = p
         self._vision.send({"merge_index": bv * p, "v_seqused": bv})
+        self._lengths_sent = lengths
 
     def _fill_tables(self, images: list[ProcessedImage], geometry: list[tuple], p: int) -> None:
         """RoPE cos/sin and position rows of every image's slot: one copy per run of consecutive
-        images of one grid (a batch of equal frames: 3 launches, not 3 per image)."""
+        images of one grid (a batch of equal frames: 3 launches, not 3 per image), none for a run
+        whose slots already hold its grid's rows."""
         pipe, i = self.pipe, 0
         while i < len(images):
             grid, k = images[i].grid, 1
@@ -90,10 +115,20 @@ class StageInputs:
                 k += 1
             cos, sin, _, pos = geometry[i]
             n = cos.shape[0]
-            for dst, src in ((pipe.cos, cos), (pipe.sin, sin), (pipe.pos, pos)):
-                slots = dst[i * p : (i + k) * p].view(k, p, *src.shape[1:])[:, :n]
-                slots.copy_(src.unsqueeze(0).expand(k, *src.shape))
+            if any(self._tables_at.get(j * p) != grid for j in range(i, i + k)):
+                for dst, src in ((pipe.cos, cos), (pipe.sin, sin), (pipe.pos, pos)):
+                    slots = dst[i * p : (i + k) * p].view(k, p, *src.shape[1:])[:, :n]
+                    slots.copy_(src.unsqueeze(0).expand(k, *src.shape))
+                self._tables_written(i * p, (i + k) * p, p, grid)
             i += k
+
+    def _tables_written(self, lo: int, hi: int, p: int, grid: tuple[int, int]) -> None:
+        """Rows [lo, hi) now hold `grid`'s tables at every p-th row: entries overlapping them go."""
+        n = grid[0] * grid[1]
+        for start, old in list(self._tables_at.items()):
+            if start < hi and lo < start + old[0] * old[1]:
+                del self._tables_at[start]
+        self._tables_at.update({start: grid for start in range(lo, hi, p) if start + n <= hi})
 
     def fill_prefill(self, segments: list, bb: int, t: int, image_base: list[int],
                       gen: GenerationConfig) -> None:
@@ -137,3 +172,20 @@ class StageInputs:
                                       seqused=bb, padding=bb, target=bb, window=bb))
         RowState.fill_seeds(self._seeds.fill(), segments, gen, pipe.vocab)
         self._seeds.send({name: bb for name in pipe.seed_inputs})
+
+
+def _adjacent_run(images: list[ProcessedImage], i: int, device: torch.device) -> int:
+    """How many images from i on share i's grid and lie back to back in one tensor on `device`
+    (a batch the processor resized together): they can be gathered as one."""
+    first = images[i].rgb
+    if first.device != device or not first.is_contiguous():
+        return 1
+    size, k = first.numel(), 1
+    storage = first.untyped_storage().data_ptr()
+    while i + k < len(images):
+        nxt = images[i + k].rgb
+        if (images[i + k].grid != images[i].grid or nxt.shape != first.shape or not nxt.is_contiguous()
+                or nxt.untyped_storage().data_ptr() != storage or nxt.data_ptr() != first.data_ptr() + k * size):
+            break
+        k += 1
+    return k

@@ -97,6 +97,7 @@ class StaticPipeline:
         vars(self).update(self.state.tensors())
         self.trash_col = self.out_tokens.shape[1] - 1
         self.all_done = z((), dtype=torch.bool)
+        self.resets = 0  # reset_state() calls
 
         # constants
         self.arange_blk = torch.arange(blk, device=dev)
@@ -123,6 +124,7 @@ class StaticPipeline:
 
     def reset_state(self) -> None:
         """Safe values for warm-up runs: lengths inside every bucket, every row already finished."""
+        self.resets += 1  # StageInputs re-sends what it had left in the vision buffers
         self.state.reset()
         for t, v in ((self.p_seqused, 1), (self.v_seqused, 4), (self.p_slots, self.dead), (self.p_padding_row, True),
                      (self.p_window, False)):

@@ -5,8 +5,10 @@ Primitives (the scheduler in scheduler.py builds continuous batching from them):
     begin()                     every row finished (free)
     admit(images, rows, target) vision of the images, prefill of the rows into cache rows `target`
                                 (rows of one image share its prompt prefix: prefilled once)
-    step(B) / finished(B)       one MTP step of rows [0, B) / which rows are done (one D2H read)
+    step(B) / finished(B)       one MTP step of rows [0, B) / which rows are done
     collect(target)             tokens and stop reasons of those rows
+(After a step or an admission the rows' facts are copied to the host behind the replay
+(capture/readback.py); the host waits on that copy, and collect reads it.)
 `run()` is one batch from start to end. Without CUDA (or with use_graphs=False) the same stage
 bodies run directly, which is how the CPU tests check the static path against the eager one.
 """
@@ -33,6 +35,7 @@ from .buckets import Buckets
 from .graphs import GraphSet
 from .inputs import StageInputs
 from .pipeline import StaticPipeline
+from .readback import ReadBack
 from .varlen import select_kernel
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,8 @@ class GraphRuntime:
         self.pipe = StaticPipeline(model, buckets, kernel, generation.sampling, generation.mtp, sample, window_plan,
                                    self.kernels, self.first_round)
         self.inputs = StageInputs(model, self.pipe)
+        self.readback = ReadBack(self.pipe)  # finished rows' facts, copied behind each replay
+        self._free_pending = False  # begin()'s "every row free", applied before the next prefill
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
         self.pool_bytes = 0
@@ -135,12 +140,14 @@ class GraphRuntime:
         self.capture_seconds = time.perf_counter() - t0
         self.pool_bytes = torch.cuda.memory_reserved() - before
         self.pipe.reset_state()
+        self.readback.invalidate()
 
     def _body(self, key: tuple) -> None:
         stage, *dims = key
         self.pipe.stages[stage](*dims)
 
     def _run(self, key: tuple) -> None:
+        self.readback.invalidate()
         if self.use_graphs:
             if key not in self.graphs:
                 raise RuntimeError(f"no graph captured for {key}; call warmup() first")
@@ -208,10 +215,18 @@ class GraphRuntime:
         return self.collect(targets)
 
     def begin(self, owner=None) -> None:
-        """A fresh batch: every row free (finished). Launches one fill, no sync. `owner`: the
-        batch in flight now holding the buffers (any later begin() displaces it)."""
-        self.pipe.finished.fill_(True)
+        """A fresh batch: every row free (finished). `owner`: the batch in flight now holding the
+        buffers (any later begin() displaces it). The fill is launched by the next admission once
+        its vision replay is queued (the vision does not read it; the host reaches the vision
+        launch one launch sooner), or by any other use of the row state before that."""
+        self._free_pending = True
+        self.readback.invalidate()
         self.owner = owner
+
+    def _free_rows(self) -> None:
+        if self._free_pending:
+            self._free_pending = False
+            self.pipe.finished.fill_(True)
 
     def decode(self, bb: int) -> int:
         """Steps of rows [0, bb) until all are finished; returns the step replays run (with the
@@ -222,18 +237,31 @@ class GraphRuntime:
         while True:
             self.step(bb)
             steps += 1
-            if bool(self.pipe.all_done):  # the one device->host read per step
+            if self.all_done():  # the one wait per step
                 return steps
 
     def step(self, bb: int) -> None:
+        """One step replay of rows [0, bb), and their read-back copy queued behind it."""
+        self._free_rows()
         self._run(("step", bb))
+        self.readback.enqueue(bb)
+
+    def all_done(self) -> bool:
+        """Whether every row is finished after the last replay (waits for its read-back copy)."""
+        if self.readback.rows:
+            return self.readback.all_done()
+        return bool(self.pipe.all_done)
 
     def prefill_done(self) -> bool:
-        """Whether the last admission's merged first round finished every row (one device->host
-        read; always False with the separate first round, which leaves every row to a step)."""
-        return self.pipe.merged and bool(self.pipe.all_done)
+        """Whether the last admission's merged first round finished every row (the read-back
+        copy queued behind it; always False with the separate first round, which leaves every
+        row to a step)."""
+        return self.pipe.merged and self.all_done()
 
     def finished(self, bb: int) -> list[bool]:
+        self._free_rows()
+        if self.readback.covers(range(bb)):
+            return self.readback.field("finished", list(range(bb))).tolist()
         return self.pipe.finished[:bb].tolist()
 
     def admit(self, batch: Batch, targets: list[int], gen: GenerationConfig, share_prefix: bool = True) -> dict:
@@ -283,6 +311,7 @@ class GraphRuntime:
                    for r in rows]
         clock = StageClock(self.model.device)
         base, (bv, p), passes = self._encode(batch.images)
+        self._free_rows()  # begin()'s fill, behind the vision launch
         clock.lap("vision_ms")
 
         owner: dict[int, int] = {}  # image -> first row of that image
@@ -309,8 +338,12 @@ class GraphRuntime:
         prefill_passes = self._prefill(first, base, gen)
         if second:
             for i in members:
+                self.readback.invalidate()
                 self.pipe.share_prefix(targets[i], targets[owner[query_image[i]]], rows[i].prompt.prefix_len)
             prefill_passes += self._prefill(second, base, gen)
+        # queued behind the prefill while it runs: prefill_done() and a batch that the merged
+        # first round finished read it without a device read of their own
+        self.readback.enqueue(max(targets) + 1)
         clock.lap("prefill_ms")
         return dict(clock.laps, bucket_vision=(bv, p), vision_passes=passes, prefill_passes=prefill_passes,
                     shared_rows=len(members))
@@ -367,10 +400,17 @@ class GraphRuntime:
     def collect(self, targets: list[int]) -> list[RowResult]:
         """Tokens and stop reasons of the given cache rows (one device->host copy)."""
         pipe, n = self.pipe, len(targets)
-        # Rows [0, n) (a whole batch) by slicing: no device allocation on the latency path.
-        index = slice(0, n) if targets == list(range(n)) else torch.tensor(targets, device=self.model.device)
-        n_gen, steps, ended, limit = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended, pipe.step_limit))
-        out = pipe.out_tokens[index].cpu()
+        self._free_rows()
+        if self.readback.covers(targets):  # copied behind the last replay: no device work here
+            n_gen, steps, ended, limit = (self.readback.field(k, targets).tolist()
+                                          for k in ("n_gen", "steps", "ended", "step_limit"))
+            out = self.readback.field("out_tokens", targets)
+        else:
+            # Rows [0, n) (a whole batch) by slicing: no device allocation on the latency path.
+            index = slice(0, n) if targets == list(range(n)) else torch.tensor(targets, device=self.model.device)
+            n_gen, steps, ended, limit = (x[index].tolist() for x in (pipe.n_gen, pipe.steps, pipe.ended,
+                                                                      pipe.step_limit))
+            out = pipe.out_tokens[index].cpu().numpy()
         results = []
         for i in range(len(targets)):
             reason = "end" if ended[i] else "fixed_steps" if steps[i] >= limit[i] else "max_new_tokens"
@@ -382,6 +422,7 @@ class GraphRuntime:
     def snapshot(self, targets: list[int]) -> dict:
         """The device state of rows `targets` (KV included) as CPU tensors."""
         pipe = self.pipe
+        self._free_rows()
         index = torch.tensor(targets, device=self.model.device)
         state = pipe.state.snapshot(index)
         width = int(state["cache_len"].max()) + 2 * pipe.block  # pending tokens and window sit above
@@ -392,6 +433,8 @@ class GraphRuntime:
 
     def restore(self, state: dict, targets: list[int]) -> None:
         pipe = self.pipe
+        self._free_rows()
+        self.readback.invalidate()
         index = torch.tensor(targets, device=self.model.device)
         pipe.state.restore(state, index)
         width = state["cache_k"].shape[2]

@@ -72,7 +72,8 @@ class RowState:
     ignore_end: torch.Tensor = row_field(torch.bool, False, per_segment(lambda seg, gen: gen.fixed_steps is not None))
     noise_key: torch.Tensor = row_field(torch.long, 0, FromSegments(_stream_keys))  # sampling stream (sampler.uniforms)
     # tokens seen (repetition penalty); column V absorbs padding
-    seen: torch.Tensor = row_field(torch.bool, False, TokenSet(lambda seg, gen: seg.row.prompt.ids), "vocab")
+    # (the prompt's int64 id array: written into the host seed row without converting a list)
+    seen: torch.Tensor = row_field(torch.bool, False, TokenSet(lambda seg, gen: seg.row.prompt.token_array()), "vocab")
     out_tokens: torch.Tensor = row_field(torch.long, 0, None, "out")
 
     @classmethod

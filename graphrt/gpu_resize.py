@@ -14,7 +14,8 @@ twice as many pixels as the width does (`vertical_first`, keyed to the installed
 The weights are computed here with the same double-precision formulas (numpy float64, IEEE like
 the C doubles; the normalizing sum runs left to right as the C loop does); the accumulation runs
 in int32, as one Triton kernel per pass on the GPU (two launches per image, so the host's share
-stays small) or as tensor ops elsewhere; GPU and CPU give the same bits as PIL.
+stays small; a batch of equal-size images shares them) or as tensor ops elsewhere; GPU and CPU
+give the same bits as PIL.
 """
 
 from __future__ import annotations
@@ -118,45 +119,56 @@ if triton is not None:
 
     @triton.jit
     def _resize_pass_kernel(src_ptr, dst_ptr, index_ptr, weight_ptr, taps, in_len, out_len, inner,
-                            BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                            BLOCK: tl.constexpr, PRECISION: tl.constexpr, C: tl.constexpr, SRC_C: tl.constexpr):
         # The image viewed as [outer, length, inner]; this pass resamples `length`. Program
         # (o, blk) computes BLOCK consecutive outputs of outer row o, each the int32 sum of its
-        # taps, exactly as PIL accumulates them.
+        # taps, exactly as PIL accumulates them. The source may hold SRC_C channels per pixel
+        # where the output holds C (PIL's RGBX memory read as RGB: the pad byte is never loaded).
         o = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = e < out_len * inner
         pos = e // inner
-        ch = e % inner
+        q = e % inner
+        src_q = (q // C) * SRC_C + q % C
+        src_inner = (inner // C) * SRC_C
         acc = tl.full((BLOCK,), 1 << (PRECISION - 1), tl.int32)
         for t in range(taps):
             idx = tl.load(index_ptr + t * out_len + pos, mask=mask, other=0)
             w = tl.load(weight_ptr + t * out_len + pos, mask=mask, other=0)
-            px = tl.load(src_ptr + o * in_len * inner + idx * inner + ch, mask=mask, other=0)
+            px = tl.load(src_ptr + o * in_len * src_inner + idx * src_inner + src_q, mask=mask, other=0)
             acc += px.to(tl.int32) * w
         out = tl.minimum(tl.maximum(acc >> PRECISION, 0), 255)
         tl.store(dst_ptr + o * out_len * inner + e, out.to(tl.uint8), mask=mask)
 
 
-def _pass_triton(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+def _pass_triton(x: torch.Tensor, dim: int, out_size: int, channels: int) -> torch.Tensor:
+    """`x` [B, H, W, C]: a batch of equal-size images is one launch (the batch folds into the
+    kernel's outer rows; each image's arithmetic is the single image's). The output keeps the
+    first `channels` of x's C."""
     index, weight = _tap_tensors(x.shape[dim], out_size, x.device)
     x = x.contiguous()
-    h, w, c = x.shape
-    outer, in_len, inner = (h, w, c) if dim == 1 else (1, h, w * c)
-    out = torch.empty((h, out_size, c) if dim == 1 else (out_size, w, c), dtype=torch.uint8, device=x.device)
+    b, h, w, src_c = x.shape
+    outer, in_len, inner = (b * h, w, channels) if dim == 2 else (b, h, w * channels)
+    shape = [b, h, w, channels]
+    shape[dim] = out_size
+    out = torch.empty(shape, dtype=torch.uint8, device=x.device)
     block = 1024
     grid = (outer, triton.cdiv(out_size * inner, block))
     _resize_pass_kernel[grid](x, out, index, weight, index.shape[0], in_len, out_size, inner, BLOCK=block,
-                              PRECISION=_PRECISION_BITS, num_warps=4)
+                              PRECISION=_PRECISION_BITS, C=channels, SRC_C=src_c, num_warps=4)
     return out
 
 
-def _pass(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
-    """One separable pass of uint8 `x` [H, W, C] along `dim` (1: horizontal, 0: vertical): one
-    Triton launch on the GPU, or int32 tensor ops (one gather-multiply-add per tap) elsewhere."""
+def _pass(x: torch.Tensor, dim: int, out_size: int, channels: int | None = None) -> torch.Tensor:
+    """One separable pass of uint8 `x` [B, H, W, C] along `dim` (2: horizontal, 1: vertical),
+    keeping the first `channels` (default all): one Triton launch on the GPU, or int32 tensor
+    ops (one gather-multiply-add per tap) elsewhere."""
+    channels = channels or x.shape[-1]
     if _use_triton(x):
-        return _pass_triton(x, dim, out_size)
+        return _pass_triton(x, dim, out_size, channels)
+    x = x[..., :channels]
     index, weight = _tap_tensors(x.shape[dim], out_size, x.device)
-    shape = [1, 1, 1]
+    shape = [1] * x.dim()
     shape[dim] = out_size
     acc = torch.full([out_size if d == dim else s for d, s in enumerate(x.shape)], 1 << (_PRECISION_BITS - 1),
                      dtype=torch.int32, device=x.device)
@@ -166,20 +178,27 @@ def _pass(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
     return (acc >> _PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
 
 
-def resize_bicubic(rgb: torch.Tensor, size: tuple[int, int], by_size: bool | None = None) -> torch.Tensor:
+def resize_bicubic(rgb: torch.Tensor, size: tuple[int, int], by_size: bool | None = None,
+                   channels: int | None = None) -> torch.Tensor:
     """uint8 [H, W, C] -> uint8 [height, width, C] for size = (width, height), equal to PIL's
-    bicubic resize of the same image. Passes whose side does not change are skipped, as in PIL;
-    the pass order is Pillow's (`vertical_first`; `by_size` as there)."""
+    bicubic resize of the same image. A batch of equal-size images, [B, H, W, C], resizes in the
+    same launches as one image, each image exactly as alone. Passes whose side does not change
+    are skipped, as in PIL; the pass order is Pillow's (`vertical_first`; `by_size` as there).
+    `channels`: keep only the first ones (RGB of RGBX), read by the first pass itself."""
     width, height = size
-    if rgb.dtype != torch.uint8 or rgb.dim() != 3:
-        raise ValueError(f"resize_bicubic takes uint8 [H, W, C]; got {rgb.dtype} {tuple(rgb.shape)}")
+    if rgb.dtype != torch.uint8 or rgb.dim() not in (3, 4):
+        raise ValueError(f"resize_bicubic takes uint8 [H, W, C] or [B, H, W, C]; got {rgb.dtype} {tuple(rgb.shape)}")
     if width < 1 or height < 1 or math.prod(rgb.shape) == 0:
         raise ValueError(f"cannot resize {tuple(rgb.shape)} to {size}")
-    passes = [(1, width), (0, height)]
-    if vertical_first((rgb.shape[1], rgb.shape[0]), (width, height), by_size):
+    batch = rgb if rgb.dim() == 4 else rgb.unsqueeze(0)
+    passes = [(2, width), (1, height)]
+    if vertical_first((batch.shape[2], batch.shape[1]), (width, height), by_size):
         passes.reverse()
-    out = rgb
+    channels = channels or batch.shape[-1]
+    out = batch
     for dim, length in passes:
         if length != out.shape[dim]:
-            out = _pass(out, dim, length)
-    return out if out is not rgb else rgb.clone()
+            out = _pass(out, dim, length, channels)
+    if out is batch:
+        out = batch[..., :channels].clone(memory_format=torch.contiguous_format)
+    return out if rgb.dim() == 4 else out[0]

@@ -1,5 +1,6 @@
 """Pairs to image jobs: each (image, query[, options]) pair's options read, its image decoded and
-resized on the CPU, exemplars cropped or loaded, the prompt built and checked against the context;
+resized (on the GPU where the engine runs there; equal-size images of a batch together),
+exemplars cropped or loaded, the prompt built and checked against the context;
 the rows of one image become one ImageJob. A bad image fails all its rows, a bad query only its own."""
 
 from __future__ import annotations
@@ -27,24 +28,63 @@ class Intake:
     def prepare(self, pairs, indices: list[int], temps, gen: GenerationConfig, errors: str, task: str):
         """Image and prompts of one group -> (ImageJob or None, [(index, failed result)]). A bad
         image fails all its rows; a bad query (or task, or exemplar) only its own."""
+        return self.prepare_many(pairs, [indices], temps, gen, errors, task)[0]
+
+    def prepare_many(self, pairs, groups: list[list[int]], temps, gen: GenerationConfig, errors: str, task: str,
+                     pool=None) -> list[tuple]:
+        """`prepare` of every group at once, in order: images loaded (on `pool`'s threads when
+        given: decoders release the GIL), then resized together (equal sizes share one upload
+        buffer and one set of resize launches: graphrt.processor.process_loaded), then each
+        group's rows built. Each job's preprocess_ms is the wall time of the whole preparation
+        (no image of the batch is ready before the last one is). Errors as in `prepare`; with
+        errors="raise" the first bad group (image before its rows) raises."""
         t0 = time.perf_counter()
+        load = lambda indices: self._load(pairs, indices, task)  # noqa: E731
+        loaded = list(pool.map(load, groups)) if pool is not None and len(groups) > 1 else [load(g) for g in groups]
+        todo = [k for k, (_, rgb, image) in enumerate(loaded) if image is None and not isinstance(rgb, InputError)]
+        processed = dict(zip(todo, self.processor.process_loaded([loaded[k][1] for k in todo]))) if todo else {}
+        outcomes = []
+        for k, (indices, (specs, rgb, image)) in enumerate(zip(groups, loaded)):
+            image = processed.get(k, rgb if image is None else image)
+            if isinstance(image, InputError):
+                if errors == "raise":
+                    raise image
+                outcomes.append((None, [(i, LocateResult.failed(query_text(pairs[i][1]), str(image)))
+                                        for i in indices]))
+                continue
+            outcomes.append(self._rows(pairs, indices, specs, rgb, image, temps, gen, errors))
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        for job, _ in outcomes:
+            if job is not None:
+                job.preprocess_ms = ms
+        return outcomes
+
+    def _load(self, pairs, indices: list[int], task: str) -> tuple:
+        """(each row's pair options or its InputError, the group's loaded RGB image or its
+        InputError, its ProcessedImage or None when `process_loaded` is to make it). A processor
+        that is only a callable (scale-out's, which passes images processed elsewhere through)
+        processes each image here."""
         specs = {}
         for i in indices:
             try:
                 specs[i] = pair_options(pairs[i], task)
             except InputError as exc:
                 specs[i] = exc
+        src = pairs[indices[0]][0]
         try:
-            src = pairs[indices[0]][0]
-            # Boxes are cropped from the image as read (before the processor resizes it).
+            if isinstance(self.processor, ImageProcessor):
+                # Boxes are cropped from the image as read (before the processor resizes it).
+                return specs, self.processor.load(src), None
             boxed = any(not isinstance(v, Exception) and v[2] is not None and v[2].box is not None
                         for v in specs.values())
             rgb = load_image(src, self.max_image_pixels) if boxed else None
-            image = self.processor(rgb if boxed else src)
+            return specs, rgb, self.processor(rgb if boxed else src)
         except InputError as exc:
-            if errors == "raise":
-                raise
-            return None, [(i, LocateResult.failed(query_text(pairs[i][1]), str(exc))) for i in indices]
+            return specs, exc, None
+
+    def _rows(self, pairs, indices: list[int], specs: dict, rgb, image: ProcessedImage, temps,
+              gen: GenerationConfig, errors: str) -> tuple:
+        """(ImageJob of the group's good rows or None, [(index, failed result)])."""
         rows, failures = [], []
         merge = self.cfg.vision.merge_kernel_size
         for i in indices:
@@ -67,8 +107,7 @@ class Intake:
                 continue
             phrase = normalize_query(query) if row_task in PHRASE_TASKS else ""
             rows.append(Row(i, phrase, row_task, prompt, temps[i], exemplars=exemplars))
-        job = ImageJob(image, rows, round((time.perf_counter() - t0) * 1000, 3)) if rows else None
-        return job, failures
+        return (ImageJob(image, rows) if rows else None), failures
 
     def check_query_length(self, query) -> None:
         if not isinstance(query, (str, list, tuple)):

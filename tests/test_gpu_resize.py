@@ -197,6 +197,21 @@ def test_interp_triton_resize_equals_pil():
         np.testing.assert_array_equal(resize_bicubic(t, size).numpy(), pil_resize(arr, size), err_msg=f"{w}x{h}")
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest without a GPU); a GPU runs the compiled kernels in the gpu tests")
+def test_interp_triton_batched_rgbx_resize_equals_pil():
+    """The kernel on a batch of RGBX images, keeping RGB (the first pass skips the pad byte):
+    each image equals PIL's resize of its RGB pixels, in either pass order."""
+    rs = np.random.RandomState(5)
+    for w, h, size in [(30, 20, (56, 28)), (12, 60, (10, 30)), (28, 28, (28, 28))]:
+        arrs = [random_pixels(rs, w, h) for _ in range(2)]
+        rgbx = torch.from_numpy(np.stack([np.concatenate([a, rs.randint(0, 256, (h, w, 1), dtype=np.uint8)], 2)
+                                          for a in arrs]))
+        out = resize_bicubic(rgbx, size, channels=3)
+        assert out.shape == (2, size[1], size[0], 3) and out.is_contiguous()
+        for a, o in zip(arrs, out):
+            np.testing.assert_array_equal(o.numpy(), pil_resize(a, size), err_msg=f"{w}x{h}")
+
+
 def test_pil_rgbx_view_is_pils_pixels():
     """The zero-copy view of PIL's RGBX memory holds the image's pixels (pad byte aside); images
     Pillow cannot export in one block (over 16 MB) or modes other than RGB give None."""
@@ -234,3 +249,74 @@ def test_processor_device_path_without_and_with_rgbx_export(device, monkeypatch)
     for im, a, b in zip(images, direct, packed):
         ref = host(im).rgb
         assert torch.equal(a, ref) and torch.equal(b, ref), im.size
+
+
+@pytest.mark.parametrize("device", devices())
+def test_batched_resize_equals_each_image_and_pil(device):
+    """A batch of equal-size images resizes in the same launches as one image, each image exactly
+    as alone (and as PIL): up, down, one side down and one up, the vertical-first order of
+    Pillow 13, a strip, a batch of one."""
+    rs = np.random.RandomState(21)
+    for (w, h), size, k in [((640, 480), (644, 504), 5), ((300, 200), (140, 84), 3), ((97, 301), (112, 140), 4),
+                            ((60, 300), (56, 60), 3), ((640, 480), (644, 504), 1), ((1, 37), (28, 56), 2)]:
+        arrs = [random_pixels(rs, w, h) for _ in range(k)]
+        batch = torch.from_numpy(np.stack(arrs)).to(device)
+        out = resize_bicubic(batch, size)
+        assert out.shape == (k, size[1], size[0], 3)
+        pad = torch.from_numpy(rs.randint(0, 256, (k, h, w, 1), dtype=np.uint8)).to(device)
+        assert torch.equal(resize_bicubic(torch.cat([batch, pad], 3), size, channels=3), out)  # RGBX read as RGB
+        for i, arr in enumerate(arrs):
+            alone = resize_bicubic(torch.from_numpy(arr).to(device), size)
+            assert torch.equal(out[i], alone), ((w, h), size, i)
+            np.testing.assert_array_equal(out[i].cpu().numpy(), pil_resize(arr, size), err_msg=f"{(w, h)} -> {size}")
+
+
+@pytest.mark.parametrize("rgbx", [True, False], ids=["rgbx", "packed"])
+@pytest.mark.parametrize("device", devices())
+def test_process_loaded_equals_one_by_one_and_pil(device, rgbx, monkeypatch):
+    """process_loaded resizes equal-size images together (one rescale_many_on_device per size,
+    whatever the order of the list) and gives every image PIL's pixels, bit for bit, as the
+    processor gives it alone; an image too large for the position table fails in its own place."""
+    from graphrt import processor
+
+    if not rgbx:
+        @contextlib.contextmanager
+        def no_export(image):
+            yield None
+
+        monkeypatch.setattr(processor, "pil_rgbx", no_export)
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device=device)
+    sizes = [(640, 480), (56, 56), (640, 480), (97, 301), (640, 480), (56, 56), (300, 260)]
+    images = [random_image(*size, seed=i) for i, size in enumerate(sizes)]
+    too_large = Image.new("RGB", (14 * 512, 10))  # no whole patch row: never capped, 512 columns
+    images.insert(3, too_large)
+    calls = []
+    many = ImageProcessor.rescale_many_on_device
+    monkeypatch.setattr(ImageProcessor, "rescale_many_on_device",
+                        lambda self, ims, d: calls.append(len(ims)) or many(self, ims, d))
+    out = dev.process_loaded([processor.load_image(im) for im in images])
+    assert sorted(calls) == [1, 1, 2, 3], calls  # one call per size: 3x 640x480, 2x 56x56, two alone
+    assert isinstance(out[3], processor.InputError) and "position table" in str(out[3])
+    for im, got in zip(images, out):
+        if im is too_large:
+            continue
+        ref = host(im)
+        assert got.rgb.device.type == torch.device(device).type
+        assert torch.equal(got.rgb.cpu(), ref.rgb), im.size
+        assert (got.grid, got.size, got.mean, got.std) == (ref.grid, ref.size, ref.mean, ref.std)
+        assert torch.equal(dev(im).rgb.cpu(), ref.rgb), im.size  # one image alone: the same
+
+
+@pytest.mark.gpu
+def test_non_blocking_uploads_keep_each_batch_its_pixels():
+    """Pageable non-blocking uploads: the views are released right after each copy returns, and
+    batches queued back to back (before any synchronization) keep PIL's pixels each."""
+    cfg = PreprocessorConfig(in_token_limit=300)
+    host, dev = ImageProcessor(cfg), ImageProcessor(cfg, resize_device="cuda")
+    batches = [[random_image(120, 90, seed=10 * b + i) for i in range(3)] for b in range(3)]
+    outs = [dev.process_loaded(images) for images in batches]
+    torch.cuda.synchronize()
+    for images, out in zip(batches, outs):
+        for im, got in zip(images, out):
+            assert torch.equal(got.rgb.cpu(), host(im).rgb), im.size
