@@ -3,7 +3,7 @@
 #   PART=tests  every gpu-marked test (the CPU suite runs in CI)
 #   PART=bench  the 3B numbers: end to end 640x480 fused vs torch kernels (B=1, 32, interleaved),
 #               one MTP step B=1/8/32 beside its floor (STEP=0 skips it),
-#               host A/Bs (stage clock, intake threads), FP8 vs bf16 (FP8=0 skips it),
+#               host A/Bs (stage clock, intake threads; HOST_AB=0 skips), FP8 vs bf16 (FP8=0 skips it),
 #               B=1 latency by image size (graphs vs eager, peak memory),
 #               start-up with every bucket of the default 24 GiB plan.
 # Logs and results under $OUT.
@@ -34,6 +34,7 @@ if [ "${STEP:-1}" = 1 ]; then
 fi
 # Host-side A/B: stage laps as CUDA events (default) vs synchronizing laps (the old clock), and the
 # intake's CPU threads (default min(8, cores)) vs one, for decoded (PIL) inputs.
+if [ "${HOST_AB:-1}" = 1 ]; then
 timeout ${AB_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on \
     --b graphs=on,stage_clock=sync --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag stage-clock-ab \
     > "$OUT/ab_clock.log" 2>&1
@@ -42,15 +43,17 @@ timeout ${AB_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b -
     --b graphs=on,preprocess_workers=1 --batch 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag workers-ab \
     > "$OUT/ab_workers.log" 2>&1
 echo "ab rc=$?" >> "$OUT/ab_workers.log"; grep -E '^\| [AB] |rc=' "$OUT/ab_workers.log"; el ab
-# FP8 (w8a8, static scales from 64 calibration pairs) vs bf16 end to end, interleaved.
+fi
+# FP8 (w8a8, static scales from 64 calibration pairs) vs bf16 end to end, interleaved: scope lm (the
+# default) and lm,vision (opt-in).
 if [ "${FP8:-1}" = 1 ]; then
   timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
       --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
   CAL=$(ls "$OUT"/*_calib.json 2>/dev/null | head -1)
   [ -n "$CAL" ] && timeout ${FP8_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on \
-      --b "graphs=on,fp8=$CAL" --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag fp8-ab \
+      --b "graphs=on,fp8=$CAL" --c "graphs=on,fp8=$CAL,fp8_scope=lm+vision" --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag fp8-ab \
       > "$OUT/ab_fp8.log" 2>&1
-  echo "fp8 rc=$?" >> "$OUT/ab_fp8.log"; grep -E '^\| [AB] |rc=' "$OUT/ab_fp8.log"; el fp8
+  echo "fp8 rc=$?" >> "$OUT/ab_fp8.log"; grep -E '^\| [ABC] |rc=' "$OUT/ab_fp8.log"; el fp8
 fi
 timeout ${SIZES_TIMEOUT:-200} python benchmarks/large_images.py --checkpoint /tmp/ck3b --memory-gb 24 --iters 6 \
     --eager-iters 2 --stream 2 --out-dir "$OUT" > "$OUT/sizes.log" 2>&1
