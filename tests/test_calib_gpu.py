@@ -12,6 +12,7 @@ import torch
 
 from calib import FP8Linear, calibrate
 from calib.quantize import FP8_MAX, quantize_input_dynamic_triton, quantize_input_torch, quantize_input_triton
+from calib.triton_gemm import SKINNY_MAX_ROWS
 from capture import Buckets, GraphRuntime
 from graphrt import Engine
 from test_engine_gpu import GEN, small
@@ -42,18 +43,25 @@ def test_triton_quantizer_equals_torch_rule(shape):
 
 @pytest.mark.parametrize("rows", [1, 12, 384])
 @pytest.mark.parametrize("bias", [False, True])
-def test_fp8_gemm_matches_dequantized_reference(rows, bias):
+@pytest.mark.parametrize("fast", [False, True])
+def test_fp8_gemm_matches_dequantized_reference(rows, bias, fast):
     g = torch.Generator(device="cuda").manual_seed(rows)
     k, n = 2048, 2560
     w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
     b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16) if bias else None
     x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
     lin = FP8Linear(w, b, input_scale=float(x.abs().max()) / FP8_MAX)
+    lin.fast_accum = fast  # _scaled_mm's accumulation (above the skinny rows); fast is the default
     y = lin(x)
     assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
     ref = lin.reference(x)
-    # float32 accumulation of exact e4m3 products; the only extra rounding is the bf16 output
-    torch.testing.assert_close(y.float(), ref, rtol=2**-7, atol=1e-3)
+    if fast and rows > SKINNY_MAX_ROWS:
+        # Hopper's fast FP8 accumulation keeps fewer bits in its running sums: measured 0.19-0.30% of
+        # the output norm at K = 2048-11008 (docs/notes.md), against ~3.7% from the e4m3 operands
+        assert ((y.float() - ref).norm() / ref.norm()).item() < 5e-3
+    else:
+        # float32 accumulation of exact e4m3 products; the only extra rounding is the bf16 output
+        torch.testing.assert_close(y.float(), ref, rtol=2**-7, atol=1e-3)
     exact = x.float() @ w.float().t() + (b.float() if bias else 0)
     rel = ((y.float() - exact).norm() / exact.norm()).item()
     assert 0.005 < rel < 0.06  # e4m3 rounding of both operands: a few percent, never zero
@@ -71,6 +79,7 @@ def test_triton_skinny_gemm_equals_scaled_mm(rows, shape):
     w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
     b = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16)
     lin = FP8Linear(w, b, input_scale=4.0 / FP8_MAX)
+    lin.fast_accum = False  # the reference: _scaled_mm with float32 sums, as the skinny kernel keeps
     x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
     q, rs = lin.quantize(x)
     got = skinny_fp8_linear(q, lin.weight_fp8, rs, lin.weight_scale, lin.bias).float()
