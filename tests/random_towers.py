@@ -20,3 +20,32 @@ def random_moonvit(seed: int, layers: int = 3, device="cuda") -> tuple[VisionCon
         else:
             prm.copy_(torch.randn_like(prm.float()) / prm[0].numel() ** 0.5)
     return cfg, tower
+
+
+def two_image_slots(cfg: VisionConfig, tower: MoonViT, device="cuda", grids=((20, 24), (12, 16)), slot: int = 480):
+    """Two images (grids 20x24 and 12x16) in graph slots of `slot` patches, as the fused tower sees a
+    captured batch: cos/sin/positions per slot row (zeros in the pad rows), VisionRanges over the
+    slots, random pixels (drawn last, from torch's global generator) and `keep`, the real rows."""
+    from types import SimpleNamespace
+
+    from capture.ranges import VisionRanges
+    from capture.varlen import torch_fa2
+    from graphrt.vision import vision_geometry
+
+    per_image = [vision_geometry([g], cfg, device) for g in grids]
+    n = slot * len(grids)
+    cos = torch.zeros(n, cfg.head_dim // 2, device=device)
+    sin = torch.zeros_like(cos)
+    pos = torch.zeros(n, cfg.hidden_size, device=device, dtype=torch.bfloat16)
+    for i, (g, one) in enumerate(zip(grids, per_image)):
+        cos[i * slot : i * slot + one.num_patches] = one.cos
+        sin[i * slot : i * slot + one.num_patches] = one.sin
+        pos[i * slot : i * slot + one.num_patches] = tower.position_embedding(g)
+    geo = SimpleNamespace(cos=cos, sin=sin, merge_index=torch.arange(n, device=device))
+    used = [one.num_patches for one in per_image]
+    attend = VisionRanges(torch_fa2, slot, (torch.arange(len(grids) + 1, device=device) * slot).to(torch.int32),
+                          torch.tensor(used, dtype=torch.int32, device=device))
+    pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, device=device)
+    keep = torch.cat([torch.arange(i * slot, i * slot + u, device=device) for i, u in enumerate(used)])
+    return SimpleNamespace(n=n, slot=slot, used=used, per_image=per_image, geo=geo, pos=pos, attend=attend,
+                           pixels=pixels, keep=keep)

@@ -225,35 +225,14 @@ def test_fused_fp8_tower_within_bounds_of_unfused_fp8():
     and < 0.8 x FP8's distance from bf16, and the fused FP8 tower no farther from bf16 than the
     unfused one (+10%): both are equally good roundings of the same bf16 tower. (Same bytes where
     the bf16 inputs agree: the producer test above; float32 on CPU: tests/test_fp8_vision.py.)"""
-    from random_towers import random_moonvit
+    from random_towers import random_moonvit, two_image_slots
 
     from calib.apply import _set_module, linear_modules
     from calib.calibrate import RangeObserver
-    from capture.ranges import VisionRanges
-    from capture.varlen import torch_fa2
-    from graphrt.vision import vision_geometry
 
     cfg, m = random_moonvit(7)
-    grids, slot = [(20, 24), (12, 16)], 480
-    geo1 = [vision_geometry([gr], cfg, "cuda") for gr in grids]
-    n = slot * len(grids)
-    cos = torch.zeros(n, cfg.head_dim // 2, device="cuda")
-    sin = torch.zeros_like(cos)
-    pos = torch.zeros(n, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
-    for i, (gr, geo) in enumerate(zip(grids, geo1)):
-        cos[i * slot : i * slot + geo.num_patches] = geo.cos
-        sin[i * slot : i * slot + geo.num_patches] = geo.sin
-        pos[i * slot : i * slot + geo.num_patches] = m.position_embedding(gr)
-
-    class Geo:
-        pass
-
-    geo = Geo()
-    geo.cos, geo.sin, geo.merge_index = cos, sin, torch.arange(n, device="cuda")
-    used = torch.tensor([geo.num_patches for geo in geo1], dtype=torch.int32, device="cuda")
-    attend = VisionRanges(torch_fa2, slot, (torch.arange(3, device="cuda") * slot).to(torch.int32), used)
-    pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, device="cuda")
-    keep = torch.cat([torch.arange(i * slot, i * slot + geo.num_patches, device="cuda") for i, geo in enumerate(geo1)])
+    b = two_image_slots(cfg, m)
+    n, geo, pos, attend, pixels, keep = b.n, b.geo, b.pos, b.attend, b.pixels, b.keep
 
     def run(fused):
         m.fused = fused

@@ -33,16 +33,7 @@ def test_fill_vision_equals_per_image_tables(tiny_engine):
     for t in (pipe.cos, pipe.sin, pipe.pos, pipe.pixels_u8):
         t.fill_(7)  # stale values from an earlier batch
     runtime.inputs.fill_vision(images, len(images), P)
-    merge = pipe.merge_index.cpu()
-    for i, im in enumerate(images):
-        n, start = im.num_patches, i * P
-        pixels, cos, sin, pos, order = expected_slot(runtime, im)
-        assert torch.equal(pipe.pixels_u8[start : start + n].cpu(), pixels), i
-        assert torch.equal(pipe.cos[start : start + n].cpu(), cos.cpu()), i
-        assert torch.equal(pipe.sin[start : start + n].cpu(), sin.cpu()), i
-        assert torch.equal(pipe.pos[start : start + n].cpu(), pos.cpu()), i
-        assert torch.equal(merge[start : start + n], order + start), i
-        assert int(pipe.v_seqused[i]) == n
+    check_slots(runtime, images, len(images), P)
 
 
 def check_slots(runtime, images, bv, p):

@@ -167,33 +167,11 @@ def test_cudnn_slot_attention_replays_in_a_graph_with_new_lengths():
 @torch.no_grad()
 def test_fused_tower_cudnn_mode_equals_slot_mode_within_bf16_noise():
     """Real widths, 3 layers, two images in 480-row slots: the cudnn attention mode vs the slot mode."""
-    from random_towers import random_moonvit
-
-    from capture.ranges import VisionRanges
-    from capture.varlen import torch_fa2
-    from graphrt.vision import vision_geometry
+    from random_towers import random_moonvit, two_image_slots
 
     cfg, m = random_moonvit(5)
-    grids, slot = [(20, 24), (12, 16)], 480
-    geos = [vision_geometry([g], cfg, "cuda") for g in grids]
-    n = slot * len(grids)
-    cos = torch.zeros(n, cfg.head_dim // 2, device="cuda")
-    sin = torch.zeros_like(cos)
-    pos = torch.zeros(n, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
-    for i, (g, geo) in enumerate(zip(grids, geos)):
-        cos[i * slot: i * slot + geo.num_patches] = geo.cos
-        sin[i * slot: i * slot + geo.num_patches] = geo.sin
-        pos[i * slot: i * slot + geo.num_patches] = m.position_embedding(g)
-
-    class Geo:
-        pass
-
-    geo = Geo()
-    geo.cos, geo.sin, geo.merge_index = cos, sin, torch.arange(n, device="cuda")
-    used = [g.num_patches for g in geos]
-    attend = VisionRanges(torch_fa2, slot, (torch.arange(3, device="cuda") * slot).to(torch.int32),
-                          torch.tensor(used, dtype=torch.int32, device="cuda"))
-    pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, device="cuda")
+    b = two_image_slots(cfg, m)
+    n, slot, used, geo, pos, attend, pixels = b.n, b.slot, b.used, b.geo, b.pos, b.attend, b.pixels
     outs = {}
     for mode in ("slot", "cudnn", "varlen"):
         m.attention = mode

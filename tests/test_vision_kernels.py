@@ -98,37 +98,16 @@ def test_fused_kernels_bf16_on_gpu():
 @torch.no_grad()
 def test_fused_tower_bf16_on_gpu_within_bf16_noise():
     """Real widths (1152, head dim 72), 3 layers, two images in varlen slots: fused vs unfused."""
-    from random_towers import random_moonvit
-
-    from capture.ranges import VisionRanges
-    from capture.varlen import torch_fa2
+    from random_towers import random_moonvit, two_image_slots
 
     cfg, m = random_moonvit(5)
-    grids, slot = [(20, 24), (12, 16)], 480
-    geo1 = [vision_geometry([g], cfg, "cuda") for g in grids]
-    n = slot * len(grids)
-    cos = torch.zeros(n, cfg.head_dim // 2, device="cuda")
-    sin = torch.zeros_like(cos)
-    pos = torch.zeros(n, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
-    for i, (g, geo) in enumerate(zip(grids, geo1)):
-        cos[i * slot : i * slot + geo.num_patches] = geo.cos
-        sin[i * slot : i * slot + geo.num_patches] = geo.sin
-        pos[i * slot : i * slot + geo.num_patches] = m.position_embedding(g)
-
-    class Geo:
-        pass
-
-    geo = Geo()
-    geo.cos, geo.sin, geo.merge_index = cos, sin, torch.arange(n, device="cuda")
-    used = torch.tensor([geo.num_patches for geo in geo1], dtype=torch.int32, device="cuda")
-    attend = VisionRanges(torch_fa2, slot, (torch.arange(3, device="cuda") * slot).to(torch.int32), used)
-    pixels = torch.randn(n, 3, cfg.patch_size, cfg.patch_size, device="cuda")
+    b = two_image_slots(cfg, m)
+    n, geo, pos, attend, pixels = b.n, b.geo, b.pos, b.attend, b.pixels
     outs = {}
     for fused in (False, True):
         m.fused = fused
         outs[fused] = m(pixels, pos, geo, attend).view(n, -1).float()
-    keep = torch.cat([torch.arange(i * slot, i * slot + geo.num_patches, device="cuda") for i, geo in enumerate(geo1)])
-    ref, got = outs[False][keep], outs[True][keep]
+    ref, got = outs[False][b.keep], outs[True][b.keep]
     err = ((got - ref).norm() / ref.norm()).item()
     assert 0 < err < 2e-2, err  # bf16 rounding differs (the GELU epilogue rounds once), nothing else
 
