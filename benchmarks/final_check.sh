@@ -14,7 +14,8 @@ mkdir -p "$OUT"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
 if [ -n "${PRE_TESTS:-}" ]; then  # a few gpu tests before the numbers (e.g. ones fixed after PART=tests)
-  timeout 120 python -m pytest -q -p no:cacheprovider -m gpu $PRE_TESTS > "$OUT/pytest_pre.log" 2>&1
+  # eval: PRE_TESTS may hold a quoted -k expression ("-k 'a or b' tests/x.py"), kept as one word
+  eval "timeout 120 python -m pytest -q -p no:cacheprovider -m gpu $PRE_TESTS" > "$OUT/pytest_pre.log" 2>&1
   tail -2 "$OUT/pytest_pre.log"
 fi
 if [ "${PART:-tests}" = tests ]; then
