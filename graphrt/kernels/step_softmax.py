@@ -1,6 +1,6 @@
 """torch.softmax over the step's logits rows, with torch's own bits, on many CTAs per row.
 
-The step's end takes a softmax of 6 rows per request over the whole vocabulary (151,936 bf16
+The step's end takes a softmax of 6 rows per request over the whole vocabulary (152,681 bf16
 values). torch runs it as `cunn_SoftMaxForward` (aten/src/ATen/native/cuda/SoftMax.cu, the
 path for rows too long for its shared-memory variant): ONE block of 1024 threads per row,
 which leaves most of the H100 idle (~120 us for 6 rows). The output bits of that kernel depend
@@ -8,21 +8,22 @@ on one order-dependent value only, the float sum of exp(x - max); the max is exa
 and every output is then exp(x - max) / sum, rounded once to the output dtype. So this module
 computes the same sum by the same tree on many CTAs per row:
 
-- thread t of torch's block (t < 1024) adds, in this order: for vector i = 0, 1, ... (while the
-  vector lies below `full` = V - V % (8 * 1024)) the 8 values of elements (i*1024 + t)*8 .. +7,
-  left to right; then the scalar tail elements full + t, full + t + 1024, ... (aligned rows, 16 B:
-  the input's `shift` is 0, which the wrapper requires);
+- thread t of torch's block (t < 1024) adds, in this order (ilpReduce): when the row does not
+  start on a 16-byte boundary (shift s = elements before it; the vocab is odd, so row r of a
+  contiguous tensor has s = (r*V) % 8), element t - s if t >= s; then, from index 1024 - s (0
+  when aligned), rounds of 8-wide vectors: vector t of each round, its 8 values left to right;
+  then the scalar tail (< 8*1024 values) at tail + t, tail + t + 1024, ...;
 - the 1024 thread sums are reduced like cuda_utils::BlockReduce: within each warp of 32 by
   shuffle-down halving (lane l += lane l + 16, then + 8, 4, 2, 1), then the 32 warp sums by the
   same halving;
 - exp is libdevice's expf (what nvcc's std::exp(float) is without fast-math), the division is
   IEEE round-to-nearest (nvcc's default -prec-div=true), the cast round-to-nearest-even.
 
-Kernels (grid rows x CTAS, CTA c owning torch's threads [c*T, (c+1)*T)):
-  _max_part  the max of a CTA's elements -> part_max [rows, CTAS]
+Kernels (grid rows x CTAS; in _sum_part CTA c plays torch's threads [c*T, (c+1)*T)):
+  _max_part  the max of a CTA's slice of the row -> part_max [rows, CTAS]
   _sum_part  the row max from part_max; torch's per-thread sums -> thread_sum [rows, 1024]
-  _write     the block-reduce tree over thread_sum (every CTA of a row computes the same value),
-             then its elements' outputs.
+  _total     (grid rows) the block-reduce tree over thread_sum -> the row's sum
+  _write     (grid rows x V/4096) its 4096 values' outputs.
 
 This is an emulation of one torch build's kernel, so it is checked, not trusted: `StepSoftmax`
 compares its output with torch.softmax bit for bit on crafted rows when it is built (before any
@@ -43,7 +44,10 @@ from triton.language.extra import libdevice
 log = logging.getLogger("graphrt")
 
 THREADS = 1024  # torch's block for rows of >= 1024 values (SoftMaxForward_getBlockSize)
-ILP = 8  # 16-byte vectors of bf16/fp16 (sizeof(float4) / sizeof(scalar_t))
+WRITE_CHUNK = 4096  # values per CTA of the output pass
+# Above this many rows torch's one-CTA-per-row kernel fills the GPU and measured as fast or faster
+# in the step (H100, B=32: 192 rows); the bits are the same either way.
+MAX_ROWS = 64
 SMEM_BYTES = 48 * 1024  # sharedMemPerBlock: rows shorter than this (in bytes, less the warp slots) take another kernel
 
 
@@ -164,21 +168,27 @@ def _sum_part(x_ptr, part_ptr, sum_ptr, V, SHIFT0, T: tl.constexpr, CTAS: tl.con
 
 
 @triton.jit
-def _write(x_ptr, part_ptr, sum_ptr, total_ptr, y_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
-           CTAS: tl.constexpr, NT: tl.constexpr, INTERP: tl.constexpr):
-    """The row sum by torch's block-reduce tree, then exp(x - max) / sum for elements [c*CHUNK, (c+1)*CHUNK)."""
+def _total(sum_ptr, total_ptr, NT: tl.constexpr):
+    """A row's sum from torch's 1024 thread sums by its block-reduce tree (one CTA per row)."""
     row = tl.program_id(0)
-    c = tl.program_id(1)
-    base = x_ptr + row.to(tl.int64) * V
-    out = y_ptr + row.to(tl.int64) * V
-    mx = tl.max(tl.load(part_ptr + row * CTAS + tl.arange(0, CTAS)), axis=0)
     w = tl.arange(0, NT // 32)
     lane = tl.arange(0, 32)
     sums = tl.load(sum_ptr + row * NT + w[:, None] * 32 + lane[None, :])
     warp = _warp_tree(sums)  # [32]: lane 0 of each warp
     total = tl.sum(_warp_tree(tl.reshape(warp, (1, NT // 32))), axis=0)  # warp 0 over the warp sums (1 value)
-    if c == 0:
-        tl.store(total_ptr + row, total)
+    tl.store(total_ptr + row, total)
+
+
+@triton.jit
+def _write(x_ptr, part_ptr, total_ptr, y_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS: tl.constexpr,
+           INTERP: tl.constexpr):
+    """exp(x - max) / sum for elements [c*CHUNK, (c+1)*CHUNK) of a row."""
+    row = tl.program_id(0)
+    c = tl.program_id(1)
+    base = x_ptr + row.to(tl.int64) * V
+    out = y_ptr + row.to(tl.int64) * V
+    mx = tl.max(tl.load(part_ptr + row * CTAS + tl.arange(0, CTAS)), axis=0)
+    total = tl.load(total_ptr + row)
     for k in tl.static_range(0, CHUNK, BLOCK):
         idx = c * CHUNK + k + tl.arange(0, BLOCK)
         ok = idx < V
@@ -214,12 +224,14 @@ def triton_softmax(x: torch.Tensor, ctas: int | None = None, reversed_order: boo
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     shift0 = x.data_ptr() % 16 // x.element_size()
     # enable_reflect_ftz=False: libdevice's expf / division keep denormals, as nvcc builds torch's
-    opts = dict(enable_reflect_ftz=False) if not interp else {}
+    opts = {} if interp else {"enable_reflect_ftz": False}
     _max_part[(rows, ctas)](x, part, v, CHUNK=chunk, BLOCK=block, CTAS=ctas, num_warps=4, **opts)
     _sum_part[(rows, ctas)](x, part, sums, v, shift0, T=per, CTAS=ctas, NT=THREADS, REVERSED=reversed_order,
                             INTERP=interp, num_warps=max(1, per // 32), **opts)
-    _write[(rows, ctas)](x, part, sums, totals, y, v, CHUNK=chunk, BLOCK=block, CTAS=ctas, NT=THREADS,
-                         INTERP=interp, num_warps=4, **opts)
+    _total[(rows,)](sums, totals, NT=THREADS, num_warps=4)
+    # the output pass is exp + IEEE division per value: many small CTAs
+    _write[(rows, triton.cdiv(v, WRITE_CHUNK))](x, part, totals, y, v, CHUNK=WRITE_CHUNK, BLOCK=block, CTAS=ctas,
+                                                INTERP=interp, num_warps=4, **opts)
     if internals is not None:
         internals.update(max=part.amax(1), thread_sums=sums, totals=totals)
     return y
@@ -274,7 +286,7 @@ class StepSoftmax:
         return "triton (bit-equal to torch, checked)" if self.fused else f"torch ({self.reason})"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and x.shape[-1] == self.vocab and supported(x):
+        if self.fused and x.shape[-1] == self.vocab and supported(x) and x.numel() // x.shape[-1] <= MAX_ROWS:
             return triton_softmax(x)
         return torch.softmax(x, dim=-1)
 
