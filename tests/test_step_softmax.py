@@ -65,18 +65,9 @@ def torch_order_reference(x: torch.Tensor):
     return mx, acc, total, torch.from_numpy(probs).to(x.dtype)
 
 
-def _interp(fn):
-    return pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-                              reason="set TRITON_INTERPRET=1 (CPU) or run on a GPU")(fn)
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-@pytest.mark.parametrize("v", [2 * ILP * NT + 1000 + 8, ILP * NT + 4480, 3 * ILP * NT, 2 * ILP * NT + 4203, 1501])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("v, dtype", [(2 * ILP * NT + 1000 + 8, torch.bfloat16), (ILP * NT + 4480, torch.bfloat16),
+                                      (3 * ILP * NT, torch.bfloat16), (2 * ILP * NT + 4203, torch.bfloat16),
+                                      (2 * ILP * NT + 4203, torch.float16), (1501, torch.float16)])
 def test_interpreter_matches_torch_order(v, dtype):
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("CPU check through Triton's interpreter: set TRITON_INTERPRET=1")
