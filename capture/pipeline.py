@@ -119,6 +119,11 @@ class StaticPipeline:
             for b in buckets.batch_sizes:
                 self.step_attention[b] = StepAttention(b, blk, t.num_attention_heads, t.num_key_value_heads,
                                                        t.head_dim, dev)
+        self.softmax = None  # torch.softmax; the fused set: many CTAs per row, checked bit-equal at build
+        if self.fused and torch.device(dev).type == "cuda":
+            from graphrt.kernels.step_softmax import StepSoftmax  # lazy: triton is optional
+
+            self.softmax = StepSoftmax(dev, dt, self.vocab)
         # what a captured graph of each stage runs, keyed like the graphs: (stage, *bucket)
         self.stages = {"vision": self.vision, "prefill": self.prefill, "step": self.step}
 
@@ -172,7 +177,8 @@ class StaticPipeline:
         hits = (self.rows[:, None] == target[None, :]) & windowed[None, :]  # [rows, segments]
         hit, src = hits.any(1), hits.int().argmax(1)
         temp = self.temperature[target]
-        probs = probabilities(logits, self.seen[target, : self.vocab], temp if self.sample else None, self.sampling)
+        probs = probabilities(logits, self.seen[target, : self.vocab], temp if self.sample else None, self.sampling,
+                              self.softmax)
         uniform = uniforms(self.noise_key[target], self.steps[target], self.block) if self.sample else None
         x0 = choose(probs, temp, uniform, sample=self.sample)
         if self.fused:
@@ -231,7 +237,8 @@ class StaticPipeline:
 
         temp = self.temperature[:b]
         # greedy graphs hold only temperature-0 rows (the runtime refuses others): no scaling pass
-        probs = probabilities(logits, self.seen[:b, : self.vocab], temp if self.sample else None, self.sampling)
+        probs = probabilities(logits, self.seen[:b, : self.vocab], temp if self.sample else None, self.sampling,
+                              self.softmax)
         # Seeded draws: uniforms hashed from (row key, row step, slot) in the graph; no generator state.
         uniform = uniforms(self.noise_key[:b], self.steps[:b], blk) if self.sample else None
         x0 = choose(probs, temp, uniform, sample=self.sample)

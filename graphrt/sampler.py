@@ -58,9 +58,10 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def probabilities(logits: torch.Tensor, seen: torch.Tensor | None, temperature: torch.Tensor | None,
-                  cfg: SamplingConfig) -> torch.Tensor:
+                  cfg: SamplingConfig, softmax=None) -> torch.Tensor:
     """logits [B, S, V] -> probs [B, S, V]; temperature [B] (0 = greedy row, no scaling; None:
-    every row is greedy, so the division by 1 is skipped: one pass over the logits fewer)."""
+    every row is greedy, so the division by 1 is skipped: one pass over the logits fewer).
+    `softmax`: a drop-in for torch.softmax(x, -1) with its bits (the graphs' StepSoftmax)."""
     if cfg.repetition_penalty != 1.0 and seen is not None:
         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
     if temperature is not None:
@@ -70,7 +71,7 @@ def probabilities(logits: torch.Tensor, seen: torch.Tensor | None, temperature: 
         logits = top_p_filter(logits, cfg.top_p)
     if cfg.top_k is not None:
         logits = top_k_filter(logits, cfg.top_k)
-    return torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1) if softmax is None else softmax(logits)
 
 
 _MASK32 = 0xFFFFFFFF

@@ -5,7 +5,7 @@ seen ids, pending window, counts, cache length, finished flags, all_done).
 Exactness by construction, not by tolerance. The kernel takes the same inputs the torch tail
 reads and makes only integer and comparison decisions on them:
 
-- `probs`: torch's own softmax (graphrt.sampler.probabilities), so the same bits;
+- `probs`: torch's softmax bits (graphrt.sampler.probabilities; step_softmax reproduces them);
 - `x0`: torch's own argmax / seeded draw (graphrt.sampler.choose);
 - the top-k lists: graphrt.mtp.candidates, the very function `propose` calls, so the same
   indices in the same tie order (torch.topk's tie order is unspecified; we never re-derive it);
@@ -16,7 +16,8 @@ reads and makes only integer and comparison decisions on them:
   in that order and rounded once to the probs dtype, as torch's sum of the stacked three does.
 
 What it replaces: ~150 small torch kernels of propose/accept/state update (0.3-0.5 ms per step on
-the H100) with one launch. The softmax, argmax and the two top-k calls stay torch.
+the H100) with one launch. The argmax and the two top-k calls stay torch; the softmax is
+graphrt/kernels/step_softmax.py's, bit-equal to torch's (checked at build, torch's otherwise).
 `GRAPHRT_STEP_TAIL=torch` keeps the torch tail on the fused kernel set (A/B runs).
 """
 
