@@ -86,5 +86,6 @@ class GraphBackend(Backend):
         rt = self.runtime
         return {"attention": rt.kernel_name, "kernels": f"{rt.kernels} ({rt.kernels_reason})",
                 "first_round": rt.first_round, "graphs": len(rt.graphs),
+                "step_softmax": rt.pipe.softmax.describe() if rt.pipe.softmax is not None else "torch",
                 "graph_runtime": "on", "capture_s": round(rt.capture_seconds, 1),
                 "graph_pool_mib": round(rt.pool_bytes / 2**20, 1), "buckets": dataclasses.asdict(rt.buckets)}
