@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_util import alternating_ms, capture  # noqa: E402
-from capture.varlen import torch_fa2  # noqa: E402
-import graphrt.vision_kernels as vk  # noqa: E402
-from graphrt.kernels import vision_attention as va  # noqa: E402
+from bench_util import alternating_ms, capture
+
+import graphrt.vision_kernels as vk
+from capture.varlen import torch_fa2
+from graphrt.kernels import vision_attention as va
 
 HEADS, D = 16, 72
 # (batch, slot, real patches, calls per graph, interleaved rounds)
@@ -44,7 +45,7 @@ SIZES = {"1x1680": (1, 1680, 1656, 20, 30), "4x1680": (4, 1680, 1656, 10, 30), "
 # block's softmax, lazy rescaling, unroll 2: all slower; results JSON of run 2).
 SCHEDULES = [("", (128, 64, 4, 3), {}), ("", (128, 64, 4, 4), {}), ("", (128, 128, 8, 3), {}), ("", (64, 64, 4, 3), {})]
 # (block_m, block_n, num_warps, stages) of the Gluon kernel (graphrt/kernels/vision_attention_ws.py)
-WS_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 4, 3), (64, 128, 4, 3)]
+WS_TILES = [(128, 64, 8, 3, 0), (128, 64, 4, 4, 2), (128, 128, 4, 2, 3), (128, 64, 4, 3, 3), (256, 64, 4, 2, 3)]
 QUICK = False  # --quick: only the Triton TMA default, cuDNN dense and the Gluon variants
 REPORT: dict = {}
 
@@ -125,6 +126,8 @@ def run_size(name: str):
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             torch.cuda.synchronize()
         res["variants"][key] = entry
+    res["gluon_compiled"] = {str(t): {"regs": getattr(c, "n_regs", None), "spills": getattr(c, "n_spills", None),
+                                      "shared": c.metadata.shared} for t, c in ws.LAST_COMPILED.items()}
     times = alternating_ms(graphs, rounds)
     for key, ts in times.items():
         ts = [t / calls for t in ts]
@@ -148,7 +151,7 @@ def main():
     ap.add_argument("--out", default="vision_attention_hopper.json")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--quick", action="store_true", help="only the Triton TMA default, cuDNN dense and the Gluon tiles")
-    ap.add_argument("--ws-tiles", nargs="*", default=None, help="Gluon tiles as BM,BN,WARPS,STAGES")
+    ap.add_argument("--ws-tiles", nargs="*", default=None, help="Gluon tiles as BM,BN,WARPS,STAGES,CONSUMERS (0: one partition)")
     args = ap.parse_args()
     global QUICK, WS_TILES
     QUICK = args.quick

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_vision_hopper_attention import make, poisoned, reference
 
 
@@ -32,7 +31,7 @@ def gluon_or_skip():
     return ws.vision_attention_ws
 
 
-TILES = [None, (128, 128, 8, 3)]
+TILES = [None, (128, 64, 8, 3, 1), (256, 64, 4, 3, 2), (128, 128, 4, 2, 3)]
 
 
 @pytest.mark.gpu
@@ -116,7 +115,7 @@ def test_dispatch_and_fp8_output_equal_the_triton_kernel():
     import graphrt.kernels.vision_attention as va
 
     g = torch.Generator(device="cuda").manual_seed(9)
-    qkv, cu, used_t, starts, real = make([1656, 300], 1680, False, 16, 72, g, "cuda", torch.bfloat16)
+    qkv, cu, used_t, _, real = make([1656, 300], 1680, False, 16, 72, g, "cuda", torch.bfloat16)
     a = va.vision_attention(qkv, cu, used_t, 1680, kernel="ws")
     b = va.vision_attention(qkv, cu, used_t, 1680, kernel="triton")
     assert ((a[real].float() - b[real].float()).norm() / b[real].float().norm()).item() < 5e-3
@@ -139,9 +138,9 @@ def test_tower_with_the_gluon_kernel_equals_the_triton_kernel(monkeypatch):
     gluon_or_skip()
     from random_towers import random_moonvit
 
+    import graphrt.kernels.vision_attention as va
     from capture.ranges import VisionRanges
     from capture.varlen import torch_fa2
-    import graphrt.kernels.vision_attention as va
     from graphrt.vision import vision_geometry
 
     cfg, m = random_moonvit(6)
