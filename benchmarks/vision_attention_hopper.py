@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_util import alternating_ms, capture  # noqa: E402
-from capture.varlen import torch_fa2  # noqa: E402
-import graphrt.vision_kernels as vk  # noqa: E402
-from graphrt.kernels import vision_attention as va  # noqa: E402
+from bench_util import alternating_ms, capture
+
+import graphrt.vision_kernels as vk
+from capture.varlen import torch_fa2
+from graphrt.kernels import vision_attention as va
 
 HEADS, D = 16, 72
 # (batch, slot, real patches, calls per graph, interleaved rounds)
@@ -43,6 +44,9 @@ SIZES = {"1x1680": (1, 1680, 1656, 20, 30), "4x1680": (4, 1680, 1656, 10, 30), "
 # run 2 also loop schedules since removed from the kernel (q.k of the next block issued before this
 # block's softmax, lazy rescaling, unroll 2: all slower; results JSON of run 2).
 SCHEDULES = [("", (128, 64, 4, 3), {}), ("", (128, 64, 4, 4), {}), ("", (128, 128, 8, 3), {}), ("", (64, 64, 4, 3), {})]
+# (block_m, block_n, num_warps, stages) of the Gluon kernel (graphrt/kernels/vision_attention_ws.py)
+WS_TILES = [(128, 64, 8, 3, 0), (128, 64, 4, 4, 2), (128, 128, 4, 2, 3), (128, 64, 4, 3, 3), (256, 64, 4, 2, 3)]
+QUICK = False  # --quick: only the Triton TMA default, cuDNN dense and the Gluon variants
 REPORT: dict = {}
 
 
@@ -84,14 +88,23 @@ def run_size(name: str):
     variants = {"slot1 (first kernel, 128,64,4,3)": lambda: vk.slot_attention(qkv, cu, used, p),
                 "new ptr loads (128,64,4,3)": lambda: va.vision_attention(qkv, cu, used, p, tiles=(128, 64, 4, 3),
                                                                           tma=False)}
-    for label, t, kw in SCHEDULES:
+    for label, t, kw in SCHEDULES[:1] if QUICK else SCHEDULES:
         variants[f"new tma {t} {label}"] = lambda t=t, kw=kw: va.vision_attention(qkv, cu, used, p, tiles=t, **kw)
+    from graphrt.kernels import vision_attention_ws as ws
+
+    why = ws.usable(qkv)
+    for t in WS_TILES if why is None else ():
+        variants[f"gluon ws {t}"] = lambda t=t: ws.vision_attention_ws(qkv, cu, used, p, tiles=t)
+    if QUICK:
+        variants = {k: v for k, v in variants.items() if not k.startswith(("slot1", "new ptr", "fa2"))}
     variants["fa2 varlen (slots)"] = lambda: torch_fa2(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, p, p, used, False)
-    for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                           ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("default", None)):
+    dense_backends = (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                      ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("default", None))
+    for label, backend in dense_backends[:1] if QUICK else dense_backends:
         variants[f"sdpa {label} (exact real rows, dense)"] = sdpa(backend)
     res = {"work": f"B={b}, slot {p}, {real} real; {flops / 1e12:.4f} TFLOP useful per layer call; "
-                   f"{calls} calls per graph, {rounds} interleaved rounds", "variants": {}}
+                   f"{calls} calls per graph, {rounds} interleaved rounds", "variants": {},
+           "gluon_skipped": why}
     graphs = {}
     for key, fn in variants.items():
         entry = {}
@@ -113,6 +126,8 @@ def run_size(name: str):
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             torch.cuda.synchronize()
         res["variants"][key] = entry
+    res["gluon_compiled"] = {str(t): {"regs": getattr(c, "n_regs", None), "spills": getattr(c, "n_spills", None),
+                                      "shared": c.metadata.shared} for t, c in ws.LAST_COMPILED.items()}
     times = alternating_ms(graphs, rounds)
     for key, ts in times.items():
         ts = [t / calls for t in ts]
@@ -135,7 +150,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="vision_attention_hopper.json")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
+    ap.add_argument("--quick", action="store_true", help="only the Triton TMA default, cuDNN dense and the Gluon tiles")
+    ap.add_argument("--ws-tiles", nargs="*", default=None, help="Gluon tiles as BM,BN,WARPS,STAGES,CONSUMERS (0: one partition)")
     args = ap.parse_args()
+    global QUICK, WS_TILES
+    QUICK = args.quick
+    if args.ws_tiles:
+        WS_TILES = [tuple(int(x) for x in t.split(",")) for t in args.ws_tiles]
     import triton
 
     REPORT["env"] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,

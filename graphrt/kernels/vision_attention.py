@@ -19,7 +19,12 @@ graph slot cannot use). `TRITON_INTERPRET=1` runs it on CPU tensors (tests).
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
+
+from ..errors import OptionError
 
 try:
     import triton
@@ -168,9 +173,19 @@ def tma_usable(qkv: torch.Tensor) -> bool:
     return torch.cuda.get_device_capability(qkv.device)[0] >= 9 and row_bytes % 16 == 0 and qkv.data_ptr() % 16 == 0
 
 
+# Which kernel runs the slot/packed attention, read at load (A/B): "triton" (this file's kernel) or
+# "ws" (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
+# Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason).
+KERNELS = ("triton", "ws")
+KERNEL = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL", "triton")
+if KERNEL not in KERNELS:
+    raise OptionError(f"GRAPHRT_VISION_ATTENTION_KERNEL must be one of {', '.join(KERNELS)}, not {KERNEL!r}")
+_WS_FALLBACK_WARNED = False
+
+
 def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
                      scale: float | None = None, tiles=None, packed: bool = False, tma: bool | None = None,
-                     fp8_for=None):
+                     fp8_for=None, kernel: str | None = None):
     """Full attention inside each image of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
 
     Image b starts at row cu[b] (cu [B+1] int32 on the device; may change between graph replays)
@@ -179,7 +194,18 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
     tma None: tensor descriptors wherever they work (False: pointer loads, the A/B).
     fp8_for: a static-scale W8A8 FP8Linear (the block's wo): the output is its e4m3 input, the
     qkv-dtype result quantized in the store, and the call returns (q [N, H, D], row scales [N, 1]);
-    the row scales are written for the rows the output covers."""
+    the row scales are written for the rows the output covers.
+    kernel: "triton" or "ws" (None: KERNEL, from GRAPHRT_VISION_ATTENTION_KERNEL)."""
+    if (kernel or KERNEL) == "ws" and tiles is None and tma is None:
+        from . import vision_attention_ws as ws
+
+        why = ws.usable(qkv)
+        if why is None:
+            return ws.vision_attention_ws(qkv, cu, used, slot, scale, packed=packed, fp8_for=fp8_for)
+        global _WS_FALLBACK_WARNED
+        if not _WS_FALLBACK_WARNED:
+            warnings.warn(f"vision attention kernel ws: {why}; the Triton kernel runs instead", stacklevel=2)
+            _WS_FALLBACK_WARNED = True
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"vision_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
