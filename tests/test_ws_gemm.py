@@ -46,6 +46,29 @@ def test_stream_k_split_covers_every_block_once(tiles, k_blocks, programs):
         assert holders == set(range(first, last + 1)) and last - first + 1 <= segs
 
 
+@pytest.mark.parametrize("tiles,k_blocks,programs", [(172, 32, 132), (40, 16, 132), (516, 32, 132), (5, 3, 2),
+                                                     (7, 4, 3), (3, 5, 7)])
+def test_whole_tiles_then_stream_k_cover_every_block_once(tiles, k_blocks, programs):
+    """dp: full waves of whole tiles (tile p + j * G to program p), then the rest cut by K blocks;
+    every block done once; whole tiles never cut, the rest's segments as owner() says."""
+    from graphrt.kernels.ws_gemm import blocks_of, max_segments, owner, plan
+
+    programs = min(programs, tiles)  # as ws_matmul: dp never runs more programs than tiles
+    whole, rem = plan(tiles, k_blocks, programs, True)
+    assert whole % programs == 0 and (tiles - whole) < programs and rem == (tiles - whole) * k_blocks
+    work = [blocks_of(p, tiles, k_blocks, programs, True) for p in range(programs)]
+    assert sorted(sum(work, [])) == list(range(tiles * k_blocks))
+    for t in range(whole):
+        holders = {p for p, w in enumerate(work) if t * k_blocks in w}
+        assert holders == {t % programs} and all(t * k_blocks + kb in work[t % programs] for kb in range(k_blocks))
+    for t in range(whole, tiles):
+        lo = (t - whole) * k_blocks
+        holders = {p for p, w in enumerate(work) for kb in range(k_blocks) if whole * k_blocks + lo + kb in w}
+        first, last = owner(lo, programs, rem), owner(lo + k_blocks - 1, programs, rem)
+        assert holders == set(range(first, last + 1)) and last - first + 1 <= max_segments(tiles - whole, k_blocks, programs)
+    assert blocks_of(0, tiles, k_blocks, programs, False) == list(range(tiles * k_blocks // programs))
+
+
 def test_ws_candidates_are_valid_tilings():
     from graphrt.kernels.ws_gemm import SMEM_BUDGET, ws_candidates, ws_shortlist
 
@@ -54,10 +77,10 @@ def test_ws_candidates_are_valid_tilings():
         for batch in (1, 2, 4, 8, 16, 32):
             m = 12 * batch
             cands = ws_candidates(m, out_n, k, silu)
-            assert 2 <= len(cands) <= 4 and len(set(cands)) == len(cands)
+            assert 3 <= len(cands) <= 5 and len(set(cands)) == len(cands) and any(c[6] for c in cands)
             short = ws_shortlist(m, out_n, k, silu)
             assert 1 <= len(short) <= 2 and set(short) <= set(cands)
-            for block_w, block_t, block_k, stages, warps, per_sm in cands:
+            for block_w, block_t, block_k, stages, warps, per_sm, _ in cands:
                 assert block_w in (64, 128) and warps * 16 <= block_w * 2 and warps >= 4
                 assert 16 <= block_t <= 128 and block_t & (block_t - 1) == 0 and block_t >= min(m, 128)
                 per_stage = (block_w * (2 if silu else 1) + block_t) * block_k * 2

@@ -39,13 +39,14 @@ GLUON_TRITON = "3.6"  # the Triton release whose Gluon API this kernel is writte
 
 
 class WsConfig(tuple):
-    """(block_w, block_t, block_k, stages, warps, programs_per_sm)"""
+    """(block_w, block_t, block_k, stages, warps, programs_per_sm, dp): dp = whole tiles first, one
+    per program per wave, and stream-K only over the tiles left after the last full wave."""
 
-    def __new__(cls, block_w, block_t, block_k, stages, warps, per_sm=1):
-        return super().__new__(cls, (block_w, block_t, block_k, stages, warps, per_sm))
+    def __new__(cls, block_w, block_t, block_k, stages, warps, per_sm=1, dp=False):
+        return super().__new__(cls, (block_w, block_t, block_k, stages, warps, per_sm, bool(dp)))
 
     def __repr__(self):
-        return "ws-w{}t{}k{}p{}w{}c{}".format(*self)
+        return "ws-w{}t{}k{}p{}w{}c{}".format(*self[:6]) + ("-dp" if self[6] else "")
 
 
 SMEM_BUDGET = 200 * 1024  # of the H100's 227 KB per block: the ring, with room for barriers and layout scratch
@@ -64,8 +65,10 @@ def stages_for(block_w: int, block_t: int, block_k: int, silu: bool, cap: int = 
 def ws_candidates(m: int, n: int, k: int, silu: bool) -> list[WsConfig]:
     """Configs worth timing for one shape (benchmarks/skinny_gemm_tune.py --ws all): 64 weight rows
     on one warpgroup (BLOCK_K 64 / 128), 128 rows on two (each token tile read once per 128 weight
-    rows: half the L2 traffic for x at M >= 96), the deepest ring that fits; one program per SM
-    (and two per SM, each half as deep, for the 64-row tiles at BLOCK_K 64)."""
+    rows: half the L2 traffic for x at M >= 96), the deepest ring that fits; one program per SM;
+    the 64-row ones also with `dp` (whole tiles in full waves, stream-K only for the rest).
+    Two programs per SM (each ring half as deep) were measured slower everywhere (H100,
+    2026-11-24, docs/notes.md) and are not listed."""
     if n < 64 or k < 128:
         return []
     block_t = block_t_for(m)
@@ -74,9 +77,8 @@ def ws_candidates(m: int, n: int, k: int, silu: bool) -> list[WsConfig]:
         stages = stages_for(block_w, block_t, block_k, silu)
         if stages >= 3:
             out.append(WsConfig(block_w, block_t, block_k, stages, warps, 1))
-    stages = stages_for(64, block_t, 64, silu) // 2
-    if stages >= 3:
-        out.append(WsConfig(64, block_t, 64, stages, 4, 2))
+    # and the first two with whole tiles first (no partial sums but in the last, stream-K, wave)
+    out[2:2] = [WsConfig(*c[:6], True) for c in out[:2]]
     return out
 
 
@@ -84,6 +86,21 @@ def ws_shortlist(m: int, n: int, k: int, silu: bool) -> list[WsConfig]:
     """What start-up times beside the swap-AB shortlist: two of ws_candidates (each Gluon config is
     one more compile on a cold start)."""
     return ws_candidates(m, n, k, silu)[:2]
+
+
+def plan(tiles: int, k_blocks: int, programs: int, dp: bool) -> tuple[int, int]:
+    """(tiles done whole, K blocks left to stream-K): with dp, the full waves of whole tiles (tile
+    p + j * programs to program p), the rest cut by K blocks over all programs."""
+    whole = (tiles // programs) * programs if dp else 0
+    return whole, (tiles - whole) * k_blocks
+
+
+def blocks_of(p: int, tiles: int, k_blocks: int, programs: int, dp: bool) -> list[int]:
+    """The (tile-major) K blocks program p works on, in its order (the kernel's loops; for tests)."""
+    whole, rem = plan(tiles, k_blocks, programs, dp)
+    out = [(p + j * programs) * k_blocks + kb for j in range(whole // programs) for kb in range(k_blocks)]
+    base = whole * k_blocks
+    return out + list(range(base + p * rem // programs, base + (p + 1) * rem // programs))
 
 
 def owner(b: int, programs: int, total: int) -> int:
@@ -157,14 +174,16 @@ def ws_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    block_w, block_t, block_k, stages, warps, per_sm = config
+    block_w, block_t, block_k, stages, warps, per_sm, _ = config
     n = n_w // 2 if silu else n_w
     t_tiles = triton.cdiv(m, block_t)
     tiles = triton.cdiv(n, block_w) * t_tiles
     k_blocks = triton.cdiv(k, block_k)
     total = tiles * k_blocks
-    g = min(total, programs or _sm_count(x.device) * per_sm)
-    segs = max_segments(tiles, k_blocks, g)
+    dp = config[6]
+    g = min(tiles if dp else total, programs or _sm_count(x.device) * per_sm)
+    whole, rem = plan(tiles, k_blocks, g, dp)
+    segs = max_segments(tiles - whole, k_blocks, g) if rem else 1
     width = block_w * (2 if silu else 1)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     part, lock = _workspace(x.device, tiles * segs * block_t * width if segs > 1 else 0, tiles)
@@ -174,7 +193,7 @@ def ws_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     x_desc = TensorDescriptor.from_tensor(x, [block_t, block_k],
                                           gl.NVMMASharedLayout.get_default_for([block_t, block_k], gdt))
     _kernel()[(g,)](w_desc, x_desc, bias if bias is not None else y, y, part, lock, m, n, n, y.stride(0),
-                    tiles, k_blocks, total, g, segs, t_tiles, HAS_BIAS=bias is not None, SILU=silu,
+                    whole, max(rem, 1), k_blocks, g, segs, t_tiles, HAS_BIAS=bias is not None, SILU=silu,
                     BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, STAGES=stages, num_warps=warps)
     return y
 
@@ -189,12 +208,12 @@ def _kernel():
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
     @gluon.jit
-    def _produce(w_desc, x_desc, w_smem, u_smem, x_smem, ready, empty, up_off, start, end, k_blocks, T_TILES,
-                 SILU: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
+    def _produce(w_desc, x_desc, w_smem, u_smem, x_smem, ready, empty, up_off, n_dp, sk_start, n_all, k_blocks,
+                 programs, pid, T_TILES, SILU: gl.constexpr, BLOCK_W: gl.constexpr, BLOCK_T: gl.constexpr,
                  BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
         nbytes: gl.constexpr = (BLOCK_W * (2 if SILU else 1) + BLOCK_T) * BLOCK_K * 2
-        for b in range(start, end):
-            i = b - start
+        for i in range(0, n_all):
+            b = _block(i, n_dp, sk_start, k_blocks, programs, pid)
             s = i % STAGES
             # a fresh barrier counts as having completed the phase before its first: parity 1 passes
             mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
@@ -207,6 +226,15 @@ def _kernel():
             if SILU:
                 tma.async_copy_global_to_shared(w_desc, [row + up_off, k0], bar, u_smem.index(s))
             tma.async_copy_global_to_shared(x_desc, [(tile % T_TILES) * BLOCK_T, k0], bar, x_smem.index(s))
+
+    @gluon.jit
+    def _block(i, n_dp, sk_start, k_blocks, programs, pid):
+        """The i-th K block (tile-major number) of this program: whole tiles, then its stream-K range."""
+        if i < n_dp:
+            b = (pid + (i // k_blocks) * programs) * k_blocks + i % k_blocks
+        else:
+            b = sk_start + (i - n_dp)
+        return b
 
     @gluon.jit
     def _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, M, N, stride_y, HAS_BIAS: gl.constexpr, SILU: gl.constexpr):
@@ -224,7 +252,7 @@ def _kernel():
 
     @gluon.jit
     def _consume(w_smem, u_smem, x_smem, ready, empty, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, stride_y,
-                 start, end, k_blocks, total, programs, segs, pid, T_TILES,
+                 n_dp, sk_start, n_all, whole, rem, k_blocks, programs, segs, pid, T_TILES,
                  HAS_BIAS: gl.constexpr, SILU: gl.constexpr, BLOCK_W: gl.constexpr,
                  BLOCK_T: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr):
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
@@ -234,12 +262,12 @@ def _kernel():
         rw = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, layout))
         rtt = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, layout))
         WIDTH: gl.constexpr = BLOCK_W * (2 if SILU else 1)
-        for b in range(start, end):
-            i = b - start
+        for i in range(0, n_all):
+            b = _block(i, n_dp, sk_start, k_blocks, programs, pid)
             s = i % STAGES
             kb = b % k_blocks
             mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-            fresh = (kb == 0) | (b == start)  # a segment's first K block starts the sum
+            fresh = (kb == 0) | (i == n_dp)  # a segment's first K block starts the sum
             xt = x_smem.index(s).permute((1, 0))
             acc = warpgroup_mma(w_smem.index(s), xt, acc, use_acc=fresh == 0, is_async=True)
             if SILU:
@@ -248,18 +276,19 @@ def _kernel():
             else:
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
             mbarrier.arrive(empty.index(s))  # the stage's shared memory is free for the producer
-            if (kb == k_blocks - 1) | (b == end - 1):  # a segment ends: its tile's epilogue or partial
+            if (kb == k_blocks - 1) | (i == n_all - 1):  # a segment ends: its tile's epilogue or partial
                 tile = b // k_blocks
                 rn = (tile // T_TILES) * BLOCK_W + rw
                 rt = (tile % T_TILES) * BLOCK_T + rtt
-                first = ((tile * k_blocks + 1) * programs - 1) // total  # owner of the tile's first block
-                last = (((tile + 1) * k_blocks) * programs - 1) // total
-                if first == last:
+                # the programs that own the tile's first and last K block (whole tiles: this one)
+                first = (((tile - whole) * k_blocks + 1) * programs - 1) // rem
+                last = (((tile + 1 - whole) * k_blocks) * programs - 1) // rem
+                if (tile < whole) | (first == last):
                     _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, M, N, stride_y, HAS_BIAS, SILU)
                 else:
                     # slot layout [tile, slot, weight row (gate | up), token row]
                     offs = gl.expand_dims(rw, 1) * BLOCK_T + gl.expand_dims(rtt, 0)
-                    base = part_ptr + (tile * segs) * (WIDTH * BLOCK_T)
+                    base = part_ptr + ((tile - whole) * segs) * (WIDTH * BLOCK_T)
                     gl.store(base + (pid - first) * (WIDTH * BLOCK_T) + offs, acc)
                     if SILU:
                         gl.store(base + (pid - first) * (WIDTH * BLOCK_T) + BLOCK_W * BLOCK_T + offs, acc_up)
@@ -278,13 +307,14 @@ def _kernel():
 
     @gluon.jit
     def _ws_kernel(w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, up_off, stride_y,
-                   tiles, k_blocks, total, programs, segs, T_TILES,
+                   whole, rem, k_blocks, programs, segs, T_TILES,
                    HAS_BIAS: gl.constexpr, SILU: gl.constexpr, BLOCK_W: gl.constexpr,
                    BLOCK_T: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
         WARPS: gl.constexpr = gl.num_warps()
         pid = gl.program_id(0)
-        start = pid * total // programs
-        end = (pid + 1) * total // programs
+        n_dp = (whole // programs) * k_blocks  # whole tiles first: pid, pid + programs, ...
+        sk_start = whole * k_blocks + pid * rem // programs  # then a range of the stream-K blocks
+        n_all = n_dp + whole * k_blocks + (pid + 1) * rem // programs - sk_start
         dt: gl.constexpr = w_desc.dtype
         w_smem = gl.allocate_shared_memory(dt, [STAGES, BLOCK_W, BLOCK_K], w_desc.layout)
         if SILU:
@@ -299,9 +329,10 @@ def _kernel():
             mbarrier.init(empty.index(s), count=1)
         gl.warp_specialize([
             (_consume, (w_smem, u_smem, x_smem, ready, empty, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, stride_y,
-                        start, end, k_blocks, total, programs, segs, pid, T_TILES,
+                        n_dp, sk_start, n_all, whole, rem, k_blocks, programs, segs, pid, T_TILES,
                         HAS_BIAS, SILU, BLOCK_W, BLOCK_T, STAGES, WARPS)),
-            (_produce, (w_desc, x_desc, w_smem, u_smem, x_smem, ready, empty, up_off, start, end, k_blocks, T_TILES,
+            (_produce, (w_desc, x_desc, w_smem, u_smem, x_smem, ready, empty, up_off, n_dp, sk_start, n_all, k_blocks,
+                        programs, pid, T_TILES,
                         SILU, BLOCK_W, BLOCK_T, BLOCK_K, STAGES)),
         ], [1], [40])
 
