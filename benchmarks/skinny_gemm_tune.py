@@ -16,8 +16,8 @@ what the chooser picked before ws_gemm) against the best ws config, both capture
 and replayed interleaved (A,B,B,A x --rounds), P50/P90/P99 us per call and GB/s.
 
 `--step-ab B [B ...]`: instead, benchmarks/step_kernels.py (unchanged) with one more variant,
-fused-nows (GRAPHRT_STEP_GEMM=nows: the chooser without the ws candidates), interleaved with
-fused (auto: with them) and fused-noswab."""
+fused-ws (GRAPHRT_STEP_GEMM=ws: the chooser with the ws candidates), interleaved with fused
+(auto: without them) and fused-noswab."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true", help="interleaved current-vs-ws A/B per shape (P50/P90/P99)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--step-ab", type=int, nargs="+", metavar="B",
-                    help="run step_kernels.py at these batch sizes with the fused-nows variant added")
+                    help="run step_kernels.py at these batch sizes with the fused-ws variant added")
     ap.add_argument("--tag", default="skinny-gemm-tune")
     args = ap.parse_args()
     if args.step_ab:
@@ -179,9 +179,9 @@ def ab_pair(m, n, k, bias, silu, cur, ws, rounds, wbytes, bw) -> dict:
 def step_ab(args) -> None:
     import step_kernels
 
-    step_kernels.VARIANTS["fused-nows"] = ("fused", {"GRAPHRT_STEP_GEMM": "nows"})
+    step_kernels.VARIANTS["fused-ws"] = ("fused", {"GRAPHRT_STEP_GEMM": "ws"})
     sys.argv = [sys.argv[0], "--preset", "3b", "--batch", *map(str, args.step_ab), "--sets",
-                "fused,fused-nows,fused-noswab", "--out-dir", args.out_dir, "--tag", args.tag]
+                "fused,fused-ws,fused-noswab", "--out-dir", args.out_dir, "--tag", args.tag]
     step_kernels.main()
 
 

@@ -2,8 +2,8 @@
 
 CPU: the stream-K work split (every K block owned by exactly one program, the segment count and
 slot the kernel computes agree with the ranges), the candidate lists' validity, the chooser's
-registration (timed only where Gluon runs and not under `noswab` / `nows`; picked only by
-measurement). GPU (Triton 3.6, Hopper): every step shape at odd and even M against the fp32
+registration (opt-in: timed only under GRAPHRT_STEP_GEMM=ws and where Gluon runs; picked only
+by measurement). GPU (Triton 3.6, Hopper): every step shape at odd and even M against the fp32
 reference within the swap-AB tests' bound, bias and SiLU*up, against the swap-AB kernel (same
 bound), forced stream-K cuts (few programs: tiles summed from 2+ slots; one K block per program),
 the same bits on every call and inside a CUDA graph, and the chooser choosing it only by timing."""
@@ -88,7 +88,7 @@ def test_ws_candidates_are_valid_tilings():
     assert ws_candidates(12, 32, 64, False) == []
 
 
-def test_chooser_times_ws_only_where_gluon_runs_and_not_switched_off(monkeypatch):
+def test_chooser_times_ws_only_when_switched_on_and_gluon_runs(monkeypatch):
     from graphrt.kernels import skinny_gemm as sg
     from graphrt.kernels.ws_gemm import WsConfig, ws_shortlist
 
@@ -96,16 +96,16 @@ def test_chooser_times_ws_only_where_gluon_runs_and_not_switched_off(monkeypatch
         out_n = n // 2 if silu else n
         for batch in (1, 8, 32):
             m = 12 * batch
-            without = sg.configs_to_time(m, n, k, silu, "auto", True, False)
+            without = sg.configs_to_time(m, n, k, silu, "auto", True, True)
             assert not any(isinstance(c, WsConfig) for c in without)
-            with_ws = sg.configs_to_time(m, n, k, silu, "auto", True, True)
+            with_ws = sg.configs_to_time(m, n, k, silu, "ws", True, True)
             assert with_ws == without + ws_shortlist(m, out_n, k, silu)
-            assert sg.configs_to_time(m, n, k, silu, "triton", True, True) == with_ws
-            assert sg.configs_to_time(m, n, k, silu, "nows", True, True) == without
+            assert sg.configs_to_time(m, n, k, silu, "ws", True, False) == without  # no Gluon here
+            assert sg.configs_to_time(m, n, k, silu, "triton", True, True) == without
             assert sg.configs_to_time(m, n, k, silu, "noswab", True, True) == sg.shortlist(m, out_n, k, silu)
-            assert sg.configs_to_time(m, n, k, silu, "auto", False, True) == sg.shortlist(m, out_n, k, silu)
-    monkeypatch.setenv("GRAPHRT_STEP_GEMM", "nows")
-    assert sg.mode() == "nows"
+            assert sg.configs_to_time(m, n, k, silu, "ws", False, True) == sg.shortlist(m, out_n, k, silu)
+    monkeypatch.setenv("GRAPHRT_STEP_GEMM", "ws")
+    assert sg.mode() == "ws"
     ws = WsConfig(64, 16, 128, 10, 4, 1)
     assert sg.fastest({"cublas": 0.010, ws: 0.009}, "auto") == ws
     assert sg.fastest({"cublas": 0.009, ws: 0.009}, "auto") is None  # ties stay on cuBLAS
@@ -211,17 +211,17 @@ def test_ws_gemm_in_cuda_graph_gpu():
 
 @pytest.mark.gpu
 def test_chooser_picks_ws_only_by_measurement_gpu(monkeypatch):
-    """With Gluon on the device, the chooser times the ws shortlist beside the rest and keeps the
-    fastest of what it measured (ws or not); `nows` never times or picks it."""
+    """With Gluon on the device and GRAPHRT_STEP_GEMM=ws the chooser times the ws shortlist beside
+    the rest and keeps the fastest of what it measured (ws or not); `auto` never times or picks it."""
     gpu_or_skip()
     from graphrt.kernels import skinny_gemm as sg
     from graphrt.kernels.ws_gemm import WsConfig
 
     w = torch.randn(22016, 2048, device="cuda", dtype=torch.bfloat16) * 0.02
-    for how in ("auto", "nows"):
+    for how in ("ws", "auto"):
         monkeypatch.setenv("GRAPHRT_STEP_GEMM", how)
         pick = sg.choose(96, w, False, True)
         key = next(k for k in sg.timings if k[:3] == (96, 22016, 2048) and k[6] == how)
         t = sg.timings[key]
-        assert any(isinstance(c, WsConfig) for c in t) == (how == "auto")
+        assert any(isinstance(c, WsConfig) for c in t) == (how == "ws")
         assert pick == sg.fastest(t, how)

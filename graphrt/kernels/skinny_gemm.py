@@ -21,7 +21,8 @@ has none) and cuBLAS are timed inside a CUDA graph over enough weight copies tha
 from HBM, not L2; the fastest wins, and cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM`
 overrides that (A/B runs): `auto` (default), `cublas` (never a Triton GEMM), `triton` (the fastest Triton config even where cuBLAS wins),
 `noswab` (auto without the swap-AB candidates: the chooser before 2026-11-24's swap-AB pass),
-`nows` (auto without the warp-specialized Gluon candidates of ws_gemm.py: the chooser before them).
+`ws` (auto plus the warp-specialized Gluon kernel's candidates, ws_gemm.py, where Gluon runs: opt-in,
+since it won no step shape on the H100 and each candidate is a cold-start compile; docs/notes.md).
 
 Weight-only FP8 (`scale=`; not wired into the model's linears: that is the FP8 work's choice): e4m3
 weights load as fp8 and upcast to x's dtype before the dot (exact: every e4m3 value is a bf16 /
@@ -295,8 +296,8 @@ choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
 def mode() -> str:
     m = os.environ.get("GRAPHRT_STEP_GEMM", "auto")
-    if m not in ("auto", "cublas", "triton", "noswab", "nows"):
-        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas, triton, noswab or nows, not {m!r}")
+    if m not in ("auto", "cublas", "triton", "noswab", "ws"):
+        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas, triton, noswab or ws, not {m!r}")
     return m
 
 
@@ -335,13 +336,13 @@ def configs_to_time(m: int, n_w: int, k: int, silu: bool, how: str, weight_tma_o
     (weights the copy engine can address, shapes big enough), else this kernel's shortlist; with
     `noswab` always this kernel's (the chooser before the swap-AB kernel). This kernel won no
     3B step shape against the swap-AB kernel (H100, B = 1/8/32, 2026-11-24, docs/notes.md), so
-    timing both would only add compiles to a cold start. Where Gluon runs (`ws`: ws_gemm.available())
-    the warp-specialized kernel's shortlist joins the swap-AB one (not with `noswab` / `nows`)."""
+    timing both would only add compiles to a cold start. With `ws` mode, where Gluon runs (`ws`:
+    ws_gemm.available()), the warp-specialized kernel's shortlist joins the swap-AB one."""
     n = n_w // 2 if silu else n_w
     if how != "noswab" and weight_tma_ok:
         swab = swab_shortlist(m, n, k, silu)
         if swab:
-            return swab + (ws_shortlist(m, n, k, silu) if ws and how != "nows" else [])
+            return swab + (ws_shortlist(m, n, k, silu) if ws and how == "ws" else [])
     return shortlist(m, n, k, silu)
 
 

@@ -193,7 +193,7 @@ def ws_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     x_desc = TensorDescriptor.from_tensor(x, [block_t, block_k],
                                           gl.NVMMASharedLayout.get_default_for([block_t, block_k], gdt))
     _kernel()[(g,)](w_desc, x_desc, bias if bias is not None else y, y, part, lock, m, n, n, y.stride(0),
-                    whole, max(rem, 1), k_blocks, g, segs, t_tiles, HAS_BIAS=bias is not None, SILU=silu,
+                    whole, rem, k_blocks, g, segs, t_tiles, HAS_BIAS=bias is not None, SILU=silu,
                     BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, STAGES=stages, num_warps=warps)
     return y
 
@@ -252,7 +252,7 @@ def _kernel():
 
     @gluon.jit
     def _consume(w_smem, u_smem, x_smem, ready, empty, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, stride_y,
-                 n_dp, sk_start, n_all, whole, rem, k_blocks, programs, segs, pid, T_TILES,
+                 n_dp, sk_start, n_all, whole, rem_div, k_blocks, programs, segs, pid, T_TILES,
                  HAS_BIAS: gl.constexpr, SILU: gl.constexpr, BLOCK_W: gl.constexpr,
                  BLOCK_T: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr):
         layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
@@ -262,6 +262,8 @@ def _kernel():
         rw = gl.arange(0, BLOCK_W, layout=gl.SliceLayout(1, layout))
         rtt = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, layout))
         WIDTH: gl.constexpr = BLOCK_W * (2 if SILU else 1)
+        prev = n_all * 0  # the stage whose MMAs may still run (released one iteration late)
+        pending = n_all < 0
         for i in range(0, n_all):
             b = _block(i, n_dp, sk_start, k_blocks, programs, pid)
             s = i % STAGES
@@ -272,17 +274,26 @@ def _kernel():
             acc = warpgroup_mma(w_smem.index(s), xt, acc, use_acc=fresh == 0, is_async=True)
             if SILU:
                 acc_up = warpgroup_mma(u_smem.index(s), xt, acc_up, use_acc=fresh == 0, is_async=True)
-                acc, acc_up = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc_up))
+                acc, acc_up = warpgroup_mma_wait(num_outstanding=2, deps=(acc, acc_up))
             else:
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-            mbarrier.arrive(empty.index(s))  # the stage's shared memory is free for the producer
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            # this stage's MMAs may still run; the previous stage's are done: free its shared memory
+            mbarrier.arrive(empty.index(prev), pred=pending)
+            prev = s
+            pending = n_all >= 0
             if (kb == k_blocks - 1) | (i == n_all - 1):  # a segment ends: its tile's epilogue or partial
+                if SILU:
+                    acc, acc_up = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc_up))
+                else:
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+                mbarrier.arrive(empty.index(s))
+                pending = n_all < 0
                 tile = b // k_blocks
                 rn = (tile // T_TILES) * BLOCK_W + rw
                 rt = (tile % T_TILES) * BLOCK_T + rtt
                 # the programs that own the tile's first and last K block (whole tiles: this one)
-                first = (((tile - whole) * k_blocks + 1) * programs - 1) // rem
-                last = (((tile + 1 - whole) * k_blocks) * programs - 1) // rem
+                first = (((tile - whole) * k_blocks + 1) * programs - 1) // rem_div
+                last = (((tile + 1 - whole) * k_blocks) * programs - 1) // rem_div
                 if (tile < whole) | (first == last):
                     _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, M, N, stride_y, HAS_BIAS, SILU)
                 else:
@@ -329,7 +340,7 @@ def _kernel():
             mbarrier.init(empty.index(s), count=1)
         gl.warp_specialize([
             (_consume, (w_smem, u_smem, x_smem, ready, empty, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, stride_y,
-                        n_dp, sk_start, n_all, whole, rem, k_blocks, programs, segs, pid, T_TILES,
+                        n_dp, sk_start, n_all, whole, gl.maximum(rem, 1), k_blocks, programs, segs, pid, T_TILES,
                         HAS_BIAS, SILU, BLOCK_W, BLOCK_T, STAGES, WARPS)),
             (_produce, (w_desc, x_desc, w_smem, u_smem, x_smem, ready, empty, up_off, n_dp, sk_start, n_all, k_blocks,
                         programs, pid, T_TILES,
