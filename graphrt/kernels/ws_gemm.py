@@ -83,9 +83,11 @@ def ws_candidates(m: int, n: int, k: int, silu: bool) -> list[WsConfig]:
 
 
 def ws_shortlist(m: int, n: int, k: int, silu: bool) -> list[WsConfig]:
-    """What start-up times beside the swap-AB shortlist: two of ws_candidates (each Gluon config is
-    one more compile on a cold start)."""
-    return ws_candidates(m, n, k, silu)[:2]
+    """What start-up times beside the swap-AB shortlist (GRAPHRT_STEP_GEMM=ws): the 64-row, BLOCK_K
+    128 tiling with and without `dp` (every shape's fastest ws config in the H100 runs, 2026-11-24;
+    each Gluon config is one more compile on a cold start)."""
+    cands = ws_candidates(m, n, k, silu)
+    return [c for c in cands if c[0] == 64 and c[2] == 128 and c[5] == 1]
 
 
 def plan(tiles: int, k_blocks: int, programs: int, dp: bool) -> tuple[int, int]:
