@@ -225,3 +225,21 @@ def test_chooser_picks_ws_only_by_measurement_gpu(monkeypatch):
         t = sg.timings[key]
         assert any(isinstance(c, WsConfig) for c in t) == (how == "ws")
         assert pick == sg.fastest(t, how)
+
+
+@pytest.mark.skipif(__import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="CPU case runs in the Triton interpreter (TRITON_INTERPRET=1)")
+def test_ws_choice_on_unaligned_x_runs_swab_pointer_loads():
+    """An x the copy engine cannot address (base off 16 bytes) under a ws pick runs the swap-AB
+    kernel's pointer loads (same tiles), against the fp32 reference."""
+    from graphrt.kernels.skinny_gemm import run_choice
+    from graphrt.kernels.ws_gemm import WsConfig, tma_ok
+
+    m, n, k = 12, 128, 64
+    x = torch.randn(m, k + 1).half()[:, 1:]
+    assert not tma_ok(x)
+    w = (torch.randn(n, k) * k**-0.5).half()
+    b = torch.randn(n).half()
+    got = run_choice(x, w, b, False, WsConfig(64, 16, 32, 4, 4, 1))
+    want = reference(x, w, b, False)
+    assert ((got.float() - want.float()).abs() <= bound(x, w, torch.float16) + 1e-3 * want.float().abs()).all()
