@@ -314,7 +314,7 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Swa
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])
             return None
-        configs = configs_to_time(m, n_w, k, silu, how, tma_ok(weight), ws_gemm.available())
+        configs = configs_to_time(m, n_w, k, silu, how, tma_ok(weight), how == "ws" and ws_gemm.available())
         if not configs:  # too few output tiles for this kernel's layout (small models): cuBLAS, untimed
             _choice[key] = None
             return None
