@@ -6,18 +6,9 @@ graphrt/kernels/swap_ab_gemm.py) against cuBLAS.
 For each GEMM of the 3B step (qkv + bias, o, gate/up + SiLU*up, down) and M = 12 * batch rows:
 the skinny kernel's configs (`--skinny all`: every candidate; `shortlist`: what start-up times),
 the swap-AB kernel's configs (`--swab all`: every candidate; `shortlist`: what start-up times)
-the warp-specialized Gluon kernel's (graphrt/kernels/ws_gemm.py; `--ws all|shortlist|off`, where
-Gluon runs) and cuBLAS (+ the separate SiLU*mul kernel for gate/up), each timed inside a CUDA graph over enough weight copies to stream from HBM (not
+and cuBLAS (+ the separate SiLU*mul kernel for gate/up), each timed inside a CUDA graph over enough weight copies to stream from HBM (not
 L2). Prints per shape and M: cuBLAS, the best config overall, the best of each kernel, and the
-weight GB/s against the measured copy rate. Writes JSON + markdown.
-
-`--ab`: after the sweep, per shape and M the best "current" pick (cuBLAS or a swap-AB config:
-what the chooser picked before ws_gemm) against the best ws config, both captured in CUDA graphs
-and replayed interleaved (A,B,B,A x --rounds), P50/P90/P99 us per call and GB/s.
-
-`--step-ab B [B ...]`: instead, benchmarks/step_kernels.py (unchanged) with one more variant,
-fused-ws (GRAPHRT_STEP_GEMM=ws: the chooser with the ws candidates), interleaved with fused
-(auto: without them) and fused-noswab."""
+weight GB/s against the measured copy rate. Writes JSON + markdown."""
 
 from __future__ import annotations
 
@@ -34,8 +25,6 @@ from step_kernels import copy_bandwidth_gbs  # noqa: E402
 
 from graphrt.kernels.skinny_gemm import candidates, shortlist, swab_shortlist, time_candidates  # noqa: E402
 from graphrt.kernels.swap_ab_gemm import SwabConfig, swab_candidates  # noqa: E402
-from graphrt.kernels import ws_gemm  # noqa: E402
-from graphrt.kernels.ws_gemm import WsConfig, ws_candidates, ws_shortlist  # noqa: E402
 
 SHAPES = {"qkv": (2560, 2048, True, False), "o": (2048, 2048, False, False),
           "gate_up+silu": (22016, 2048, False, True), "down": (2048, 11008, False, False)}
@@ -48,17 +37,8 @@ def main() -> None:
     ap.add_argument("--skinny", choices=["all", "shortlist", "none"], default="all", help="skinny_gemm configs to time")
     ap.add_argument("--swab", choices=["all", "shortlist", "off"], default="all",
                     help="swap-AB configs to time: every candidate, or the start-up shortlist")
-    ap.add_argument("--ws", choices=["all", "shortlist", "off"], default="all",
-                    help="warp-specialized Gluon configs to time (where Gluon runs)")
-    ap.add_argument("--ab", action="store_true", help="interleaved current-vs-ws A/B per shape (P50/P90/P99)")
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--step-ab", type=int, nargs="+", metavar="B",
-                    help="run step_kernels.py at these batch sizes with the fused-ws variant added")
     ap.add_argument("--tag", default="skinny-gemm-tune")
     args = ap.parse_args()
-    if args.step_ab:
-        step_ab(args)
-        return
     bw = copy_bandwidth_gbs()
     dev = torch.cuda.get_device_name(0)
     print(f"{dev}; copy {bw:.0f} GB/s", flush=True)
@@ -72,8 +52,6 @@ def main() -> None:
             configs = {"all": candidates, "shortlist": shortlist, "none": lambda *a: []}[args.skinny](m, out_n, k, silu)
             if args.swab != "off":
                 configs = configs + {"all": swab_candidates, "shortlist": swab_shortlist}[args.swab](m, out_n, k, silu)
-            if args.ws != "off" and ws_gemm.available():
-                configs = configs + {"all": ws_candidates, "shortlist": ws_shortlist}[args.ws](m, out_n, k, silu)
             t = time_candidates(m, n, k, torch.bfloat16, torch.device("cuda"), bias, silu, configs)
             ours = {c: v for c, v in t.items() if c != "cublas"}
             if not ours:
@@ -83,23 +61,16 @@ def main() -> None:
             best = min(ours, key=ours.get)
             best_short = min((c for c in ours if c in short), key=ours.get, default=None)
             best_swab = min((c for c in ours if isinstance(c, SwabConfig)), key=ours.get, default=None)
-            best_ws = min((c for c in ours if isinstance(c, WsConfig)), key=ours.get, default=None)
             row = {"gemm": name, "batch": b, "m": m, "n": n, "k": k, "floor_us": round(floor_us, 2),
                    "cublas_us": round(t["cublas"] * 1e3, 2), "best": repr(best), "best_us": round(ours[best] * 1e3, 2),
                    "shortlist_best": repr(best_short),
                    "shortlist_us": None if best_short is None else round(ours[best_short] * 1e3, 2),
                    "swab_best": repr(best_swab), "swab_us": None if best_swab is None else round(ours[best_swab] * 1e3, 2),
-                   "ws_best": repr(best_ws), "ws_us": None if best_ws is None else round(ours[best_ws] * 1e3, 2),
                    "best_gbs": round(wbytes / (ours[best] * 1e-3) / 1e9), "cublas_gbs": round(wbytes / (t["cublas"] * 1e-3) / 1e9),
                    "all_us": {repr(c): round(v * 1e3, 2) for c, v in sorted(ours.items(), key=lambda x: x[1])}}
             rows.append(row)
             print(json.dumps({k_: v for k_, v in row.items() if k_ != "all_us"}), flush=True)
             print("   top:", list(row["all_us"].items())[:6], flush=True)
-            if args.ab and best_ws is not None:
-                cur = min([c for c in ours if isinstance(c, SwabConfig) and c in set(swab_shortlist(m, out_n, k, silu))]
-                          + ["cublas"], key=lambda c: t[c] if c == "cublas" else ours[c])
-                row["ab"] = ab_pair(m, n, k, bias, silu, cur, best_ws, args.rounds, wbytes, bw)
-                print("   A/B:", json.dumps(row["ab"]), flush=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{dt.date.today().isoformat()}_{args.tag}_{'H100' if 'H100' in dev else dev.replace(' ', '_')}"
@@ -113,76 +84,8 @@ def main() -> None:
     lines += [f"| {r['gemm']} | {r['batch']} | {r['m']} | {r['floor_us']} | {r['cublas_us']} | {r['best_us']} | "
               f"{r['best']} | {r['shortlist_us']} | {r['swab_us']} | {r['swab_best']} | {r['best_gbs']} | "
               f"{r['cublas_gbs']} |" for r in rows]
-    ab_rows = [r for r in rows if "ab" in r]
-    if ab_rows:
-        lines += ["", f"Interleaved A/B (A,B,B,A x {args.rounds}; us per call; GB/s of weight bytes; copy rate {bw:.0f} GB/s):",
-                  "", "| GEMM | M | floor us | current | P50 / P90 / P99 | GB/s | ws config | P50 / P90 / P99 | GB/s |",
-                  "| --- " * 9 + "|"]
-        for r in ab_rows:
-            a, b = r["ab"]["current"], r["ab"]["ws"]
-            lines.append(f"| {r['gemm']} | {r['m']} | {r['floor_us']} | {a['config']} | {a['p50']} / {a['p90']} / {a['p99']} | "
-                         f"{a['gbs']} | {b['config']} | {b['p50']} / {b['p90']} / {b['p99']} | {b['gbs']} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.md", flush=True)
-
-
-def ab_pair(m, n, k, bias, silu, cur, ws, rounds, wbytes, bw) -> dict:
-    """The current pick and the ws config, each captured over weight copies (HBM-streamed), replayed
-    interleaved A,B,B,A: percentiles of us per call."""
-    import numpy as np
-    import torch.nn.functional as F
-
-    from graphrt.kernels.layer_ops import silu_mul
-    from graphrt.kernels.skinny_gemm import run_choice
-
-    copies = min(64, max(2, -(-200 * 2**20 // (n * k * 2))))
-    reps = copies * max(1, 8 // copies)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    ws_ = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02 for _ in range(copies)]
-    b = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=gen) if bias else None
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
-
-    def call(cfg, i):
-        if cfg == "cublas":
-            y = F.linear(x, ws_[i % copies], b)
-            return silu_mul(y) if silu else y
-        return run_choice(x, ws_[i % copies], b, silu, cfg)
-
-    graphs = {}
-    for name, cfg in (("current", cur), ("ws", ws)):
-        call(cfg, 0)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for i in range(reps):
-                call(cfg, i)
-        g.replay()
-        graphs[name] = g
-    times = {"current": [], "ws": []}
-    for _ in range(rounds):
-        for name in ("current", "ws", "ws", "current"):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            graphs[name].replay()
-            e.record()
-            e.synchronize()
-            times[name].append(s.elapsed_time(e) / reps * 1e3)
-    out = {}
-    for name, cfg in (("current", cur), ("ws", ws)):
-        p50, p90, p99 = (float(np.percentile(times[name], q)) for q in (50, 90, 99))
-        out[name] = {"config": repr(cfg), "p50": round(p50, 2), "p90": round(p90, 2), "p99": round(p99, 2),
-                     "gbs": round(wbytes / (p50 * 1e-6) / 1e9), "of_copy": round(wbytes / (p50 * 1e-6) / 1e9 / bw, 3)}
-    ws_.clear()
-    return out
-
-
-def step_ab(args) -> None:
-    import step_kernels
-
-    step_kernels.VARIANTS["fused-ws"] = ("fused", {"GRAPHRT_STEP_GEMM": "ws"})
-    sys.argv = [sys.argv[0], "--preset", "3b", "--batch", *map(str, args.step_ab), "--sets",
-                "fused,fused-ws,fused-noswab", "--out-dir", args.out_dir, "--tag", args.tag]
-    step_kernels.main()
 
 
 if __name__ == "__main__":

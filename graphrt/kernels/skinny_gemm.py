@@ -20,9 +20,7 @@ graph capture (the warm-up before capture): the start-up shortlist of the swap-A
 has none) and cuBLAS are timed inside a CUDA graph over enough weight copies that they stream
 from HBM, not L2; the fastest wins, and cuBLAS stays where it wins. `GRAPHRT_STEP_GEMM`
 overrides that (A/B runs): `auto` (default), `cublas` (never a Triton GEMM), `triton` (the fastest Triton config even where cuBLAS wins),
-`noswab` (auto without the swap-AB candidates: the chooser before 2026-11-24's swap-AB pass),
-`ws` (auto plus the warp-specialized Gluon kernel's candidates, ws_gemm.py, where Gluon runs: opt-in,
-since it won no step shape on the H100 and each candidate is a cold-start compile; docs/notes.md).
+`noswab` (auto without the swap-AB candidates: the chooser before 2026-11-24's swap-AB pass).
 
 Weight-only FP8 (`scale=`; not wired into the model's linears: that is the FP8 work's choice): e4m3
 weights load as fp8 and upcast to x's dtype before the dot (exact: every e4m3 value is a bf16 /
@@ -47,8 +45,6 @@ from . import pdl
 from .layer_ops import silu_mul
 from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
 from .swap_ab_gemm import SwabConfig, swab_candidates, swab_matmul, tma_ok
-from .ws_gemm import WsConfig, ws_matmul, ws_shortlist
-from . import ws_gemm
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +276,7 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
     out["cublas"] = graph_call_ms(cublas, reps)
     for cfg in configs if configs is not None else candidates(m, n_w // 2 if silu else n_w, k, silu):
         try:
-            run = swab_matmul if isinstance(cfg, SwabConfig) else ws_matmul if isinstance(cfg, WsConfig) else skinny_matmul
+            run = swab_matmul if isinstance(cfg, SwabConfig) else skinny_matmul
             run(x, ws[0], b, silu, cfg)  # compile outside the capture
             out[cfg] = graph_call_ms(lambda i: run(x, ws[i % copies], b, silu, cfg), reps)
         except Exception as e:  # noqa: BLE001  (out of shared memory / registers: not a candidate)
@@ -296,8 +292,8 @@ choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
 def mode() -> str:
     m = os.environ.get("GRAPHRT_STEP_GEMM", "auto")
-    if m not in ("auto", "cublas", "triton", "noswab", "ws"):
-        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas, triton, noswab or ws, not {m!r}")
+    if m not in ("auto", "cublas", "triton", "noswab"):
+        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas, triton or noswab, not {m!r}")
     return m
 
 
@@ -314,7 +310,7 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Swa
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])
             return None
-        configs = configs_to_time(m, n_w, k, silu, how, tma_ok(weight), how == "ws" and ws_gemm.available())
+        configs = configs_to_time(m, n_w, k, silu, how, tma_ok(weight))
         if not configs:  # too few output tiles for this kernel's layout (small models): cuBLAS, untimed
             _choice[key] = None
             return None
@@ -331,18 +327,17 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Swa
     return _choice[key]
 
 
-def configs_to_time(m: int, n_w: int, k: int, silu: bool, how: str, weight_tma_ok: bool, ws: bool = False) -> list:
+def configs_to_time(m: int, n_w: int, k: int, silu: bool, how: str, weight_tma_ok: bool) -> list:
     """What the chooser times beside cuBLAS for one shape: the swap-AB shortlist where it has one
     (weights the copy engine can address, shapes big enough), else this kernel's shortlist; with
     `noswab` always this kernel's (the chooser before the swap-AB kernel). This kernel won no
     3B step shape against the swap-AB kernel (H100, B = 1/8/32, 2026-11-24, docs/notes.md), so
-    timing both would only add compiles to a cold start. With `ws` mode, where Gluon runs (`ws`:
-    ws_gemm.available()), the warp-specialized kernel's shortlist joins the swap-AB one."""
+    timing both would only add compiles to a cold start."""
     n = n_w // 2 if silu else n_w
     if how != "noswab" and weight_tma_ok:
         swab = swab_shortlist(m, n, k, silu)
         if swab:
-            return swab + (ws_shortlist(m, n, k, silu) if ws and how == "ws" else [])
+            return swab
     return shortlist(m, n, k, silu)
 
 
@@ -387,10 +382,6 @@ def swab_shortlist(m: int, n: int, k: int, silu: bool) -> list[SwabConfig]:
 def run_choice(x: torch.Tensor, weight: torch.Tensor, bias, silu: bool, cfg):
     """The chosen Triton kernel on x. A TMA swap-AB config on an x the copy engine cannot address
     (unaligned view) runs the same tiles with pointer loads."""
-    if isinstance(cfg, WsConfig):
-        if not ws_gemm.tma_ok(x):  # an x the copy engine cannot address: the swap-AB kernel's pointer loads
-            return swab_matmul(x, weight, bias, silu, SwabConfig(cfg[0], cfg[1], 64, 1, cfg[4], 4, False))
-        return ws_matmul(x, weight, bias, silu, cfg)
     if isinstance(cfg, SwabConfig):
         if cfg[6] and not tma_ok(x):
             cfg = SwabConfig(*cfg[:6], False)
