@@ -35,8 +35,8 @@ echo "e2e rc=$?" >> "$OUT/e2e.log"; tail -c 2500 "$OUT/e2e.log"; el e2e
 fi
 # One MTP step replay at B=1/8/32 beside the weight-read floor (fused vs torch kernel sets, interleaved).
 if [ "${STEP:-1}" = 1 ]; then
-  timeout ${STEP_TIMEOUT:-150} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch 1 8 32 \
-      --sets fused,torch --rounds 6 --out-dir "$OUT" --tag step-final > "$OUT/step.log" 2>&1
+  timeout ${STEP_TIMEOUT:-220} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch 1 8 32 \
+      --sets ${STEP_SETS:-fused,fused-smtorch,torch} --rounds 6 --out-dir "$OUT" --tag step-final > "$OUT/step.log" 2>&1
   echo "step rc=$?" >> "$OUT/step.log"; grep -E "floor|^\{|rc=" "$OUT/step.log" | cut -c1-400 | head -30; el step
 fi
 # Host-side A/B: stage laps as CUDA events (default) vs synchronizing laps (the old clock), and the

@@ -221,7 +221,8 @@ class MoonViT(nn.Module):
     def attention_status(self) -> str:
         """The attention of the fused tower over graph slots (`graphrt status`)."""
         src = "GRAPHRT_VISION_ATTENTION" if "GRAPHRT_VISION_ATTENTION" in os.environ else "default"
-        return f"{self.attention} ({src})"
+        kernel = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL")  # the slot kernel's A/B (kernels/vision_attention.py)
+        return f"{self.attention} ({src})" + (f", kernel {kernel} (GRAPHRT_VISION_ATTENTION_KERNEL)" if kernel else "")
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""

@@ -193,8 +193,12 @@ def test_attention_mode_comes_from_the_documented_override(monkeypatch):
 
     cfg = VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     monkeypatch.delenv("GRAPHRT_VISION_ATTENTION", raising=False)
+    monkeypatch.delenv("GRAPHRT_VISION_ATTENTION_KERNEL", raising=False)
     m = MoonViT(cfg, torch.float32, "meta")
     assert m.attention == "slot" and m.attention_status() == "slot (default)"
+    monkeypatch.setenv("GRAPHRT_VISION_ATTENTION_KERNEL", "ws")  # the slot kernel's A/B shows too
+    assert m.attention_status() == "slot (default), kernel ws (GRAPHRT_VISION_ATTENTION_KERNEL)"
+    monkeypatch.delenv("GRAPHRT_VISION_ATTENTION_KERNEL")
     monkeypatch.setenv("GRAPHRT_VISION_ATTENTION", "cudnn")
     m = MoonViT(cfg, torch.float32, "meta")
     assert m.attention == "cudnn" and m.attention_status() == "cudnn (GRAPHRT_VISION_ATTENTION)"
