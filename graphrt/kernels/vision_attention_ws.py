@@ -83,6 +83,70 @@ def _build():
         tma.async_copy_global_to_shared(desc_hi, [row, v_col + D_LO], v_bar.index(s), v_hi.index(s), pred=ok)
 
     @gluon.jit
+    def _softmax_block(s, m_i, l_i, qk_scale):
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s * qk_scale - m_new[:, None])
+        return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+    @gluon.jit
+    def _partial_block(ql, qh, kt_lo, kt_hi, vt_lo, vt_hi, s_zero, acc_lo, acc_hi, m_i, l_i, n0, keys, qk_scale,
+                       BLOCK_N: gl.constexpr):
+        """One online-softmax step over the last, partial key block (columns past `keys` at -inf);
+        its K/V tiles were loaded masked, so pad or poisoned rows never reach the MMA."""
+        s_layout: gl.constexpr = s_zero.type.layout
+        lo_layout: gl.constexpr = acc_lo.type.layout
+        hi_layout: gl.constexpr = acc_hi.type.layout
+        s_tok = warpgroup_mma(ql, kt_lo.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s_tok = warpgroup_mma(qh, kt_hi.permute((1, 0)), s_tok, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_tok, ))
+        cols = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        s = gl.where((cols < keys)[None, :], s, float("-inf"))
+        p, alpha, m_i, l_i = _softmax_block(s, m_i, l_i, qk_scale)
+        acc_lo = acc_lo * gl.convert_layout(alpha, gl.SliceLayout(1, lo_layout))[:, None]
+        acc_hi = acc_hi * gl.convert_layout(alpha, gl.SliceLayout(1, hi_layout))[:, None]
+        pb = p.to(ql.dtype)
+        p_lo = gl.convert_layout(pb, gl.DotOperandLayout(operand_index=0, parent=lo_layout, k_width=2))
+        p_hi = gl.convert_layout(pb, gl.DotOperandLayout(operand_index=0, parent=hi_layout, k_width=2))
+        a_lo = warpgroup_mma(p_lo, vt_lo, acc_lo, is_async=True)
+        a_hi = warpgroup_mma(p_hi, vt_hi, acc_hi, is_async=True)
+        acc_lo, acc_hi = warpgroup_mma_wait(0, deps=(a_lo, a_hi))
+        return acc_lo, acc_hi, l_i
+
+    @gluon.jit
+    def _store_out(acc_lo, acc_hi, l_i, row_base, start, q_lim, h, out_ptr, rs_ptr, inv_ptr, scale_ptr,
+                   HEADS: gl.constexpr, D: gl.constexpr, D_LO: gl.constexpr, D_HI: gl.constexpr,
+                   ROWS: gl.constexpr, QUANT: gl.constexpr, DTYPE: gl.constexpr):
+        """Normalize the ROWS query rows from row_base and store them (no key, used = 0: zeros, as
+        the varlen contract says); QUANT: wo's e4m3 input by calib/quantize.py's static rule, and
+        head 0 writes the rows' scales."""
+        lo_layout: gl.constexpr = acc_lo.type.layout
+        hi_layout: gl.constexpr = acc_hi.type.layout
+        inv = 1.0 / gl.where(l_i > 0, l_i, 1.0)
+        o_lo = acc_lo * gl.convert_layout(inv, gl.SliceLayout(1, lo_layout))[:, None]
+        o_hi = acc_hi * gl.convert_layout(inv, gl.SliceLayout(1, hi_layout))[:, None]
+        om_lo = row_base + gl.arange(0, ROWS, layout=gl.SliceLayout(1, lo_layout))
+        om_hi = row_base + gl.arange(0, ROWS, layout=gl.SliceLayout(1, hi_layout))
+        od_lo = gl.arange(0, D_LO, layout=gl.SliceLayout(0, lo_layout))
+        od_hi = D_LO + gl.arange(0, D_HI, layout=gl.SliceLayout(0, hi_layout))
+        o_row_lo = (start.to(gl.int64) + om_lo.to(gl.int64)) * (HEADS * D) + h * D
+        o_row_hi = (start.to(gl.int64) + om_hi.to(gl.int64)) * (HEADS * D) + h * D
+        ok_lo = (om_lo < q_lim)[:, None]
+        ok_hi = (om_hi < q_lim)[:, None] & (od_hi < D)[None, :]
+        o_lo = o_lo.to(DTYPE)  # rounded to qkv's dtype first, as the bf16 path stores it
+        o_hi = o_hi.to(DTYPE)
+        if QUANT:
+            qs = gl.load(inv_ptr)
+            o_lo = gl.minimum(gl.maximum(o_lo.to(gl.float32) * qs, -448.0), 448.0)
+            o_hi = gl.minimum(gl.maximum(o_hi.to(gl.float32) * qs, -448.0), 448.0)
+            if h == 0:
+                gl.store(rs_ptr + start.to(gl.int64) + om_lo.to(gl.int64),
+                         gl.zeros([ROWS], gl.float32, layout=gl.SliceLayout(1, lo_layout)) + gl.load(scale_ptr),
+                         mask=om_lo < q_lim)
+        gl.store(out_ptr + o_row_lo[:, None] + od_lo[None, :], o_lo.to(out_ptr.dtype.element_ty), mask=ok_lo)
+        gl.store(out_ptr + o_row_hi[:, None] + od_hi[None, :], o_hi.to(out_ptr.dtype.element_ty), mask=ok_hi)
+
+    @gluon.jit
     def _attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
                           rs_ptr, inv_ptr, scale_ptr,
                           HEADS: gl.constexpr, D: gl.constexpr, D_LO: gl.constexpr, D_HI: gl.constexpr,
@@ -232,29 +296,8 @@ def _build():
             mbarrier.invalidate(v_bar.index(i))
 
         # normalize and store (no key, used = 0: zeros, as the varlen contract says)
-        inv = 1.0 / gl.where(l_i > 0, l_i, 1.0)
-        o_lo = acc_lo * gl.convert_layout(inv, gl.SliceLayout(1, lo_layout))[:, None]
-        o_hi = acc_hi * gl.convert_layout(inv, gl.SliceLayout(1, hi_layout))[:, None]
-        om_lo = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, lo_layout))
-        om_hi = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, hi_layout))
-        od_lo = gl.arange(0, D_LO, layout=gl.SliceLayout(0, lo_layout))
-        od_hi = D_LO + gl.arange(0, D_HI, layout=gl.SliceLayout(0, hi_layout))
-        o_row_lo = (start.to(gl.int64) + om_lo.to(gl.int64)) * (HEADS * D) + h * D
-        o_row_hi = (start.to(gl.int64) + om_hi.to(gl.int64)) * (HEADS * D) + h * D
-        ok_lo = (om_lo < q_lim)[:, None]
-        ok_hi = (om_hi < q_lim)[:, None] & (od_hi < D)[None, :]
-        o_lo = o_lo.to(dtype)
-        o_hi = o_hi.to(dtype)
-        if QUANT:  # wo's e4m3 input: the bf16 output quantized by calib/quantize.py's static rule
-            qs = gl.load(inv_ptr)
-            o_lo = gl.minimum(gl.maximum(o_lo.to(gl.float32) * qs, -448.0), 448.0)
-            o_hi = gl.minimum(gl.maximum(o_hi.to(gl.float32) * qs, -448.0), 448.0)
-            if h == 0:
-                gl.store(rs_ptr + start.to(gl.int64) + om_lo.to(gl.int64),
-                         gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, lo_layout)) + gl.load(scale_ptr),
-                         mask=om_lo < q_lim)
-        gl.store(out_ptr + o_row_lo[:, None] + od_lo[None, :], o_lo.to(out_ptr.dtype.element_ty), mask=ok_lo)
-        gl.store(out_ptr + o_row_hi[:, None] + od_hi[None, :], o_hi.to(out_ptr.dtype.element_ty), mask=ok_hi)
+        _store_out(acc_lo, acc_hi, l_i, pid_m * BLOCK_M, start, q_lim, h, out_ptr, rs_ptr, inv_ptr, scale_ptr,
+                   HEADS, D, D_LO, D_HI, BLOCK_M, QUANT, dtype)
 
 
     # ---- warp-specialized (FA3's structure): one TMA warp, two consumer warpgroups ----
@@ -344,53 +387,10 @@ def _build():
             acc_lo, acc_hi = warpgroup_mma_wait(0, deps=(a_lo, a_hi))
         n0 = n_full * BLOCK_N
         if n0 < keys:  # the partial block, loaded (masked) before the partitions split
-            s_tok = warpgroup_mma(ql, kt_lo.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s_tok = warpgroup_mma(qh, kt_hi.permute((1, 0)), s_tok, is_async=True)
-            s = warpgroup_mma_wait(0, deps=(s_tok, ))
-            cols = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-            s = gl.where((cols < keys)[None, :], s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-            alpha = gl.exp2(m_i - m_new)
-            p = gl.exp2(s * qk_scale - m_new[:, None])
-            l_i = l_i * alpha + gl.sum(p, 1)
-            m_i = m_new
-            acc_lo = acc_lo * gl.convert_layout(alpha, gl.SliceLayout(1, lo_layout))[:, None]
-            acc_hi = acc_hi * gl.convert_layout(alpha, gl.SliceLayout(1, hi_layout))[:, None]
-            pb = p.to(dtype)
-            a_lo = warpgroup_mma(gl.convert_layout(pb, p_lo_layout), vt_lo, acc_lo, is_async=True)
-            a_hi = warpgroup_mma(gl.convert_layout(pb, p_hi_layout), vt_hi, acc_hi, is_async=True)
-            acc_lo, acc_hi = warpgroup_mma_wait(0, deps=(a_lo, a_hi))
-        inv = 1.0 / gl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros
-        o_lo = acc_lo * gl.convert_layout(inv, gl.SliceLayout(1, lo_layout))[:, None]
-        o_hi = acc_hi * gl.convert_layout(inv, gl.SliceLayout(1, hi_layout))[:, None]
-        base = row0 + half * QM
-        om_lo = base + gl.arange(0, QM, layout=gl.SliceLayout(1, lo_layout))
-        om_hi = base + gl.arange(0, QM, layout=gl.SliceLayout(1, hi_layout))
-        od_lo = gl.arange(0, D_LO, layout=gl.SliceLayout(0, lo_layout))
-        od_hi = D_LO + gl.arange(0, D_HI, layout=gl.SliceLayout(0, hi_layout))
-        o_row_lo = (start.to(gl.int64) + om_lo.to(gl.int64)) * (HEADS * D) + h * D
-        o_row_hi = (start.to(gl.int64) + om_hi.to(gl.int64)) * (HEADS * D) + h * D
-        ok_lo = (om_lo < q_lim)[:, None]
-        ok_hi = (om_hi < q_lim)[:, None] & (od_hi < D)[None, :]
-        o_lo = o_lo.to(dtype)
-        o_hi = o_hi.to(dtype)
-        if QUANT:
-            qs = gl.load(inv_ptr)
-            o_lo = gl.minimum(gl.maximum(o_lo.to(gl.float32) * qs, -448.0), 448.0)
-            o_hi = gl.minimum(gl.maximum(o_hi.to(gl.float32) * qs, -448.0), 448.0)
-            if h == 0:
-                gl.store(rs_ptr + start.to(gl.int64) + om_lo.to(gl.int64),
-                         gl.zeros([QM], gl.float32, layout=gl.SliceLayout(1, lo_layout)) + gl.load(scale_ptr),
-                         mask=om_lo < q_lim)
-        gl.store(out_ptr + o_row_lo[:, None] + od_lo[None, :], o_lo.to(out_ptr.dtype.element_ty), mask=ok_lo)
-        gl.store(out_ptr + o_row_hi[:, None] + od_hi[None, :], o_hi.to(out_ptr.dtype.element_ty), mask=ok_hi)
-
-    @gluon.jit
-    def _softmax_block(s, m_i, l_i, qk_scale):
-        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-        alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s * qk_scale - m_new[:, None])
-        return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+            acc_lo, acc_hi, l_i = _partial_block(ql, qh, kt_lo, kt_hi, vt_lo, vt_hi, s_zero, acc_lo, acc_hi, m_i, l_i,
+                                                 n0, keys, qk_scale, BLOCK_N)
+        _store_out(acc_lo, acc_hi, l_i, row0 + half * QM, start, q_lim, h, out_ptr, rs_ptr, inv_ptr, scale_ptr,
+                   HEADS, D, D_LO, D_HI, QM, QUANT, dtype)
 
     @gluon.jit
     def _pp_consumer(half, q_lo_s, q_hi_s, k_lo, k_hi, v_lo, v_hi, kt_lo, kt_hi, vt_lo, vt_hi, k_ready, v_ready,
@@ -460,42 +460,10 @@ def _build():
             acc_lo, acc_hi = warpgroup_mma_wait(0, deps=(a_lo, a_hi))
         n0 = n_full * BLOCK_N
         if n0 < keys:  # the partial block, loaded (masked) before the partitions split
-            s_tok = warpgroup_mma(ql, kt_lo.permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s_tok = warpgroup_mma(qh, kt_hi.permute((1, 0)), s_tok, is_async=True)
-            s = warpgroup_mma_wait(0, deps=(s_tok, ))
-            cols = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-            s = gl.where((cols < keys)[None, :], s, float("-inf"))
-            p, alpha, m_i, l_i = _softmax_block(s, m_i, l_i, qk_scale)
-            acc_lo = acc_lo * gl.convert_layout(alpha, gl.SliceLayout(1, lo_layout))[:, None]
-            acc_hi = acc_hi * gl.convert_layout(alpha, gl.SliceLayout(1, hi_layout))[:, None]
-            pb = p.to(dtype)
-            a_lo = warpgroup_mma(gl.convert_layout(pb, p_lo_layout), vt_lo, acc_lo, is_async=True)
-            a_hi = warpgroup_mma(gl.convert_layout(pb, p_hi_layout), vt_hi, acc_hi, is_async=True)
-            acc_lo, acc_hi = warpgroup_mma_wait(0, deps=(a_lo, a_hi))
-        inv = 1.0 / gl.where(l_i > 0, l_i, 1.0)  # no key (used = 0): zeros
-        o_lo = acc_lo * gl.convert_layout(inv, gl.SliceLayout(1, lo_layout))[:, None]
-        o_hi = acc_hi * gl.convert_layout(inv, gl.SliceLayout(1, hi_layout))[:, None]
-        base = row0 + half * QM
-        om_lo = base + gl.arange(0, QM, layout=gl.SliceLayout(1, lo_layout))
-        om_hi = base + gl.arange(0, QM, layout=gl.SliceLayout(1, hi_layout))
-        od_lo = gl.arange(0, D_LO, layout=gl.SliceLayout(0, lo_layout))
-        od_hi = D_LO + gl.arange(0, D_HI, layout=gl.SliceLayout(0, hi_layout))
-        o_row_lo = (start.to(gl.int64) + om_lo.to(gl.int64)) * (HEADS * D) + h * D
-        o_row_hi = (start.to(gl.int64) + om_hi.to(gl.int64)) * (HEADS * D) + h * D
-        ok_lo = (om_lo < q_lim)[:, None]
-        ok_hi = (om_hi < q_lim)[:, None] & (od_hi < D)[None, :]
-        o_lo = o_lo.to(dtype)
-        o_hi = o_hi.to(dtype)
-        if QUANT:
-            qs = gl.load(inv_ptr)
-            o_lo = gl.minimum(gl.maximum(o_lo.to(gl.float32) * qs, -448.0), 448.0)
-            o_hi = gl.minimum(gl.maximum(o_hi.to(gl.float32) * qs, -448.0), 448.0)
-            if h == 0:
-                gl.store(rs_ptr + start.to(gl.int64) + om_lo.to(gl.int64),
-                         gl.zeros([QM], gl.float32, layout=gl.SliceLayout(1, lo_layout)) + gl.load(scale_ptr),
-                         mask=om_lo < q_lim)
-        gl.store(out_ptr + o_row_lo[:, None] + od_lo[None, :], o_lo.to(out_ptr.dtype.element_ty), mask=ok_lo)
-        gl.store(out_ptr + o_row_hi[:, None] + od_hi[None, :], o_hi.to(out_ptr.dtype.element_ty), mask=ok_hi)
+            acc_lo, acc_hi, l_i = _partial_block(ql, qh, kt_lo, kt_hi, vt_lo, vt_hi, s_zero, acc_lo, acc_hi, m_i, l_i,
+                                                 n0, keys, qk_scale, BLOCK_N)
+        _store_out(acc_lo, acc_hi, l_i, row0 + half * QM, start, q_lim, h, out_ptr, rs_ptr, inv_ptr, scale_ptr,
+                   HEADS, D, D_LO, D_HI, QM, QUANT, dtype)
 
     @gluon.jit
     def _ws_attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
