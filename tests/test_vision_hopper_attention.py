@@ -125,24 +125,32 @@ def test_bf16_on_gpu_equals_fp32_attention(schedule, packed):
 
 @pytest.mark.gpu
 @torch.no_grad()
-def test_graph_replay_with_new_lengths_equals_eager():
-    """Captured once, replayed after the lengths and starts changed (as the graph runtime does)."""
+@pytest.mark.parametrize("kernel", ["triton", "ws"])
+def test_graph_replay_with_new_lengths_equals_eager(kernel):
+    """Captured once, replayed after the lengths and starts changed (as the graph runtime does); for
+    the Triton kernel and the Gluon one (kernels/vision_attention_ws.py, where it runs)."""
     from graphrt.kernels.vision_attention import vision_attention
 
     g = torch.Generator(device="cuda").manual_seed(5)
     slot, b = 1680, 3
     qkv = torch.randn(slot * b + 5, 3, 16, 72, generator=g, device="cuda").bfloat16()
+    if kernel == "ws":
+        import graphrt.kernels.vision_attention_ws as ws
+
+        why = ws.usable(qkv)
+        if why is not None:
+            pytest.skip(why)
     cu = (torch.arange(b + 1, device="cuda") * slot).to(torch.int32)
     used = torch.tensor([1656, 1656, 1656], dtype=torch.int32, device="cuda")
-    vision_attention(qkv, cu, used, slot)
+    vision_attention(qkv, cu, used, slot, kernel=kernel)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = vision_attention(qkv, cu, used, slot)
-    for lengths in ([4, 1680, 777], [1656, 0, 100]):
+        out = vision_attention(qkv, cu, used, slot, kernel=kernel)
+    for lengths in ([4, 1680, 777], [1656, 0, 64], [1656, 0, 100]):
         used.copy_(torch.tensor(lengths, dtype=torch.int32))
         graph.replay()
-        eager = vision_attention(qkv, cu, used, slot)
+        eager = vision_attention(qkv, cu, used, slot, kernel=kernel)
         torch.cuda.synchronize()
         rows = torch.cat([torch.arange(i * slot, i * slot + n, device="cuda") for i, n in enumerate(lengths)])
         assert torch.equal(out[rows], eager[rows])
