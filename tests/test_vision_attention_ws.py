@@ -112,47 +112,19 @@ def test_dispatch_and_fp8_output_equal_the_triton_kernel():
 def test_tower_with_the_gluon_kernel_equals_the_triton_kernel(monkeypatch):
     """3-layer random tower on 1,680-row slots: attention kernel ws vs triton within bf16 noise."""
     gluon_or_skip()
-    from random_towers import random_moonvit
+    from random_towers import random_moonvit, two_image_slots
 
     import graphrt.kernels.vision_attention as va
-    from capture.ranges import VisionRanges
-    from capture.varlen import torch_fa2
-    from graphrt.vision import vision_geometry
 
     cfg, m = random_moonvit(6)
     m.fused = True
-    grids = [(16, 24), (36, 46), (8, 12)]
-    geo = vision_geometry(grids, cfg, "cuda")
-    p, slot = cfg.patch_size, 1680
-    n = slot * len(grids)
-    cos = torch.zeros(n, cfg.head_dim // 2, device="cuda")
-    sin = torch.zeros_like(cos)
-    pos = m.positions(grids)
-    pos_s = torch.zeros(n, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
-    pixels = torch.randn(geo.num_patches, 3, p, p, device="cuda")
-    pix_s = torch.zeros(n, 3, p, p, device="cuda")
-    start = 0
-    for i, gr in enumerate(grids):
-        k = gr[0] * gr[1]
-        cos[i * slot : i * slot + k] = geo.cos[start : start + k]
-        sin[i * slot : i * slot + k] = geo.sin[start : start + k]
-        pos_s[i * slot : i * slot + k] = pos[start : start + k]
-        pix_s[i * slot : i * slot + k] = pixels[start : start + k]
-        start += k
-
-    class Geo:
-        pass
-
-    gs = Geo()
-    gs.cos, gs.sin, gs.merge_index = cos, sin, torch.arange(n, device="cuda")
-    used = torch.tensor(geo.seqlens, dtype=torch.int32, device="cuda")
-    attend = VisionRanges(torch_fa2, slot, (torch.arange(len(grids) + 1, device="cuda") * slot).to(torch.int32), used)
     m.attention = "slot"
+    torch.manual_seed(6)
+    s = two_image_slots(cfg, m, grids=((16, 24), (36, 46), (8, 12)), slot=1680)  # three images, in fact
     outs = {}
     for kernel in ("triton", "ws"):
         monkeypatch.setattr(va, "KERNEL", kernel)
-        outs[kernel] = m(pix_s, pos_s, gs, attend).view(n, -1).float()
-    keep = torch.cat([torch.arange(i * slot, i * slot + k, device="cuda") for i, k in enumerate(geo.seqlens)])
-    a, b = outs["ws"][keep], outs["triton"][keep]
+        outs[kernel] = m(s.pixels, s.pos, s.geo, s.attend).view(s.n, -1).float()
+    a, b = outs["ws"][s.keep], outs["triton"][s.keep]
     assert ((a - b).norm() / b.norm()).item() < 1e-2
     assert torch.isfinite(outs["ws"]).all()
