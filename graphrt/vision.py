@@ -15,6 +15,7 @@ from . import vision_kernels as vk
 from .attention.sdpa import vision_attention
 from .config import VisionConfig
 from .errors import OptionError
+from .kernels import vision_attention as slot_kernels
 from .kernels.vision_attention import vision_attention as vision_attention_kernel
 from .layers import LayerNorm, Linear, empty_param
 from .lru import LRU
@@ -221,8 +222,9 @@ class MoonViT(nn.Module):
     def attention_status(self) -> str:
         """The attention of the fused tower over graph slots (`graphrt status`)."""
         src = "GRAPHRT_VISION_ATTENTION" if "GRAPHRT_VISION_ATTENTION" in os.environ else "default"
-        kernel = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL")  # the slot kernel's A/B (kernels/vision_attention.py)
-        return f"{self.attention} ({src})" + (f", kernel {kernel} (GRAPHRT_VISION_ATTENTION_KERNEL)" if kernel else "")
+        # the slot kernel's A/B: the value kernels/vision_attention.py read at import, i.e. what runs
+        kernel = f", kernel {slot_kernels.KERNEL} (GRAPHRT_VISION_ATTENTION_KERNEL)"
+        return f"{self.attention} ({src})" + (kernel if "GRAPHRT_VISION_ATTENTION_KERNEL" in os.environ else "")
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """[h*w, C]: the learned 2D table, bicubic-interpolated to the grid (the last few grids kept)."""

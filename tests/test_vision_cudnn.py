@@ -196,7 +196,10 @@ def test_attention_mode_comes_from_the_documented_override(monkeypatch):
     monkeypatch.delenv("GRAPHRT_VISION_ATTENTION_KERNEL", raising=False)
     m = MoonViT(cfg, torch.float32, "meta")
     assert m.attention == "slot" and m.attention_status() == "slot (default)"
-    monkeypatch.setenv("GRAPHRT_VISION_ATTENTION_KERNEL", "ws")  # the slot kernel's A/B shows too
+    import graphrt.kernels.vision_attention as va
+
+    monkeypatch.setenv("GRAPHRT_VISION_ATTENTION_KERNEL", "ws")  # the slot kernel's A/B shows too: the value
+    monkeypatch.setattr(va, "KERNEL", "ws")  # the kernel module read at import
     assert m.attention_status() == "slot (default), kernel ws (GRAPHRT_VISION_ATTENTION_KERNEL)"
     monkeypatch.delenv("GRAPHRT_VISION_ATTENTION_KERNEL")
     monkeypatch.setenv("GRAPHRT_VISION_ATTENTION", "cudnn")

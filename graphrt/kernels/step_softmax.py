@@ -46,8 +46,8 @@ log = logging.getLogger("graphrt")
 THREADS = 1024  # torch's block for rows of >= 1024 values (SoftMaxForward_getBlockSize)
 WRITE_CHUNK = 4096  # values per CTA of the output pass
 # Above this many rows torch's one-CTA-per-row kernel runs (the bits are the same either way). 192 =
-# B=32's window rows: alone 146 vs 267 us on the H100 (the first kernel version was no faster in the
-# step at B=32, so the limit was 64; the lead's final step A/B, fused vs fused-smtorch, decides).
+# B=32's window rows: alone 146 vs 267 us on the H100; one step at B=32 6.298 vs 6.361 ms with
+# torch's softmax (interleaved A/B, docs/notes.md "The merged tree after the sixth pass").
 MAX_ROWS = 192
 SMEM_BYTES = 48 * 1024  # sharedMemPerBlock: rows shorter than this (in bytes, less the warp slots) take another kernel
 

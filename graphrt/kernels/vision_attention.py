@@ -173,6 +173,21 @@ def tma_usable(qkv: torch.Tensor) -> bool:
     return torch.cuda.get_device_capability(qkv.device)[0] >= 9 and row_bytes % 16 == 0 and qkv.data_ptr() % 16 == 0
 
 
+def launch_operands(qkv: torch.Tensor, scale: float | None, fp8_for):
+    """What both attention kernels (this one and vision_attention_ws) take beside qkv: the checked
+    shape (n, heads, d), the output (e4m3 when fp8_for, wo's input), the row scales, wo's input
+    scales (dummies: the output, when not quantizing) and the softmax scale in log2 units."""
+    n, three, heads, d = qkv.shape
+    if three != 3 or not qkv.is_contiguous():
+        raise ValueError(f"vision_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
+    quant = fp8_for is not None
+    out = torch.empty(n, heads, d, device=qkv.device, dtype=torch.float8_e4m3fn if quant else qkv.dtype)
+    rs = torch.empty((n, 1), device=qkv.device, dtype=torch.float32) if quant else out
+    inv, s_in = (fp8_for.inv_input_scale, fp8_for.input_scale) if quant else (out, out)
+    qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
+    return n, heads, d, out, rs, inv, s_in, qk_scale
+
+
 # Which kernel runs the slot/packed attention, read at load (A/B): "triton" (this file's kernel) or
 # "ws" (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
 # Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason).
@@ -206,17 +221,11 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
         if not _WS_FALLBACK_WARNED:
             warnings.warn(f"vision attention kernel ws: {why}; the Triton kernel runs instead", stacklevel=2)
             _WS_FALLBACK_WARNED = True
-    n, three, heads, d = qkv.shape
-    if three != 3 or not qkv.is_contiguous():
-        raise ValueError(f"vision_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
+    n, heads, d, out, rs, inv, s_in, qk_scale = launch_operands(qkv, scale, fp8_for)
     d_lo, d_hi = head_split(d)
     block_m, block_n, warps, stages = tiles or TILES
     use_tma = tma_usable(qkv) if tma is None else tma
     quant = fp8_for is not None
-    out = torch.empty(n, heads, d, device=qkv.device, dtype=torch.float8_e4m3fn if quant else qkv.dtype)
-    rs = torch.empty((n, 1), device=qkv.device, dtype=torch.float32) if quant else out
-    inv, s_in = (fp8_for.inv_input_scale, fp8_for.input_scale) if quant else (out, out)
-    qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
     if use_tma:
         flat = qkv.view(n, 3 * heads * d)
         desc_lo = TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [block_n, d_lo])

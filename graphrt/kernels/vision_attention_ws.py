@@ -610,12 +610,10 @@ def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor,
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from .vision_attention import head_split
+    from .vision_attention import head_split, launch_operands
 
     kernel = load()
-    n, three, heads, d = qkv.shape
-    if three != 3 or not qkv.is_contiguous():
-        raise ValueError(f"vision_attention needs a contiguous [N, 3, H, D] qkv, got {tuple(qkv.shape)}")
+    n, heads, d, out, rs, inv, s_in, qk_scale = launch_operands(qkv, scale, fp8_for)
     d_lo, d_hi = head_split(d)
     if tiles is None:
         sms = torch.cuda.get_device_properties(qkv.device).multi_processor_count
@@ -627,10 +625,6 @@ def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor,
     if stages < (2 if pingpong else 3) or block_m // max(consumers, 1) < 16 * warps:  # block j+1's K comes before j-1's slot frees
         raise ValueError(f"Gluon attention tiles need stages >= 3 and rows >= 16 * warps per warpgroup, got {tiles}")
     quant = fp8_for is not None
-    out = torch.empty(n, heads, d, device=qkv.device, dtype=torch.float8_e4m3fn if quant else qkv.dtype)
-    rs = torch.empty((n, 1), device=qkv.device, dtype=torch.float32) if quant else out
-    inv, s_in = (fp8_for.inv_input_scale, fp8_for.input_scale) if quant else (out, out)
-    qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
     gdt = gl.bfloat16 if qkv.dtype == torch.bfloat16 else gl.float16
     flat = qkv.view(n, 3 * heads * d)
     descs = [TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [block_n, w],

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call for the step-softmax work: bit-equality + timings, the gpu tests, the step A/B.
-cd "$(dirname "$0")/.." && export PYTHONPATH=$PWD
+cd "$(dirname "$0")/../.." && export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name --format=csv,noheader
 python -c "import torch, triton; print(torch.__version__, triton.__version__)"
 timeout 150 python benchmarks/step_softmax.py --out-dir $OUT 2>&1 | grep -v '"differ": 0}' | tail -30
