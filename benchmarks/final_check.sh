@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The lead's device check after merging, in two calls that each fit the 600 s limit:
-#   PART=tests  every gpu-marked test (the CPU suite runs in CI)
+#   PART=tests  every gpu-marked test (the CPU suite runs in CI); SHARD=1/2, 2/2 split the files over two calls
 #   PART=bench  the 3B numbers: end to end 640x480 fused vs torch kernels (B=1, 32, interleaved),
 #               one MTP step B=1/8/32 beside its floor (STEP=0 skips it),
 #               host A/Bs (stage clock, intake threads; HOST_AB=0 skips), FP8 vs bf16 (FP8=0 skips it),
@@ -19,6 +19,9 @@ if [ -n "${PRE_TESTS:-}" ]; then  # a few gpu tests before the numbers (e.g. one
   tail -2 "$OUT/pytest_pre.log"
 fi
 if [ "${PART:-tests}" = tests ]; then
+  if [ -n "${SHARD:-}" ]; then  # SHARD=i/n: every n-th test file from the i-th (1-based), so one call stays < 600 s
+    TESTS=$(ls tests/test_*.py | awk -v i="${SHARD%/*}" -v n="${SHARD#*/}" 'NR % n == i % n' | tr '\n' ' ')
+  fi
   timeout ${TEST_TIMEOUT:-540} python -m pytest -q -p no:cacheprovider -m gpu --durations=12 ${TESTS:-tests} \
       > "$OUT/pytest_gpu.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
