@@ -32,9 +32,11 @@ def main() -> None:
     args = ap.parse_args()
     hq, hkv, d, w = 16, 2, 128, 6
     dev = "cuda"
-    # (split_m, block_n, n_split, min_chunk); min_chunk means nothing at one split
-    grid = [(sm, bn, ns, mc) for sm, bn, ns, mc in itertools.product((16, 32, 64), (32, 64), (1, 2, 4, 8, 16), (0, 128, 256))
-            if ns > 1 or mc == 0]
+    # (split_m, block_n, n_split, min_chunk, warps); min_chunk means nothing at one split (a first
+    # sweep on the H100, 2026-11-25, also over split_m 16/32, block_n 32 and min_chunk 128/256:
+    # never better than these by more than 0.1 us; docs/notes.md)
+    grid = [(sm, bn, ns, mc, wp) for sm, bn, ns, mc, wp in
+            itertools.product((64, 128), (64, 128), (1, 2, 4, 8, 16, 64), (0,), (4, 8))]
     for b in args.batch:
         slots = max(args.cache) + 20
         kc = torch.randn(args.layers, b, slots, hkv, d, device=dev, dtype=torch.bfloat16)
@@ -55,9 +57,10 @@ def main() -> None:
             res = []
             for key in [("tiles", None), ("split", None)] + [("tiles", g) for g in grid]:
                 mode, cfg = key
-                sm, bn, ns, mc = cfg or (None,) * 4
+                sm, bn, ns, mc, wp = cfg or (None,) * 5
                 try:
-                    att = StepAttention(b, w, hq, hkv, d, dev, split_m=sm, block_n=bn, n_split=ns, min_chunk=mc, mode=mode)
+                    att = StepAttention(b, w, hq, hkv, d, dev, split_m=sm, block_n=bn, n_split=ns, min_chunk=mc,
+                                        num_warps=wp, mode=mode)
                     fn = lambda: [att(q, kc[i], vc[i], clen, count) for i in range(args.layers)]  # noqa: E731
                     t = captured_us(fn, 1, 20) / args.layers
                 except Exception as e:  # noqa: BLE001 - a variant that does not compile is reported, not fatal

@@ -24,7 +24,7 @@ if cfg:
     print("set", line)
 PY
 fi
-timeout ${TEST_TIMEOUT:-170} python -m pytest -q -p no:cacheprovider ${GPU_TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_kernels.py} \
+timeout ${TEST_TIMEOUT:-170} python -m pytest -q -p no:cacheprovider ${GPU_TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_kernels.py} ${TEST_K:+-k "$TEST_K"} -rs \
     > "$R/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$R/pytest_gpu.log"; tail -4 "$R/pytest_gpu.log"; el "gpu tests"
 python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"

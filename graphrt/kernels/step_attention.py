@@ -74,14 +74,18 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
     split = tl.program_id(1)
     b = pid // HKV
     g = pid % HKV
+    m = tl.program_id(2) * SPLIT_M + tl.arange(0, SPLIT_M)  # this program's query rows of the tile
+    tok = m // GROUP
+    head = g * GROUP + m % GROUP
+    live_m = tok < 2 * W
+    d = tl.arange(0, D)
+    q_off = ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
+    # issued before the lengths are known: the query load overlaps theirs (one round trip fewer)
+    q = tl.load(q_ptr + q_off, mask=live_m[:, None], other=0.0)
     c, k, kv_len, chunk, used = _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W, BLOCK_N)
     start = split * chunk
-    m = tl.program_id(2) * SPLIT_M + tl.arange(0, SPLIT_M)  # this program's query rows of the tile
     if (start < kv_len) & (tl.program_id(2) * SPLIT_M < 2 * W * GROUP):
         end = tl.minimum(start + chunk, kv_len)
-        tok = m // GROUP
-        head = g * GROUP + m % GROUP
-        live_m = tok < 2 * W
         w0 = c + k
         first_real = W - k
         # The rule, per query row of the tile: visible keys j <= hi and j != blocked.
@@ -90,9 +94,6 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
         hi = tl.where(live_m, hi, 0)
         blocked = tl.where((tok >= W) & live_m, w0 - 1, -1)
 
-        d = tl.arange(0, D)
-        q_off = ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
-        q = tl.load(q_ptr + q_off, mask=live_m[:, None], other=0.0)
         kv_base = b * row_stride + g * D
         m_i = tl.full([SPLIT_M], float("-inf"), tl.float32)
         l_i = tl.zeros([SPLIT_M], tl.float32)
