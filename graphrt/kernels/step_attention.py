@@ -39,9 +39,12 @@ from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 _LOG2E = 1.4426950408889634
 
-# Per step batch size: (split_m query rows per program, key block, max splits, min keys per split,
-# warps). H100, benchmarks/step_attention_tune.py, 2026-11-25: see docs/notes.md.
-CONFIGS = {1: (32, 32, 16, 64, 4), 8: (32, 64, 4, 256, 4), 32: (32, 64, 2, 512, 4)}
+# Per step batch size (rows at or above the key; below 8 takes 1): (split_m query rows per program,
+# key block, splits, least keys per split, warps). The sweep of benchmarks/step_attention_tune.py
+# (H100, 2026-11-25, c = 461 and 2000, least summed time): B=1 keeps the previous shape (64 splits,
+# 8 warps: 7.4 / 8.7 us a layer, nothing else under 8.7 at c=461); B=8 11.6 / 19.1 us (previous
+# 17.7 / 23.2); B=32 17.5 / 43.7 us (previous 20.6 / 46.7). A least-keys-per-split floor never won.
+CONFIGS = {1: (64, 64, 64, 0, 8), 8: (64, 64, 4, 0, 4), 32: (64, 64, 2, 0, 4)}
 
 
 def step_attention_mode() -> str:
