@@ -13,6 +13,7 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-pf    fused-pdl with the L2 weight prefetch before the grid-dependency wait
     fused-tri   fused with a Triton GEMM (skinny or swap-AB) for every step GEMM (GRAPHRT_STEP_GEMM=triton)
     fused-noswab fused without the swap-AB GEMM candidates (GRAPHRT_STEP_GEMM=noswab: the set before them)
+    fused-oldattn fused with the previous step attention shape choice (GRAPHRT_STEP_ATTENTION=split)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -53,6 +54,7 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-pf": ("fused", {"GRAPHRT_PDL": "on", "GRAPHRT_STEP_PREFETCH": "1"}),
             "fused-tri": ("fused", {"GRAPHRT_STEP_GEMM": "triton"}),
             "fused-noswab": ("fused", {"GRAPHRT_STEP_GEMM": "noswab"}),
+            "fused-oldattn": ("fused", {"GRAPHRT_STEP_ATTENTION": "split"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 

@@ -48,9 +48,13 @@ def step_reference(q, k_cache, v_cache, cache_len, count):
     return out, live
 
 
-@pytest.mark.parametrize("n_split,block_n,split_m", [(1, 16, None), (3, 16, 16), (8, 32, None), (16, 16, 16)])
-def test_step_attention_matches_dense_rule(n_split, block_n, split_m):  # 16 splits: all-at-once merge
-    gen = torch.Generator().manual_seed(n_split)
+@pytest.mark.parametrize("n_split,block_n,split_m,min_chunk,mode", [
+    (1, 16, None, None, "tiles"), (3, 16, 16, 0, "tiles"), (8, 32, None, 0, "tiles"),
+    (16, 16, 16, 0, "tiles"),  # 16 splits: all-at-once merge
+    (4, 16, 16, 32, "tiles"),  # short rows written directly (one split), the long row split and merged
+    (None, None, None, None, "tiles"), (None, None, None, None, "split")])  # the shipped choices
+def test_step_attention_matches_dense_rule(n_split, block_n, split_m, min_chunk, mode):
+    gen = torch.Generator().manual_seed(n_split or 0)
     hq, hkv, d, slots = 4, 2, 16, 160
     cache_len = torch.tensor([1, 15, 16, 17, 140])  # 1, key-block edges, a long row
     count = torch.tensor([1, 6, 3, 5, 2])
@@ -58,7 +62,8 @@ def test_step_attention_matches_dense_rule(n_split, block_n, split_m):  # 16 spl
     k_cache = torch.randn(rows + 1, slots, hkv, d, generator=gen)
     v_cache = torch.randn(rows + 1, slots, hkv, d, generator=gen)
     q = torch.randn(rows * 2 * W, hq, d, generator=gen)
-    att = StepAttention(rows, W, hq, hkv, d, DEV, n_split=n_split, block_n=block_n, split_m=split_m)
+    att = StepAttention(rows, W, hq, hkv, d, DEV, n_split=n_split, block_n=block_n, split_m=split_m,
+                        min_chunk=min_chunk, mode=mode)
     got = att(*(t.to(DEV) for t in (q, k_cache, v_cache, cache_len, count))).cpu()
     want, live = step_reference(q, k_cache, v_cache, cache_len, count)
     assert torch.isfinite(got).all()

@@ -18,9 +18,12 @@ from test_static_path import CASES, eager_tokens, prepare
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("n_split,split_m", [(None, None), (1, None), (64, None), (4, 64), (16, 32)])
+@pytest.mark.parametrize("n_split,split_m,min_chunk,mode", [
+    (None, None, None, "tiles"), (None, None, None, "split"), (1, None, None, "tiles"), (64, None, 0, "tiles"),
+    (4, 64, 0, "tiles"), (16, 32, 0, "tiles"), (1, 16, None, "tiles"),
+    (8, 16, 256, "tiles")])  # rows up to 256 keys written directly, longer ones split and merged
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_step_attention_matches_dense_rule_real_widths(n_split, split_m, dtype):
+def test_step_attention_matches_dense_rule_real_widths(n_split, split_m, min_chunk, mode, dtype):
     from graphrt.kernels.step_attention import StepAttention
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -32,7 +35,7 @@ def test_step_attention_matches_dense_rule_real_widths(n_split, split_m, dtype):
     k_cache = torch.randn(rows + 1, slots, hkv, d, device="cuda", generator=gen).to(dtype)
     v_cache = torch.randn(rows + 1, slots, hkv, d, device="cuda", generator=gen).to(dtype)
     q = torch.randn(rows * 2 * W, hq, d, device="cuda", generator=gen).to(dtype)
-    att = StepAttention(rows, W, hq, hkv, d, "cuda", n_split=n_split, split_m=split_m)
+    att = StepAttention(rows, W, hq, hkv, d, "cuda", n_split=n_split, split_m=split_m, min_chunk=min_chunk, mode=mode)
     got = att(q, k_cache, v_cache, cache_len, count)
     want, live = step_reference(q, k_cache, v_cache, cache_len.cpu(), count.cpu())
     assert torch.isfinite(got).all()

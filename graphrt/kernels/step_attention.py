@@ -7,17 +7,28 @@ causal; pad accepted slots see key 0 only (their output is never used). The wind
 at their own slots w0 = c + k .. w0 + W - 1 and see every key in [0, w0 + W) except w0 - 1, the last
 accepted token, which window slot 0 repeats. Their K/V is already in the cache (rope_write).
 
-Two kernels (flash-decoding):
-  split  grid (rows * kv_heads, n_split): the queries of one KV head's GQA group packed into one
-         tile (2W tokens x group heads), keys [s*chunk, (s+1)*chunk) of the row, where
-         chunk = ceil(kv_len / n_split) rounded up to the key block; partial output and
-         log-sum-exp per split in fp32. Splits past the row's length exit at once.
-  merge  grid (rows * kv_heads, query tiles): weights the used splits by their log-sum-exp.
-n_split is fixed per captured batch size (enough programs to cover the SMs); the per-row lengths
-are read on the device, so the pair is capturable in a CUDA graph and allocates nothing at replay.
+Two kernels (flash-decoding, with the key split sized from the row's length on the device):
+  attend grid (rows * kv_heads, n_split, query tiles): one program takes `split_m` query rows of a
+         KV head's GQA group (2W tokens x group heads, packed) against keys
+         [s*chunk, (s+1)*chunk) of the row, chunk = ceil(kv_len / n_split) rounded up to the key
+         block and never below `min_chunk`. A row that needs one split (kv_len <= chunk) has its
+         output written directly, in the model dtype; otherwise each split leaves a partial
+         output and log-sum-exp in fp32, and splits past the row's length exit at once.
+  merge  grid (rows * kv_heads, query tiles): weights the used splits by their log-sum-exp; exits
+         for rows written directly. Not launched at all when n_split is 1.
+The query tiles are what spreads a step over the SMs (every tile re-reads its row's K/V, from L2);
+the key split only adds programs where rows x kv heads x tiles cannot fill them, and `min_chunk`
+keeps the partial results' traffic below the K/V read (at a short cache, 16 splits of one 32-key
+block each wrote 4x the cache's bytes in partials and read them back).
+n_split, min_chunk, the tile and key block are fixed per captured batch size (`CONFIGS`, measured);
+the per-row lengths are read on the device, so the pair is capturable in a CUDA graph and allocates
+nothing at replay. GRAPHRT_STEP_ATTENTION=split (A/B only) keeps the previous shape choice: the
+key range split to cover the SMs, one whole GQA tile per program, every row through the merge.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -28,22 +39,36 @@ from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 _LOG2E = 1.4426950408889634
 
+# Per step batch size (rows at or above the key; below 8 takes 1): (split_m query rows per program,
+# key block, splits, least keys per split, warps). The sweep of benchmarks/step_attention_tune.py
+# (H100, 2026-11-25, c = 461 and 2000, least summed time): B=1 keeps the previous shape (64 splits,
+# 8 warps: 7.4 / 8.7 us a layer, nothing else under 8.7 at c=461); B=8 11.6 / 19.1 us (previous
+# 17.7 / 23.2); B=32 17.5 / 43.7 us (previous 20.6 / 46.7). A least-keys-per-split floor never won.
+CONFIGS = {1: (64, 64, 64, 0, 8), 8: (64, 64, 4, 0, 4), 32: (64, 64, 2, 0, 4)}
+
+
+def step_attention_mode() -> str:
+    m = os.environ.get("GRAPHRT_STEP_ATTENTION", "tiles")
+    if m not in ("tiles", "split"):
+        raise ValueError(f"GRAPHRT_STEP_ATTENTION must be tiles or split, not {m!r}")
+    return m
+
 
 @triton.jit
-def _row_lengths(clen_ptr, count_ptr, b, W: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr):
+def _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W: tl.constexpr, BLOCK_N: tl.constexpr):
     c = tl.load(clen_ptr + b).to(tl.int32)
     k = tl.load(count_ptr + b).to(tl.int32)
     kv_len = c + k + W
-    per_split = tl.cdiv(kv_len, N_SPLIT)
-    chunk = tl.cdiv(per_split, BLOCK_N) * BLOCK_N
-    return c, k, kv_len, chunk
+    per_split = tl.cdiv(kv_len, n_split)
+    chunk = tl.maximum(tl.cdiv(per_split, BLOCK_N) * BLOCK_N, min_chunk)
+    return c, k, kv_len, chunk, tl.cdiv(kv_len, chunk)
 
 
 @triton.jit
-def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr,
-                       qk_scale, row_stride, slot_stride,
+def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr, out_ptr,
+                       qk_scale, row_stride, slot_stride, n_split, min_chunk,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
-                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLIT: tl.constexpr,
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        SPLIT_M: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
@@ -52,14 +77,18 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
     split = tl.program_id(1)
     b = pid // HKV
     g = pid % HKV
-    c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
-    start = split * chunk
     m = tl.program_id(2) * SPLIT_M + tl.arange(0, SPLIT_M)  # this program's query rows of the tile
+    tok = m // GROUP
+    head = g * GROUP + m % GROUP
+    live_m = tok < 2 * W
+    d = tl.arange(0, D)
+    q_off = ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
+    # issued before the lengths are known: the query load overlaps theirs (one round trip fewer)
+    q = tl.load(q_ptr + q_off, mask=live_m[:, None], other=0.0)
+    c, k, kv_len, chunk, used = _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W, BLOCK_N)
+    start = split * chunk
     if (start < kv_len) & (tl.program_id(2) * SPLIT_M < 2 * W * GROUP):
         end = tl.minimum(start + chunk, kv_len)
-        tok = m // GROUP
-        head = g * GROUP + m % GROUP
-        live_m = tok < 2 * W
         w0 = c + k
         first_real = W - k
         # The rule, per query row of the tile: visible keys j <= hi and j != blocked.
@@ -68,8 +97,6 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
         hi = tl.where(live_m, hi, 0)
         blocked = tl.where((tok >= W) & live_m, w0 - 1, -1)
 
-        d = tl.arange(0, D)
-        q = tl.load(q_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :], mask=live_m[:, None], other=0.0)
         kv_base = b * row_stride + g * D
         m_i = tl.full([SPLIT_M], float("-inf"), tl.float32)
         l_i = tl.zeros([SPLIT_M], tl.float32)
@@ -92,17 +119,20 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
             m_i = m_new
         has = l_i > 0.0
         out = acc / tl.where(has, l_i, 1.0)[:, None]
-        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-        part = pid * N_SPLIT + split
-        tl.store(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :], out)
-        tl.store(plse_ptr + part * BLOCK_M + m, lse)
+        if used == 1:  # the whole row in this program: no partials, no merge
+            tl.store(out_ptr + q_off, out.to(out_ptr.dtype.element_ty), mask=live_m[:, None])
+        else:
+            lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+            part = pid * n_split + split
+            tl.store(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :], out, mask=live_m[:, None])
+            tl.store(plse_ptr + part * BLOCK_M + m, lse, mask=live_m)
 
 
 @triton.jit
-def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
+def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr, n_split, min_chunk,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       N_SPLIT: tl.constexpr, SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr, PDL: tl.constexpr):
+                       SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
@@ -112,29 +142,30 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
     m = tl.program_id(1) * TILE_M + tl.arange(0, TILE_M)
     tok = m // GROUP
     live_m = tok < 2 * W
-    if tl.min(tok, axis=0) < 2 * W:
-        c, k, kv_len, chunk = _row_lengths(clen_ptr, count_ptr, b, W, BLOCK_N, N_SPLIT)
-        used = tl.cdiv(kv_len, chunk)
+    c, k, kv_len, chunk, used = _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W, BLOCK_N)
+    if (tl.min(tok, axis=0) < 2 * W) & (used > 1):
         d = tl.arange(0, D)
         s_all = tl.arange(0, SPLITS)
         live_s = s_all < used
-        rows = (pid * N_SPLIT + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
-        lse = tl.load(plse_ptr + rows, mask=live_s[:, None], other=float("-inf"))
+        rows = (pid * n_split + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
+        lse = tl.load(plse_ptr + rows, mask=live_s[:, None] & live_m[None, :], other=float("-inf"))
         top = tl.max(lse, axis=0)
         top_safe = tl.where(top == float("-inf"), 0.0, top)
         wgt = tl.exp2(lse - top_safe[None, :])
         total = tl.sum(wgt, axis=0)
         if ALL_AT_ONCE:
             # many splits (few rows): every split's output in one round of loads, [SPLITS, TILE_M, D]
-            parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :], mask=live_s[:, None, None], other=0.0)
+            parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :],
+                            mask=(live_s[:, None] & live_m[None, :])[:, :, None], other=0.0)
             acc = tl.sum(parts * wgt[:, :, None], axis=0)
         else:
             # few splits (many rows, programs enough): a loop over them is cheaper on registers
             acc = tl.zeros([TILE_M, D], tl.float32)
             for s in range(0, used):
-                part = pid * N_SPLIT + s
-                w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m) - top_safe)
-                acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :])
+                part = pid * n_split + s
+                w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m, mask=live_m, other=float("-inf")) - top_safe)
+                acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :],
+                                              mask=live_m[:, None], other=0.0)
         out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         head = g * GROUP + m % GROUP
         dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
@@ -142,36 +173,49 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr,
 
 
 class StepAttention:
-    """The split/merge pair for one batch size, with its partial-result buffers allocated once."""
+    """The attend/merge pair for one batch size, with its partial-result buffers allocated once.
+    Unset arguments take `CONFIGS` (nearest batch size at or below `rows`), or with
+    GRAPHRT_STEP_ATTENTION=split (or mode="split") the previous choice."""
 
     def __init__(self, rows: int, window: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  device: torch.device | str, n_split: int | None = None, block_n: int | None = None,
                  scale: float | None = None, num_warps: int | None = None, merge_rows: int = 64,
-                 programs_per_sm: int = 1, split_m: int | None = None):
+                 programs_per_sm: int = 1, split_m: int | None = None, min_chunk: int | None = None,
+                 mode: str | None = None):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
-        # H100 tuning (benchmarks/step_attention_tune.py): many rows favour small key blocks
-        self.block_n = block_n or (32 if rows >= 8 else 64)
-        self.num_warps = num_warps or (4 if rows >= 8 or self.block_m < 128 else 8)
-        # query rows per split program (the tile may be cut in two: more programs, fewer registers);
-        # H100, 2026-11-24, with PDL: one row 7.5 vs 8.4+ us a layer at c=461, 9.0 vs 10.5 at c=2000
-        self.split_m = min(split_m or (64 if rows == 1 else self.block_m), self.block_m)
-        if n_split is None:
+        self.mode = mode or step_attention_mode()
+        if self.mode == "split":
+            # the previous choice: H100 tuning of 2026-11-24, many rows favour small key blocks
+            cfg_bn = 32 if rows >= 8 else 64
+            cfg_warps = 4 if rows >= 8 or self.block_m < 128 else 8
+            cfg_m = 64 if rows == 1 else self.block_m
             on_gpu = torch.device(device).type == "cuda"
             sms = torch.cuda.get_device_properties(device).multi_processor_count if on_gpu else 8
-            n_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
-        self.n_split = n_split
-        self.splits_pow2 = max(2, triton.next_power_of_2(n_split))
+            cfg_split = max(1, min(64, triton.next_power_of_2(triton.cdiv(programs_per_sm * sms, rows * num_kv_heads))))
+            cfg_min = 0
+        else:
+            cfg_m, cfg_bn, cfg_split, cfg_min, cfg_warps = CONFIGS[max([r for r in CONFIGS if r <= rows] or [min(CONFIGS)])]
+        self.block_n = block_n or cfg_bn
+        self.split_m = min(split_m or cfg_m, self.block_m)
+        self.num_warps = num_warps or cfg_warps
+        self.n_split = n_split or cfg_split
+        self.min_chunk = triton.cdiv(cfg_min if min_chunk is None else min_chunk, self.block_n) * self.block_n
+        self.splits_pow2 = max(2, triton.next_power_of_2(self.n_split))
         # H100: loading every split at once wins at 16+ splits (B=1: 6.3 -> ~3 us per merge) and
         # loses at 4 (B=32: 5.7 -> 19 us); then the merge loops with 16-row tiles.
-        self.merge_all = n_split >= 16
+        self.merge_all = self.n_split >= 16
         # all at once, the merge holds [splits, tile, D] partials in registers: splits * tile = `merge_rows`
         self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2 if self.merge_all else 16))
         self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
-        parts = rows * num_kv_heads * n_split
-        self.partial_out = torch.empty((parts * self.block_m, head_dim), dtype=torch.float32, device=device)
-        self.partial_lse = torch.empty((parts * self.block_m,), dtype=torch.float32, device=device)
+        parts = rows * num_kv_heads * self.n_split if self.n_split > 1 else 0
+        self.partial_out = torch.empty((max(parts * self.block_m, 1), head_dim), dtype=torch.float32, device=device)
+        self.partial_lse = torch.empty((max(parts * self.block_m, 1),), dtype=torch.float32, device=device)
+
+    def describe(self) -> str:
+        return (f"{self.mode}: split_m {self.split_m}, block_n {self.block_n}, n_split {self.n_split}, "
+                f"min_chunk {self.min_chunk}, warps {self.num_warps}")
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  cache_len: torch.Tensor, pending_count: torch.Tensor) -> torch.Tensor:
@@ -182,12 +226,13 @@ class StepAttention:
         assert k_cache.is_contiguous() and v_cache.is_contiguous()
         out = torch.empty_like(q)
         meta = dict(**pdl.launch(q), HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
-                    BLOCK_N=self.block_n, N_SPLIT=self.n_split)
+                    BLOCK_N=self.block_n)
         _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
-            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse,
-            self.qk_scale, k_cache.stride(0), k_cache.stride(1), SPLIT_M=self.split_m, num_warps=self.num_warps,
-            num_stages=2, **meta)
-        _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
-            self.partial_out, self.partial_lse, cache_len, pending_count, out, TILE_M=self.tile_m,
-            SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
+            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse, out,
+            self.qk_scale, k_cache.stride(0), k_cache.stride(1), self.n_split, self.min_chunk,
+            SPLIT_M=self.split_m, num_warps=self.num_warps, num_stages=2, **meta)
+        if self.n_split > 1:
+            _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
+                self.partial_out, self.partial_lse, cache_len, pending_count, out, self.n_split, self.min_chunk,
+                TILE_M=self.tile_m, SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
         return out
