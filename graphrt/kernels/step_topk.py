@@ -19,7 +19,7 @@ decides tokens. torch does not document it; this is the rule read from torch's s
 3. argmax (x0 of greedy rows): torch's first maximal index = the head of the same order.
 
 Kernels: `_chunk_top` (grid rows x V/CHUNK) keeps each chunk's first 5 under (value desc, index
-asc) as int64 keys (radix bits << 32 | ~index); `_merge` (grid rows) takes a row's first 5 of
+asc) as int64 keys (radix bits << 32 | 2**31 - 1 - index); `_merge` (grid rows) takes a row's first 5 of
 the chunk keys (exact: a total order), writes the argmax, and rebuilds torch's gathered list and
 network order for k=4 (slots 1-4) and k=5 (slots 1-5).
 
@@ -44,7 +44,8 @@ from graphrt.mtp import MTPConfig, candidates
 
 log = logging.getLogger("graphrt")
 
-CHUNK = 4096  # values per CTA of the chunk pass
+CHUNK = 4096  # values per CTA of the chunk pass (a power of 2)
+GROUP = 64  # values per group of the chunk pass's first level
 KEEP = 5  # candidates per chunk: the longest list (ref_keep_k)
 SORT_SIZE = 32  # SmallBitonicSort's slots
 _INVALID = -1
@@ -122,29 +123,50 @@ def network_table(k: int) -> torch.Tensor:
 # ---- kernels
 
 @triton.jit
-def _keys(bits, idx, ok, NAN_ABOVE: tl.constexpr):
-    """int64 keys of 16-bit float bits: torch's radix order << 32 | (2**31 - 1 - index); -1 masked."""
+def _radix(bits, NAN_ABOVE: tl.constexpr):
+    """torch's radix order of 16-bit float bits (TopKTypeConfig::convert), as int32 in [0, 0xffff]."""
     b = bits.to(tl.int32) & 0xFFFF
     radix = tl.where(b >= 0x8000, b ^ 0xFFFF, b ^ 0x8000)
-    radix = tl.where((b & 0x7FFF) > NAN_ABOVE, 0xFFFF, radix)  # NaN (exponent all ones, mantissa != 0)
-    key = (radix.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
-    return tl.where(ok, key, -1)
+    return tl.where((b & 0x7FFF) > NAN_ABOVE, 0xFFFF, radix)  # NaN (exponent all ones, mantissa != 0)
 
 
 @triton.jit
-def _chunk_top(x_ptr, part_ptr, V, NCH, CHUNK: tl.constexpr, KEEP: tl.constexpr, NAN_ABOVE: tl.constexpr):
-    """The first KEEP keys of elements [c*CHUNK, (c+1)*CHUNK) of a row, largest first."""
+def _chunk_top(x_ptr, part_ptr, V, NCH, CHUNK: tl.constexpr, LOCAL_BITS: tl.constexpr, GROUP: tl.constexpr,
+               KEEP: tl.constexpr, NAN_ABOVE: tl.constexpr):
+    """The first KEEP of elements [c*CHUNK, (c+1)*CHUNK) of a row under (value desc, index asc), as
+    int64 keys radix << 32 | (2**31 - 1 - index), largest first (-1: none).
+
+    Two levels, so that each value is reduced once: the maxima of the chunk's groups of GROUP
+    values; the first KEEP lie in the KEEP groups of largest maxima (any other group has KEEP
+    larger values above its own maximum), which are read again and searched. Inside the chunk the
+    keys are int32 (radix << LOCAL_BITS | reversed local index)."""
     row = tl.program_id(0)
     c = tl.program_id(1)
-    idx = c * CHUNK + tl.arange(0, CHUNK)
-    ok = idx < V
-    bits = tl.load(x_ptr + row.to(tl.int64) * V + idx, mask=ok, other=0)
-    key = _keys(bits, idx, ok, NAN_ABOVE)
+    base = x_ptr + row.to(tl.int64) * V + c * CHUNK
+    g = tl.arange(0, CHUNK // GROUP)
+    j = tl.arange(0, GROUP)
+    local = g[:, None] * GROUP + j[None, :]
+    ok = c * CHUNK + local < V
+    key = tl.where(ok, (_radix(tl.load(base + local, mask=ok, other=0), NAN_ABOVE) << LOCAL_BITS) | (CHUNK - 1 - local),
+                   -1)
+    gmax = tl.max(key, axis=1)  # [groups]
+    s = tl.arange(0, 8)
+    pick = tl.full((8,), -1, tl.int32)  # the KEEP groups of largest maxima (-1: none)
+    for t in tl.static_range(KEEP):
+        m = tl.max(gmax, axis=0)
+        pick = tl.where((s == t) & (m >= 0), (CHUNK - 1 - (m & (CHUNK - 1))) // GROUP, pick)
+        gmax = tl.where(gmax == m, -1, gmax)
+    local = pick[:, None] * GROUP + j[None, :]
+    ok = (pick[:, None] >= 0) & (c * CHUNK + local < V)
+    key = tl.where(ok, (_radix(tl.load(base + local, mask=ok, other=0), NAN_ABOVE) << LOCAL_BITS) | (CHUNK - 1 - local),
+                   -1)
     out = part_ptr + (row * NCH + c) * KEEP
     for t in tl.static_range(KEEP):
-        m = tl.max(key, axis=0)
-        tl.store(out + t, m)
-        key = tl.where(key == m, -1, key)  # keys are unique (the index is in them)
+        m = tl.max(tl.max(key, axis=1), axis=0)
+        gidx = c * CHUNK + (CHUNK - 1 - (m & (CHUNK - 1)))
+        wide = ((m >> LOCAL_BITS).to(tl.int64) << 32) | (0x7FFFFFFF - gidx).to(tl.int64)
+        tl.store(out + t, tl.where(m < 0, -1, wide))
+        key = tl.where(key == m, -1, key)  # keys are unique (the local index is in them)
 
 
 @triton.jit
@@ -219,8 +241,8 @@ def fused_lists(probs: torch.Tensor, tables: _Tables, cfg: MTPConfig = MTPConfig
     top_i = torch.empty(b, 4, cfg.keep_k, dtype=torch.int64, device=probs.device)
     ref_i = torch.empty(b, 5, cfg.ref_keep_k, dtype=torch.int64, device=probs.device)
     nan_above = _nan_above(probs.dtype)
-    _chunk_top[(rows, nch)](probs.view(torch.int16), part, v, nch, CHUNK=CHUNK, KEEP=KEEP, NAN_ABOVE=nan_above,
-                            num_warps=4)
+    _chunk_top[(rows, nch)](probs.view(torch.int16), part, v, nch, CHUNK=CHUNK, LOCAL_BITS=CHUNK.bit_length() - 1,
+                            GROUP=GROUP, KEEP=KEEP, NAN_ABOVE=nan_above, num_warps=4)
     _merge[(rows,)](part, amax, top_i, ref_i, tables.kk, tables.kr, nch, W=w, KK=cfg.keep_k, KR=cfg.ref_keep_k,
                     KEEP=KEEP, BLOCK=triton.next_power_of_2(nch * KEEP), num_warps=1)
     return amax, top_i, ref_i
