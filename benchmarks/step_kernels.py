@@ -7,6 +7,8 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-gemm  fused, but the torch step tail (GRAPHRT_STEP_TAIL=torch)
     fused-smtorch fused, but torch's softmax at the step's end (GRAPHRT_STEP_SOFTMAX=torch: the set before
                 the many-CTA softmax; tokens must agree with fused on every row, the softmax being bit-equal)
+    fused-tktorch fused, but torch's top-k and argmax at the step's end (GRAPHRT_STEP_TOPK=torch: the set before
+                step_topk's two kernels; tokens must agree with fused on every row, the lists being equal)
     fused-old   fused with cuBLAS GEMMs and the torch tail (the fused set before the skinny GEMM and tail)
     fused-nopdl fused without programmatic dependent launch (GRAPHRT_PDL=off: the set before PDL)
     fused-pdl   fused with PDL at every batch size (GRAPHRT_PDL=on; auto uses it at B=1 only)
@@ -48,6 +50,7 @@ from graphrt.request import Batch
 # name -> (kernel set, environment while its graphs are captured: the documented A/B overrides)
 VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL": "torch"}),
             "fused-smtorch": ("fused", {"GRAPHRT_STEP_SOFTMAX": "torch"}),
+            "fused-tktorch": ("fused", {"GRAPHRT_STEP_TOPK": "torch"}),
             "fused-old": ("fused", {"GRAPHRT_STEP_GEMM": "cublas", "GRAPHRT_STEP_TAIL": "torch"}),
             "fused-nopdl": ("fused", {"GRAPHRT_PDL": "off"}),
             "fused-pdl": ("fused", {"GRAPHRT_PDL": "on"}),

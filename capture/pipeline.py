@@ -124,6 +124,11 @@ class StaticPipeline:
             from graphrt.kernels.step_softmax import StepSoftmax  # lazy: triton is optional
 
             self.softmax = StepSoftmax(dev, dt, self.vocab)
+        self.topk = None  # the step's argmax + top-k lists: torch's; the fused set: step_topk's, checked at build
+        if self.fused and torch.device(dev).type == "cuda":
+            from graphrt.kernels.step_topk import StepTopK  # lazy: triton is optional
+
+            self.topk = StepTopK(dev, dt, self.vocab, buckets.batch_sizes, self.mtp)
         # what a captured graph of each stage runs, keyed like the graphs: (stage, *bucket)
         self.stages = {"vision": self.vision, "prefill": self.prefill, "step": self.step}
 
@@ -180,13 +185,23 @@ class StaticPipeline:
         probs = probabilities(logits, self.seen[target, : self.vocab], temp if self.sample else None, self.sampling,
                               self.softmax)
         uniform = uniforms(self.noise_key[target], self.steps[target], self.block) if self.sample else None
-        x0 = choose(probs, temp, uniform, sample=self.sample)
         if self.fused:
             from graphrt.kernels import step_tail
 
             if step_tail.enabled():
-                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp, src=src, hit=hit)
+                x0, lists = self._choose_and_lists(probs, temp, uniform)
+                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp, src=src, hit=hit, lists=lists)
+        x0 = choose(probs, temp, uniform, sample=self.sample)
         self.torch_tail(b, probs, x0, src=src, hit=hit)
+
+    def _choose_and_lists(self, probs: torch.Tensor, temp: torch.Tensor, uniform: torch.Tensor | None):
+        """x0 and the top-k lists for the fused step tail: step_topk's argmax and lists where it is
+        checked equal to torch's (greedy graphs take x0 from it too), else torch's (lists None)."""
+        made = self.topk(probs) if self.topk is not None else None
+        if made is None:
+            return choose(probs, temp, uniform, sample=self.sample), None
+        x0 = choose(probs, temp, uniform, sample=True) if self.sample else made[0]
+        return x0, made[1:]
 
     def _seed(self, b: int) -> None:
         """Step state of the rows just prefilled: the last prompt token is the first step's
@@ -241,12 +256,13 @@ class StaticPipeline:
                               self.softmax)
         # Seeded draws: uniforms hashed from (row key, row step, slot) in the graph; no generator state.
         uniform = uniforms(self.noise_key[:b], self.steps[:b], blk) if self.sample else None
-        x0 = choose(probs, temp, uniform, sample=self.sample)
         if self.fused:  # proposal, pattern handler, state update in one kernel (GRAPHRT_STEP_TAIL=torch: A/B)
             from graphrt.kernels import step_tail
 
             if step_tail.enabled():
-                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp)
+                x0, lists = self._choose_and_lists(probs, temp, uniform)
+                return step_tail.step_tail(self, b, probs, x0, self.ids, self.mtp, lists=lists)
+        x0 = choose(probs, temp, uniform, sample=self.sample)
         self.torch_tail(b, probs, x0)
 
     def torch_tail(self, b: int, probs: torch.Tensor, x0: torch.Tensor, src: torch.Tensor | None = None,

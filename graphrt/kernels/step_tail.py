@@ -8,7 +8,8 @@ reads and makes only integer and comparison decisions on them:
 - `probs`: torch's softmax bits (graphrt.sampler.probabilities; step_softmax reproduces them);
 - `x0`: torch's own argmax / seeded draw (graphrt.sampler.choose);
 - the top-k lists: graphrt.mtp.candidates, the very function `propose` calls, so the same
-  indices in the same tie order (torch.topk's tie order is unspecified; we never re-derive it);
+  indices in the same tie order; or graphrt/kernels/step_topk.py's, which re-derive torch CUDA's
+  tie order from its source and are checked equal to torch's on the device before use;
 - thresholds: torch compares a bf16/fp16 tensor with a Python float by first rounding the float
   to the tensor's dtype (0.7 -> 0.69921875 in bf16); the kernel gets the thresholds rounded the
   same way and compares exactly in fp32;
@@ -16,7 +17,8 @@ reads and makes only integer and comparison decisions on them:
   in that order and rounded once to the probs dtype, as torch's sum of the stacked three does.
 
 What it replaces: ~150 small torch kernels of propose/accept/state update (0.3-0.5 ms per step on
-the H100) with one launch. The argmax and the two top-k calls stay torch; the softmax is
+the H100) with one launch. The argmax and the two top-k calls are step_topk's two kernels
+(torch's where its build check fails, or GRAPHRT_STEP_TOPK=torch); the softmax is
 graphrt/kernels/step_softmax.py's, bit-equal to torch's (checked at build, torch's otherwise).
 `GRAPHRT_STEP_TAIL=torch` keeps the torch tail on the fused kernel set (A/B runs).
 """
@@ -185,20 +187,24 @@ def _as_u8(t: torch.Tensor) -> torch.Tensor:
 
 
 def step_tail(state, b: int, probs: torch.Tensor, x0: torch.Tensor, ids, cfg: MTPConfig = MTPConfig(),
-              src: torch.Tensor | None = None, hit: torch.Tensor | None = None) -> None:
+              src: torch.Tensor | None = None, hit: torch.Tensor | None = None,
+              lists: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """From the step's probabilities [b, 6, V] and choices x0 [b, 6] to the next state, in place on
     `state` (a StaticPipeline: pending, pending_count, cache_len, n_gen, budget, finished, ended,
     steps, step_limit, ignore_end, seen [rows, V+1], out_tokens, all_done; rows [0, b)).
 
     src/hit [R] (the first round inside a prefill, whose logits rows are prompt segments): state
     rows [0, R) take segment src[r]'s logits where hit[r], the others stay; all_done is then over
-    rows [0, R)."""
+    rows [0, R).
+
+    lists: (top_i, ref_i) already made (graphrt/kernels/step_topk.py, checked equal to
+    graphrt.mtp.candidates' torch.topk lists); None: candidates runs here."""
     assert int(StepKind.FINISH) == 0
     mapped = src is not None
     rows = hit.shape[0] if mapped else b
     width = probs.shape[1]
     probs = probs.contiguous()
-    _, top_i, ref_i = candidates(probs, cfg)
+    top_i, ref_i = lists if lists is not None else candidates(probs, cfg)[1:]
     round_ = lambda v: torch.tensor(v, dtype=probs.dtype).item()  # noqa: E731  (as torch compares)
     for t in (state.pending, state.seen, state.out_tokens):
         assert t.stride(1) == 1
