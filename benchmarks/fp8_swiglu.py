@@ -33,20 +33,15 @@ from calib import fp8_gemm_swiglu as fs  # noqa: E402
 from calib.quantize import quantize_input  # noqa: E402
 from graphrt.kernels.fp8_ops import silu_mul_fp8  # noqa: E402
 
-CANDIDATES = [
-    (128, 128, 128, 8, 4, 3, "ws"),
-    (128, 128, 128, 8, 4, 4, "ws"),
-    (128, 128, 64, 8, 4, 4, "ws"),
-    (128, 128, 64, 8, 4, 6, "ws"),
+CANDIDATES = [  # Triton 3.6's Hopper warp-specialized form hung on the H100 (2026-11-25): not listed
     (128, 128, 128, 8, 8, 3, "persistent"),
     (128, 128, 128, 8, 8, 4, "persistent"),
     (128, 128, 64, 8, 8, 6, "persistent"),
+    (128, 128, 128, 16, 8, 3, "persistent"),
     (128, 128, 128, 8, 8, 3, "tiles"),
     (128, 128, 128, 8, 8, 4, "tiles"),
     (256, 64, 128, 8, 8, 3, "tiles"),
-    (256, 64, 128, 8, 4, 3, "ws"),
-    (128, 128, 128, 16, 4, 4, "ws"),
-    (128, 64, 128, 8, 4, 4, "ws"),
+    (128, 64, 128, 8, 4, 4, "persistent"),
 ]
 
 

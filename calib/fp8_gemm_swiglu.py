@@ -15,8 +15,8 @@ the static rule of calib/quantize.py (q = e4m3(clamp(fp32(h) * inv_scale, +-448)
 Operands through tensor descriptors (TMA): K a multiple of BLOCK_K, the weight [2I, K] row-major
 as FP8Linear keeps it. Persistent form: a program per SM walks tiles (GROUP_M row blocks share
 their weight columns in L2), the flattened loop lets the pipeliner load the next tile's operands
-during this tile's epilogue. Where it runs instead of _scaled_mm + the pass is decided by
-measurement (choose(); GRAPHRT_FP8_GATE_UP; docs/notes.md).
+during this tile's epilogue. Opt-in (GRAPHRT_FP8_GATE_UP=triton) until measured faster than
+_scaled_mm + the pass (benchmarks/fp8_swiglu.py; docs/notes.md).
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ except ImportError:  # pragma: no cover - CPU installs without Triton never call
     triton = None
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages, form): BLOCK_N output columns = BLOCK_N gate +
-# BLOCK_N up weight rows per program. form: "tiles" (a program per tile), "persistent" (a program per
-# SM, flattened loop), "ws" (a program per SM, Triton's Hopper warp specialization: a TMA producer warp
-# group and `warps`-wide consumers). Chosen on the H100 (benchmarks/fp8_swiglu.py, docs/notes.md).
-TILE = (128, 128, 128, 8, 4, 4, "ws")
-FORMS = ("tiles", "persistent", "ws")
-# rows from which the fused GEMM runs (below: _scaled_mm + silu_mul_fp8), measured on the H100
-MIN_ROWS = 65
-
-MODES = ("auto", "triton", "scaled_mm")
+# BLOCK_N up weight rows per program. form: "tiles" (a program per tile) or "persistent" (a program
+# per SM, flattened loop). Both ran and matched the unfused form on the H100 (2026-11-25); the tiles
+# are NOT yet timed (benchmarks/fp8_swiglu.py, docs/notes.md). Triton 3.6's Hopper warp
+# specialization (tl.range(warp_specialize=True), 4 warps -> 12) compiled but hung on the H100: left out.
+TILE = (128, 128, 128, 8, 8, 3, "persistent")
+FORMS = ("tiles", "persistent")
+# GRAPHRT_FP8_GATE_UP: scaled_mm (default until measured faster) or triton (this kernel above the
+# skinny rows)
+MODES = ("scaled_mm", "triton")
 
 if triton is not None:
 
@@ -62,13 +62,13 @@ if triton is not None:
     @triton.jit
     def _fp8_gemm_swiglu_kernel(a_desc, b_desc, q_ptr, rs_ptr, ws_ptr, inv_ptr, scale_ptr, qrs_ptr, M, I, K,
                                 num_programs, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, FLATTEN: tl.constexpr, WS: tl.constexpr):
+                                GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, FLATTEN: tl.constexpr):
         num_m = tl.cdiv(M, BLOCK_M)
         num_n = tl.cdiv(I, BLOCK_N)
         num_tiles = num_m * num_n
         per_group = GROUP_M * num_n  # tiles of GROUP_M row blocks share their weight columns in L2
         inv = tl.load(inv_ptr)
-        for tile in tl.range(tl.program_id(0), num_tiles, num_programs, flatten=FLATTEN, warp_specialize=WS):
+        for tile in tl.range(tl.program_id(0), num_tiles, num_programs, flatten=FLATTEN):
             first_m = (tile // per_group) * GROUP_M
             group_m = min(num_m - first_m, GROUP_M)
             pid_m = first_m + (tile % per_group) % group_m
@@ -94,9 +94,10 @@ if triton is not None:
 
 
 def mode() -> str:
-    """GRAPHRT_FP8_GATE_UP: auto (the fused GEMM from MIN_ROWS rows, measured), triton (always above
-    the skinny rows), scaled_mm (the two-kernel form: _scaled_mm, then silu_mul_fp8; A/B)."""
-    value = os.environ.get("GRAPHRT_FP8_GATE_UP", "auto")
+    """GRAPHRT_FP8_GATE_UP: scaled_mm (the default: _scaled_mm, then silu_mul_fp8) or triton (this
+    kernel for every row count above the skinny GEMM's; opt-in until benchmarks/fp8_swiglu.py shows it
+    faster on the device)."""
+    value = os.environ.get("GRAPHRT_FP8_GATE_UP", "scaled_mm")
     if value not in MODES:
         raise OptionError(f"GRAPHRT_FP8_GATE_UP must be one of {', '.join(MODES)}, not {value!r}")
     return value
@@ -120,10 +121,7 @@ def runs_fused(rows: int, q: torch.Tensor, gate_up, down) -> bool:
     GEMM's rows; the same answer for the same row count, so graphs and eager agree)."""
     from .triton_gemm import SKINNY_MAX_ROWS
 
-    which = mode()
-    if which == "scaled_mm" or rows <= SKINNY_MAX_ROWS:
-        return False
-    return (which == "triton" or rows >= MIN_ROWS) and usable(q, gate_up, down)
+    return mode() == "triton" and rows > SKINNY_MAX_ROWS and usable(q, gate_up, down)
 
 
 _SMS: dict[int, int] = {}
@@ -159,5 +157,5 @@ def fp8_gemm_swiglu(q: torch.Tensor, row_scale: torch.Tensor, gate_up, down, til
     _fp8_gemm_swiglu_kernel[(programs,)](
         a_desc, b_desc, out, row_scale, gate_up.weight_scale, down.inv_input_scale, down.input_scale, out_rs,
         m, i, k, programs, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-        NUM_STAGES=stages, FLATTEN=form == "persistent", WS=form == "ws", num_warps=warps)
+        NUM_STAGES=stages, FLATTEN=form == "persistent", num_warps=warps)
     return out, out_rs

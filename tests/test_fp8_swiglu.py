@@ -51,13 +51,13 @@ def unfused(q, rs, gate_up, down):
 TILES = [
     (32, 32, 32, 2, 4, 2, "tiles"),
     (32, 32, 32, 2, 4, 2, "persistent"),
-    (32, 16, 64, 1, 4, 2, "ws"),
+    (32, 16, 64, 1, 4, 2, "persistent"),  # 16-column tiles, one K block per stage pair
 ]
 
 
 @needs_interpreter
 @pytest.mark.parametrize("m,i,k", [(70, 64, 128), (33, 40, 64), (1, 32, 64)])
-@pytest.mark.parametrize("tile", TILES, ids=[t[-1] for t in TILES])
+@pytest.mark.parametrize("tile", TILES, ids=["tiles", "persistent", "persistent-narrow"])
 def test_fused_epilogue_equals_the_gemm_then_silu_mul_fp8(m, i, k, tile):
     """Partial row tiles (70, 33, 1 rows), I not a multiple of BLOCK_N (40 = 1.25 tiles: the gate
     tile reads up rows it must not store), several K blocks, every form; down's scale small enough
@@ -74,14 +74,12 @@ def test_fused_epilogue_equals_the_gemm_then_silu_mul_fp8(m, i, k, tile):
 
 
 def test_mode_switch(monkeypatch):
-    """GRAPHRT_FP8_GATE_UP: auto by default, triton / scaled_mm on request, anything else refused;
-    the skinny rows (the decode step) never take the fused GEMM."""
+    """GRAPHRT_FP8_GATE_UP: scaled_mm (the two-kernel form) by default, triton on request, anything
+    else refused; the skinny rows (the decode step) never take the fused GEMM; an unknown form too."""
     from calib import fp8_gemm_swiglu as fs
 
-    q, _, gate_up, down = exact_linears(70, 32, 128, seed=3)
+    q, rs, gate_up, down = exact_linears(70, 32, 128, seed=3)
     monkeypatch.delenv("GRAPHRT_FP8_GATE_UP", raising=False)
-    assert fs.mode() == "auto"
-    monkeypatch.setenv("GRAPHRT_FP8_GATE_UP", "scaled_mm")
     assert fs.mode() == "scaled_mm" and not fs.runs_fused(70, q, gate_up, down)
     monkeypatch.setenv("GRAPHRT_FP8_GATE_UP", "triton")
     assert not fs.runs_fused(64, q, gate_up, down)
@@ -89,6 +87,8 @@ def test_mode_switch(monkeypatch):
     monkeypatch.setenv("GRAPHRT_FP8_GATE_UP", "cublas")
     with pytest.raises(OptionError, match="GRAPHRT_FP8_GATE_UP"):
         fs.mode()
+    with pytest.raises(ValueError, match="form"):
+        fs.fp8_gemm_swiglu(q, rs, gate_up, down, tile=(32, 32, 32, 2, 4, 2, "ws"))
 
 
 def test_usable_refuses_what_the_kernel_cannot_run():
