@@ -32,10 +32,16 @@ def norm_fold_inv_rms(ss_ptr, tiles, rt, live_t, M, K, eps, BLOCK_T: tl.constexp
 
 
 @triton.jit
-def norm_fold_rows(x, inv, nw_ptr, k0, K, BLOCK_K: tl.constexpr):
-    """Consumer: a residual tile x [BLOCK_T, BLOCK_K] (columns k0..) -> rmsnorm(x) * w in the model
-    dtype, rounded after the scaling and after the weight, as residual_rms_norm_row rounds."""
+def norm_fold_weight(nw_ptr, k0, K, BLOCK_K: tl.constexpr):
+    """The norm weight of columns k0 .. k0 + BLOCK_K in fp32 (zeros past K)."""
     kk = k0 + tl.arange(0, BLOCK_K)
-    w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    return tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def norm_fold_rows(x, inv, w):
+    """Consumer: a residual tile x [BLOCK_T, BLOCK_K] -> rmsnorm(x) * w (w: its columns' norm weight,
+    fp32) in the model dtype, rounded after the scaling and after the weight, as
+    residual_rms_norm_row rounds."""
     normed = (x.to(tl.float32) * inv[:, None]).to(x.dtype)
     return (w[None, :] * normed.to(tl.float32)).to(x.dtype)

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .norm_fold_ops import norm_fold_inv_rms, norm_fold_residual, norm_fold_rows
+from .norm_fold_ops import norm_fold_inv_rms, norm_fold_residual, norm_fold_rows, norm_fold_weight
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 try:
@@ -66,6 +66,8 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
         gdc_wait()  # x, workspace and counters only after the previous kernel completed
     if NORM_IN:  # x is the residual: its rows' inverse RMS from the producer's partial sums, in tile order
         inv = norm_fold_inv_rms(ss_in_ptr, ss_in_tiles, rt, live_t, M, K, eps, BLOCK_T)
+        # the norm weight one K block ahead (a plain load in the loop would stall every iteration)
+        nw_next = norm_fold_weight(nw_ptr, k_lo, K, BLOCK_K)
     acc = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -79,7 +81,9 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
                         eviction_policy="evict_first")
             x = tl.load(x_ptr + rt[:, None] * stride_x + kk[None, :], mask=live_t[:, None] & live_k[None, :], other=0.0)
         if NORM_IN:
-            x = norm_fold_rows(x, inv, nw_ptr, k0, K, BLOCK_K)
+            nw = nw_next
+            nw_next = norm_fold_weight(nw_ptr, k0 + BLOCK_K, K, BLOCK_K)
+            x = norm_fold_rows(x, inv, nw)
         acc = tl.dot(w, tl.trans(x), acc)
         if SILU:
             if TMA:
