@@ -13,8 +13,8 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-pf    fused-pdl with the L2 weight prefetch before the grid-dependency wait
     fused-tri   fused with a Triton GEMM (skinny or swap-AB) for every step GEMM (GRAPHRT_STEP_GEMM=triton)
     fused-noswab fused without the swap-AB GEMM candidates (GRAPHRT_STEP_GEMM=noswab: the set before them)
-    fused-normkernel fused with every residual add + RMSNorm as its own kernel (GRAPHRT_STEP_NORM=kernel: the
-                set before the norms folded into the swap-AB GEMMs, graphrt/kernels/norm_fold.py)
+    fused-normfold fused with the residual add + RMSNorm folded into the swap-AB GEMMs around it wherever both
+                are swap-AB (GRAPHRT_STEP_NORM=fold, graphrt/kernels/norm_fold.py; measured slower, so opt-in)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -55,7 +55,7 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-pf": ("fused", {"GRAPHRT_PDL": "on", "GRAPHRT_STEP_PREFETCH": "1"}),
             "fused-tri": ("fused", {"GRAPHRT_STEP_GEMM": "triton"}),
             "fused-noswab": ("fused", {"GRAPHRT_STEP_GEMM": "noswab"}),
-            "fused-normkernel": ("fused", {"GRAPHRT_STEP_NORM": "kernel"}),
+            "fused-normfold": ("fused", {"GRAPHRT_STEP_NORM": "fold"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 

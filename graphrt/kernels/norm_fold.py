@@ -17,11 +17,17 @@ sum is exact; otherwise the inverse RMS may differ in its last bit). Every repla
 bits: no atomics on the sums. The first layer's input norm (no delta yet) and the final norm (its
 row index) stay the separate kernel.
 
-Chosen per step row count at warm-up (`plan`): fold where both neighbours of a norm are swap-AB
-picks and the folded GEMM chain of all layers measures faster than the chain with the norm
-kernels (timed like the GEMM picks, in CUDA graphs). `GRAPHRT_STEP_NORM` (A/B runs): `auto`
-(default, as above), `kernel` (never fold: the separate kernel), `fold` (fold wherever both
-neighbours are swap-AB, whatever the timing says).
+Measured slower (H100, random 3B, 2026-11-25, docs/notes.md "Norms folded into the step GEMMs"):
+the B=1 step 3.227 -> 3.673 ms folded, B=32 6.400 -> 6.882; the layers' GEMM chain 2.50 -> 2.93 ms
+at 12 rows. The consumer's in-loop normalization sends each activation tile through registers
+into a single-buffered shared tile, so its wgmma waits for completion every K step (the plain
+kernel keeps two in flight), which costs more than the norm launches it removes. So the norm
+kernel stays the default; the fold is opt-in.
+
+`GRAPHRT_STEP_NORM` (A/B runs): `kernel` (default: the separate norm kernel), `auto` (per step row
+count at warm-up: fold where both neighbours of a norm are swap-AB picks and the layers' folded
+GEMM chain measures faster than the chain with the norm kernels, timed in CUDA graphs like the GEMM
+picks), `fold` (fold wherever both neighbours are swap-AB, whatever that timing says).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from .swap_ab_gemm import SwabConfig, swab_matmul, tma_ok
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "kernel", "fold")
+MODES = ("kernel", "auto", "fold")
 
 
 class SumSquares(NamedTuple):
@@ -59,9 +65,9 @@ NO_FOLD = FoldPlan(False, False)
 
 
 def mode() -> str:
-    m = os.environ.get("GRAPHRT_STEP_NORM", "auto")
+    m = os.environ.get("GRAPHRT_STEP_NORM", "kernel")
     if m not in MODES:
-        raise ValueError(f"GRAPHRT_STEP_NORM must be auto, kernel or fold, not {m!r}")
+        raise ValueError(f"GRAPHRT_STEP_NORM must be kernel, auto or fold, not {m!r}")
     return m
 
 
