@@ -187,11 +187,6 @@ def main() -> None:
     gemm_timing = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]}": {repr(c): round(t * 1e3, 2) for c, t in v.items()}
                    for k, v in skinny_gemm.timings.items()}
     print("skinny GEMM choices:", json.dumps(gemm_choice), f"measured in {skinny_gemm.choose_seconds:.1f} s", flush=True)
-    from graphrt.kernels import norm_fold
-
-    fold_choice = {f"M={k[0]} {k[5]} pdl={k[3]}": str(v) + ("" if k not in norm_fold.timings else " ({})".format(
-        ", ".join(f"{n} {t * 1e3:.1f} us" for n, t in norm_fold.timings[k].items()))) for k, v in norm_fold.plans.items()}
-    print("norm fold choices:", json.dumps(fold_choice), flush=True)
 
     report_rows, tables, agree = [], {}, {}
     for b in args.batch:
@@ -228,7 +223,7 @@ def main() -> None:
               "work": f"640x480 image, {processed.num_patches} patches (bucket {patches}), prompt {len(prompt.ids)} "
                       f"tokens (bucket {length}); step = 12 query tokens per row, logits for 6",
               "tokens_agree_rows": agree, "rows": report_rows, "skinny_gemm_choice": gemm_choice,
-              "skinny_gemm_timing_ms": gemm_timing, "norm_fold_choice": fold_choice, "skinny_gemm_measure_s": round(skinny_gemm.choose_seconds, 1),
+              "skinny_gemm_timing_ms": gemm_timing, "skinny_gemm_measure_s": round(skinny_gemm.choose_seconds, 1),
               "kernel_tables": {str(k): {"gemm_share": round(v[1], 3), "kernels": v[0]} for k, v in tables.items()}}
     write_report(report, markdown(report), args.out_dir, args.tag)
 
@@ -240,8 +235,7 @@ def markdown(r: dict) -> str:
              f"{r['copy_gbs']} GB/s = {r['floor_ms']} ms. {r['work']}. Capture: {r['capture_s']} s "
              f"({r['graphs']} graphs). Rows whose tokens agree with the first variant, per B: {r['tokens_agree_rows']}. "
              f"Skinny GEMM picks (measured at warm-up in {r['skinny_gemm_measure_s']} s; None = cuBLAS): "
-             f"{r['skinny_gemm_choice']}. Norm fold picks (mid: o -> gate/up folded, edge: down -> qkv; in brackets "
-             f"the layers' GEMM chain timed with the norm kernels and folded): {r.get('norm_fold_choice')}.", "",
+             f"{r['skinny_gemm_choice']}.", "",
              "| B | cache | kernels | P50 ms | P90 ms | P99 ms | x floor | weight GB/s |", "| --- " * 8 + "|"]
     for x in r["rows"]:
         lines.append(f"| {x['batch']} | {x['cache']} | {x['kernels']} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} "

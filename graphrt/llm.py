@@ -60,26 +60,24 @@ class Qwen2Layer(nn.Module):
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
 
-    def forward_fused(self, x, delta, cos, sin, layer_idx: int, cache: KVCache, attend, fold=None):
+    def forward_fused(self, x, delta, cos, sin, layer_idx: int, cache: KVCache, attend):
         """The same layer on the fused Triton kernels (GPU path): returns (residual, delta) with the
-        residual add left to the next layer's norm. `attend.fused` ropes q/k, writes the cache and
-        attends in its own kernels. GEMMs: the skinny Triton GEMM where it was measured faster than
-        cuBLAS for this row count (decode steps), SiLU * up in the gate/up epilogue. fold: a
-        norm_fold.FoldPlan: the residual add + norm inside the GEMMs around it (mid: o -> gate/up;
-        edge: down -> the next layer's qkv, whose delta then arrives as a norm_fold.SumSquares)."""
+        residual add left to the next layer's norm kernel. `attend.fused` ropes q/k, writes the
+        cache and attends in its own kernels. GEMMs: the skinny Triton GEMM where it was measured
+        faster than cuBLAS for this row count (decode steps), SiLU * up in the gate/up epilogue."""
         # lazy: the fused kernels need triton, which CPU-only installs may lack
         from .kernels.fp8_ops import fp8_layer_forward, has_fp8_inputs
-        from .kernels.norm_fold import NO_FOLD, normed_linear, residual_linear
+        from .kernels.layer_ops import add_rms_norm
+        from .kernels.skinny_gemm import gate_up_silu, linear
 
         if has_fp8_inputs(self):  # W8A8 FP8 linears (calib/): the norm / SiLU kernels write their e4m3 inputs
             return fp8_layer_forward(self, x, delta, cos, sin, layer_idx, cache, attend)
-        fold = fold or NO_FOLD
         t = x.shape[0]
-        x, qkv = normed_linear(x, delta, self.input_layernorm, self.qkv_proj)
-        attn = attend.fused(layer_idx, qkv, cos, sin, cache, self.num_heads, self.num_kv_heads)
-        x, pending = residual_linear(attn.view(t, self.q_size), self.o_proj, x, fold.mid)
-        x, gate_up = normed_linear(x, pending, self.post_attention_layernorm, self.gate_up_proj, silu=True)
-        return residual_linear(gate_up, self.down_proj, x, fold.edge)
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps)
+        attn = attend.fused(layer_idx, linear(h, self.qkv_proj), cos, sin, cache, self.num_heads, self.num_kv_heads)
+        x, h = add_rms_norm(x, linear(attn.view(t, self.q_size), self.o_proj), norm2.weight, norm2.eps)
+        return x, linear(gate_up_silu(h, self.gate_up_proj), self.down_proj)
 
 
 class Qwen2(nn.Module):
@@ -123,14 +121,10 @@ class Qwen2(nn.Module):
 
     def _forward_fused(self, x, cos, sin, cache, attend, logits_index):
         from .kernels.layer_ops import add_rms_norm
-        from .kernels.norm_fold import plan
 
-        fold = plan(self.layers, x)  # norms folded into the GEMMs around them, per row count
-        last = fold._replace(edge=False)  # the final norm (with its row index) stays the kernel
         delta = None
-        n = len(self.layers)
         for i, layer in enumerate(self.layers):
-            x, delta = layer.forward_fused(x, delta, cos, sin, i, cache, attend, fold if i + 1 < n else last)
+            x, delta = layer.forward_fused(x, delta, cos, sin, i, cache, attend)
         if logits_index is None:
             return None
         # final residual add + norm of the rows asked for only

@@ -22,10 +22,6 @@ too (gate and up partials both go to the workspace).
 Epilogues and rounding exactly as skinny_gemm.py: bias added to the fp32 sum before the one
 rounding; SiLU(gate) * up rounds gate and up products to the model dtype, rounds the SiLU, then
 the product (what the unfused F.linear + silu_mul path rounds).
-
-The residual add + RMSNorm between two of these GEMMs can fold into them (norm_fold.py): NORM_IN
-normalizes the x tiles in the prologue from the producer's per-tile sums of squares, RES_OUT adds
-the residual in the epilogue (after the split-K sum) and writes those sums.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .norm_fold_ops import norm_fold_inv_rms, norm_fold_residual, norm_fold_rows, norm_fold_weight
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 try:
@@ -46,9 +41,7 @@ except ImportError:  # older triton: only TMA=False configs
 
 @triton.jit
 def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_off, stride_x, stride_y,
-                 nw_ptr, ss_in_ptr, ss_in_tiles, eps, res_ptr, ss_out_ptr,
                  HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr, TMA: tl.constexpr,
-                 NORM_IN: tl.constexpr, RES_OUT: tl.constexpr,
                  BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_w = tl.program_id(1)
@@ -64,10 +57,6 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
     if PDL:
         gdc_launch_dependents()
         gdc_wait()  # x, workspace and counters only after the previous kernel completed
-    if NORM_IN:  # x is the residual: its rows' inverse RMS from the producer's partial sums, in tile order
-        inv = norm_fold_inv_rms(ss_in_ptr, ss_in_tiles, rt, live_t, M, K, eps, BLOCK_T)
-        # the norm weight one K block ahead (a plain load in the loop would stall every iteration)
-        nw_next = norm_fold_weight(nw_ptr, k_lo, K, BLOCK_K)
     acc = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -80,10 +69,6 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
             w = tl.load(w_ptr + rn[:, None] * K + kk[None, :], mask=live_n[:, None] & live_k[None, :], other=0.0,
                         eviction_policy="evict_first")
             x = tl.load(x_ptr + rt[:, None] * stride_x + kk[None, :], mask=live_t[:, None] & live_k[None, :], other=0.0)
-        if NORM_IN:
-            nw = nw_next
-            nw_next = norm_fold_weight(nw_ptr, k0 + BLOCK_K, K, BLOCK_K)
-            x = norm_fold_rows(x, inv, nw)
         acc = tl.dot(w, tl.trans(x), acc)
         if SILU:
             if TMA:
@@ -111,31 +96,23 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
                 acc += tl.load(src, mask=live_n[:, None], other=0.0, cache_modifier=".cg")
                 if SILU:
                     acc_up += tl.load(src + N, mask=live_n[:, None], other=0.0, cache_modifier=".cg")
-            _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, ss_out_ptr, rn, rt, live_n, live_t, stride_y, M, pid_w,
-                      out_ty, HAS_BIAS, SILU, RES_OUT)
+            _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, live_n, live_t, stride_y, out_ty, HAS_BIAS, SILU)
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next replay
     else:
-        _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, ss_out_ptr, rn, rt, live_n, live_t, stride_y, M, pid_w,
-                  out_ty, HAS_BIAS, SILU, RES_OUT)
+        _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, live_n, live_t, stride_y, out_ty, HAS_BIAS, SILU)
 
 
 @triton.jit
-def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, ss_out_ptr, rn, rt, live_n, live_t, stride_y, M, pid_w,
-              out_ty: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, RES_OUT: tl.constexpr):
-    """acc is y^T [BLOCK_W, BLOCK_T] in fp32: bias, SiLU(gate) * up, one rounding, stored as y.
-    RES_OUT: y is the new residual res + round(acc), and the tile's per-token sums of squares go
-    to ss_out (norm_fold.py)."""
+def _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, live_n, live_t, stride_y, out_ty: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+    """acc is y^T [BLOCK_W, BLOCK_T] in fp32: bias, SiLU(gate) * up, one rounding, stored as y."""
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=live_n, other=0.0).to(tl.float32)[:, None]
     if SILU:
         g = acc.to(out_ty).to(tl.float32)  # the gate/up products round to the model dtype first
         act = (g / (1.0 + tl.exp(-g))).to(out_ty).to(tl.float32)  # silu rounds, as F.silu does
         acc = act * acc_up.to(out_ty).to(tl.float32)
-    out = acc.to(out_ty)
-    live = live_n[:, None] & live_t[None, :]
-    if RES_OUT:
-        out = norm_fold_residual(out, res_ptr, ss_out_ptr, rn, rt, live, live_t, stride_y, M, pid_w)
-    tl.store(y_ptr + rt[None, :] * stride_y + rn[:, None], out, mask=live)
+    tl.store(y_ptr + rt[None, :] * stride_y + rn[:, None], acc.to(out_ty), mask=live_n[:, None] & live_t[None, :])
 
 
 class SwabConfig(tuple):
@@ -175,15 +152,9 @@ def tma_ok(t: torch.Tensor) -> bool:
 
 
 def swab_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu: bool = False,
-                config: SwabConfig = SwabConfig(128, 16, 128, 1, 4, 4, True), norm: tuple | None = None,
-                residual: torch.Tensor | None = None):
+                config: SwabConfig = SwabConfig(128, 16, 128, 1, 4, 4, True)) -> torch.Tensor:
     """x [M, K] (rows contiguous) @ weight[N', K]^T (+ bias) -> [M, N'], or with silu: weight is
-    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I].
-
-    The folded norm (norm_fold.py calls these): `norm=(w [K], ss [tiles, M] fp32, eps)`: x is a
-    residual stream and the product's input is rmsnorm(x) * w, with the sums of squares of x's rows
-    in `ss` (tiles partial sums each). `residual=r [M, N]`: returns (r + y, ss of r + y) with ss
-    [N / BLOCK_W, M] fp32, instead of y."""
+    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I]."""
     m, k = x.shape
     n_w, k_w = weight.shape
     if k != k_w or x.stride(1) != 1 or not weight.is_contiguous():
@@ -199,13 +170,6 @@ def swab_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     n = n_w // 2 if silu else n_w
     grid = (triton.cdiv(m, block_t), triton.cdiv(n, block_w), split)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    nw, ss_in, tiles_in, eps = _check_norm(norm, m, k, x)
-    ss_out = y
-    if residual is not None:
-        if silu or residual.shape != (m, n) or residual.dtype != x.dtype or not residual.is_contiguous():
-            raise ValueError(f"swab_matmul: residual must be contiguous {x.dtype} [{m}, {n}] and no SiLU, not "
-                             f"{residual.dtype} {tuple(residual.shape)}")
-        ss_out = torch.empty((grid[1], m), dtype=torch.float32, device=x.device)
     if split > 1:
         part, lock = _workspace(x.device, split * grid[0] * block_t * n * (2 if silu else 1), grid[0] * grid[1])
     else:
@@ -216,27 +180,10 @@ def swab_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     else:
         w_desc = x_desc = y  # unused
     _swab_kernel[grid](weight, x, w_desc, x_desc, bias if bias is not None else y, y, part, lock, m, n, k, n,
-                       x.stride(0), y.stride(0), nw, ss_in, tiles_in, eps,
-                       residual if residual is not None else y, ss_out,
-                       HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, TMA=tma,
-                       NORM_IN=norm is not None, RES_OUT=residual is not None,
+                       x.stride(0), y.stride(0), HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, TMA=tma,
                        BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
                        **pdl.launch(x))
-    return y if residual is None else (y, ss_out)
-
-
-def _check_norm(norm, m: int, k: int, x: torch.Tensor) -> tuple:
-    """The folded norm's kernel arguments (weight, sums of squares, their tile count, eps); x's
-    own tensor and zeros without one."""
-    if norm is None:
-        return x, x, 0, 0.0
-    w, ss, eps = norm
-    if w.shape != (k,) or w.dtype != x.dtype or not w.is_contiguous():
-        raise ValueError(f"swab_matmul: norm weight must be contiguous {x.dtype} [{k}], not {w.dtype} {tuple(w.shape)}")
-    if ss.dim() != 2 or ss.shape[1] != m or ss.dtype != torch.float32 or not ss.is_contiguous():
-        raise ValueError(f"swab_matmul: norm sums of squares must be contiguous float32 [tiles, {m}], not "
-                         f"{ss.dtype} {tuple(ss.shape)}")
-    return w, ss, ss.shape[0], float(eps)
+    return y
 
 
 SMEM_BUDGET = 200 * 1024  # of the H100's 227 KB per block: the pipeline stages, with room for the epilogue
