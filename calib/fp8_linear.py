@@ -77,11 +77,7 @@ def gemm_mode(device_type: str) -> str:
         return big
     small = (f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN
              else f"Triton skinny GEMM (split-K, tiles per shape: {triton_gemm.tune_mode()})")
-    from .fp8_gemm_swiglu import mode as gate_up_mode
-
-    glu = ("; gate/up of the fused layer: Triton FP8 GEMM with SiLU*mul + quantize epilogue"
-           if gate_up_mode() == "triton" else "")
-    return f"{small} for <= {SKINNY_MAX_ROWS} rows, {big} above{glu}"
+    return f"{small} for <= {SKINNY_MAX_ROWS} rows, {big} above"
 
 
 class FP8Linear(nn.Module):

@@ -2,7 +2,6 @@
 
     add_rms_norm_fp8(x, delta, w, eps, lin)  -> (x + delta, e4m3 input of `lin`, row scales)
     silu_mul_fp8(gate_up, lin)               -> (e4m3 input of `lin`, row scales)
-    (prefill rows: calib/fp8_gemm_swiglu.py, the gate/up GEMM with SiLU*mul and down's quantizer inside)
     fp8_layer_forward(layer, ...)            -> a Qwen2 layer on the fused kernels with FP8 linears
 
 A W8A8 FP8Linear (calib/fp8_linear.py) takes `forward_fp8(q, row_scale)`; producing q inside the
@@ -130,17 +129,8 @@ def fp8_layer_forward(layer, x, delta, cos, sin, layer_idx: int, cache, attend):
     t = x.shape[0]
     x, qkv = norm_then(layer.qkv_proj, x, delta, layer.input_layernorm)
     attn = attend.fused(layer_idx, qkv, cos, sin, cache, layer.num_heads, layer.num_kv_heads)
-    o = layer.o_proj(attn.view(t, layer.q_size))
-    gate_up, down = layer.gate_up_proj, layer.down_proj
-    if takes_fp8_input(gate_up) and takes_fp8_input(down):
-        x, q, rs = add_rms_norm_fp8(x, o, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.eps,
-                                    gate_up)
-        from calib.fp8_gemm_swiglu import fp8_gemm_swiglu, runs_fused
-
-        if runs_fused(t, q, gate_up, down):  # prefill rows: SiLU*mul and down's quantizer in the GEMM's epilogue
-            return x, down.forward_fp8(*fp8_gemm_swiglu(q, rs, gate_up, down))
-        return x, down.forward_fp8(*silu_mul_fp8(gate_up.forward_fp8(q, rs), down))
-    x, gate_up = norm_then(gate_up, x, o, layer.post_attention_layernorm)
-    if takes_fp8_input(down):
+    x, gate_up = norm_then(layer.gate_up_proj, x, layer.o_proj(attn.view(t, layer.q_size)),
+                           layer.post_attention_layernorm)
+    if takes_fp8_input(layer.down_proj):
         return x, layer.down_proj.forward_fp8(*silu_mul_fp8(gate_up, layer.down_proj))
     return x, layer.down_proj(silu_mul(gate_up))
