@@ -87,6 +87,6 @@ class GraphBackend(Backend):
         return {"attention": rt.kernel_name, "kernels": f"{rt.kernels} ({rt.kernels_reason})",
                 "first_round": rt.first_round, "graphs": len(rt.graphs),
                 "step_softmax": rt.pipe.softmax.describe() if rt.pipe.softmax is not None else "torch",
-                "step_topk": rt.pipe.topk.describe() if getattr(rt.pipe, "topk", None) is not None else "torch",
+                "step_topk": rt.pipe.topk.describe() if rt.pipe.topk is not None else "torch",
                 "graph_runtime": "on", "capture_s": round(rt.capture_seconds, 1),
                 "graph_pool_mib": round(rt.pool_bytes / 2**20, 1), "buckets": dataclasses.asdict(rt.buckets)}
