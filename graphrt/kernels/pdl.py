@@ -31,12 +31,11 @@ import os
 
 import torch
 
+from . import env_choice
+
 
 def mode() -> str:
-    m = os.environ.get("GRAPHRT_PDL", "auto")
-    if m not in ("auto", "on", "off"):
-        raise ValueError(f"GRAPHRT_PDL must be auto, on or off, not {m!r}")
-    return m
+    return env_choice("GRAPHRT_PDL", ("auto", "on", "off"))
 
 
 @functools.cache

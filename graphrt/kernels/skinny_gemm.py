@@ -41,7 +41,7 @@ import triton.language as tl
 
 from ..layers import Linear
 from ..timing import graph_call_ms
-from . import pdl
+from . import env_choice, pdl
 from .layer_ops import silu_mul
 from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
 from .swap_ab_gemm import SwabConfig, swab_candidates, swab_matmul, tma_ok
@@ -291,10 +291,7 @@ choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
 
 def mode() -> str:
-    m = os.environ.get("GRAPHRT_STEP_GEMM", "auto")
-    if m not in ("auto", "cublas", "triton", "noswab"):
-        raise ValueError(f"GRAPHRT_STEP_GEMM must be auto, cublas, triton or noswab, not {m!r}")
-    return m
+    return env_choice("GRAPHRT_STEP_GEMM", ("auto", "cublas", "triton", "noswab"))
 
 
 def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | SwabConfig | None:

@@ -28,13 +28,11 @@ key range split to cover the SMs, one whole GQA tile per program, every row thro
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from . import pdl
+from . import env_choice, pdl
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 _LOG2E = 1.4426950408889634
@@ -48,10 +46,7 @@ CONFIGS = {1: (64, 64, 64, 0, 8), 8: (64, 64, 4, 0, 4), 32: (64, 64, 2, 0, 4)}
 
 
 def step_attention_mode() -> str:
-    m = os.environ.get("GRAPHRT_STEP_ATTENTION", "tiles")
-    if m not in ("tiles", "split"):
-        raise ValueError(f"GRAPHRT_STEP_ATTENTION must be tiles or split, not {m!r}")
-    return m
+    return env_choice("GRAPHRT_STEP_ATTENTION", ("tiles", "split"))
 
 
 @triton.jit

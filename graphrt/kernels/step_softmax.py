@@ -41,6 +41,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from . import env_choice
+
 log = logging.getLogger("graphrt")
 
 THREADS = 1024  # torch's block for rows of >= 1024 values (SoftMaxForward_getBlockSize)
@@ -266,9 +268,7 @@ class StepSoftmax:
     capture (the check synchronizes)."""
 
     def __init__(self, device, dtype: torch.dtype, vocab: int):
-        how = os.environ.get("GRAPHRT_STEP_SOFTMAX", "fused")
-        if how not in ("fused", "torch"):
-            raise ValueError(f"GRAPHRT_STEP_SOFTMAX must be fused or torch, not {how!r}")
+        how = env_choice("GRAPHRT_STEP_SOFTMAX", ("fused", "torch"))
         self.vocab = vocab
         self.reason = ""
         if how == "torch":

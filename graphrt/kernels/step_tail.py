@@ -25,12 +25,11 @@ graphrt/kernels/step_softmax.py's, bit-equal to torch's (checked at build, torch
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from graphrt.kernels import env_choice
 from graphrt.mtp import MTPConfig, StepKind, candidates
 
 
@@ -176,10 +175,7 @@ def _step_tail_kernel(probs_ptr, x0_ptr, top_ptr, ref_ptr,
 
 def enabled() -> bool:
     """Whether the fused kernel set runs this tail (GRAPHRT_STEP_TAIL=torch: the torch tail, for A/B)."""
-    how = os.environ.get("GRAPHRT_STEP_TAIL", "fused")
-    if how not in ("fused", "torch"):
-        raise ValueError(f"GRAPHRT_STEP_TAIL must be fused or torch, not {how!r}")
-    return how == "fused"
+    return env_choice("GRAPHRT_STEP_TAIL", ("fused", "torch")) == "fused"
 
 
 def _as_u8(t: torch.Tensor) -> torch.Tensor:

@@ -34,12 +34,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from graphrt.kernels import env_choice
 from graphrt.mtp import MTPConfig, candidates
 
 log = logging.getLogger("graphrt")
@@ -288,10 +288,10 @@ def check_probs(b: int, v: int, dtype: torch.dtype, device, seed: int = 0) -> li
 
 
 def self_check(device, dtype: torch.dtype, vocab: int, batch_sizes, cfg: MTPConfig = MTPConfig(),
-               kernel=fused_lists) -> str:
+               kernel=fused_lists, tables: _Tables | None = None) -> str:
     """'' when `kernel` gives torch's argmax and top-k lists exactly on `check_probs` at every batch
     size, else a reason naming the first difference."""
-    tables = _Tables(device, cfg.keep_k, cfg.ref_keep_k)
+    tables = tables or _Tables(device, cfg.keep_k, cfg.ref_keep_k)
     for b in sorted(set(batch_sizes)):
         for case, probs in enumerate(check_probs(b, vocab, dtype, device, seed=b)):
             want = torch_lists(probs, cfg)
@@ -305,10 +305,7 @@ def self_check(device, dtype: torch.dtype, vocab: int, batch_sizes, cfg: MTPConf
 
 
 def enabled() -> bool:
-    how = os.environ.get("GRAPHRT_STEP_TOPK", "fused")
-    if how not in ("fused", "torch"):
-        raise ValueError(f"GRAPHRT_STEP_TOPK must be fused or torch, not {how!r}")
-    return how == "fused"
+    return env_choice("GRAPHRT_STEP_TOPK", ("fused", "torch")) == "fused"
 
 
 class StepTopK:
@@ -327,7 +324,7 @@ class StepTopK:
             self.reason = f"top-k sizes {cfg.keep_k}/{cfg.ref_keep_k} (the kernels are built for 4/5)"
         else:
             self.tables = _Tables(device, cfg.keep_k, cfg.ref_keep_k)
-            self.reason = self_check(device, dtype, vocab, batch_sizes, cfg)
+            self.reason = self_check(device, dtype, vocab, batch_sizes, cfg, tables=self.tables)
         self.fused = not self.reason
         if not self.fused and enabled():
             log.warning("step top-k: torch.topk (%s)", self.reason)
