@@ -40,6 +40,7 @@ from .generation import Generation, GenerationState
 from .intake import PAIR_OPTIONS, Intake, group_by_image, query_text
 from .model import LocateAnything
 from .prefetch import Prefetcher
+from .host_staging import PinnedStaging
 from .processor import DEFAULT_MAX_PIXELS, ImageProcessor, ProcessedImage
 from .prompt import TASKS, PromptBuilder, check_task, load_chat_template, load_tokenizer
 from .request import ImageJob, LocateResult, ResultMaker
@@ -91,6 +92,10 @@ class EngineOptions:
     # One batch's equal-size images resized together on the GPU (one upload buffer, one set of
     # resize launches per size); False: image by image on the CPU threads (the A/B of the change).
     batch_intake: bool = True
+    # Host pixels go to the GPU through a kept ring of pinned blocks (4 x 8 MiB), copied out of
+    # PIL's memory by preprocess_workers threads (graphrt/host_staging.py); False: one pageable
+    # copy per image on the calling thread (the A/B of the change).
+    pinned_intake: bool = True
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # limits: see the table above
     max_query_chars: int | None = 16_384
@@ -116,8 +121,9 @@ class EngineOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise OptionError(f"{name} must be an integer >= {least}, found {value!r}")
-        if not isinstance(self.batch_intake, bool):
-            raise OptionError(f"batch_intake must be True or False, found {self.batch_intake!r}")
+        for name in ("batch_intake", "pinned_intake"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True or False, found {getattr(self, name)!r}")
         for name in ("max_image_pixels", "max_query_chars", "max_rows"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -161,8 +167,10 @@ class Engine:
         self.options = options
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
         # On a GPU the pad-up resize runs there, bit-identical to PIL (graphrt/gpu_resize.py).
+        cuda = model.device.type == "cuda"
+        staging = PinnedStaging(model.device, options.workers()) if cuda and options.pinned_intake else None
         self.processor = ImageProcessor(preprocessor, options.max_image_pixels,
-                                        resize_device=model.device if model.device.type == "cuda" else None)
+                                        resize_device=model.device if cuda else None, staging=staging)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
         self.results = ResultMaker(cfg.tokens, self.prompts.decode)  # finished rows -> LocateResult
         # CPU threads for image preprocessing (started on first use)
