@@ -23,11 +23,15 @@ Variants (interleaved, rotating order, over the same images):
              written from the prompt's id list, fill_vision rewriting every table and length
              and gathering image by image, begin()'s fill before the vision, no read-back copy
              (done checks and five reads in collect on the device after the GPU ends)
-    after    the code now: equal-size images resized together (non-blocking uploads, the first
-             pass reading RGBX), the seed from the id array, fill_vision rewriting only what
-             changed, the read-back copy queued behind each replay
-(2026-11-24's run also had `after` through a kept pinned upload block, measured no faster and
-removed: docs/notes.md, section "Host time around the GPU stages".)
+    after    2026-11-24's code: equal-size images resized together (non-blocking pageable
+             uploads, one per image, the first pass reading RGBX), the seed from the id array,
+             fill_vision rewriting only what changed, the read-back copy queued behind each replay
+             (EngineOptions.pinned_intake=False)
+    pinned   the code now: `after` with the host pixels copied by the CPU threads into the
+             engine's pinned ring and uploaded one block at a time (graphrt/host_staging.py)
+(2026-11-24's run also had `after` through a kept pinned block filled by ONE thread, measured no
+faster and removed: docs/notes.md, section "Host time around the GPU stages".)
+Default variants: after pinned (--variants before after pinned for all three).
 Random weights: fixed 2 MTP steps per row, tokens are random. On a CPU-only machine the graph
 backend runs its stage bodies directly (--graphs on), which exercises the same host code.
 
@@ -118,6 +122,7 @@ def instrument(spans: Spans) -> None:
     w(graphrt.intake.Intake, "prepare", "prepare")
     w(graphrt.intake.Intake, "prepare_many", "prepare_many")
     w(graphrt.processor.ImageProcessor, "process_loaded", "process_loaded")
+    w(graphrt.processor.ImageProcessor, "_upload", "upload")
     w(graphrt.processor, "load_image", "load_image")
     w(PromptBuilder, "build", "prompt_build")
     w(graphrt.backend.Backend, "run", "run")
@@ -281,14 +286,17 @@ def host_before():
 class Variant:
     """One configuration of the host side, applied by patching the engine's classes in place."""
 
-    def __init__(self, engine, spans: Spans, before: bool):
+    def __init__(self, engine, spans: Spans, before: bool, pinned: bool = False):
         self.engine, self.before = engine, before
+        self.staging = engine.processor.staging if pinned else None  # the engine's ring (pinned_intake)
         patches = before_patches(spans.timed)
         now = {key: key[0].__dict__[key[1]] for key in patches}  # as instrument() wrapped them
         self.patches = patches if before else now
 
     def apply(self) -> None:
-        self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before)
+        self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before,
+                                                  pinned_intake=self.staging is not None)
+        self.engine.processor.staging = self.staging
         for (owner, attr), fn in self.patches.items():
             setattr(owner, attr, fn)
 
@@ -316,6 +324,7 @@ def main():
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--graphs", default="on")
     ap.add_argument("--out", default="host_gaps.json")
+    ap.add_argument("--variants", nargs="+", default=["after", "pinned"], choices=["before", "after", "pinned"])
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     opts = dict(progress=False, fixed_steps=2, graphs=args.graphs)
@@ -329,7 +338,9 @@ def main():
     load_s = time.perf_counter() - t
     spans = Spans()
     instrument(spans)
-    variants = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False)}
+    every = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False),
+             "pinned": Variant(engine, spans, False, pinned=True)}
+    variants = {name: every[name] for name in args.variants}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),
               "work": f"locate_batch of B distinct {args.width}x{args.height} PIL images, one query each "
                       f"({len(QUERIES)} distinct, cycled), 2 MTP steps per row, graphs {opts['graphs']}",
@@ -366,7 +377,7 @@ def main():
             print("    timeline (start..end ms after the call's start: summed ms): " + "; ".join(
                 f"{n} {o[n + '_at_ms']['p50']:.2f}..{o[n + '_end_ms']['p50']:.2f}: {o[n + '_ms']['p50']:.3f}"
                 for n in spans_ms))
-    variants["after"].apply()
+    every["pinned"].apply()
     spans.restore()
     Path(args.out).write_text(json.dumps(report, indent=1))
 

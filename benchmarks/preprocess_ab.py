@@ -1,81 +1,89 @@
-"""Host preprocessing of a one-frame call, three device-path variants of the processor interleaved
-(mid preset: real vision widths; eager engine: the host path is the same with graphs on):
+"""The batched intake alone: ImageProcessor.process_loaded of B decoded PIL frames on the GPU, the
+host pixels uploaded pageable (one copy per image on the calling thread: EngineOptions
+pinned_intake=False) vs through the pinned ring filled by N threads (graphrt/host_staging.py),
+interleaved in rotating order over the same images. No model: the processor with the released
+preprocessor config (in_token_limit as the checkpoint's; 640x480 is not downscaled, only padded
+up to multiples of 28: one resize pass pair per batch).
 
-  pinned    no EXIF copy, np.asarray (one copy out of PIL), pinned block, async copy to the GPU
-  pageable  no EXIF copy, np.asarray, pageable (synchronous) copy to the GPU (kept; since the pre
-            branch the processor reads PIL's RGBX memory instead of np.asarray: host_gaps.py)
-  before    exif_transpose copy, np.array (two copies), pageable copy
+Per call: `host` = process_loaded's wall time (what the call's critical path waits for on the
+host), `done` = until the resized batch is on the GPU (a synchronize after it), both P50/P90/P99;
+the copy's rate (B x H x W x 4 bytes of RGBX / host ms). Pixels are checked equal across variants.
 
-Reports Engine.locate's preprocess_ms (P50/P90 of --iters calls per variant, 640x480 PIL image).
-
-    python benchmarks/preprocess_ab.py --iters 40
+    python benchmarks/preprocess_ab.py --batch 1 32 --threads 4 8 16 --iters 30 --out res.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-import graphrt.processor as proc
-from graphrt import Engine
-from graphrt.gpu_resize import resize_bicubic
-from weights.synth import write_preset
-
-
-def variant_pinned(self, image, device):
-    target = self.rounded_size(*self.capped_size(*image.size))
-    rgb = proc.host_pixels(image).pin_memory().to(device, non_blocking=True)
-    return resize_bicubic(rgb, target)
+from graphrt.config import PreprocessorConfig
+from graphrt.host_staging import PinnedStaging
+from graphrt.processor import ImageProcessor
 
 
-def variant_pageable(self, image, device):
-    capped = self.capped_size(*image.size)
-    target = self.rounded_size(*capped)
-    rgb = proc.host_pixels(image).to(device)
-    return resize_bicubic(rgb, target)
-
-
-def variant_before(self, image, device):
-    image = ImageOps.exif_transpose(image)
-    target = self.rounded_size(*self.capped_size(*image.size))
-    rgb = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device)
-    return resize_bicubic(rgb, target)
-
-
-ORIGINAL = proc.ImageProcessor.rescale_on_device
-VARIANTS = {"pinned": variant_pinned, "pageable": variant_pageable, "before": variant_before}
+def pct(xs, q) -> float:
+    return round(float(np.percentile(np.asarray(xs), q)), 3)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--threads", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--out", default="preprocess_ab.json")
     args = ap.parse_args()
-    ckpt = write_preset("mid", Path(tempfile.mkdtemp()) / "mid", device="cuda", progress=False)
-    engine = Engine.from_pretrained(ckpt, progress=False, fixed_steps=1, graphs="off")  # same host path as graphs on
-    image = Image.fromarray(np.random.RandomState(3).randint(0, 256, size=(480, 640, 3)).astype(np.uint8))
-    times = {k: [] for k in VARIANTS}
-    for i in range(args.iters + 3):
-        order = list(VARIANTS) if i % 2 == 0 else list(VARIANTS)[::-1]
-        for name in order:
-            proc.ImageProcessor.rescale_on_device = VARIANTS[name]
-            r = engine.locate(image, "person")
-            if i >= 3:
-                times[name].append(r.timings_ms["preprocess_ms"])
-    proc.ImageProcessor.rescale_on_device = ORIGINAL
-    res = {k: {"p50_ms": round(statistics.median(v), 3), "p90_ms": round(float(np.percentile(v, 90)), 3),
-               "min_ms": round(min(v), 3)} for k, v in times.items()}
-    res["work"] = f"Engine.locate, 640x480 PIL image, mid preset, eager, {args.iters} calls per variant, interleaved"
-    res["device"] = torch.cuda.get_device_name(0)
-    print(json.dumps(res, indent=1))
-    Path(args.out).write_text(json.dumps(res, indent=1))
+    cfg = PreprocessorConfig()
+    processors = {"pageable": ImageProcessor(cfg, resize_device="cuda")}
+    for n in args.threads:
+        processors[f"pinned-t{n}"] = ImageProcessor(cfg, resize_device="cuda", staging=PinnedStaging("cuda", n))
+    report = {"device": torch.cuda.get_device_name(0), "cpu_count": __import__("os").cpu_count(),
+              "work": f"process_loaded of B distinct {args.width}x{args.height} RGB PIL images "
+                      f"(RGBX {args.width * args.height * 4:,} bytes each), {args.iters} calls per variant", "results": {}}
+    rs = np.random.RandomState(0)
+    for batch in args.batch:
+        images = [Image.fromarray((rs.rand(args.height, args.width, 3) * 255).astype(np.uint8)) for _ in range(batch)]
+        names = list(processors)
+        host = {n: [] for n in names}
+        done = {n: [] for n in names}
+        pixels = {}
+        for i in range(args.warmup + args.iters):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out = processors[name].process_loaded(images)
+                t1 = time.perf_counter()
+                torch.cuda.synchronize()
+                t2 = time.perf_counter()
+                if i >= args.warmup:
+                    host[name].append((t1 - t0) * 1e3)
+                    done[name].append((t2 - t0) * 1e3)
+                if i == args.warmup:
+                    pixels[name] = torch.stack([o.rgb for o in out]).cpu()
+        ref = pixels["pageable"]
+        mb = batch * args.width * args.height * 4 / 1e6
+        res = {"same_pixels": all(torch.equal(p, ref) for p in pixels.values()), "mbytes": round(mb, 2)}
+        for name in names:
+            res[name] = {"host_ms": {q: pct(host[name], q) for q in (50, 90, 99)},
+                         "done_ms": {q: pct(done[name], q) for q in (50, 90, 99)},
+                         "copy_gb_s_at_p50": round(mb / pct(host[name], 50), 2)}
+        report["results"][f"B={batch}"] = res
+        print(f"B={batch} ({mb:.1f} MB RGBX) same pixels: {res['same_pixels']}")
+        for name in names:
+            r = res[name]
+            print(f"  {name:12s} host P50/P90/P99 {r['host_ms'][50]:.3f}/{r['host_ms'][90]:.3f}/{r['host_ms'][99]:.3f} ms"
+                  f"  done {r['done_ms'][50]:.3f}/{r['done_ms'][90]:.3f}/{r['done_ms'][99]:.3f} ms"
+                  f"  ({r['copy_gb_s_at_p50']} GB/s)")
+    Path(args.out).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
