@@ -21,6 +21,11 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 @pytest.fixture(autouse=True)
+def stage_small_batches(monkeypatch):
+    monkeypatch.setattr(host_staging, "MIN_STAGE_BYTES", 0)  # test frames are small
+
+
+@pytest.fixture(autouse=True)
 def torch_resize_on_cpu(monkeypatch):
     # CPU tensors take gpu_resize's int32 torch path (the interpreter is slow and not thread-safe).
     monkeypatch.setattr(gpu_resize, "_use_triton", lambda x, use=gpu_resize._use_triton: x.is_cuda and use(x))
@@ -44,17 +49,30 @@ def test_upload_equals_stack(monkeypatch, n, slot_images, slots, threads):
     staging.close()
 
 
-def test_pieces_split_rows_and_keep_bytes(monkeypatch):
-    """One image split into row pieces over the threads (the B=1 case)."""
+def test_shares_span_images_and_keep_bytes(monkeypatch):
+    """A chunk's bytes cut into one share per thread, shares crossing image boundaries (3 images
+    over 4 threads) and one image cut in four (the B=1 case): every byte once, in place."""
     monkeypatch.setattr(host_staging, "MIN_PIECE_BYTES", 100)
-    seen = []
-    staging = PinnedStaging("cpu", 4, slot_bytes=1 << 16)
-    staging._start()
-    submit = staging._pool.submit
-    monkeypatch.setattr(staging._pool, "submit", lambda fn, dst, src: seen.append(len(src)) or submit(fn, dst, src))
-    view = frames(1, 13, 9)[0]
-    assert torch.equal(staging.upload([view])[0], view)
-    assert len(seen) == 4 and sum(seen) == 13
+    for n in (3, 1):
+        seen = []
+        staging = PinnedStaging("cpu", 4, slot_bytes=1 << 16)
+        staging._start()
+        submit = staging._pool.submit
+        monkeypatch.setattr(staging._pool, "submit", lambda fn, segs: seen.append(segs) or submit(fn, segs))
+        views = frames(n, 13, 9, seed=n)
+        assert torch.equal(staging.upload(views), torch.stack(views))
+        assert len(seen) == 4 and sum(b for segs in seen for _, _, b in segs) == n * 13 * 9 * 4
+        assert (n == 1) == all(len(segs) == 1 for segs in seen)
+        staging.close()
+
+
+def test_small_batches_and_strided_views(monkeypatch):
+    """Below MIN_STAGE_BYTES the processor keeps the pageable path; a strided view is packed first."""
+    monkeypatch.setattr(host_staging, "MIN_STAGE_BYTES", 1000)
+    staging = PinnedStaging("cpu", 2, slot_bytes=1 << 16)
+    assert not staging.wants(frames(1, 10, 10, c=3)) and staging.wants(frames(1, 20, 20))
+    strided = [f[:, ::2] for f in frames(3, 8, 12)]
+    assert torch.equal(staging.upload(strided), torch.stack(strided))
     staging.close()
 
 
