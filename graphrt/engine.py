@@ -92,9 +92,9 @@ class EngineOptions:
     # One batch's equal-size images resized together on the GPU (one upload buffer, one set of
     # resize launches per size); False: image by image on the CPU threads (the A/B of the change).
     batch_intake: bool = True
-    # Host pixels go to the GPU through a kept ring of pinned blocks (4 x 8 MiB), copied out of
-    # PIL's memory by preprocess_workers threads (graphrt/host_staging.py); False: one pageable
-    # copy per image on the calling thread (the A/B of the change).
+    # Host pixels of a batch (>= 4 MiB) go to the GPU through a kept ring of pinned blocks (4 x 8
+    # MiB), copied out of PIL's memory by min(4, workers) threads (graphrt/host_staging.py); False:
+    # one pageable copy per image on the calling thread (the A/B of the change).
     pinned_intake: bool = True
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # limits: see the table above
@@ -155,6 +155,11 @@ class EngineOptions:
         return self.preprocess_workers or min(8, os.cpu_count() or 1)
 
 
+# Copy threads of the pinned intake: 4 measured fastest on the H100 host (32 frames of 640x480:
+# 3.7 ms at 4, 4.9 at 8, 7.3 at 16, 6.7 pageable; benchmarks/preprocess_ab.py).
+STAGE_THREADS = 4
+
+
 class Engine:
     def __init__(self, checkpoint_dir: Path, cfg: ModelConfig, model: LocateAnything, tokenizer,
                  preprocessor: PreprocessorConfig, options: EngineOptions, chat_template: str):
@@ -168,7 +173,8 @@ class Engine:
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
         # On a GPU the pad-up resize runs there, bit-identical to PIL (graphrt/gpu_resize.py).
         cuda = model.device.type == "cuda"
-        staging = PinnedStaging(model.device, options.workers()) if cuda and options.pinned_intake else None
+        staging = PinnedStaging(model.device, min(STAGE_THREADS, options.workers())) \
+            if cuda and options.pinned_intake else None
         self.processor = ImageProcessor(preprocessor, options.max_image_pixels,
                                         resize_device=model.device if cuda else None, staging=staging)
         self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
