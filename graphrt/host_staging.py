@@ -1,17 +1,18 @@
 """Host pixels -> one device batch through a kept ring of pinned blocks, filled by a thread pool.
 
-The cost of handing decoded images to the GPU is the copy out of PIL's memory (~4.5 GB/s on one
-thread: 32 frames of 640x480 RGBX = 39 MB, ~8-9 ms on the H100 host). Here that copy is split
-over CPU threads (ctypes.memmove, which runs without the GIL) into page-locked blocks, and each filled block
-goes up as one truly asynchronous copy while the threads fill the next, so the host's time is the
-parallel copy, not the driver's single-threaded staging of pageable memory.
+The cost of handing decoded images to the GPU is the copy out of PIL's memory (~4.5-6 GB/s on one
+thread: 32 frames of 640x480 RGBX = 39 MB, 6.5-9 ms on the H100 host). Here that copy is split
+over CPU threads (ctypes.memmove, which runs without the GIL) into page-locked blocks, and each
+filled block goes up as one truly asynchronous copy while the threads fill the next, so the host's
+time is the parallel copy (~10 GB/s on 4 threads there; more threads measured slower), not the
+driver's single-threaded staging of pageable memory.
 
 Memory: `slots` blocks of `slot_bytes` each, allocated on first use and kept (default 4 x 8 MiB =
-32 MiB of pinned host memory per engine). A block is written again only after the upload that
+32 MiB of pinned host memory per engine; each Engine.with_options view has its own). A block is written again only after the upload that
 read it last has finished on the GPU (a CUDA event per block), so a call never overwrites pixels
 still on their way, whatever the stream or the call. One caller at a time (a lock): the blocks and
-the threads are shared. Images larger than one block are not staged (`fits`: the caller uploads
-them pageable).
+the threads are shared. Images larger than one block, and batches under 4 MiB,
+are not staged (`wants`: the caller uploads them pageable).
 """
 
 from __future__ import annotations
