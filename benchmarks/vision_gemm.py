@@ -93,6 +93,10 @@ TOWER = [("unfused", False, "varlen", False, "cublas"), ("fused+slot, cuBLAS", T
          ("fused+slot, GEMM auto", True, "slot", True, "auto"), ("fused+slot, Triton GEMM", True, "slot", True, "triton")]
 
 
+ATTENTION = [("fused+slot, attention triton", True, "slot", True, "cublas", "triton"),
+             ("fused+slot, attention auto", True, "slot", True, "cublas", "auto")]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="vision_gemm.json")
@@ -108,7 +112,11 @@ def main():
              ("gemm32", lambda: report.__setitem__("gemms_M53760", gemm_ab(53760, 10))),
              ("vision1", lambda: vs.vision_ab(1, 1680, 1656, (36, 46), 40, profile="all", variants=TOWER)),
              ("vision32", lambda: vs.vision_ab(32, 1680, 1656, (36, 46), 10, profile="all", variants=TOWER)),
-             ("vision25600", lambda: vs.vision_ab(1, 26676, 25600, (160, 160), 6, profile="all", variants=TOWER[1:]))]
+             ("vision25600", lambda: vs.vision_ab(1, 26676, 25600, (160, 160), 6, profile="all", variants=TOWER[1:])),
+             # the slot attention kernel A/B (GRAPHRT_VISION_ATTENTION_KERNEL=triton vs auto), cuBLAS GEMMs
+             ("attn1", lambda: vs.vision_ab(1, 1680, 1656, (36, 46), 60, profile="all", variants=ATTENTION)),
+             ("attn32", lambda: vs.vision_ab(32, 1680, 1656, (36, 46), 10, profile="all", variants=ATTENTION)),
+             ("attn25600", lambda: vs.vision_ab(1, 26676, 25600, (160, 160), 4, profile=False, variants=ATTENTION))]
     for name, fn in steps:
         if args.only is not None and name not in args.only:
             continue

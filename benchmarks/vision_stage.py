@@ -226,10 +226,15 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
     variants = variants or TOWER_VARIANTS
-    for name, fused, mode, patch, *gemm in variants:  # a 5th field: the GEMM switch (default cuBLAS)
+    # optional 5th / 6th fields: the GEMM switch (default cuBLAS), the slot attention kernel (default triton)
+    for name, fused, mode, patch, *more in variants:
+        more = list(more) + ["cublas", "triton"][len(more):]
 
-        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=(gemm or ["cublas"])[0]):
+        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1]):
+            from graphrt.kernels import vision_attention as slot_kernels
+
             model.fused, model.attention, model.fused_patch_embed, model.gemm = fused, mode, patch, gemm
+            slot_kernels.KERNEL = kernel
             outs[name] = model(pixels, pos, geo, attend)
 
         try:

@@ -241,9 +241,9 @@ class MoonViT(nn.Module):
         if fc0 not in ("triton", "scaled_mm"):
             raise OptionError(f"GRAPHRT_VISION_FP8_FC0 must be triton or scaled_mm, not {fc0!r}")
         self.fp8_fc0_epilogue = fc0 == "triton"
-        # The linears of the fused bf16 tower: auto = per shape the faster of cuBLAS and the Triton
-        # GEMM with fused epilogues (kernels/vision_gemm.py, measured at warm-up); cublas / triton
-        # force one (A/B: GRAPHRT_VISION_GEMM).
+        # The linears of the fused bf16 tower (A/B: GRAPHRT_VISION_GEMM): cublas (default), triton
+        # (kernels/vision_gemm.py: RoPE / GELU in its epilogues; slower on the H100, docs/notes.md) or
+        # auto (per shape the faster of the two, measured at warm-up).
         try:
             self.gemm = vision_gemm.mode()
         except ValueError as exc:

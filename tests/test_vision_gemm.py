@@ -95,9 +95,9 @@ def test_vision_gemm_switch(monkeypatch):
 
     cfg = VisionConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128)
     monkeypatch.delenv("GRAPHRT_VISION_GEMM", raising=False)
-    assert vg.mode() == "auto" and MoonViT(cfg, torch.float32, "meta").gemm == "auto"
-    monkeypatch.setenv("GRAPHRT_VISION_GEMM", "cublas")
-    assert MoonViT(cfg, torch.float32, "meta").gemm == "cublas"
+    assert vg.mode() == "cublas" and MoonViT(cfg, torch.float32, "meta").gemm == "cublas"
+    monkeypatch.setenv("GRAPHRT_VISION_GEMM", "auto")
+    assert MoonViT(cfg, torch.float32, "meta").gemm == "auto"
     monkeypatch.setenv("GRAPHRT_VISION_GEMM", "cutlass")
     with pytest.raises(OptionError, match="GRAPHRT_VISION_GEMM"):
         MoonViT(cfg, torch.float32, "meta")

@@ -604,6 +604,13 @@ def usable(qkv: torch.Tensor) -> str | None:
     return None
 
 
+def one_wave(qkv: torch.Tensor, cu: torch.Tensor, slot: int) -> bool:
+    """Whether the ping-pong tiles' grid (row blocks of TILES_ONE_WAVE x images x heads) fits one
+    wave of the device's SMs: where this kernel beats the Triton kernel (shapes are static per graph)."""
+    sms = torch.cuda.get_device_properties(qkv.device).multi_processor_count
+    return (slot + TILES_ONE_WAVE[0] - 1) // TILES_ONE_WAVE[0] * (cu.numel() - 1) * qkv.shape[2] <= sms
+
+
 def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
                         scale: float | None = None, tiles=None, packed: bool = False, fp8_for=None):
     """`vision_attention.vision_attention`'s contract on the Gluon kernel (call `usable` first)."""
@@ -616,9 +623,7 @@ def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor,
     n, heads, d, out, rs, inv, s_in, qk_scale = launch_operands(qkv, scale, fp8_for)
     d_lo, d_hi = head_split(d)
     if tiles is None:
-        sms = torch.cuda.get_device_properties(qkv.device).multi_processor_count
-        one_wave = (slot + TILES_ONE_WAVE[0] - 1) // TILES_ONE_WAVE[0] * (cu.numel() - 1) * heads <= sms
-        tiles = TILES_ONE_WAVE if one_wave else TILES
+        tiles = TILES_ONE_WAVE if one_wave(qkv, cu, slot) else TILES
     block_m, block_n, warps, stages, consumers = tiles
     pingpong = consumers == 3
     consumers = 2 if pingpong else consumers

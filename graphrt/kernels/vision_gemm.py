@@ -16,10 +16,12 @@ rounding of the fp32 accumulator after bias (+ GELU / RoPE), where the unfused t
 linear's output, then rounds again after vision_kernels._rope_2d_kernel's fp32 rotation; the
 GELU's rounding equals `linear_gelu`'s cuBLASLt epilogue (fp32 GELU, one rounding).
 
-Which kernel runs is chosen per shape by measurement at the tower's warm-up (`choose`): every tile
-config below and the cuBLAS path with the passes it needs (`F.linear` + `rope_2d_`,
-`linear_gelu`) are timed inside a CUDA graph and the fastest wins. GRAPHRT_VISION_GEMM=auto (that
-choice), cublas (never this kernel) or triton (always this kernel, its fastest tile) is the A/B.
+GRAPHRT_VISION_GEMM picks the path: cublas (the default: cuBLAS / cuBLASLt and the separate RoPE
+pass), auto (per shape, at the tower's warm-up, `choose` times every tile below and the cuBLAS
+path with the passes it needs inside CUDA graphs; the fastest wins) or triton (always this kernel,
+its fastest tile). Measured on the H100 (2026-11-25, docs/notes.md "Vision GEMM in Triton"): this
+kernel is 7-57% slower than the cuBLAS path at every tower shape but one (wo at 1,680 rows: a tie),
+so auto picks cuBLAS everywhere and costs ~35 s of start-up measurement; cublas stays the default.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def reference_path(x, weight, bias, epilogue, cos=None, sin=None, head_dim=0):
 
 
 def mode() -> str:
-    return env_choice("GRAPHRT_VISION_GEMM", ("auto", "cublas", "triton"))
+    return env_choice("GRAPHRT_VISION_GEMM", ("cublas", "auto", "triton"))
 
 
 _choice: dict[tuple, Tile | None] = {}  # (m, n, k, dtype, epilogue, mode) -> tile; None = cuBLAS path
