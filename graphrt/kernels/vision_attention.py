@@ -188,13 +188,14 @@ def launch_operands(qkv: torch.Tensor, scale: float | None, fp8_for):
     return n, heads, d, out, rs, inv, s_in, qk_scale
 
 
-# Which kernel runs the slot/packed attention, read at load (A/B): "triton" (this file's kernel),
-# "ws" (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
-# Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason),
-# or "auto": ws only where its ping-pong grid is one wave of SMs (B=1 of 640x480), where it measured
-# faster, this kernel elsewhere (no warning where ws cannot run).
+# Which kernel runs the slot/packed attention, read at load (A/B): "auto" (default): ws where its
+# ping-pong grid is one wave of SMs (B=1 of 640x480: tower 4.491 -> 4.416 ms, attention 1.288 -> 1.207
+# ms, same output bits; H100, docs/notes.md "Vision GEMM in Triton"), this file's kernel elsewhere and
+# wherever ws cannot run (silently); "triton" (this file's kernel always); "ws"
+# (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
+# Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason).
 KERNELS = ("triton", "ws", "auto")
-KERNEL = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL", "triton")
+KERNEL = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL", "auto")
 if KERNEL not in KERNELS:
     raise OptionError(f"GRAPHRT_VISION_ATTENTION_KERNEL must be one of {', '.join(KERNELS)}, not {KERNEL!r}")
 _WS_FALLBACK_WARNED = False

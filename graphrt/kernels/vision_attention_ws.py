@@ -25,7 +25,8 @@ used[b] may be another image or poisoned pad rows: a NaN in V would survive P = 
 
 Measured on the H100 (docs/notes.md, gattn section): correct everywhere; faster than the Triton
 kernel only at one-wave grids (B=1 of 1,680 rows, ping-pong 2 x 128 rows: 5.6%), 6-13% slower at
-B=32 and at 25,600 patches. Opt-in: GRAPHRT_VISION_ATTENTION_KERNEL=ws.
+B=32 and at 25,600 patches. So GRAPHRT_VISION_ATTENTION_KERNEL=auto (the default) runs it only where
+`one_wave` holds (tower B=1 4.491 -> 4.416 ms, docs/notes.md vgemm section); =ws everywhere.
 
 Gluon's API changes between Triton releases: this module imports it lazily (`load()`), written
 against Triton 3.6 (the device's); elsewhere `load()` returns None with the reason in `UNAVAILABLE`.
