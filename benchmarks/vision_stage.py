@@ -226,10 +226,15 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
     variants = variants or TOWER_VARIANTS
-    for name, fused, mode, patch in variants:
+    # optional 5th / 6th fields: the GEMM switch (default cuBLAS), the slot attention kernel (default triton)
+    for name, fused, mode, patch, *more in variants:
+        more = list(more) + ["cublas", "triton"][len(more):]
 
-        def body(name=name, model=m, fused=fused, mode=mode, patch=patch):
-            model.fused, model.attention, model.fused_patch_embed = fused, mode, patch
+        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1]):
+            from graphrt.kernels import vision_attention as slot_kernels
+
+            model.fused, model.attention, model.fused_patch_embed, model.gemm = fused, mode, patch, gemm
+            slot_kernels.KERNEL = kernel
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
@@ -247,7 +252,7 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
         px, pz = pixels[:real].contiguous(), pos[:real].contiguous()
 
         def exact_body(model=m):
-            model.fused, model.fused_patch_embed = True, True
+            model.fused, model.fused_patch_embed, model.gemm = True, True, "cublas"
             outs["exact rows + SDPA (eager's attention)"] = model(px, pz, ex, vision_attention)
 
         graphs["exact rows + SDPA (eager's attention)"] = capture(exact_body)
@@ -270,7 +275,12 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
                    f"{reps} interleaved rounds")
     REPORT[f"vision_B{b}_{real}"] = res
     log(f"vision B={b} {real}:", json.dumps(res))
-    if profile:
+    if profile == "all":  # a kernel table per fused variant
+        for k in graphs:
+            if k in dict((v[0], v) for v in variants) and k != "unfused":
+                REPORT[f"kernel_table_B{b}_{real}_{k}"] = kernel_table(graphs[k], cfg, b, n, real)
+                log(f"kernel table B={b} {real} {k}:", json.dumps(REPORT[f"kernel_table_B{b}_{real}_{k}"]["by_class"]))
+    elif profile:
         best = min((k for k in graphs if k in dict((v[0], v) for v in variants) and k != "unfused"),
                    key=lambda k: statistics.median(times[k]))
         REPORT[f"kernel_table_B{b}_{real}"] = kernel_table(graphs[best], cfg, b, n, real)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import vision_kernels as vk
+from .kernels import vision_gemm
 from .attention.sdpa import vision_attention
 from .config import VisionConfig
 from .errors import OptionError
@@ -132,8 +133,20 @@ class MoonViTBlock(nn.Module):
         x = x + self.wo(attend(q, k, qkv[:, 2], geo).reshape(n, -1))
         return x + self.fc1(F.gelu(self.fc0(self.norm1(x)), approximate="tanh"))
 
+    def _gemm(self, linear, x: torch.Tensor, epilogue: str, gemm: str, geo=None):
+        """linear(x) with `epilogue` (kernels/vision_gemm.py) on the Triton GEMM where `gemm` (a
+        GRAPHRT_VISION_GEMM value) and its chooser pick it for a plain Linear; None otherwise (the
+        caller runs its cuBLAS path)."""
+        if gemm == "cublas" or type(linear) is not Linear or linear.bias is None:
+            return None
+        tile = vision_gemm.choose(x, linear.weight, epilogue, gemm, self.head_dim)
+        if tile is None:
+            return None
+        cos, sin = (geo.cos, geo.sin) if epilogue == "bias_rope" else (None, None)
+        return vision_gemm.vision_linear(x, linear.weight, linear.bias, epilogue, cos, sin, self.head_dim, tile)
+
     def forward_fused(self, x: torch.Tensor, h, geo, attend: VisionAttention, mode: str = "varlen",
-                      fp8_producers: bool = True, fc0_epilogue: bool = False):
+                      fp8_producers: bool = True, fc0_epilogue: bool = False, gemm: str = "cublas"):
         """The same block on fused kernels. Takes x and h = norm0(x) (bf16, or (e4m3, row scales)
         when wqkv is a static W8A8 FP8Linear: MoonViT._norm writes it so); returns x after the
         attention branch and the MLP branch output, which the caller adds with the next norm.
@@ -142,16 +155,23 @@ class MoonViTBlock(nn.Module):
         GELU + quantize pass over fc0's output (bias in _scaled_mm's epilogue). fp8_producers=False
         (A/B only): every FP8 linear quantizes its own bf16 input (one quantizer pass each).
         fc0_epilogue: fc0 + bias + GELU + fc1's quantization in one Triton FP8 GEMM
-        (calib/fp8_gemm_gelu.py) instead of _scaled_mm and the GELU pass."""
+        (calib/fp8_gemm_gelu.py) instead of _scaled_mm and the GELU pass.
+        gemm: GRAPHRT_VISION_GEMM's value: where it picks the Triton GEMM (kernels/vision_gemm.py),
+        wqkv's epilogue also applies the 2D RoPE (no rope pass), fc0's the GELU."""
         n = x.shape[0]
-        qkv = (self.wqkv.forward_fp8(*h) if isinstance(h, tuple) else self.wqkv(h)).view(
-            n, 3, self.num_heads, self.head_dim)
+        roped = None if isinstance(h, tuple) or mode == "cudnn" else self._gemm(self.wqkv, h, "bias_rope", gemm, geo)
+        if roped is not None:
+            qkv = roped.view(n, 3, self.num_heads, self.head_dim)
+        else:
+            qkv = (self.wqkv.forward_fp8(*h) if isinstance(h, tuple) else self.wqkv(h)).view(
+                n, 3, self.num_heads, self.head_dim)
         fp8_wo = self.wo if fp8_producers and vk.takes_static_fp8(self.wo) else None
         if mode == "cudnn":  # RoPE and the padded mask-column layout in one pass
             padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
-            vk.rope_2d_(qkv, geo.cos, geo.sin)
+            if roped is None:
+                vk.rope_2d_(qkv, geo.cos, geo.sin)
             if mode in ("slot", "packed"):
                 slot = attend.patches if mode == "slot" else attend.longest
                 att = vision_attention_kernel(qkv, attend.cu, attend.seqused, slot, packed=mode == "packed",
@@ -165,7 +185,10 @@ class MoonViTBlock(nn.Module):
         if isinstance(att, tuple):
             out = self.wo.forward_fp8(att[0].view(n, -1), att[1])
         else:
-            out = self.wo(att.reshape(n, -1))
+            att = att.reshape(n, -1)
+            out = self._gemm(self.wo, att, "bias", gemm)
+            if out is None:
+                out = self.wo(att)
         if fp8_producers and vk.takes_static_fp8(self.fc0):
             x, q, rs = vk.add_layernorm_fp8(x, out, self.norm1.weight, self.norm1.bias, self.norm1.eps, self.fc0)
             if vk.takes_static_fp8(self.fc1):
@@ -180,7 +203,11 @@ class MoonViTBlock(nn.Module):
         if type(self.fc0) is Linear:  # bias + GELU in the GEMM's epilogue
             if fp8_producers and vk.takes_static_fp8(self.fc1):
                 return x, self.fc1.forward_fp8(*vk.gelu_fp8(self.fc0(h), self.fc1))
-            return x, self.fc1(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias))
+            y = self._gemm(self.fc0, h, "bias_gelu", gemm)
+            if y is None:
+                y = vk.linear_gelu(h, self.fc0.weight, self.fc0.bias)
+            out = self._gemm(self.fc1, y, "bias", gemm)
+            return x, self.fc1(y) if out is None else out
         return x, self.fc1(F.gelu(self.fc0(h), approximate="tanh"))  # another replaced linear keeps its own GEMM
 
 
@@ -214,6 +241,13 @@ class MoonViT(nn.Module):
         if fc0 not in ("triton", "scaled_mm"):
             raise OptionError(f"GRAPHRT_VISION_FP8_FC0 must be triton or scaled_mm, not {fc0!r}")
         self.fp8_fc0_epilogue = fc0 == "triton"
+        # The linears of the fused bf16 tower (A/B: GRAPHRT_VISION_GEMM): cublas (default), triton
+        # (kernels/vision_gemm.py: RoPE / GELU in its epilogues; slower on the H100, docs/notes.md) or
+        # auto (per shape the faster of the two, measured at warm-up).
+        try:
+            self.gemm = vision_gemm.mode()
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
         self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
         if self.attention not in VISION_ATTENTION_MODES:
             raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
@@ -254,7 +288,8 @@ class MoonViT(nn.Module):
                 mode = "packed1" if self.attention == "slot1" else "packed"
         x, h = self._norm(x, None, first, self.blocks[0].wqkv)
         for i, block in enumerate(self.blocks):
-            x, branch = block.forward_fused(x, h, geo, attend, mode, self.fp8_producers, self.fp8_fc0_epilogue)
+            x, branch = block.forward_fused(x, h, geo, attend, mode, self.fp8_producers, self.fp8_fc0_epilogue,
+                                            self.gemm)
             last = i + 1 == len(self.blocks)
             norm = self.final_layernorm if last else self.blocks[i + 1].norm0
             x, h = self._norm(x, branch, norm, None if last else self.blocks[i + 1].wqkv)

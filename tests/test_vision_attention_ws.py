@@ -16,7 +16,7 @@ def test_import_is_lazy_and_falls_back_with_a_reason():
     import graphrt.kernels.vision_attention as va
     import graphrt.kernels.vision_attention_ws as ws
 
-    assert va.KERNELS == ("triton", "ws")
+    assert va.KERNELS == ("triton", "ws", "auto")
     if not torch.cuda.is_available():
         why = ws.usable(torch.zeros(4, 3, 2, 72))
         assert why is not None and why  # never runs, says why
@@ -128,3 +128,26 @@ def test_tower_with_the_gluon_kernel_equals_the_triton_kernel(monkeypatch):
     a, b = outs["ws"][s.keep], outs["triton"][s.keep]
     assert ((a - b).norm() / b.norm()).item() < 1e-2
     assert torch.isfinite(outs["ws"]).all()
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_auto_runs_ws_only_at_one_wave_grids(monkeypatch):
+    """kernel=auto: the Gluon ping-pong kernel where its grid is one wave (one 1,680 slot: 7 x 16 =
+    112 programs), the Triton kernel at 32 slots; each output equals that kernel's own, bit for bit."""
+    gluon_or_skip()
+    import graphrt.kernels.vision_attention as va
+    import graphrt.kernels.vision_attention_ws as ws
+
+    calls = []
+    real_ws = ws.vision_attention_ws
+    monkeypatch.setattr(ws, "vision_attention_ws", lambda *a, **k: calls.append(1) or real_ws(*a, **k))
+    g = torch.Generator(device="cuda").manual_seed(21)
+    for images, want_ws in ((1, True), (32, False)):
+        qkv, cu, used, starts, real = make([1656] * images, 1680, False, 16, 72, g, "cuda", torch.bfloat16)
+        assert ws.one_wave(qkv, cu, 1680) == want_ws
+        calls.clear()
+        got = va.vision_attention(qkv, cu, used, 1680, kernel="auto")
+        assert len(calls) == int(want_ws)
+        same = va.vision_attention(qkv, cu, used, 1680, kernel="ws" if want_ws else "triton")
+        assert torch.equal(got[real], same[real])

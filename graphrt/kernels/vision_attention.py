@@ -188,11 +188,14 @@ def launch_operands(qkv: torch.Tensor, scale: float | None, fp8_for):
     return n, heads, d, out, rs, inv, s_in, qk_scale
 
 
-# Which kernel runs the slot/packed attention, read at load (A/B): "triton" (this file's kernel) or
-# "ws" (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
+# Which kernel runs the slot/packed attention, read at load (A/B): "auto" (default): ws where its
+# ping-pong grid is one wave of SMs (B=1 of 640x480: tower 4.491 -> 4.416 ms, attention 1.288 -> 1.207
+# ms, same output bits; H100, docs/notes.md "Vision GEMM in Triton"), this file's kernel elsewhere and
+# wherever ws cannot run (silently); "triton" (this file's kernel always); "ws"
+# (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
 # Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason).
-KERNELS = ("triton", "ws")
-KERNEL = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL", "triton")
+KERNELS = ("triton", "ws", "auto")
+KERNEL = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL", "auto")
 if KERNEL not in KERNELS:
     raise OptionError(f"GRAPHRT_VISION_ATTENTION_KERNEL must be one of {', '.join(KERNELS)}, not {KERNEL!r}")
 _WS_FALLBACK_WARNED = False
@@ -210,15 +213,16 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
     fp8_for: a static-scale W8A8 FP8Linear (the block's wo): the output is its e4m3 input, the
     qkv-dtype result quantized in the store, and the call returns (q [N, H, D], row scales [N, 1]);
     the row scales are written for the rows the output covers.
-    kernel: "triton" or "ws" (None: KERNEL, from GRAPHRT_VISION_ATTENTION_KERNEL)."""
-    if (kernel or KERNEL) == "ws" and tiles is None and tma is None:
+    kernel: "triton", "ws" or "auto" (None: KERNEL, from GRAPHRT_VISION_ATTENTION_KERNEL)."""
+    which = kernel or KERNEL
+    if which in ("ws", "auto") and tiles is None and tma is None:
         from . import vision_attention_ws as ws
 
         why = ws.usable(qkv)
-        if why is None:
+        if why is None and (which == "ws" or ws.one_wave(qkv, cu, slot)):
             return ws.vision_attention_ws(qkv, cu, used, slot, scale, packed=packed, fp8_for=fp8_for)
         global _WS_FALLBACK_WARNED
-        if not _WS_FALLBACK_WARNED:
+        if why is not None and which == "ws" and not _WS_FALLBACK_WARNED:
             warnings.warn(f"vision attention kernel ws: {why}; the Triton kernel runs instead", stacklevel=2)
             _WS_FALLBACK_WARNED = True
     n, heads, d, out, rs, inv, s_in, qk_scale = launch_operands(qkv, scale, fp8_for)

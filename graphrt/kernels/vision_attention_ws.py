@@ -25,7 +25,8 @@ used[b] may be another image or poisoned pad rows: a NaN in V would survive P = 
 
 Measured on the H100 (docs/notes.md, gattn section): correct everywhere; faster than the Triton
 kernel only at one-wave grids (B=1 of 1,680 rows, ping-pong 2 x 128 rows: 5.6%), 6-13% slower at
-B=32 and at 25,600 patches. Opt-in: GRAPHRT_VISION_ATTENTION_KERNEL=ws.
+B=32 and at 25,600 patches. So GRAPHRT_VISION_ATTENTION_KERNEL=auto (the default) runs it only where
+`one_wave` holds (tower B=1 4.491 -> 4.416 ms, docs/notes.md vgemm section); =ws everywhere.
 
 Gluon's API changes between Triton releases: this module imports it lazily (`load()`), written
 against Triton 3.6 (the device's); elsewhere `load()` returns None with the reason in `UNAVAILABLE`.
@@ -604,6 +605,13 @@ def usable(qkv: torch.Tensor) -> str | None:
     return None
 
 
+def one_wave(qkv: torch.Tensor, cu: torch.Tensor, slot: int) -> bool:
+    """Whether the ping-pong tiles' grid (row blocks of TILES_ONE_WAVE x images x heads) fits one
+    wave of the device's SMs: where this kernel beats the Triton kernel (shapes are static per graph)."""
+    sms = torch.cuda.get_device_properties(qkv.device).multi_processor_count
+    return (slot + TILES_ONE_WAVE[0] - 1) // TILES_ONE_WAVE[0] * (cu.numel() - 1) * qkv.shape[2] <= sms
+
+
 def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
                         scale: float | None = None, tiles=None, packed: bool = False, fp8_for=None):
     """`vision_attention.vision_attention`'s contract on the Gluon kernel (call `usable` first)."""
@@ -616,9 +624,7 @@ def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor,
     n, heads, d, out, rs, inv, s_in, qk_scale = launch_operands(qkv, scale, fp8_for)
     d_lo, d_hi = head_split(d)
     if tiles is None:
-        sms = torch.cuda.get_device_properties(qkv.device).multi_processor_count
-        one_wave = (slot + TILES_ONE_WAVE[0] - 1) // TILES_ONE_WAVE[0] * (cu.numel() - 1) * heads <= sms
-        tiles = TILES_ONE_WAVE if one_wave else TILES
+        tiles = TILES_ONE_WAVE if one_wave(qkv, cu, slot) else TILES
     block_m, block_n, warps, stages, consumers = tiles
     pingpong = consumers == 3
     consumers = 2 if pingpong else consumers
