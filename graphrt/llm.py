@@ -106,10 +106,15 @@ class Qwen2(nn.Module):
         attend: LMAttention,
         logits_index: torch.Tensor | None = None,
         fused: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """embeds [T, D] -> logits [len(logits_index), V] (None when no index is given).
-        fused: the Triton kernels of graphrt/kernels (CUDA; `attend` must have a `fused` method)."""
-        cos, sin = self.rotary(plan.positions, embeds.dtype)
+        fused: the Triton kernels of graphrt/kernels (CUDA; `attend` must have a `fused` method).
+        rope: (cos, sin) [T, head_dim] already made (the fused step's prologue kernel, fused only);
+        otherwise the rotary embedding of plan.positions."""
+        if rope is not None and not fused:
+            raise ValueError("rope tables are taken on the fused path only; the eager path makes its own")
+        cos, sin = rope if rope is not None else self.rotary(plan.positions, embeds.dtype)
         if fused:
             return self._forward_fused(embeds, cos, sin, cache, attend, logits_index)
         x = embeds
