@@ -106,6 +106,9 @@ class StaticPipeline:
         self.window_len = torch.full((bm,), blk, dtype=torch.int32, device=dev)
         self.mask_ids = torch.full((bm, blk - 1), self.ids.text_mask, dtype=torch.long, device=dev)
         self.window_index = (self.rows[:, None] * 2 * blk + blk + self.arange_blk[None]).reshape(-1)
+        # the fused LM head's rows padded to a multiple of 8 (repeating the last) once, not by a cat per replay
+        self.logits_index = {b: torch.cat([self.window_index[: b * blk], self.window_index[b * blk - 1:b * blk]
+                                           .expand(-b * blk % 8)]) for b in buckets.batch_sizes}
         self.cu: dict[int, torch.Tensor] = {}
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
@@ -244,8 +247,8 @@ class StaticPipeline:
         if self.prologue is not None:  # ids, slots, embeddings and RoPE tables in one kernel
             embeds, cos, sin, write = self.prologue(pend, k, c, self.mask_ids[:b])
             ranges = StepKernelRanges(None, self.rows_2blk[: 2 * b * blk], write, c, k, self.step_attention[b])
-            logits = llm(embeds, ranges, self.cache, ranges, self.window_index[: b * blk], fused=True,
-                         rope=(cos, sin)).view(b, blk, -1)
+            logits = llm(embeds, ranges, self.cache, ranges, self.logits_index[b], fused=True, rope=(cos, sin),
+                         logits_rows=b * blk).view(b, blk, -1)
         else:
             logits = self._step_forward(b)
         self._step_end(b, logits)

@@ -69,7 +69,7 @@ def test_prologue_equals_torch_ops_gpu(rows):
 
 @pytest.mark.parametrize("name, read, default, other", [
     ("GRAPHRT_STEP_PROLOGUE", step_prologue.mode, "kernel", "torch"),
-    ("GRAPHRT_STEP_ROPE", step_attention.step_rope_mode, "attention", "separate")])
+    ("GRAPHRT_STEP_ROPE", step_attention.step_rope_mode, "separate", "attention")])
 def test_switch_default_value_and_refusal(monkeypatch, name, read, default, other):
     monkeypatch.delenv(name, raising=False)
     assert read() == default

@@ -1,7 +1,8 @@
 """RoPE + the K/V cache write inside the step attention's split kernel (StepAttention.with_rope,
 GRAPHRT_STEP_ROPE=attention) against the separate path it replaces (layer_ops.rope_write, then the
 attention on the rotated queries): the same outputs and the same cache, bit for bit. On the CPU
-under Triton's interpreter (fp32); tests/test_step_rope_attention.py's gpu test checks bf16 on the GPU."""
+under Triton's interpreter (fp32); the gpu test below checks bf16 on the GPU.
+Measured slower at B=8/32 and even at B=1 (H100, 2026-11-25), so GRAPHRT_STEP_ROPE defaults to separate."""
 
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ def _both(att, qkv, cos, sin, write_rows, write_slots, k_cache, v_cache, c, k):
 
 
 def _assert_same(want, got):
+    """Outputs and caches bit-equal, but the dead slot (the last): every pad token of a row writes
+    there, so which one lands is a race in both paths (nothing reads that slot)."""
     for w, g, name in zip(want, got, ("output", "k cache", "v cache")):
+        if name != "output":
+            w, g = w[:, :-1], g[:, :-1]
         assert torch.equal(w, g), f"{name} differs: max {(w.float() - g.float()).abs().max().item()}"
 
 

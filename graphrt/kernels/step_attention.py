@@ -50,10 +50,13 @@ def step_attention_mode() -> str:
 
 
 def step_rope_mode() -> str:
-    """Where a step layer's RoPE and K/V cache write run: "attention" = inside the split kernel
-    (StepAttention.with_rope, one kernel a layer fewer), "separate" = layer_ops.rope_write before
-    it (A/B: the previous path; GRAPHRT_STEP_ROPE)."""
-    return env_choice("GRAPHRT_STEP_ROPE", ("attention", "separate"))
+    """Where a step layer's RoPE and K/V cache write run (GRAPHRT_STEP_ROPE): "separate" =
+    layer_ops.rope_write before the split kernel (default); "attention" = inside the split kernel
+    (StepAttention.with_rope, one kernel a layer fewer, bit-equal). H100, 3B, 2026-11-25: the fold
+    saved nothing at B=1 (3.082 vs 3.074 ms: with PDL the RoPE kernel hides under its neighbours)
+    and lost at B=8 / 32 (c=2000: 4.441 vs 4.315, 6.955 vs 6.506 ms: the mixed cache/projection key
+    loads slow every key block), so it stays opt-in."""
+    return env_choice("GRAPHRT_STEP_ROPE", ("separate", "attention"))
 
 
 @triton.jit
