@@ -16,6 +16,10 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-tri   fused with a Triton GEMM (skinny or swap-AB) for every step GEMM (GRAPHRT_STEP_GEMM=triton)
     fused-noswab fused without the swap-AB GEMM candidates (GRAPHRT_STEP_GEMM=noswab: the set before them)
     fused-oldattn fused with the previous step attention shape choice (GRAPHRT_STEP_ATTENTION=split)
+    fused-ropein fused with RoPE + the K/V cache write inside the split kernel (GRAPHRT_STEP_ROPE=attention,
+                opt-in: measured no faster at B=1 and slower at B=8/32)
+    fused-protorch fused with the step's inputs (ids, slots, embeddings, cos/sin, the LM head's row pad) in
+                torch ops (GRAPHRT_STEP_PROLOGUE=torch: the fused set of the seventh pass)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -58,6 +62,8 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-tri": ("fused", {"GRAPHRT_STEP_GEMM": "triton"}),
             "fused-noswab": ("fused", {"GRAPHRT_STEP_GEMM": "noswab"}),
             "fused-oldattn": ("fused", {"GRAPHRT_STEP_ATTENTION": "split"}),
+            "fused-ropein": ("fused", {"GRAPHRT_STEP_ROPE": "attention"}),
+            "fused-protorch": ("fused", {"GRAPHRT_STEP_PROLOGUE": "torch"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 

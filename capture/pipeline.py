@@ -106,6 +106,9 @@ class StaticPipeline:
         self.window_len = torch.full((bm,), blk, dtype=torch.int32, device=dev)
         self.mask_ids = torch.full((bm, blk - 1), self.ids.text_mask, dtype=torch.long, device=dev)
         self.window_index = (self.rows[:, None] * 2 * blk + blk + self.arange_blk[None]).reshape(-1)
+        # the fused LM head's rows padded to a multiple of 8 (repeating the last) once, not by a cat per replay
+        self.logits_index = {b: torch.cat([self.window_index[: b * blk], self.window_index[b * blk - 1:b * blk]
+                                           .expand(-b * blk % 8)]) for b in buckets.batch_sizes}
         self.cu: dict[int, torch.Tensor] = {}
         for width in set(buckets.patch_budgets) | set(buckets.prefill_lengths) | {blk, s}:
             self.cu[width] = (torch.arange(bm + 1, device=dev) * width).to(torch.int32)
@@ -119,6 +122,13 @@ class StaticPipeline:
             for b in buckets.batch_sizes:
                 self.step_attention[b] = StepAttention(b, blk, t.num_attention_heads, t.num_key_value_heads,
                                                        t.head_dim, dev)
+        self.prologue = None  # the step's inputs in torch ops; the fused set: one kernel (GRAPHRT_STEP_PROLOGUE)
+        if self.fused:
+            from graphrt.kernels import step_prologue  # lazy: triton is optional
+
+            if step_prologue.mode() == "kernel":
+                llm = model.llm
+                self.prologue = step_prologue.StepPrologue(llm.rotary, llm.embed_tokens.weight, s, self.dead)
         self.softmax = None  # torch.softmax; the fused set: many CTAs per row, checked bit-equal at build
         if self.fused and torch.device(dev).type == "cuda":
             from graphrt.kernels.step_softmax import StepSoftmax  # lazy: triton is optional
@@ -233,7 +243,21 @@ class StaticPipeline:
 
     def step(self, b: int) -> None:
         blk, llm = self.block, self.model.llm
-        pend, k, c, fin = self.pending[:b], self.pending_count[:b], self.cache_len[:b], self.finished[:b]
+        pend, k, c = self.pending[:b], self.pending_count[:b], self.cache_len[:b]
+        if self.prologue is not None:  # ids, slots, embeddings and RoPE tables in one kernel
+            embeds, cos, sin, write = self.prologue(pend, k, c, self.mask_ids[:b])
+            ranges = StepKernelRanges(None, self.rows_2blk[: 2 * b * blk], write, c, k, self.step_attention[b])
+            logits = llm(embeds, ranges, self.cache, ranges, self.logits_index[b], fused=True, rope=(cos, sin),
+                         logits_rows=b * blk).view(b, blk, -1)
+        else:
+            logits = self._step_forward(b)
+        self._step_end(b, logits)
+
+    def _step_forward(self, b: int) -> torch.Tensor:
+        """The step's forward with its inputs built in torch ops (the torch kernel set, and the fused
+        set under GRAPHRT_STEP_PROLOGUE=torch)."""
+        blk, llm = self.block, self.model.llm
+        pend, k, c = self.pending[:b], self.pending_count[:b], self.cache_len[:b]
         j = self.arange_blk[None]
         first_real = (blk - k)[:, None]
         real = j >= first_real
@@ -247,10 +271,11 @@ class StaticPipeline:
             ranges = StepKernelRanges(positions, self.rows_2blk[: 2 * b * blk], write, c, k, self.step_attention[b])
         else:
             ranges = self._step_ranges(b, positions, acc_slots, w0, win_pos)
-        logits = llm(llm.embed(ids), ranges, self.cache, ranges, self.window_index[: b * blk],
-                     fused=self.fused).view(b, blk, -1)
+        return llm(llm.embed(ids), ranges, self.cache, ranges, self.window_index[: b * blk],
+                   fused=self.fused).view(b, blk, -1)
 
-        temp = self.temperature[:b]
+    def _step_end(self, b: int, logits: torch.Tensor) -> None:
+        blk, temp = self.block, self.temperature[:b]
         # greedy graphs hold only temperature-0 rows (the runtime refuses others): no scaling pass
         probs = probabilities(logits, self.seen[:b, : self.vocab], temp if self.sample else None, self.sampling,
                               self.softmax)

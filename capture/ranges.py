@@ -173,7 +173,7 @@ class StepKernelRanges:
     """The step on the fused kernels: this step's K/V at the tokens' own slots (accepted tokens at
     c.., pads at the dead slot, the window at c+k..c+k+5), then graphrt.kernels.step_attention,
     which applies the window rule from each row's c and k. No shift, no write-back."""
-    positions: torch.Tensor  # [B*2*block]
+    positions: torch.Tensor | None  # [B*2*block]; None when the step prologue kernel made cos/sin
     write_rows: torch.Tensor  # [B*2*block]
     write_slots: torch.Tensor  # [B*2*block]
     cache_len: torch.Tensor  # [B] c
@@ -183,6 +183,10 @@ class StepKernelRanges:
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
         from graphrt.kernels.layer_ops import rope_write  # lazy: triton is optional (fused kernel set only)
 
+        if self.attention.rope == "attention":  # RoPE and the cache write inside the split kernel
+            out = self.attention.with_rope(qkv, cos, sin, self.write_rows, self.write_slots, cache.k[layer],
+                                           cache.v[layer], self.cache_len, self.pending_count)
+            return out.view(qkv.shape[0], -1)
         q = rope_write(qkv, cos, sin, self.write_rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
         out = self.attention(q, cache.k[layer], cache.v[layer], self.cache_len, self.pending_count)

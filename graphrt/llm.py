@@ -106,12 +106,20 @@ class Qwen2(nn.Module):
         attend: LMAttention,
         logits_index: torch.Tensor | None = None,
         fused: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        logits_rows: int | None = None,
     ) -> torch.Tensor | None:
         """embeds [T, D] -> logits [len(logits_index), V] (None when no index is given).
-        fused: the Triton kernels of graphrt/kernels (CUDA; `attend` must have a `fused` method)."""
-        cos, sin = self.rotary(plan.positions, embeds.dtype)
+        fused: the Triton kernels of graphrt/kernels (CUDA; `attend` must have a `fused` method).
+        rope: (cos, sin) [T, head_dim] already made (the fused step's prologue kernel, fused only);
+        otherwise the rotary embedding of plan.positions. logits_rows (fused only): logits for the
+        first logits_rows entries of logits_index only, the rest being pad rows made once by the
+        caller (the fused LM head wants a multiple of 8 rows; else it pads with a cat per call)."""
+        if rope is not None and not fused:
+            raise ValueError("rope tables are taken on the fused path only; the eager path makes its own")
+        cos, sin = rope if rope is not None else self.rotary(plan.positions, embeds.dtype)
         if fused:
-            return self._forward_fused(embeds, cos, sin, cache, attend, logits_index)
+            return self._forward_fused(embeds, cos, sin, cache, attend, logits_index, logits_rows)
         x = embeds
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, plan, cache, attend)
@@ -119,7 +127,7 @@ class Qwen2(nn.Module):
             return None
         return self.logits(self.norm(x[logits_index]))
 
-    def _forward_fused(self, x, cos, sin, cache, attend, logits_index):
+    def _forward_fused(self, x, cos, sin, cache, attend, logits_index, logits_rows=None):
         from .kernels.layer_ops import add_rms_norm
 
         delta = None
@@ -128,8 +136,8 @@ class Qwen2(nn.Module):
         if logits_index is None:
             return None
         # final residual add + norm of the rows asked for only
-        m = logits_index.shape[0]
-        pad = -m % 8
+        m = logits_index.shape[0] if logits_rows is None else logits_rows
+        pad = -logits_index.shape[0] % 8
         if pad:  # rows to a multiple of 8: the transposed product's output rows stay 16-byte aligned
             logits_index = torch.cat([logits_index, logits_index[-1:].expand(pad)])
         hidden = add_rms_norm(x, delta, self.norm.weight, self.norm.eps, index=logits_index)[1]

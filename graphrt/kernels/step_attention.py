@@ -49,6 +49,16 @@ def step_attention_mode() -> str:
     return env_choice("GRAPHRT_STEP_ATTENTION", ("tiles", "split"))
 
 
+def step_rope_mode() -> str:
+    """Where a step layer's RoPE and K/V cache write run (GRAPHRT_STEP_ROPE): "separate" =
+    layer_ops.rope_write before the split kernel (default); "attention" = inside the split kernel
+    (StepAttention.with_rope, one kernel a layer fewer, bit-equal). H100, 3B, 2026-11-25: the fold
+    saved nothing at B=1 (3.082 vs 3.074 ms: with PDL the RoPE kernel hides under its neighbours)
+    and lost at B=8 / 32 (c=2000: 4.441 vs 4.315, 6.955 vs 6.506 ms: the mixed cache/projection key
+    loads slow every key block), so it stays opt-in."""
+    return env_choice("GRAPHRT_STEP_ROPE", ("separate", "attention"))
+
+
 @triton.jit
 def _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W: tl.constexpr, BLOCK_N: tl.constexpr):
     c = tl.load(clen_ptr + b).to(tl.int32)
@@ -60,11 +70,31 @@ def _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W: tl.constexpr, BL
 
 
 @triton.jit
+def _rotate(x_ptr, off, d, mask, cos_ptr, sin_ptr, cos_off, D: tl.constexpr):
+    """Rotate-half RoPE of rows of D values at x_ptr + off (off [R, D] with d along columns): the
+    same fp32 products as layer_ops' _rope_write_kernel, rounded once to the model dtype."""
+    half: tl.constexpr = D // 2
+    first = (d < half)[None, :]
+    x = tl.load(x_ptr + off, mask=mask, other=0.0)
+    xp = tl.load(x_ptr + off + tl.where(first, half, -half), mask=mask, other=0.0)
+    cos = tl.load(cos_ptr + cos_off, mask=mask, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + cos_off, mask=mask, other=0.0).to(tl.float32)
+    a, b = x.to(tl.float32), xp.to(tl.float32)
+    return tl.where(first, a * cos - b * sin, a * cos + b * sin).to(x.dtype)
+
+
+@triton.jit
 def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr, out_ptr,
                        qk_scale, row_stride, slot_stride, n_split, min_chunk,
+                       cos_ptr, sin_ptr, wrow_ptr, wslot_ptr, qkv_stride, cos_stride, wrow_step, wslot_step,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       SPLIT_M: tl.constexpr, PDL: tl.constexpr):
+                       SPLIT_M: tl.constexpr, ROPE: tl.constexpr, TOKENS: tl.constexpr, PDL: tl.constexpr):
+    """ROPE: q_ptr is the QKV projection [T, (HQ + 2 HKV) * D] (not yet rotated): the program
+    rotates its queries, takes this step's keys (slots [c, kv_len)) from the projection, rotated,
+    instead of the cache, and program (split 0, tile 0) of each (row, KV head) writes the step's
+    rotated K and V to the cache at (wrow, wslot), as rope_write would; no other program of the
+    grid reads those slots from the cache, so the write needs no ordering inside the kernel."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
@@ -79,8 +109,25 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
     d = tl.arange(0, D)
     q_off = ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
     # issued before the lengths are known: the query load overlaps theirs (one round trip fewer)
-    q = tl.load(q_ptr + q_off, mask=live_m[:, None], other=0.0)
+    if ROPE:
+        q = _rotate(q_ptr, ((b * 2 * W + tok) * qkv_stride + head * D)[:, None] + d[None, :], d, live_m[:, None],
+                    cos_ptr, sin_ptr, (b * 2 * W + tok)[:, None] * cos_stride + d[None, :], D)
+    else:
+        q = tl.load(q_ptr + q_off, mask=live_m[:, None], other=0.0)
     c, k, kv_len, chunk, used = _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W, BLOCK_N)
+    if ROPE:
+        if (split == 0) & (tl.program_id(2) == 0):  # the step's K/V into the cache, once per (row, KV head)
+            t = tl.arange(0, TOKENS)
+            live_t = (t < 2 * W)[:, None]
+            tt = b * 2 * W + t
+            src = (tt * qkv_stride + (HQ + g) * D)[:, None] + d[None, :]
+            kr = _rotate(q_ptr, src, d, live_t, cos_ptr, sin_ptr, tt[:, None] * cos_stride + d[None, :], D)
+            vr = tl.load(q_ptr + src + HKV * D, mask=live_t, other=0.0)
+            wrow = tl.load(wrow_ptr + tt * wrow_step, mask=t < 2 * W, other=0)
+            wslot = tl.load(wslot_ptr + tt * wslot_step, mask=t < 2 * W, other=0)
+            dst = (wrow * row_stride + wslot * slot_stride + g * D)[:, None] + d[None, :]
+            tl.store(k_ptr + dst, kr, mask=live_t)
+            tl.store(v_ptr + dst, vr, mask=live_t)
     start = split * chunk
     if (start < kv_len) & (tl.program_id(2) * SPLIT_M < 2 * W * GROUP):
         end = tl.minimum(start + chunk, kv_len)
@@ -100,7 +147,20 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
             keys = n0 + tl.arange(0, BLOCK_N)
             live_n = keys < end
             off = kv_base + keys[:, None] * slot_stride + d[None, :]
-            kt = tl.load(k_ptr + off, mask=live_n[:, None], other=0.0)
+            if ROPE:
+                old = ((keys < c) & live_n)[:, None]
+                kt = tl.load(k_ptr + off, mask=old, other=0.0)
+                vt = tl.load(v_ptr + off, mask=old, other=0.0)
+                if n0 + BLOCK_N > c:  # this step's keys: accepted at [c, w0), the window at [w0, kv_len)
+                    new = (keys >= c) & live_n
+                    kt_tok = b * 2 * W + tl.where(keys < w0, keys - c + first_real, keys - w0 + W)
+                    src = (kt_tok * qkv_stride + (HQ + g) * D)[:, None] + d[None, :]
+                    kn = _rotate(q_ptr, src, d, new[:, None], cos_ptr, sin_ptr,
+                                 kt_tok[:, None] * cos_stride + d[None, :], D)
+                    kt = tl.where(new[:, None], kn, kt)
+                    vt = tl.where(new[:, None], tl.load(q_ptr + src + HKV * D, mask=new[:, None], other=0.0), vt)
+            else:
+                kt = tl.load(k_ptr + off, mask=live_n[:, None], other=0.0)
             s = tl.dot(q, tl.trans(kt)) * qk_scale  # log2 domain
             seen = (keys[None, :] <= hi[:, None]) & (keys[None, :] != blocked[:, None]) & live_n[None, :]
             s = tl.where(seen, s, float("-inf"))
@@ -109,7 +169,8 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
             p = tl.exp2(s - m_safe[:, None])
             alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            vt = tl.load(v_ptr + off, mask=live_n[:, None], other=0.0)
+            if not ROPE:
+                vt = tl.load(v_ptr + off, mask=live_n[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
         has = l_i > 0.0
@@ -176,11 +237,12 @@ class StepAttention:
                  device: torch.device | str, n_split: int | None = None, block_n: int | None = None,
                  scale: float | None = None, num_warps: int | None = None, merge_rows: int = 64,
                  programs_per_sm: int = 1, split_m: int | None = None, min_chunk: int | None = None,
-                 mode: str | None = None):
+                 mode: str | None = None, rope: str | None = None):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
         self.mode = mode or step_attention_mode()
+        self.rope = rope or step_rope_mode()  # read by StepKernelRanges.fused
         if self.mode == "split":
             # the previous choice: H100 tuning of 2026-11-24, many rows favour small key blocks
             cfg_bn = 32 if rows >= 8 else 64
@@ -209,23 +271,44 @@ class StepAttention:
         self.partial_lse = torch.empty((max(parts * self.block_m, 1),), dtype=torch.float32, device=device)
 
     def describe(self) -> str:
-        return (f"{self.mode}: split_m {self.split_m}, block_n {self.block_n}, n_split {self.n_split}, "
+        return (f"{self.mode}, rope {self.rope}: split_m {self.split_m}, block_n {self.block_n}, n_split {self.n_split}, "
                 f"min_chunk {self.min_chunk}, warps {self.num_warps}")
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  cache_len: torch.Tensor, pending_count: torch.Tensor) -> torch.Tensor:
         """q [rows*2W, Hq, D] (rotated); k/v_cache [all rows, S, Hkv, D] of one layer, this step's
         K/V already written; cache_len/pending_count [rows] (c and k of each row) -> [rows*2W, Hq, D]."""
+        assert q.shape == (self.rows * 2 * self.window, self.hq, self.d) and q.is_contiguous()
+        return self._launch(q, k_cache, v_cache, cache_len, pending_count, None)
+
+    def with_rope(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_rows: torch.Tensor,
+                  write_slots: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  cache_len: torch.Tensor, pending_count: torch.Tensor) -> torch.Tensor:
+        """rope_write + __call__ in the attention's own kernels: qkv [rows*2W, (Hq + 2 Hkv) * D] (the
+        projection's output, not rotated), cos/sin [rows*2W, D], write_rows/slots [rows*2W] (where
+        each token's K/V goes, as rope_write takes them) -> [rows*2W, Hq, D]; the cache ends up
+        holding what rope_write writes."""
+        t = self.rows * 2 * self.window
+        assert qkv.shape == (t, (self.hq + 2 * self.hkv) * self.d) and qkv.stride(1) == 1
+        assert cos.shape == sin.shape == (t, self.d) and cos.stride(1) == 1 and sin.stride() == cos.stride()
+        return self._launch(qkv, k_cache, v_cache, cache_len, pending_count, (cos, sin, write_rows, write_slots))
+
+    def _launch(self, q, k_cache, v_cache, cache_len, pending_count, rope):
         b = cache_len.shape[0]
-        assert b == self.rows and q.shape == (b * 2 * self.window, self.hq, self.d) and q.is_contiguous()
-        assert k_cache.is_contiguous() and v_cache.is_contiguous()
-        out = torch.empty_like(q)
+        assert b == self.rows and k_cache.is_contiguous() and v_cache.is_contiguous()
+        out = torch.empty((b * 2 * self.window, self.hq, self.d), dtype=q.dtype, device=q.device)
         meta = dict(**pdl.launch(q), HQ=self.hq, HKV=self.hkv, D=self.d, W=self.window, GROUP=self.group, BLOCK_M=self.block_m,
                     BLOCK_N=self.block_n)
+        if rope is None:
+            rope_args = (q, q, cache_len, cache_len, 0, 0, 0, 0)
+        else:
+            cos, sin, rows, slots = rope
+            rope_args = (cos, sin, rows, slots, q.stride(0), cos.stride(0), rows.stride(0), slots.stride(0))
         _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
             q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse, out,
-            self.qk_scale, k_cache.stride(0), k_cache.stride(1), self.n_split, self.min_chunk,
-            SPLIT_M=self.split_m, num_warps=self.num_warps, num_stages=2, **meta)
+            self.qk_scale, k_cache.stride(0), k_cache.stride(1), self.n_split, self.min_chunk, *rope_args,
+            SPLIT_M=self.split_m, ROPE=rope is not None, TOKENS=triton.next_power_of_2(2 * self.window),
+            num_warps=self.num_warps, num_stages=2, **meta)
         if self.n_split > 1:
             _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
                 self.partial_out, self.partial_lse, cache_len, pending_count, out, self.n_split, self.min_chunk,
