@@ -117,23 +117,14 @@ def main():
              ("attn1", lambda: vs.vision_ab(1, 1680, 1656, (36, 46), 60, profile="all", variants=ATTENTION)),
              ("attn32", lambda: vs.vision_ab(32, 1680, 1656, (36, 46), 10, profile="all", variants=ATTENTION)),
              ("attn25600", lambda: vs.vision_ab(1, 26676, 25600, (160, 160), 4, profile=False, variants=ATTENTION))]
-    for name, fn in steps:
-        if args.only is not None and name not in args.only:
-            continue
-        t = time.perf_counter()
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - keep the other measurements
-            import traceback
 
-            traceback.print_exc()
-            report[name + "_error"] = f"{type(exc).__name__}: {exc}"
-        vs.log(f"[{name}] {time.perf_counter() - t:.1f} s")
+    def chooser():
         report["chooser"] = {f"{k[0]}x{k[1]}x{k[2]} {k[4]} {k[5]}": {repr(c): round(v, 4) for c, v in t.items()}
                              for k, t in vg.timings.items()}
         report["chooser_picked"] = {f"{k[0]}x{k[1]}x{k[2]} {k[4]} {k[5]}": repr(c) for k, c in vg._choice.items()}
         report["chooser_seconds"] = round(vg.choose_seconds, 1)
-        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+
+    vs.run_steps(steps, report, args.out, args.only, after=chooser)
 
 
 if __name__ == "__main__":

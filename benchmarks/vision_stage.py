@@ -625,6 +625,27 @@ def prefill_stage(t: int = 480, real: int = 451, reps: int = 20):
     torch.cuda.empty_cache()
 
 
+def run_steps(steps, report: dict, out: str, only=None, skip=(), after=None) -> None:
+    """Run each (name, fn) step not skipped (or in `only`), timing it; an exception is recorded in the
+    report and the next step runs. After each step `after()` (if given) adds to the report, and the
+    report is written to `out`, so a call cut off by its time limit keeps what it measured."""
+    for name, fn in steps:
+        if name in skip or (only is not None and name not in only):
+            continue
+        t = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - keep the other measurements
+            import traceback
+
+            traceback.print_exc()
+            report[name + "_error"] = f"{type(exc).__name__}: {exc}"
+        log(f"[{name}] {time.perf_counter() - t:.1f} s")
+        if after is not None:
+            after()
+        Path(out).write_text(json.dumps(report, indent=1, default=str))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="vision_stage.json")
@@ -648,19 +669,7 @@ def main():
              ("prefill", prefill_stage),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),
              ("attn32", lambda: attention_variants(32, 1680, 1656, 10))]
-    for name, fn in steps:
-        if name in args.skip or (args.only is not None and name not in args.only):
-            continue
-        t = time.perf_counter()
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - keep the other measurements
-            import traceback
-
-            traceback.print_exc()
-            REPORT[name + "_error"] = f"{type(exc).__name__}: {exc}"
-        log(f"[{name}] {time.perf_counter() - t:.1f} s")
-        Path(args.out).write_text(json.dumps(REPORT, indent=1, default=str))
+    run_steps(steps, REPORT, args.out, args.only, args.skip)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,29 @@ def two_image_slots(cfg: VisionConfig, tower: MoonViT, device="cuda", grids=((20
     keep = torch.cat([torch.arange(i * slot, i * slot + u, device=device) for i, u in enumerate(used)])
     return SimpleNamespace(n=n, slot=slot, used=used, per_image=per_image, geo=geo, pos=pos, attend=attend,
                            pixels=pixels, keep=keep)
+
+
+def unfused_and_fused_tower(vision: MoonViT, **fused_settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower's output over two small images on CPU (grids 4x6 and 2x2, seeded pixels) through the
+    unfused path, then through the fused one with `fused_settings` (e.g. gemm="triton") set on the
+    tower; the tower's settings are restored afterwards. Returns (unfused, fused)."""
+    from graphrt.attention.sdpa import vision_attention
+    from graphrt.vision import vision_geometry
+
+    grids = [(4, 6), (2, 2)]
+    geo = vision_geometry(grids, vision.cfg, "cpu")
+    p = vision.cfg.patch_size
+    pixels = torch.randn(geo.num_patches, 3, p, p, generator=torch.Generator().manual_seed(3))
+    pos = vision.positions(grids)
+    saved = {name: getattr(vision, name) for name in ("fused", *fused_settings)}
+    try:
+        vision.fused = False
+        ref = vision(pixels, pos, geo, vision_attention)
+        vision.fused = True
+        for name, value in fused_settings.items():
+            setattr(vision, name, value)
+        got = vision(pixels, pos, geo, vision_attention)
+    finally:
+        for name, value in saved.items():
+            setattr(vision, name, value)
+    return ref, got

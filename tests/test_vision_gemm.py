@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from random_towers import unfused_and_fused_tower
 
-from graphrt.attention.sdpa import vision_attention
-from graphrt.vision import apply_rope_2d, vision_geometry
+from graphrt.vision import apply_rope_2d
 
 pytest.importorskip("triton")
 
@@ -70,20 +70,7 @@ def test_interp_rope_epilogue_turns_only_q_and_k():
 @interpreted
 @torch.no_grad()
 def test_interp_tower_triton_gemm_equals_unfused(tiny_engine):
-    vision = tiny_engine.model.vision
-    grids = [(4, 6), (2, 2)]
-    geo = vision_geometry(grids, vision.cfg, "cpu")
-    p = vision.cfg.patch_size
-    pixels = torch.randn(geo.num_patches, 3, p, p, generator=torch.Generator().manual_seed(3))
-    pos = vision.positions(grids)
-    fused, gemm = vision.fused, vision.gemm
-    try:
-        vision.fused = False
-        ref = vision(pixels, pos, geo, vision_attention)
-        vision.fused, vision.gemm = True, "triton"
-        got = vision(pixels, pos, geo, vision_attention)
-    finally:
-        vision.fused, vision.gemm = fused, gemm
+    ref, got = unfused_and_fused_tower(tiny_engine.model.vision, gemm="triton")
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from random_towers import unfused_and_fused_tower
 
-from graphrt.attention.sdpa import vision_attention
 from graphrt.vision import apply_rope_2d, vision_geometry
 
 pytest.importorskip("triton")
@@ -54,21 +54,8 @@ def test_interp_rope_in_place(vk, tiny_engine):
 @interpreted
 @torch.no_grad()
 def test_interp_fused_tower_equals_unfused(vk, tiny_engine):
-    vision = tiny_engine.model.vision
-    grids = [(4, 6), (2, 2)]
-    geo = vision_geometry(grids, vision.cfg, "cpu")
-    p = vision.cfg.patch_size
-    pixels = torch.randn(geo.num_patches, 3, p, p, generator=torch.Generator().manual_seed(3))
-    pos = vision.positions(grids)
-    fused = vision.fused
-    try:
-        vision.fused = False
-        ref = vision(pixels, pos, geo, vision_attention)
-        vision.fused = True
-        got = vision(pixels, pos, geo, vision_attention)
-    finally:
-        vision.fused = fused
-    assert vk.available(pixels)
+    ref, got = unfused_and_fused_tower(tiny_engine.model.vision)
+    assert vk.available(ref)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
