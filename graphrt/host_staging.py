@@ -54,7 +54,7 @@ class PinnedStaging:
         threads' hand-off (a single 640x480 frame is not: 0.80 vs 0.25 ms pageable on the H100 host)."""
         return sum(v.numel() for v in views) >= MIN_STAGE_BYTES and all(self.fits(v) for v in views)
 
-    def upload(self, views: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    def upload(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Equal-shape uint8 CPU views -> a [B, *shape] tensor on the device (a copy). Returns once
         every view has been read (the caller may release them); the device copy is queued on the
         current stream. Views must each `fit`."""
@@ -65,7 +65,7 @@ class PinnedStaging:
         views = [v if v.is_contiguous() else v.contiguous() for v in views]
         if per > self.slot_bytes:
             raise ValueError(f"an image of {per:,} bytes does not fit a {self.slot_bytes:,}-byte staging block")
-        batch = torch.empty((len(views), *shape), dtype=torch.uint8, device=self.device) if out is None else out
+        batch = torch.empty((len(views), *shape), dtype=torch.uint8, device=self.device)
         flat = batch.view(len(views), per)
         per_slot = self.slot_bytes // per
         chunks = [range(i, min(i + per_slot, len(views))) for i in range(0, len(views), per_slot)]
