@@ -33,3 +33,28 @@ def test_env_choice_names_every_choice(monkeypatch):
         env_choice("GRAPHRT_TEST_SWITCH", ("a", "b", "c"))
     monkeypatch.delenv("GRAPHRT_TEST_SWITCH")
     assert env_choice("GRAPHRT_TEST_SWITCH", ("a", "b", "c")) == "a"
+
+
+def test_refusal_is_graphrt_option_error(monkeypatch):
+    from graphrt.errors import OptionError
+
+    monkeypatch.setenv("GRAPHRT_TEST_SWITCH", "x")
+    with pytest.raises(OptionError):
+        env_choice("GRAPHRT_TEST_SWITCH", ("a", "b"))
+
+
+def test_vision_attention_kernel_switch_is_read_at_import(monkeypatch):
+    import importlib
+
+    import graphrt.kernels.vision_attention as va
+    from graphrt.errors import OptionError
+
+    try:
+        monkeypatch.setenv("GRAPHRT_VISION_ATTENTION_KERNEL", "bogus")
+        with pytest.raises(OptionError, match=r"GRAPHRT_VISION_ATTENTION_KERNEL must be auto, triton or ws"):
+            importlib.reload(va)
+        monkeypatch.setenv("GRAPHRT_VISION_ATTENTION_KERNEL", "triton")
+        assert importlib.reload(va).KERNEL == "triton"
+    finally:
+        monkeypatch.delenv("GRAPHRT_VISION_ATTENTION_KERNEL")
+        assert importlib.reload(va).KERNEL == "auto"

@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from ..errors import OptionError
+
 log = logging.getLogger(__name__)
 
 KERNEL_SETS = ("auto", "fused", "torch")
@@ -20,11 +22,11 @@ KERNEL_SETS = ("auto", "fused", "torch")
 
 def env_choice(name: str, choices: tuple[str, ...]) -> str:
     """An A/B switch read from the environment: `name`'s value, choices[0] when unset; any other
-    value raises ValueError naming the variable and what it may be."""
+    value raises OptionError (a ValueError) naming the variable and what it may be."""
     value = os.environ.get(name, choices[0])
     if value not in choices:
         allowed = f"{', '.join(choices[:-1])} or {choices[-1]}"
-        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+        raise OptionError(f"{name} must be {allowed}, not {value!r}")
     return value
 
 

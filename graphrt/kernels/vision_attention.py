@@ -19,12 +19,11 @@ graph slot cannot use). `TRITON_INTERPRET=1` runs it on CPU tensors (tests).
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 
-from ..errors import OptionError
+from . import env_choice
 
 try:
     import triton
@@ -194,10 +193,8 @@ def launch_operands(qkv: torch.Tensor, scale: float | None, fp8_for):
 # wherever ws cannot run (silently); "triton" (this file's kernel always); "ws"
 # (kernels/vision_attention_ws.py: Gluon, async wgmma with softmax overlapping the MMAs, Hopper and
 # Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason).
-KERNELS = ("triton", "ws", "auto")
-KERNEL = os.environ.get("GRAPHRT_VISION_ATTENTION_KERNEL", "auto")
-if KERNEL not in KERNELS:
-    raise OptionError(f"GRAPHRT_VISION_ATTENTION_KERNEL must be one of {', '.join(KERNELS)}, not {KERNEL!r}")
+KERNELS = ("auto", "triton", "ws")  # the first is the default
+KERNEL = env_choice("GRAPHRT_VISION_ATTENTION_KERNEL", KERNELS)
 _WS_FALLBACK_WARNED = False
 
 
