@@ -25,12 +25,11 @@ Activation modes (`act`, chosen by the scope string's mode item, calib/apply.py)
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 
-from graphrt.errors import OptionError
+from graphrt.kernels import env_choice
 
 from . import triton_gemm
 from .quantize import (FP8, dequantize, quantize_input, quantize_input_dynamic_torch, quantize_input_torch,
@@ -60,20 +59,22 @@ def _skinny_broken(exc: Exception) -> None:
     log.warning("Triton skinny FP8 GEMM unavailable, using the quantizer and _scaled_mm: %s", _SKINNY_BROKEN[0])
 
 
+def skinny_switch_on() -> bool:
+    """GRAPHRT_FP8_SKINNY: `triton` (default, the skinny Triton GEMM for <= 64 rows) or `off`."""
+    return env_choice("GRAPHRT_FP8_SKINNY", ("triton", "off")) == "triton"
+
+
 def fast_accumulation(device_type: str) -> bool:
     """Whether _scaled_mm (above the skinny rows) accumulates in Hopper's fast FP8 mode: the default
     on CUDA (measured: no fidelity loss against fp32 accumulation, 7-21% faster prefill GEMMs; the
     comment in FP8Linear); GRAPHRT_FP8_FAST_ACCUM=0 gives fp32 accumulation for A/B."""
-    value = os.environ.get("GRAPHRT_FP8_FAST_ACCUM", "1")
-    if value not in ("0", "1"):
-        raise OptionError(f"GRAPHRT_FP8_FAST_ACCUM must be 0 or 1, not {value!r}")
-    return device_type == "cuda" and value == "1"
+    return env_choice("GRAPHRT_FP8_FAST_ACCUM", ("1", "0")) == "1" and device_type == "cuda"
 
 
 def gemm_mode(device_type: str) -> str:
     accum = "fast" if fast_accumulation(device_type) else "fp32"
     big = "_scaled_mm e4m3 " + _GEMM_MODE.get(device_type, "rowwise+bias") + f", {accum} accumulation"
-    if device_type != "cuda" or triton_gemm.triton is None or os.environ.get("GRAPHRT_FP8_SKINNY", "triton") != "triton":
+    if not skinny_switch_on() or device_type != "cuda" or triton_gemm.triton is None:
         return big
     small = (f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN
              else f"Triton skinny GEMM (split-K, tiles per shape: {triton_gemm.tune_mode()})")
@@ -108,15 +109,16 @@ class FP8Linear(nn.Module):
                              persistent=False)
         self.register_buffer("inv_input_scale", 1.0 / self.input_scale, persistent=False)
         self.register_buffer("one", torch.ones((1, 1), dtype=torch.float32, device=dev), persistent=False)
-        self.use_triton = dev.type == "cuda" and os.environ.get("GRAPHRT_FP8_QUANT", "triton") == "triton"
+        # the switches are read on every device, so a bad value is refused on CPU too
+        self.use_triton = env_choice("GRAPHRT_FP8_QUANT", ("triton", "torch")) == "triton" and dev.type == "cuda"
         # _scaled_mm (above 64 rows: prefill, steps at B >= 8) with Hopper's fast FP8 accumulation
         # by default (fast_accumulation): 7-21% faster at B=32 prefill size for a GEMM error of 0.19-0.30%
         # against 0.17% with fp32 accumulation (the bf16 output rounding), both far below the e4m3
         # operands' own ~3.7% (H100, benchmarks/fp8_skinny_ab.py --prefill-rows; docs/notes.md).
         self.fast_accum = fast_accumulation(dev.type)
         # Rows <= 64 (decode steps): the Triton skinny GEMM (calib/triton_gemm.py), bf16 models on CUDA.
-        self.use_skinny = (dev.type == "cuda" and weight.dtype == torch.bfloat16 and triton_gemm.triton is not None
-                           and os.environ.get("GRAPHRT_FP8_SKINNY", "triton") == "triton")
+        self.use_skinny = (skinny_switch_on() and dev.type == "cuda" and weight.dtype == torch.bfloat16
+                           and triton_gemm.triton is not None)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "", act: str = "static",

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from graphrt.kernels import env_choice
 from graphrt.timing import graph_call_ms
 
 try:
@@ -215,10 +216,7 @@ choose_seconds = 0.0  # start-up time spent choosing (compiles included)
 
 
 def tune_mode() -> str:
-    m = os.environ.get("GRAPHRT_FP8_SKINNY_TUNE", "auto")
-    if m not in ("auto", "off"):
-        raise ValueError(f"GRAPHRT_FP8_SKINNY_TUNE must be auto or off, not {m!r}")
-    return m
+    return env_choice("GRAPHRT_FP8_SKINNY_TUNE", ("auto", "off"))
 
 
 def choose_skinny(n: int, k: int, device) -> tuple[int, int, int, int, int]:

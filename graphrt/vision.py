@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import vision_kernels as vk
-from .kernels import vision_gemm
+from .kernels import env_choice, vision_gemm
 from .attention.sdpa import vision_attention
 from .config import VisionConfig
-from .errors import OptionError
 from .kernels import vision_attention as slot_kernels
 from .kernels.vision_attention import vision_attention as vision_attention_kernel
 from .layers import LayerNorm, Linear, empty_param
@@ -226,7 +225,7 @@ class MoonViT(nn.Module):
         # Fused Triton kernels: None = on CUDA tensors (the CPU path stays the plain-torch reference),
         # True = wherever Triton runs (its CPU interpreter too, for tests), False = never.
         # GRAPHRT_VISION_FUSED=0 turns them off (A/B).
-        self.fused: bool | None = None if os.environ.get("GRAPHRT_VISION_FUSED", "1") != "0" else False
+        self.fused: bool | None = None if env_choice("GRAPHRT_VISION_FUSED", ("1", "0")) == "1" else False
         # Fused path: patch linear + bias + position embedding as one aligned GEMM (vk.patch_embed);
         # False (benchmark A/B only) keeps the linear and the add.
         self.fused_patch_embed = True
@@ -237,21 +236,12 @@ class MoonViT(nn.Module):
         # ... and fc0 with bias, GELU and fc1's quantization in one Triton FP8 GEMM (calib/fp8_gemm_gelu.py)
         # instead of _scaled_mm + one GELU pass (measured 2% faster at B=1, 0.5% at B=32 on the H100,
         # docs/notes.md); GRAPHRT_VISION_FP8_FC0=scaled_mm for the A/B.
-        fc0 = os.environ.get("GRAPHRT_VISION_FP8_FC0", "triton")
-        if fc0 not in ("triton", "scaled_mm"):
-            raise OptionError(f"GRAPHRT_VISION_FP8_FC0 must be triton or scaled_mm, not {fc0!r}")
-        self.fp8_fc0_epilogue = fc0 == "triton"
+        self.fp8_fc0_epilogue = env_choice("GRAPHRT_VISION_FP8_FC0", ("triton", "scaled_mm")) == "triton"
         # The linears of the fused bf16 tower (A/B: GRAPHRT_VISION_GEMM): cublas (default), triton
         # (kernels/vision_gemm.py: RoPE / GELU in its epilogues; slower on the H100, docs/notes.md) or
         # auto (per shape the faster of the two, measured at warm-up).
-        try:
-            self.gemm = vision_gemm.mode()
-        except ValueError as exc:
-            raise OptionError(str(exc)) from None
-        self.attention = os.environ.get("GRAPHRT_VISION_ATTENTION", "slot")
-        if self.attention not in VISION_ATTENTION_MODES:
-            raise OptionError(f"GRAPHRT_VISION_ATTENTION must be one of {', '.join(VISION_ATTENTION_MODES)}, "
-                             f"not {self.attention!r}")
+        self.gemm = vision_gemm.mode()
+        self.attention = env_choice("GRAPHRT_VISION_ATTENTION", VISION_ATTENTION_MODES)
 
     def attention_status(self) -> str:
         """The attention of the fused tower over graph slots (`graphrt status`)."""

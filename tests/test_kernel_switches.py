@@ -58,3 +58,36 @@ def test_vision_attention_kernel_switch_is_read_at_import(monkeypatch):
     finally:
         monkeypatch.delenv("GRAPHRT_VISION_ATTENTION_KERNEL")
         assert importlib.reload(va).KERNEL == "auto"
+
+
+@pytest.mark.parametrize("name, bad", [("GRAPHRT_FP8_QUANT", "Triton"), ("GRAPHRT_FP8_SKINNY", "on")])
+def test_fp8_linear_switches_refuse_a_typo_on_any_device(monkeypatch, name, bad):
+    """A typo must not silently pick the other path: FP8Linear reads both switches even on CPU."""
+    import torch
+
+    from calib.fp8_linear import FP8Linear
+    from graphrt.errors import OptionError
+
+    w = torch.randn(32, 32)
+    monkeypatch.delenv(name, raising=False)
+    FP8Linear(w, None, 1.0, name="probe")  # the default is accepted
+    monkeypatch.setenv(name, bad)
+    with pytest.raises(OptionError, match=name):
+        FP8Linear(w, None, 1.0, name="probe")
+
+
+def test_vision_fused_switch(monkeypatch):
+    import torch
+
+    from graphrt.config import VisionConfig
+    from graphrt.errors import OptionError
+    from graphrt.vision import MoonViT
+
+    cfg = VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    monkeypatch.delenv("GRAPHRT_VISION_FUSED", raising=False)
+    assert MoonViT(cfg, torch.float32, "meta").fused is None  # on where the kernels run
+    monkeypatch.setenv("GRAPHRT_VISION_FUSED", "0")
+    assert MoonViT(cfg, torch.float32, "meta").fused is False
+    monkeypatch.setenv("GRAPHRT_VISION_FUSED", "off")
+    with pytest.raises(OptionError, match="GRAPHRT_VISION_FUSED must be 1 or 0"):
+        MoonViT(cfg, torch.float32, "meta")

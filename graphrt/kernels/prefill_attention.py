@@ -11,12 +11,10 @@ the selected varlen kernel (A/B).
 
 from __future__ import annotations
 
-import os
 
 import torch
 
-from ..errors import OptionError
-from . import triton_runs_on
+from . import env_choice, triton_runs_on
 
 try:
     import triton
@@ -25,9 +23,7 @@ except ImportError:  # CPU-only installs: the varlen kernel is used
     triton = None
 
 # "triton": this kernel where it runs; "varlen": the runtime's varlen kernel (A/B).
-MODE = os.environ.get("GRAPHRT_PREFILL_ATTENTION", "triton")
-if MODE not in ("triton", "varlen"):
-    raise OptionError(f"GRAPHRT_PREFILL_ATTENTION must be triton or varlen, not {MODE!r}")
+MODE = env_choice("GRAPHRT_PREFILL_ATTENTION", ("triton", "varlen"))
 # (block_m, block_n, num_warps, num_stages); benchmarks/vision_stage.py prefill_stage sweeps them.
 TILES = (64, 64, 4, 3)
 
