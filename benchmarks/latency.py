@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime as dt
 import json
 import tempfile
@@ -30,16 +31,31 @@ import numpy as np
 import torch
 from PIL import Image
 
-from capture import Buckets
+from capture.plan import plan_for_model
 from graphrt import Engine
+from graphrt.engine import EngineOptions
 from graphrt.timing import StageClock, stage_clock_syncs
 
 QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella", "bus", "cat"]
 
 
+LADDERS = {"prefill": "prefill_lengths", "patches": "patch_budgets"}
+
+
+def with_ladders(model, over: dict) -> dict:
+    """A config's `ladders` put on the buckets the default plan derives for `model`."""
+    ladders = over.pop("ladders", None)
+    if ladders:
+        derived = plan_for_model(model, EngineOptions().memory_gb).buckets
+        over.update(buckets=dataclasses.replace(derived, **ladders), memory_gb=None)
+    return over
+
+
 def parse_config(text: str) -> dict:
     """"graphs=off,share_prefix=false,attention=torch-fa2" -> EngineOptions / GenerationConfig overrides.
-    `prefill=64:256:480:576` sets the prefill buckets (the other bucket lists keep their defaults);
+    `prefill=64:256:480:576` / `patches=1024:1680:4144` set the prefill / vision ladders (main() puts
+    them on the buckets the default memory plan derives for the loaded model, so configs differ only
+    in the ladders; such a config runs with memory_gb=None, its buckets unchecked);
     `vision_attention=varlen` the vision tower's attention in that config's graphs;
     `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch);
     `host=before` the host side as before the intake pass (benchmarks/host_gaps.py's patches,
@@ -47,8 +63,8 @@ def parse_config(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
-        if key.strip() == "prefill":
-            out["buckets"] = Buckets(prefill_lengths=tuple(int(v) for v in value.split(":")))
+        if key.strip() in LADDERS:
+            out.setdefault("ladders", {})[LADDERS[key.strip()]] = tuple(int(v) for v in value.split(":"))
             continue
         low = value.lower()
         out[key.strip()] = True if low == "true" else False if low == "false" else int(value) if value.isdigit() \
@@ -185,7 +201,7 @@ def main() -> None:
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
         stage_sync[name] = stage_clock_syncs(over.pop("stage_clock", "events"))
         host_side[name] = over.pop("host", "now")
-        engines[name] = base.with_options(**over)
+        engines[name] = base.with_options(**with_ladders(base.model, over))
         base.model.vision.attention = default_vision_attention
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
               flush=True)
@@ -200,8 +216,10 @@ def main() -> None:
         probe = max(timed(fn)[0] for fn in calls.values())
         iters = args.iters if probe < 1000 else args.slow_iters
         samples = interleaved(calls, args.warmup, iters)
+        first = [r.tokens for r in next(iter(samples.values()))[-1][1]]
         for name, s in samples.items():
-            rows.append(summarize(name, batch, s))
+            # every row's tokens of this config's last call against config A's (the same pairs)
+            rows.append(dict(summarize(name, batch, s), same_tokens_as_a=[r.tokens for r in s[-1][1]] == first))
             print(json.dumps(rows[-1]), flush=True)
 
     many = []

@@ -18,17 +18,20 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Buckets:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    # Patches per image: 640x480 = 1656, 1024x768 = 4144, 1280x720 = 4784, 1920x1080 = 10764,
-    # 2240x2240 = 25600; 26676 is the most the processor makes of any image (its
+    # Patches per image: 640x480 = 1656 (exact: a 1680 slot wasted 1.4% of every tower GEMM's rows;
+    # 1657-1680-patch images, e.g. 560x588, now take a 4144 slot), 1024x768 = 4144, 1280x720 = 4784,
+    # 1920x1080 = 10764, 2240x2240 = 25600; 26676 is the most the processor makes of any image (its
     # in_token_limit of 25600 holds before the sides are rounded up to multiples of 28).
-    patch_budgets: tuple[int, ...] = (1024, 1680, 4144, 4800, 10816, 26676)
+    patch_budgets: tuple[int, ...] = (1024, 1656, 4144, 4800, 10816, 26676)
     # Prompt tokens per segment (image tokens included): 64 takes the query tails of shared
-    # prefixes; 480 a 640x480 image with the official prompt (414 image tokens + ~37 of text:
-    # 451, realistic BPE; measured 2026-11-24 on the H100, prefill 9.4 -> 8.1 ms at B=1 and
-    # 180 -> 153 ms at B=32 against padding to 576); 576 the same with long queries; 1280 a
+    # prefixes; 464 a 640x480 image with the official prompt and a short query (414 image tokens +
+    # 37-39 of text = 451-453; with the merged first round a segment is the prompt plus the 6-slot
+    # window, 457-459: queries of up to 8 BPE tokens fit); 480 the same with queries of up to 24
+    # tokens (measured 2026-11-24 on the H100, prefill 9.4 -> 8.1 ms at
+    # B=1 and 180 -> 153 ms at B=32 against padding to 576); 576 the same with long queries; 1280 a
     # 4144- or 4800-patch image (1036 / 1196 image tokens) with its query; 2816 a 1080p frame
     # (2691 image tokens) and 6944 the largest image (6669) with up to 275 tokens of text.
-    prefill_lengths: tuple[int, ...] = (64, 256, 480, 576, 896, 1280, 2816, 6944)
+    prefill_lengths: tuple[int, ...] = (64, 256, 464, 480, 576, 896, 1280, 2816, 6944)
     max_new_tokens: int = 2048  # = GenerationConfig's default, so default requests run on the graphs
     # Patches per vision replay and tokens per prefill replay (None: no limit, every combination).
     # The defaults keep today's small-image buckets (32 x 4144 patches, 32 x 1280 tokens).
