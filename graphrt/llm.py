@@ -75,9 +75,9 @@ class Qwen2Layer(nn.Module):
             return fp8_layer_forward(self, x, delta, cos, sin, layer_idx, cache, attend)
         t = x.shape[0]
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
-        # B=1 step, GRAPHRT_STEP_L2PF: the next GEMMs' weights into L2 from the kernels of the gaps
-        x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps, prefetch=l2_prefetch.before_qkv(self, x))
+        x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps)
         qkv = linear(h, self.qkv_proj)
+        # B=1 step, GRAPHRT_STEP_L2PF: the attention's kernels pull the next GEMMs' weights into L2
         with l2_prefetch.during_attention(l2_prefetch.attention_gap(self, x)):
             attn = attend.fused(layer_idx, qkv, cos, sin, cache, self.num_heads, self.num_kv_heads)
         x, h = add_rms_norm(x, linear(attn.view(t, self.q_size), self.o_proj), norm2.weight, norm2.eps)

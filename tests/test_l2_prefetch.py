@@ -31,14 +31,14 @@ def test_whole_weight_spans_cover_it_once():
     w = torch.empty(2560, 2048, dtype=torch.bfloat16)
     t, n, stride, nbytes = l2_prefetch.whole(w)
     assert t is w and n * stride == w.numel() and stride * 2 == nbytes  # back to back, every byte once
-    odd = torch.empty(100, 64, dtype=torch.bfloat16)
-    assert l2_prefetch.whole(odd)[1:] == (100, 64, 128)
+    odd = torch.empty(101, 64, dtype=torch.bfloat16)  # rows not a multiple of SPAN_ROWS: a span per row
+    assert l2_prefetch.whole(odd)[1:] == (101, 64, 128)
     assert l2_prefetch.launch_args([], w)["REGIONS"] == 0
 
 
 def test_cpu_steps_never_prefetch(monkeypatch):
     """Off the GPU (and above one step row's 12 tokens) nothing is planned, whatever the switch."""
-    monkeypatch.setenv("GRAPHRT_STEP_L2PF", "o-gu2")
+    monkeypatch.setenv("GRAPHRT_STEP_L2PF", "o-gu4")
     x = torch.zeros(12, 8)
     assert not l2_prefetch.on(x)
 
@@ -58,7 +58,7 @@ def _step_inputs(rows, cache_len, count, slots, dev):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("mode", ["o", "o-gu2", "o-qkv"])
+@pytest.mark.parametrize("mode", ["o", "o-gu4", "o-mgu1"])
 def test_prefetch_changes_no_bit_gpu(monkeypatch, mode):
     from capture.ranges import StepKernelRanges
     from graphrt.kernels.step_attention import StepAttention
@@ -98,9 +98,9 @@ def test_prefetch_changes_no_bit_gpu(monkeypatch, mode):
                 layer_cache.normal_(generator=gen)
             x_in.normal_(generator=gen)
             eager = [t.clone() for t in step()]
-            if which != "off":  # the mode does plan regions here (3B widths, 12 rows)
-                assert l2_prefetch.attention_gap(layers[0], x_in)
-                assert bool(l2_prefetch.before_qkv(layers[0], x_in)) == mode.endswith("qkv")
+            if which != "off":  # the mode does plan regions here (3B widths, 12 rows): O, gate/up's head
+                split, merge = l2_prefetch.attention_gap(layers[0], x_in)
+                assert len(split) == (3 if mode == "o-gu4" else 1) and len(merge) == (2 if "mgu" in mode else 0)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

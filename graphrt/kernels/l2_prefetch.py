@@ -2,23 +2,25 @@
 
 At B=1 the step's layer is a chain of PDL kernels: norm -> QKV GEMM -> rope_write -> attention
 split -> merge -> O GEMM -> norm -> gate/up GEMM -> down GEMM. While rope_write, the attention
-and the norms run, nothing reads weights and HBM sits idle. Here a kernel of that gap issues
-`cp.async.bulk.prefetch.L2.global` (fire and forget: nothing waits for it, no value changes) for
-the bytes the next GEMMs read first, after its own `gdc_wait()` (so it never competes with the
-GEMM before it, the loss of the pre-wait prefetch in skinny_gemm.py), from its own threads (no
-side stream, the loss of the side-stream prefetch kernel: docs/notes.md, issue 12 second pass).
+and the norms run, nothing reads weights and HBM sits idle. Here the attention's kernels issue
+`cp.async.bulk.prefetch.L2.global` (a hint: nothing waits for it, no value changes) for the bytes
+the next GEMMs read first, after their own `gdc_wait()` (so it never competes with the GEMM
+before it, the loss of the pre-wait prefetch in skinny_gemm.py), from their own programs (no side
+stream: the loss of the side-stream prefetch kernel, docs/notes.md, issue 12 second pass), spread
+round-robin over every program of the grid (256 at B=1): one SM's bulk prefetches drain at only
+~0.3 TB/s, and a kernel that issued 8 MB from one program was measured to hold the chain ~30 us.
 
-    rope_write         O's weight (whole: one wave of the split-K swap-AB GEMM reads it all) and,
-                       with `gu<n>`, the first n BLOCK_K column blocks of the gate and up rows of
-                       the gate/up GEMM's first wave (program pid_w reads rows [pid_w*BLOCK_W, +BLOCK_W)
-                       of gate and of up, K ascending; one program per SM)
-    the layer's first norm   QKV's weight (whole, one wave), with `qkv`
+    o        the split kernel prefetches O's weight (whole: one wave of the split-K swap-AB GEMM
+             reads it all)
+    o-gu<n>  and the first n BLOCK_K column blocks of the gate and up rows of the gate/up GEMM's
+             first wave (program pid_w reads rows [pid_w*BLOCK_W, +BLOCK_W) of gate and of up, K
+             ascending; one program per SM), also from the split kernel
+    o-mgu<n> the same, the gate/up part from the merge kernel (later, closer to its use)
 
-GRAPHRT_STEP_L2PF (A/B override, read when the kernels are launched, i.e. at capture):
-    off     no prefetch (default: see docs/notes.md "L2 prefetch in the attention gap" for the numbers)
-    o, o-gu1, o-gu2, o-gu4, o-qkv, qkv   as above
-Only launches of at most pdl.AUTO_MAX_ROWS token rows (the B=1 step, where every step GEMM is the
-swap-AB kernel) prefetch; larger steps run cuBLAS GEMMs whose tile order is not ours.
+GRAPHRT_STEP_L2PF (A/B override, read when the kernels are launched, i.e. at capture): off (default;
+docs/notes.md "L2 weight prefetch in the attention gap" has the numbers) or one of the modes above.
+Only steps of at most pdl.AUTO_MAX_ROWS token rows (B=1, where every step GEMM is the swap-AB
+kernel) prefetch; larger steps run cuBLAS GEMMs whose tile order is not ours.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import triton.language as tl
 
 from . import env_choice, pdl
 
-MODES = ("off", "o", "o-gu1", "o-gu2", "o-gu4", "o-qkv", "qkv")
-SPAN_ROWS = 16  # whole-weight prefetches in spans of 16 rows (64 KB at K = 2048): few instructions
+MODES = ("off", "o", "o-gu1", "o-gu4", "o-mgu1", "o-mgu4")
+SPAN_ROWS = 4  # whole-weight prefetches in spans of 4 rows (16 KB at K = 2048): 2 per program at B=1
 MAX_REGIONS = 3
 
 
@@ -44,10 +46,11 @@ def mode() -> str:
 @triton.jit
 def prefetch_spans(base, n_spans, stride, span_bytes, pid, n_prog, THREADS: tl.constexpr):
     """Spans i in [0, n_spans): `span_bytes` bytes at base + i * stride (elements) into L2, one bulk
-    prefetch per thread and span, spread over the grid's n_prog programs of THREADS threads each.
-    Addresses and sizes must be 16-byte aligned (the host checks)."""
-    for i0 in range(pid * THREADS, n_spans, n_prog * THREADS):
-        i = i0 + tl.arange(0, THREADS)
+    prefetch per thread and span, dealt round-robin over the grid's n_prog programs first (span i
+    goes to program i % n_prog), so every SM issues a small share. Addresses and sizes must be
+    16-byte aligned (the host checks)."""
+    for i0 in range(pid, n_spans, n_prog * THREADS):
+        i = i0 + n_prog * tl.arange(0, THREADS)
         live = (i < n_spans).to(tl.int32)
         ptrs = base + tl.where(i < n_spans, i, 0).to(tl.int64) * stride
         sizes = tl.zeros((THREADS,), tl.int32) + span_bytes
@@ -103,23 +106,19 @@ def on(x: torch.Tensor) -> bool:
             and x.shape[0] <= pdl.AUTO_MAX_ROWS)
 
 
-def attention_gap(layer, x: torch.Tensor) -> list[tuple]:
-    """What rope_write prefetches in this layer (regions; empty when off)."""
+def attention_gap(layer, x: torch.Tensor) -> tuple[list[tuple], list[tuple]]:
+    """What this layer's attention kernels prefetch: (split kernel's regions, merge kernel's)."""
     m = mode()
-    if not on(x) or not m.startswith("o"):
-        return []
-    regions = [whole(layer.o_proj.weight)]
-    if m.startswith("o-gu"):
-        regions += gate_up_head(layer.gate_up_proj.weight, x.shape[0], int(m[4:]))
-    return regions if aligned(regions) else []
-
-
-def before_qkv(layer, x: torch.Tensor) -> list[tuple]:
-    """What the layer's first norm prefetches (QKV's weight with `qkv` modes; else nothing)."""
-    if not on(x) or not mode().endswith("qkv"):
-        return []
-    regions = [whole(layer.qkv_proj.weight)]
-    return regions if aligned(regions) else []
+    if not on(x):
+        return [], []
+    split, merge = [whole(layer.o_proj.weight)], []
+    if "gu" in m:
+        head = gate_up_head(layer.gate_up_proj.weight, x.shape[0], int(m.split("gu")[1]))
+        if m.startswith("o-mgu"):
+            merge = head
+        else:
+            split += head
+    return (split, merge) if aligned(split + merge) else ([], [])
 
 
 def launch_args(regions: list[tuple], like: torch.Tensor) -> dict:
@@ -132,13 +131,13 @@ def launch_args(regions: list[tuple], like: torch.Tensor) -> dict:
     return out
 
 
-# rope_write is called by capture's step plans (which know nothing of the layer's weights): the
+# The attention is called by capture's step plans (which know nothing of the layer's weights): the
 # layer hands its regions over for the duration of its attention call.
-_gap: list[list[tuple]] = []
+_gap: list[tuple[list[tuple], list[tuple]]] = []
 
 
 @contextlib.contextmanager
-def during_attention(regions: list[tuple]):
+def during_attention(regions: tuple[list[tuple], list[tuple]]):
     _gap.append(regions)
     try:
         yield
@@ -146,5 +145,5 @@ def during_attention(regions: list[tuple]):
         _gap.pop()
 
 
-def current() -> list[tuple]:
-    return _gap[-1] if _gap else []
+def current() -> tuple[list[tuple], list[tuple]]:
+    return _gap[-1] if _gap else ([], [])

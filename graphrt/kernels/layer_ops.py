@@ -17,8 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import l2_prefetch, pdl
-from .l2_prefetch import prefetch_regions
+from . import pdl
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 
@@ -44,15 +43,10 @@ def residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, src, row, n_cols, eps,
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_cols, eps,
-                         pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                         HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
-                         REGIONS: tl.constexpr, PF_THREADS: tl.constexpr):
+                         HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    # the next GEMM's weights into L2 (l2_prefetch.py): after the wait, while HBM is idle
-    prefetch_regions(pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                     tl.program_id(0), tl.num_programs(0), REGIONS, PF_THREADS)
     row = tl.program_id(0)
     src = row
     if HAS_INDEX:
@@ -62,10 +56,9 @@ def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_col
 
 
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
-                 index: torch.Tensor | None = None, prefetch: list | tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x, delta [T, D] -> (residual x + delta, rmsnorm(residual) * weight). With `index`, only
-    rows x[index] (+ delta[index]) are read and both outputs have len(index) rows. prefetch:
-    weight regions the kernel pulls into L2 (l2_prefetch.py; values unchanged)."""
+    rows x[index] (+ delta[index]) are read and both outputs have len(index) rows."""
     n, d = x.shape
     rows = n if index is None else index.shape[0]
     out = torch.empty((rows, d), dtype=x.dtype, device=x.device)
@@ -74,27 +67,21 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     else:
         res = torch.empty((rows, d), dtype=x.dtype, device=x.device)
     block = triton.next_power_of_2(d)
-    warps = max(1, min(16, block // 256))
     _add_rms_norm_kernel[(rows,)](
         x, x if delta is None else delta, weight, x if index is None else index, out if delta is None else res, out,
         d, eps, HAS_DELTA=delta is not None, HAS_INDEX=index is not None, BLOCK=block,
-        num_warps=warps, PF_THREADS=32 * warps, **l2_prefetch.launch_args(list(prefetch), weight),
-        **pdl.launch(x, rows))
+        num_warps=max(1, min(16, block // 256)), **pdl.launch(x, rows))
     return res, out
 
 
 @triton.jit
 def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc_ptr, vc_ptr,
                        qkv_stride, cos_stride, row_stride, slot_stride, rows_step, slots_step,
-                       pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
                        HQ: tl.constexpr, HKV: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr,
-                       PDL: tl.constexpr, REGIONS: tl.constexpr, PF_THREADS: tl.constexpr):
+                       PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    # O's (and gate/up's first) weights into L2 (l2_prefetch.py): the QKV GEMM is done, HBM idle
-    prefetch_regions(pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                     tl.program_id(0), tl.num_programs(0), REGIONS, PF_THREADS)
     t = tl.program_id(0)
     half: tl.constexpr = D // 2
     h = tl.arange(0, BLOCK_H)[:, None]
@@ -130,8 +117,7 @@ def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: to
                k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
     """qkv [T, (Hq + 2 Hkv) * D] (the fused projection's output); cos/sin [T, D] (rotate-half
     tables); rows/slots [T] where token t's K/V goes in k_cache/v_cache [rows, slots, Hkv, D]
-    (one layer's cache). Returns the rotated queries [T, Hq, D]. Within l2_prefetch.during_attention
-    the kernel also pulls the layer's regions into L2 (values unchanged)."""
+    (one layer's cache). Returns the rotated queries [T, Hq, D]."""
     t = qkv.shape[0]
     d = k_cache.shape[-1]
     assert qkv.stride(1) == 1 and cos.stride(1) == 1 and sin.stride(1) == 1 and k_cache.is_contiguous()
@@ -140,7 +126,7 @@ def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: to
         qkv, cos, sin, rows, slots, q, k_cache, v_cache,
         qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), rows.stride(0), slots.stride(0),
         HQ=num_heads, HKV=num_kv_heads, BLOCK_H=triton.next_power_of_2(max(num_heads, num_kv_heads)), D=d,
-        num_warps=4, PF_THREADS=128, **l2_prefetch.launch_args(l2_prefetch.current(), qkv), **pdl.launch(qkv))
+        num_warps=4, **pdl.launch(qkv))
     return q
 
 
