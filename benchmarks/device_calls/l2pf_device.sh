@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
 timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 \
-    tests/test_l2_prefetch.py tests/test_swap_ab_gemm.py ${TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_step_rope_attention.py} \
+    tests/test_l2_prefetch.py ${TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_step_rope_attention.py} \
     > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
 grep -E "passed|failed|error|FAILED|ERROR|rc=" "$OUT/pytest_gpu.log" | tail -12; el tests
