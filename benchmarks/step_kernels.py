@@ -18,8 +18,13 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-oldattn fused with the previous step attention shape choice (GRAPHRT_STEP_ATTENTION=split)
     fused-ropein fused with RoPE + the K/V cache write inside the split kernel (GRAPHRT_STEP_ROPE=attention,
                 opt-in: measured no faster at B=1 and slower at B=8/32)
+    fused-l2<mode> fused with GRAPHRT_STEP_L2PF=<mode> without its dash (fused-l2o, fused-l2ogu4, fused-l2omgu1,
+                fused-l2off, ...): the B=1 step's attention kernels prefetch the next GEMMs' weights
+                into L2 (graphrt/kernels/l2_prefetch.py)
     fused-protorch fused with the step's inputs (ids, slots, embeddings, cos/sin, the LM head's row pad) in
                 torch ops (GRAPHRT_STEP_PROLOGUE=torch: the fused set of the seventh pass)
+    fused-plainchain fused with the chooser's plain rule in PDL chains (GRAPHRT_STEP_GEMM_CHAIN=plain: cuBLAS
+                on any lead; default `margin` wants it 5% faster, since cuBLAS ends the chain)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -64,6 +69,9 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-oldattn": ("fused", {"GRAPHRT_STEP_ATTENTION": "split"}),
             "fused-ropein": ("fused", {"GRAPHRT_STEP_ROPE": "attention"}),
             "fused-protorch": ("fused", {"GRAPHRT_STEP_PROLOGUE": "torch"}),
+            **{f"fused-l2{m.replace('-', '')}": ("fused", {"GRAPHRT_STEP_L2PF": m}) for m in
+               ("off", "o", "o-gu1", "o-gu4", "o-mgu1", "o-mgu4")},
+            "fused-plainchain": ("fused", {"GRAPHRT_STEP_GEMM_CHAIN": "plain"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 
@@ -188,7 +196,7 @@ def main() -> None:
         print(f"{name}: {len(rt.graphs)} graphs in {capture_s[name]} s", flush=True)
     from graphrt.kernels import skinny_gemm
 
-    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]}": repr(v)
+    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]} margin={k[9]}": repr(v)
                    for k, v in skinny_gemm._choice.items() if k[6] in ("auto", "noswab")}
     gemm_timing = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]}": {repr(c): round(t * 1e3, 2) for c, t in v.items()}
                    for k, v in skinny_gemm.timings.items()}

@@ -11,6 +11,7 @@ from graphrt.kernels import env_choice, pdl, skinny_gemm, step_attention, step_t
 
 READERS = [("GRAPHRT_PDL", pdl.mode, "auto", "off"),
            ("GRAPHRT_STEP_GEMM", skinny_gemm.mode, "auto", "noswab"),
+           ("GRAPHRT_STEP_GEMM_CHAIN", skinny_gemm.chain_mode, "margin", "plain"),
            ("GRAPHRT_STEP_ATTENTION", step_attention.step_attention_mode, "tiles", "split"),
            ("GRAPHRT_STEP_TAIL", step_tail.enabled, True, False),
            ("GRAPHRT_STEP_TOPK", step_topk.enabled, True, False)]

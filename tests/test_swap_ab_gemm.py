@@ -181,3 +181,16 @@ def test_swab_gemm_step_shapes_gpu(batch, shape):
     m = 12 * batch
     for cfg in swab_candidates(m, n // 2 if silu else n, k, silu):
         check("cuda", torch.bfloat16, m, n, k, bias, silu, cfg)
+
+
+def test_chooser_margin_in_a_pdl_chain():
+    """In a PDL chain cuBLAS (which ends the chain) wins only when CHAIN_MARGIN faster: the B=1 QKV
+    case that flipped between runs (cuBLAS 7.10 vs swap-AB 7.13 us) stays on the swap-AB kernel."""
+    from graphrt.kernels import skinny_gemm as sg
+    from graphrt.kernels.swap_ab_gemm import SwabConfig
+
+    s = SwabConfig(64, 16, 64, 3, 4, 16, True)
+    t = {"cublas": 0.00710, s: 0.00713}
+    assert sg.fastest(t, "auto") is None  # the plain rule: any lead picks cuBLAS
+    assert sg.fastest(t, "auto", sg.CHAIN_MARGIN) == s
+    assert sg.fastest({"cublas": 0.0060, s: 0.0070}, "auto", sg.CHAIN_MARGIN) is None  # a clear lead still wins
