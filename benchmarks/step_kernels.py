@@ -18,9 +18,6 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-oldattn fused with the previous step attention shape choice (GRAPHRT_STEP_ATTENTION=split)
     fused-ropein fused with RoPE + the K/V cache write inside the split kernel (GRAPHRT_STEP_ROPE=attention,
                 opt-in: measured no faster at B=1 and slower at B=8/32)
-    fused-l2<mode> fused with GRAPHRT_STEP_L2PF=<mode> without its dash (fused-l2o, fused-l2ogu4, fused-l2omgu1,
-                fused-l2off, ...): the B=1 step's attention kernels prefetch the next GEMMs' weights
-                into L2 (graphrt/kernels/l2_prefetch.py)
     fused-protorch fused with the step's inputs (ids, slots, embeddings, cos/sin, the LM head's row pad) in
                 torch ops (GRAPHRT_STEP_PROLOGUE=torch: the fused set of the seventh pass)
     fused-plainchain fused with the chooser's plain rule in PDL chains (GRAPHRT_STEP_GEMM_CHAIN=plain: cuBLAS
@@ -69,8 +66,6 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-oldattn": ("fused", {"GRAPHRT_STEP_ATTENTION": "split"}),
             "fused-ropein": ("fused", {"GRAPHRT_STEP_ROPE": "attention"}),
             "fused-protorch": ("fused", {"GRAPHRT_STEP_PROLOGUE": "torch"}),
-            **{f"fused-l2{m.replace('-', '')}": ("fused", {"GRAPHRT_STEP_L2PF": m}) for m in
-               ("off", "o", "o-gu1", "o-gu4", "o-mgu1", "o-mgu4")},
             "fused-plainchain": ("fused", {"GRAPHRT_STEP_GEMM_CHAIN": "plain"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")

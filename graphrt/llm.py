@@ -66,7 +66,6 @@ class Qwen2Layer(nn.Module):
         cache and attends in its own kernels. GEMMs: the skinny Triton GEMM where it was measured
         faster than cuBLAS for this row count (decode steps), SiLU * up in the gate/up epilogue."""
         # lazy: the fused kernels need triton, which CPU-only installs may lack
-        from .kernels import l2_prefetch
         from .kernels.fp8_ops import fp8_layer_forward, has_fp8_inputs
         from .kernels.layer_ops import add_rms_norm
         from .kernels.skinny_gemm import gate_up_silu, linear
@@ -76,10 +75,7 @@ class Qwen2Layer(nn.Module):
         t = x.shape[0]
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
         x, h = add_rms_norm(x, delta, norm1.weight, norm1.eps)
-        qkv = linear(h, self.qkv_proj)
-        # B=1 step, GRAPHRT_STEP_L2PF: the attention's kernels pull the next GEMMs' weights into L2
-        with l2_prefetch.during_attention(l2_prefetch.attention_gap(self, x)):
-            attn = attend.fused(layer_idx, qkv, cos, sin, cache, self.num_heads, self.num_kv_heads)
+        attn = attend.fused(layer_idx, linear(h, self.qkv_proj), cos, sin, cache, self.num_heads, self.num_kv_heads)
         x, h = add_rms_norm(x, linear(attn.view(t, self.q_size), self.o_proj), norm2.weight, norm2.eps)
         return x, linear(gate_up_silu(h, self.gate_up_proj), self.down_proj)
 

@@ -2,7 +2,8 @@
 # Device call of the l2pf pass (2026-11-25): the L2 weight prefetch's bit-equality test and the fused
 # graph / PDL tests, then one MTP step, interleaved: fused (prefetch off) against every
 # GRAPHRT_STEP_L2PF mode (B=1 only prefetches; B=8/32 are the control), cache 461 and 2000.
-# And the chooser's PDL-chain margin (fused vs fused-plainchain). Call 1 had the prefetch in rope_write / the first norm (12 programs): 1-2.5 ms slower (notes).
+# And the chooser's PDL-chain margin (fused vs fused-plainchain). The prefetch (its test and the
+# fused-l2* variants) was removed after this call (measured slower; commit e5b5902 has it). Call 1 had the prefetch in rope_write / the first norm (12 programs): 1-2.5 ms slower (notes).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/out}

@@ -32,8 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import env_choice, l2_prefetch, pdl
-from .l2_prefetch import prefetch_regions
+from . import env_choice, pdl
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 _LOG2E = 1.4426950408889634
@@ -85,31 +84,20 @@ def _rotate(x_ptr, off, d, mask, cos_ptr, sin_ptr, cos_off, D: tl.constexpr):
 
 
 @triton.jit
-def _linear_program():
-    return tl.program_id(0) + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
-
-
-@triton.jit
 def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr, out_ptr,
                        qk_scale, row_stride, slot_stride, n_split, min_chunk,
                        cos_ptr, sin_ptr, wrow_ptr, wslot_ptr, qkv_stride, cos_stride, wrow_step, wslot_step,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       SPLIT_M: tl.constexpr, ROPE: tl.constexpr, TOKENS: tl.constexpr, PDL: tl.constexpr,
-                       pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                       REGIONS: tl.constexpr, PF_THREADS: tl.constexpr):
+                       SPLIT_M: tl.constexpr, ROPE: tl.constexpr, TOKENS: tl.constexpr, PDL: tl.constexpr):
     """ROPE: q_ptr is the QKV projection [T, (HQ + 2 HKV) * D] (not yet rotated): the program
     rotates its queries, takes this step's keys (slots [c, kv_len)) from the projection, rotated,
     instead of the cache, and program (split 0, tile 0) of each (row, KV head) writes the step's
     rotated K and V to the cache at (wrow, wslot), as rope_write would; no other program of the
-    grid reads those slots from the cache, so the write needs no ordering inside the kernel.
-    pf*: weight regions pulled into L2 (l2_prefetch.py), spread over every program of the grid."""
+    grid reads those slots from the cache, so the write needs no ordering inside the kernel."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    prefetch_regions(pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                     _linear_program(), tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2),
-                     REGIONS, PF_THREADS)
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // HKV
@@ -200,15 +188,10 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
 def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr, n_split, min_chunk,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr, PDL: tl.constexpr,
-                       pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                       REGIONS: tl.constexpr, PF_THREADS: tl.constexpr):
+                       SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    prefetch_regions(pf0, pf0_n, pf0_s, pf0_b, pf1, pf1_n, pf1_s, pf1_b, pf2, pf2_n, pf2_s, pf2_b,
-                     _linear_program(), tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2),
-                     REGIONS, PF_THREADS)
     pid = tl.program_id(0)
     b = pid // HKV
     g = pid % HKV
@@ -321,19 +304,13 @@ class StepAttention:
         else:
             cos, sin, rows, slots = rope
             rope_args = (cos, sin, rows, slots, q.stride(0), cos.stride(0), rows.stride(0), slots.stride(0))
-        # B=1 step, GRAPHRT_STEP_L2PF: the next GEMMs' weights into L2 from these kernels' programs
-        pf_split, pf_merge = l2_prefetch.current()
-        if self.n_split == 1:
-            pf_split, pf_merge = pf_split + pf_merge, []
         _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
             q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse, out,
             self.qk_scale, k_cache.stride(0), k_cache.stride(1), self.n_split, self.min_chunk, *rope_args,
             SPLIT_M=self.split_m, ROPE=rope is not None, TOKENS=triton.next_power_of_2(2 * self.window),
-            num_warps=self.num_warps, num_stages=2, PF_THREADS=32 * self.num_warps,
-            **l2_prefetch.launch_args(pf_split, q), **meta)
+            num_warps=self.num_warps, num_stages=2, **meta)
         if self.n_split > 1:
             _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
                 self.partial_out, self.partial_lse, cache_len, pending_count, out, self.n_split, self.min_chunk,
-                TILE_M=self.tile_m, SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, PF_THREADS=128,
-                **l2_prefetch.launch_args(pf_merge, q), **meta)
+                TILE_M=self.tile_m, SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
         return out
