@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from graphrt.decode import GenerationConfig, RowResult, context_budget, draw_seed
+from graphrt.errors import OptionError
 from graphrt.kernels import select_kernels
 from graphrt.processor import ProcessedImage
 from graphrt.request import Batch, Row
@@ -69,7 +70,7 @@ FIRST_ROUNDS = ("merged", "separate")
 def first_round_choice(configured: str) -> str:
     how = os.environ.get("GRAPHRT_FIRST_ROUND", configured)
     if how not in FIRST_ROUNDS:
-        raise ValueError(f"first_round (or GRAPHRT_FIRST_ROUND) must be merged or separate, not {how!r}")
+        raise OptionError(f"first_round (or GRAPHRT_FIRST_ROUND) must be merged or separate, not {how!r}")
     return how
 
 

@@ -92,3 +92,13 @@ def test_vision_fused_switch(monkeypatch):
     monkeypatch.setenv("GRAPHRT_VISION_FUSED", "off")
     with pytest.raises(OptionError, match="GRAPHRT_VISION_FUSED must be 1 or 0"):
         MoonViT(cfg, torch.float32, "meta")
+
+
+def test_step_prefetch_switch(monkeypatch):
+    monkeypatch.delenv("GRAPHRT_STEP_PREFETCH", raising=False)
+    assert skinny_gemm.prefetch_default() is False
+    monkeypatch.setenv("GRAPHRT_STEP_PREFETCH", "1")
+    assert skinny_gemm.prefetch_default() is True
+    monkeypatch.setenv("GRAPHRT_STEP_PREFETCH", "yes")  # was read as off before: a typo picked a path
+    with pytest.raises(ValueError, match="GRAPHRT_STEP_PREFETCH must be 0 or 1"):
+        skinny_gemm.prefetch_default()

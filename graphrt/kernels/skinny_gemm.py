@@ -31,7 +31,6 @@ bias/SiLU; x stays bf16, so the weight bytes read halve and nothing else changes
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import torch
@@ -210,7 +209,7 @@ def prefetch_default() -> bool:
     default: its first version (each row's prefetch issued by every thread that held the row) was
     measured slower (H100, B=1 step 3.51 -> 3.77 ms; the 36-layer GEMM chain at M=12 2.53 -> 2.98
     ms); this one issues each byte's prefetch once (docs/notes.md has the numbers)."""
-    return os.environ.get("GRAPHRT_STEP_PREFETCH", "0") == "1"
+    return env_choice("GRAPHRT_STEP_PREFETCH", ("0", "1")) == "1"
 
 
 _sms: dict[str, int] = {}
