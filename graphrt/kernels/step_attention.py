@@ -16,6 +16,9 @@ Two kernels (flash-decoding, with the key split sized from the row's length on t
          output and log-sum-exp in fp32, and splits past the row's length exit at once.
   merge  grid (rows * kv_heads, query tiles): weights the used splits by their log-sum-exp; exits
          for rows written directly. Not launched at all when n_split is 1.
+  GRAPHRT_STEP_MERGE=last folds the merge into attend: each split program, after its partial
+         stores, adds 1 to an int32 counter of its (row, KV head, tile) (fence, barrier, acq_rel
+         atomic); the one that sees used - 1 merges (loads from L2, .cg) and puts the counter back to 0.
 The query tiles are what spreads a step over the SMs (every tile re-reads its row's K/V, from L2);
 the key split only adds programs where rows x kv heads x tiles cannot fill them, and `min_chunk`
 keeps the partial results' traffic below the K/V read (at a short cache, 16 splits of one 32-key
