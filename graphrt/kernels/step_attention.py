@@ -69,7 +69,9 @@ def step_merge_mode() -> str:
     """Where a split row's partial results are merged (GRAPHRT_STEP_MERGE): "separate" = the merge
     kernel after the split kernel (default); "last" = inside the split kernel, by the last program of
     each (row, KV head, query tile) to arrive at its counter (one kernel and one PDL boundary a layer
-    fewer; bit-equal to the separate merge's loop arithmetic)."""
+    fewer; bit-equal to the separate merge's loop arithmetic). H100, 3B, 2026-11-25: slower (B=1
+    3.298 vs 3.080 ms at c=461, 4.031 vs 3.170 at c=2000; B=8 +0.06-0.1 ms): the last CTA's serial
+    merge costs far more than the boundary it saves, so it stays opt-in."""
     return env_choice("GRAPHRT_STEP_MERGE", ("separate", "last"))
 
 
