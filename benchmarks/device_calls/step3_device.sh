@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Device call of the step3 pass (2026-11-25): the step attention's merge inside the split kernel
+# (GRAPHRT_STEP_MERGE=last, the last-arriving program merges): its bit-equality test (eager and in a
+# replayed graph) and the GPU tests touching step attention, then one MTP step, interleaved: fused
+# against fused-mergelast at B=1/8/32, cache 461 and 2000 (--long), 10 rounds.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 \
+    tests/test_step_merge_last.py ${TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_step_rope_attention.py} \
+    > "$OUT/pytest_gpu.log" 2>&1
+echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
+grep -E "passed|failed|error|FAILED|ERROR|rc=|differs" "$OUT/pytest_gpu.log" | tail -14; el tests
+python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
+el checkpoint
+timeout ${STEP_TIMEOUT:-300} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch ${BATCH:-1 8 32} \
+    --sets ${STEP_SETS:-fused,fused-mergelast} \
+    --rounds ${ROUNDS:-10} --out-dir "$OUT" --tag step3 > "$OUT/step.log" 2>&1
+echo "step rc=$?" >> "$OUT/step.log"; grep -E "floor|^\{|rc=|Error|error|choices" "$OUT/step.log" | cut -c1-260 | head -60; el step
