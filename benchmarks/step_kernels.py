@@ -18,8 +18,6 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
     fused-oldattn fused with the previous step attention shape choice (GRAPHRT_STEP_ATTENTION=split)
     fused-ropein fused with RoPE + the K/V cache write inside the split kernel (GRAPHRT_STEP_ROPE=attention,
                 opt-in: measured no faster at B=1 and slower at B=8/32)
-    fused-mergelast fused with the step attention's merge inside its split kernel, by the last-arriving
-                program of each group (GRAPHRT_STEP_MERGE=last)
     fused-protorch fused with the step's inputs (ids, slots, embeddings, cos/sin, the LM head's row pad) in
                 torch ops (GRAPHRT_STEP_PROLOGUE=torch: the fused set of the seventh pass)
     fused-plainchain fused with the chooser's plain rule in PDL chains (GRAPHRT_STEP_GEMM_CHAIN=plain: cuBLAS
@@ -69,7 +67,6 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-ropein": ("fused", {"GRAPHRT_STEP_ROPE": "attention"}),
             "fused-protorch": ("fused", {"GRAPHRT_STEP_PROLOGUE": "torch"}),
             "fused-plainchain": ("fused", {"GRAPHRT_STEP_GEMM_CHAIN": "plain"}),
-            "fused-mergelast": ("fused", {"GRAPHRT_STEP_MERGE": "last"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 

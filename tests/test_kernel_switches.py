@@ -13,7 +13,6 @@ READERS = [("GRAPHRT_PDL", pdl.mode, "auto", "off"),
            ("GRAPHRT_STEP_GEMM", skinny_gemm.mode, "auto", "noswab"),
            ("GRAPHRT_STEP_GEMM_CHAIN", skinny_gemm.chain_mode, "margin", "plain"),
            ("GRAPHRT_STEP_ATTENTION", step_attention.step_attention_mode, "tiles", "split"),
-           ("GRAPHRT_STEP_MERGE", step_attention.step_merge_mode, "separate", "last"),
            ("GRAPHRT_STEP_TAIL", step_tail.enabled, True, False),
            ("GRAPHRT_STEP_TOPK", step_topk.enabled, True, False)]
 

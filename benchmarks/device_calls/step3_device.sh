@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Historical: GRAPHRT_STEP_MERGE and its test were removed after this call; commit bf2353b has them.)
 # Device call of the step3 pass (2026-11-25): the step attention's merge inside the split kernel
 # (GRAPHRT_STEP_MERGE=last, the last-arriving program merges): its bit-equality test (eager and in a
 # replayed graph) and the GPU tests touching step attention, then one MTP step, interleaved: fused

@@ -16,9 +16,6 @@ Two kernels (flash-decoding, with the key split sized from the row's length on t
          output and log-sum-exp in fp32, and splits past the row's length exit at once.
   merge  grid (rows * kv_heads, query tiles): weights the used splits by their log-sum-exp; exits
          for rows written directly. Not launched at all when n_split is 1.
-  GRAPHRT_STEP_MERGE=last folds the merge into attend: each split program, after its partial
-         stores, adds 1 to an int32 counter of its (row, KV head, tile) (fence, barrier, acq_rel
-         atomic); the one that sees used - 1 merges (loads from L2, .cg) and puts the counter back to 0.
 The query tiles are what spreads a step over the SMs (every tile re-reads its row's K/V, from L2);
 the key split only adds programs where rows x kv heads x tiles cannot fill them, and `min_chunk`
 keeps the partial results' traffic below the K/V read (at a short cache, 16 splits of one 32-key
@@ -31,8 +28,6 @@ key range split to cover the SMs, one whole GQA tile per program, every row thro
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -41,7 +36,6 @@ from . import env_choice, pdl
 from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 _LOG2E = 1.4426950408889634
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs no inline PTX
 
 # Per step batch size (rows at or above the key; below 8 takes 1): (split_m query rows per program,
 # key block, splits, least keys per split, warps). The sweep of benchmarks/step_attention_tune.py
@@ -63,47 +57,6 @@ def step_rope_mode() -> str:
     and lost at B=8 / 32 (c=2000: 4.441 vs 4.315, 6.955 vs 6.506 ms: the mixed cache/projection key
     loads slow every key block), so it stays opt-in."""
     return env_choice("GRAPHRT_STEP_ROPE", ("separate", "attention"))
-
-
-def step_merge_mode() -> str:
-    """Where a split row's partial results are merged (GRAPHRT_STEP_MERGE): "separate" = the merge
-    kernel after the split kernel (default); "last" = inside the split kernel, by the last program of
-    each (row, KV head, query tile) to arrive at its counter (one kernel and one PDL boundary a layer
-    fewer; bit-equal to the separate merge's loop arithmetic). H100, 3B, 2026-11-25: slower (B=1
-    3.298 vs 3.080 ms at c=461, 4.031 vs 3.170 at c=2000; B=8 +0.06-0.1 ms): the last CTA's serial
-    merge costs far more than the boundary it saves, so it stays opt-in."""
-    return env_choice("GRAPHRT_STEP_MERGE", ("separate", "last"))
-
-
-@triton.jit
-def _fence_gpu():
-    """fence.acq_rel.gpu from every thread (CUDA's __threadfence)."""
-    tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _merge_splits(po_ptr, plse_ptr, pid, n_split, used, m, live_m, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                  SPLITS: tl.constexpr, CACHE: tl.constexpr):
-    """The query rows m of (row, KV head) `pid` from its `used` partials: weights from the largest
-    log-sum-exp, then split by split in order (elementwise per row, so the bits do not depend on the
-    tile or the warps: the separate merge's loop and the split kernel's last-arrival merge agree)."""
-    d = tl.arange(0, D)
-    s_all = tl.arange(0, SPLITS)
-    rows = (pid * n_split + s_all)[:, None] * BLOCK_M + m[None, :]
-    lse = tl.load(plse_ptr + rows, mask=(s_all < used)[:, None] & live_m[None, :], other=float("-inf"),
-                  cache_modifier=CACHE)
-    top = tl.max(lse, axis=0)
-    top_safe = tl.where(top == float("-inf"), 0.0, top)
-    acc = tl.zeros([m.shape[0], D], tl.float32)
-    total = tl.zeros([m.shape[0]], tl.float32)
-    for s in range(0, used):
-        part = pid * n_split + s
-        w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m, mask=live_m, other=float("-inf"), cache_modifier=CACHE)
-                      - top_safe)
-        total += w_s
-        acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :],
-                                      mask=live_m[:, None], other=0.0, cache_modifier=CACHE)
-    return acc / tl.where(total > 0.0, total, 1.0)[:, None]
 
 
 @triton.jit
@@ -131,16 +84,13 @@ def _rotate(x_ptr, off, d, mask, cos_ptr, sin_ptr, cos_off, D: tl.constexpr):
 
 
 @triton.jit
-def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr, out_ptr, cnt_ptr,
+def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_ptr, out_ptr,
                        qk_scale, row_stride, slot_stride, n_split, min_chunk,
                        cos_ptr, sin_ptr, wrow_ptr, wslot_ptr, qkv_stride, cos_stride, wrow_step, wslot_step,
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       SPLIT_M: tl.constexpr, ROPE: tl.constexpr, TOKENS: tl.constexpr, PDL: tl.constexpr,
-                       MERGE: tl.constexpr = False, SPLITS: tl.constexpr = 2, FENCE: tl.constexpr = False):
-    """MERGE: the program of a split row that arrives last at its (row, KV head, tile) counter in
-    cnt_ptr merges the row's partials (as the merge kernel's loop does) and resets the counter to 0
-    for the next launch. ROPE: q_ptr is the QKV projection [T, (HQ + 2 HKV) * D] (not yet rotated): the program
+                       SPLIT_M: tl.constexpr, ROPE: tl.constexpr, TOKENS: tl.constexpr, PDL: tl.constexpr):
+    """ROPE: q_ptr is the QKV projection [T, (HQ + 2 HKV) * D] (not yet rotated): the program
     rotates its queries, takes this step's keys (slots [c, kv_len)) from the projection, rotated,
     instead of the cache, and program (split 0, tile 0) of each (row, KV head) writes the step's
     rotated K and V to the cache at (wrow, wslot), as rope_write would; no other program of the
@@ -232,18 +182,6 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
             part = pid * n_split + split
             tl.store(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :], out, mask=live_m[:, None])
             tl.store(plse_ptr + part * BLOCK_M + m, lse, mask=live_m)
-            if MERGE:
-                if FENCE:  # every thread's partial stores visible at GPU scope before the arrival
-                    _fence_gpu()
-                tl.debug_barrier()
-                cnt = cnt_ptr + pid * tl.num_programs(2) + tl.program_id(2)
-                arrived = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
-                if arrived == used - 1:  # every other split's partials are written
-                    if FENCE:
-                        _fence_gpu()
-                    tl.store(cnt, 0)  # ready for the next launch (a replayed graph): no host work
-                    merged = _merge_splits(po_ptr, plse_ptr, pid, n_split, used, m, live_m, D, BLOCK_M, SPLITS, ".cg")
-                    tl.store(out_ptr + q_off, merged.to(out_ptr.dtype.element_ty), mask=live_m[:, None])
 
 
 @triton.jit
@@ -263,23 +201,28 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr, n_split, 
     c, k, kv_len, chunk, used = _row_lengths(clen_ptr, count_ptr, b, n_split, min_chunk, W, BLOCK_N)
     if (tl.min(tok, axis=0) < 2 * W) & (used > 1):
         d = tl.arange(0, D)
+        s_all = tl.arange(0, SPLITS)
+        live_s = s_all < used
+        rows = (pid * n_split + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
+        lse = tl.load(plse_ptr + rows, mask=live_s[:, None] & live_m[None, :], other=float("-inf"))
+        top = tl.max(lse, axis=0)
+        top_safe = tl.where(top == float("-inf"), 0.0, top)
+        wgt = tl.exp2(lse - top_safe[None, :])
+        total = tl.sum(wgt, axis=0)
         if ALL_AT_ONCE:
-            s_all = tl.arange(0, SPLITS)
-            live_s = s_all < used
-            rows = (pid * n_split + s_all)[:, None] * BLOCK_M + m[None, :]  # [SPLITS, TILE_M]
-            lse = tl.load(plse_ptr + rows, mask=live_s[:, None] & live_m[None, :], other=float("-inf"))
-            top = tl.max(lse, axis=0)
-            top_safe = tl.where(top == float("-inf"), 0.0, top)
-            wgt = tl.exp2(lse - top_safe[None, :])
-            total = tl.sum(wgt, axis=0)
             # many splits (few rows): every split's output in one round of loads, [SPLITS, TILE_M, D]
             parts = tl.load(po_ptr + rows[:, :, None] * D + d[None, None, :],
                             mask=(live_s[:, None] & live_m[None, :])[:, :, None], other=0.0)
             acc = tl.sum(parts * wgt[:, :, None], axis=0)
-            out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         else:
             # few splits (many rows, programs enough): a loop over them is cheaper on registers
-            out = _merge_splits(po_ptr, plse_ptr, pid, n_split, used, m, live_m, D, BLOCK_M, SPLITS, "")
+            acc = tl.zeros([TILE_M, D], tl.float32)
+            for s in range(0, used):
+                part = pid * n_split + s
+                w_s = tl.exp2(tl.load(plse_ptr + part * BLOCK_M + m, mask=live_m, other=float("-inf")) - top_safe)
+                acc += w_s[:, None] * tl.load(po_ptr + (part * BLOCK_M + m)[:, None] * D + d[None, :],
+                                              mask=live_m[:, None], other=0.0)
+        out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
         head = g * GROUP + m % GROUP
         dst = out_ptr + ((b * 2 * W + tok) * HQ + head)[:, None] * D + d[None, :]
         tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=live_m[:, None])
@@ -294,8 +237,7 @@ class StepAttention:
                  device: torch.device | str, n_split: int | None = None, block_n: int | None = None,
                  scale: float | None = None, num_warps: int | None = None, merge_rows: int = 64,
                  programs_per_sm: int = 1, split_m: int | None = None, min_chunk: int | None = None,
-                 mode: str | None = None, rope: str | None = None, merge: str | None = None,
-                 merge_all: bool | None = None):
+                 mode: str | None = None, rope: str | None = None):
         self.rows, self.window, self.hq, self.hkv, self.d = rows, window, num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.block_m = max(16, triton.next_power_of_2(2 * window * self.group))
@@ -320,21 +262,16 @@ class StepAttention:
         self.splits_pow2 = max(2, triton.next_power_of_2(self.n_split))
         # H100: loading every split at once wins at 16+ splits (B=1: 6.3 -> ~3 us per merge) and
         # loses at 4 (B=32: 5.7 -> 19 us); then the merge loops with 16-row tiles.
-        self.merge_all = self.n_split >= 16 if merge_all is None else merge_all
-        self.merge = merge or step_merge_mode()
+        self.merge_all = self.n_split >= 16
         # all at once, the merge holds [splits, tile, D] partials in registers: splits * tile = `merge_rows`
         self.tile_m = max(1, min(self.block_m, merge_rows // self.splits_pow2 if self.merge_all else 16))
         self.qk_scale = (scale if scale is not None else head_dim**-0.5) * _LOG2E
         parts = rows * num_kv_heads * self.n_split if self.n_split > 1 else 0
         self.partial_out = torch.empty((max(parts * self.block_m, 1), head_dim), dtype=torch.float32, device=device)
         self.partial_lse = torch.empty((max(parts * self.block_m, 1),), dtype=torch.float32, device=device)
-        # merge "last": one arrival counter per (row, KV head, query tile), zeroed once here; the
-        # merging program puts its counter back to 0, so a replayed graph finds them all at 0
-        tiles = self.block_m // self.split_m
-        self.arrivals = torch.zeros((max(rows * num_kv_heads * tiles, 1),), dtype=torch.int32, device=device)
 
     def describe(self) -> str:
-        return (f"{self.mode}, rope {self.rope}, merge {self.merge}: split_m {self.split_m}, block_n {self.block_n}, n_split {self.n_split}, "
+        return (f"{self.mode}, rope {self.rope}: split_m {self.split_m}, block_n {self.block_n}, n_split {self.n_split}, "
                 f"min_chunk {self.min_chunk}, warps {self.num_warps}")
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -367,14 +304,12 @@ class StepAttention:
         else:
             cos, sin, rows, slots = rope
             rope_args = (cos, sin, rows, slots, q.stride(0), cos.stride(0), rows.stride(0), slots.stride(0))
-        merge_last = self.merge == "last" and self.n_split > 1
         _step_split_kernel[(b * self.hkv, self.n_split, self.block_m // self.split_m)](
-            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse, out, self.arrivals,
+            q, k_cache, v_cache, cache_len, pending_count, self.partial_out, self.partial_lse, out,
             self.qk_scale, k_cache.stride(0), k_cache.stride(1), self.n_split, self.min_chunk, *rope_args,
             SPLIT_M=self.split_m, ROPE=rope is not None, TOKENS=triton.next_power_of_2(2 * self.window),
-            MERGE=merge_last, SPLITS=self.splits_pow2, FENCE=merge_last and q.device.type == "cuda" and not _INTERPRET,
             num_warps=self.num_warps, num_stages=2, **meta)
-        if self.n_split > 1 and not merge_last:
+        if self.n_split > 1:
             _step_merge_kernel[(b * self.hkv, self.block_m // self.tile_m)](
                 self.partial_out, self.partial_lse, cache_len, pending_count, out, self.n_split, self.min_chunk,
                 TILE_M=self.tile_m, SPLITS=self.splits_pow2, ALL_AT_ONCE=self.merge_all, num_warps=4, **meta)
