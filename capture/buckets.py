@@ -18,12 +18,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Buckets:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    # Patches per image: 640x480 = 1656 (exact: a 1680 slot wasted 1.4% of every tower GEMM's rows),
-    # 1680 the few grids just above it (e.g. 560x588 = 40x42 patches), which would otherwise pay a
-    # 4144 slot, 1024x768 = 4144, 1280x720 = 4784, 1920x1080 = 10764, 2240x2240 = 25600; 26676 is
-    # the most the processor makes of any image (its in_token_limit of 25600 holds before the sides
-    # are rounded up to multiples of 28).
-    patch_budgets: tuple[int, ...] = (1024, 1656, 1680, 4144, 4800, 10816, 26676)
+    # Patches per image: 640x480 = 1656 (exact: a 1680 slot wasted 1.4% of every tower GEMM's rows;
+    # 1657-1680-patch images, e.g. 560x588, now take a 4144 slot), 1024x768 = 4144, 1280x720 = 4784,
+    # 1920x1080 = 10764, 2240x2240 = 25600; 26676 is the most the processor makes of any image (its
+    # in_token_limit of 25600 holds before the sides are rounded up to multiples of 28).
+    patch_budgets: tuple[int, ...] = (1024, 1656, 4144, 4800, 10816, 26676)
     # Prompt tokens per segment (image tokens included): 64 takes the query tails of shared
     # prefixes; 464 a 640x480 image with the official prompt and a short query (414 image tokens +
     # 37-39 of text = 451-453; with the merged first round a segment is the prompt plus the 6-slot
