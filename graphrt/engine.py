@@ -19,7 +19,7 @@ import logging
 import math
 import numbers
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +168,6 @@ class Engine:
         if options.fp8 is not None or getattr(model, "fp8_info", None) is not None:
             model = engine_model(model, checkpoint_dir, options.fp8, options.fp8_scope)
         self.model = model
-        self.tokenizer = tokenizer
         self.options = options
         self.preprocessor_config, self.chat_template = preprocessor, chat_template
         # On a GPU the pad-up resize runs there, bit-identical to PIL (graphrt/gpu_resize.py).
@@ -177,12 +176,16 @@ class Engine:
             if cuda and options.pinned_intake else None
         self.processor = ImageProcessor(preprocessor, options.max_image_pixels,
                                         resize_device=model.device if cuda else None, staging=staging)
-        self.prompts = PromptBuilder(tokenizer, cfg, chat_template, options.task, options.prompt_format)
-        self.results = ResultMaker(cfg.tokens, self.prompts.decode)  # finished rows -> LocateResult
         # CPU threads for image preprocessing (started on first use)
         self._pool = ThreadPoolExecutor(options.workers(), thread_name_prefix="graphrt-prep")
+        if isinstance(tokenizer, Future) and tokenizer.done():
+            tokenizer = tokenizer.result()  # a broken tokenizer fails here, before the capture
         self.eager, self.backend, self.memory_plan = _backends(model, options)
         self.runtime = self.backend.runtime  # the graph runtime, None when graphs are off (introspection)
+        # from_pretrained loads the tokenizer (transformers' import, seconds) on a thread during the capture
+        self.tokenizer = tokenizer.result() if isinstance(tokenizer, Future) else tokenizer
+        self.prompts = PromptBuilder(self.tokenizer, cfg, chat_template, options.task, options.prompt_format)
+        self.results = ResultMaker(cfg.tokens, self.prompts.decode)  # finished rows -> LocateResult
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, options: EngineOptions | None = None, **overrides) -> "Engine":
@@ -194,13 +197,17 @@ class Engine:
             raise CheckpointError(f"checkpoint directory not found: {root}")
         cfg = ModelConfig.from_pretrained(root)
         preprocessor = PreprocessorConfig.from_pretrained(root, cfg.vision)
+        # The tokenizer needs nothing below: its load (mostly transformers' import) overlaps the rest.
+        loader = ThreadPoolExecutor(1, thread_name_prefix="graphrt-tokenizer")
+        tokenizer = loader.submit(load_tokenizer, root)
+        loader.shutdown(wait=False)  # the thread ends with its one job
         device = options.resolved_device()
         model = LocateAnything(cfg, options.resolved_dtype(device), device)
         load_weights(model, root, cfg, progress=options.progress)
         model.eval()
         if options.fp8 is not None:  # in place: the bf16 copies of the FP8 linears are freed
             model = quantize_model(model, options.fp8, options.fp8_scope, inplace=True, checkpoint_dir=root)
-        return cls(root, cfg, model, load_tokenizer(root), preprocessor, options, load_chat_template(root))
+        return cls(root, cfg, model, tokenizer, preprocessor, options, load_chat_template(root))
 
     def with_options(self, **overrides) -> "Engine":
         """Another engine on the same loaded weights with other options (A/B runs, graphs off...).

@@ -550,6 +550,8 @@ def _set(section, key, value):
     ("preprocessor_std", r"image_std must be positive"),
     ("preprocessor_mismatch", r"patch_size 16 .* differ from config.json"),
     ("chat_template_list", r"chat_template.json: unreadable chat template"),
+    # the tokenizer loads on a thread beside the weights: its error still reaches the caller
+    ("tokenizer_vocab_garbage", r"cannot load the tokenizer"),
     ("no_weights", "no safetensors weights"),
     ("truncated_safetensors", r"model.safetensors: not a readable safetensors file"),
     ("zero_byte_safetensors", r"model.safetensors: not a readable safetensors file"),
@@ -588,6 +590,8 @@ def test_broken_checkpoints(ckpt, serves, case, match):
         _edit_json(pre_path, _set(None, "patch_size", 16))
     elif case == "chat_template_list":
         (ckpt / "chat_template.json").write_text("[]")
+    elif case == "tokenizer_vocab_garbage":
+        (ckpt / "vocab.json").write_text("{nope")
     elif case == "no_weights":
         weights.unlink()
     elif case == "truncated_safetensors":

@@ -257,34 +257,43 @@ def torch_lists(probs: torch.Tensor, cfg: MTPConfig = MTPConfig()):
 def check_probs(b: int, v: int, dtype: torch.dtype, device, seed: int = 0) -> list[torch.Tensor]:
     """Tie-heavy probs batches [b, 6, v]: every row equal; a few distinct levels; ties straddling
     the k-th place with ties above it; tied maxima on both sides of every block edge mbtopk may
-    use (256 threads x 4..64 items); zeros with few non-zeros; a softmax of random logits."""
-    g = torch.Generator().manual_seed(seed)
+    use (256 threads x 4..64 items); zeros with few non-zeros; a softmax of random logits.
+    Drawn on `device` with its own generator, every row at once (the engine's start-up check runs
+    this: per-row host loops cost seconds there)."""
+    g = torch.Generator(device=device).manual_seed(seed)
     n = b * 6
-    out = []
-    out.append(torch.full((n, v), 1.0 / v))  # all equal
-    levels = torch.tensor([1e-6, 2e-6, 3e-6, 4e-6])
-    out.append(levels[torch.randint(0, 4, (n, v), generator=g)])  # few levels: the top level has ~v/4 ties
-    x = torch.rand(n, v, generator=g) * 1e-6
-    for r in range(n):  # 0-3 distinct values above a tie group at the k-th place, some tied among themselves
-        above = int(torch.randint(0, 4, (), generator=g))
-        pos = torch.randperm(v, generator=g)[: above + 12]
-        x[r, pos[:above]] = torch.tensor([0.5, 0.5, 0.25, 0.125])[:above]
-        x[r, pos[above:]] = 0.0625
+    f = dict(device=device)
+    out = [torch.full((n, v), 1.0 / v, **f)]  # all equal
+    levels = torch.tensor([1e-6, 2e-6, 3e-6, 4e-6], **f)
+    out.append(levels[torch.randint(0, 4, (n, v), generator=g, **f)])  # few levels: the top one has ~v/4 ties
+    # 0-3 distinct values above a tie group of 12 at the k-th place, some tied among themselves
+    x = torch.rand(n, v, generator=g, **f) * 1e-6
+    pos = torch.rand(n, v, generator=g, **f).topk(16, dim=1).indices  # 16 distinct random places a row
+    above = torch.randint(0, 4, (n, 1), generator=g, **f)
+    j = torch.arange(16, **f).expand(n, 16)
+    tops = torch.tensor([0.5, 0.5, 0.25, 0.125, 0.0], **f)[j.clamp(max=4)]
+    vals = torch.where(j < above, tops, torch.full_like(tops, 0.0625))
+    x.scatter_(1, pos, torch.where(j < above + 12, vals, x.gather(1, pos)))
     out.append(x)
-    x = torch.rand(n, v, generator=g) * 1e-6
-    for r in range(n):
-        edges = [e * 256 * ipt for ipt in (4, 8, 16, 32, 64) for e in range(1, 4) if e * 256 * ipt < v]
-        pick = torch.tensor(edges)[torch.randperm(len(edges), generator=g)[:3]]
-        where = torch.cat([pick - 1, pick])
-        x[r, where.clamp(max=v - 1)] = 0.25  # 6 tied maxima straddling block edges
-        x[r, int(torch.randint(0, v, (), generator=g))] = 0.5 if r % 2 else 0.25
+    # 6 tied maxima straddling 3 of the block edges, then one larger (odd rows) or tied (even) value
+    x = torch.rand(n, v, generator=g, **f) * 1e-6
+    edges = torch.tensor([e * 256 * ipt for ipt in (4, 8, 16, 32, 64) for e in range(1, 4) if e * 256 * ipt < v],
+                         dtype=torch.int64, **f)
+    pick = edges[torch.rand(n, len(edges), generator=g, **f).argsort(dim=1)[:, :3]]
+    x.scatter_(1, torch.cat([pick - 1, pick], dim=1).clamp(max=v - 1), 0.25)
+    one = torch.randint(0, v, (n, 1), generator=g, **f)
+    odd = (torch.arange(n, **f) % 2 == 1).unsqueeze(1)
+    x.scatter_(1, one, torch.where(odd, 0.5, 0.25).to(x.dtype))
     out.append(x)
-    x = torch.zeros(n, v)
-    for r in range(n):
-        x[r, torch.randint(0, v, (int(torch.randint(1, 4, (), generator=g)),), generator=g)] = 0.5
+    # zeros with 1-3 places at 0.5 (places may repeat)
+    x = torch.zeros(n, v, **f)
+    count = torch.randint(1, 4, (n, 1), generator=g, **f)
+    places = torch.randint(0, v, (n, 3), generator=g, **f)
+    keep = torch.arange(3, **f).expand(n, 3) < count
+    x.scatter_(1, torch.where(keep, places, places[:, :1]), 0.5)
     out.append(x)
-    out.append(torch.softmax(torch.randn(n, v, generator=g) * 0.5, dim=-1))
-    return [t.to(dtype).view(b, 6, v).to(device) for t in out]
+    out.append(torch.softmax(torch.randn(n, v, generator=g, **f) * 0.5, dim=-1))
+    return [t.to(dtype).view(b, 6, v) for t in out]
 
 
 def self_check(device, dtype: torch.dtype, vocab: int, batch_sizes, cfg: MTPConfig = MTPConfig(),
@@ -292,8 +301,10 @@ def self_check(device, dtype: torch.dtype, vocab: int, batch_sizes, cfg: MTPConf
     """'' when `kernel` gives torch's argmax and top-k lists exactly on `check_probs` at every batch
     size, else a reason naming the first difference."""
     tables = tables or _Tables(device, cfg.keep_k, cfg.ref_keep_k)
-    for b in sorted(set(batch_sizes)):
-        for case, probs in enumerate(check_probs(b, vocab, dtype, device, seed=b)):
+    sizes = sorted(set(batch_sizes))
+    cases = check_probs(sizes[-1], vocab, dtype, device, seed=sizes[-1])  # drawn once; rows are independent
+    for b in sizes:
+        for case, probs in enumerate(c[:b] for c in cases):
             want = torch_lists(probs, cfg)
             got = kernel(probs, tables, cfg)
             for name, w, h in zip(("argmax", "top-k (slots 1-4)", "top-k (slots 1-5)"), want, got):
