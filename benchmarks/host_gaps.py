@@ -29,15 +29,15 @@ Variants (interleaved, rotating order, over the same images):
              (EngineOptions.pinned_intake=False)
     pinned   the code now: `after` with the host pixels copied by the CPU threads into the
              engine's pinned ring and uploaded one block at a time (graphrt/host_staging.py)
-    split    `pinned` with EngineOptions.split_intake: a batch of more than 8 images prepared in
-             chunks (8, 8, 16 for 32), each chunk's vision replay launched before the next chunk
-             is prepared and before its prompts are built (the ring's uploads on a side stream);
-             the engine's vision lap then starts at the first chunk's replay, and each job's
-             preprocess_ms is its own chunk's intake, so `stages` overlaps and `call` is the measure
-    split16  `split` with a first chunk of 16 (16 + 16 for 32 images)
+    splitN   `pinned` with EngineOptions.split_intake=N (4, 8, 16): a batch of more than N images
+             prepared in chunks (N, N, 2N, ...: 4+4+8+16, 8+8+16, 16+16 for 32), each chunk's
+             vision replay launched before its prompts are built and the next chunk is prepared
+             (the ring's uploads on a side stream); the engine's vision lap then starts at the
+             first chunk's replay, and each job's preprocess_ms is its own chunk's intake, so
+             `stages` overlaps and `call` is the measure
 (2026-11-24's run also had `after` through a kept pinned block filled by ONE thread, measured no
 faster and removed: docs/notes.md, section "Host time around the GPU stages".)
-Default variants: pinned split (--variants before after pinned split for all four).
+Default variants: pinned split4 (--variants before after pinned split4 split8 split16 for all).
 Random weights: fixed 2 MTP steps per row, tokens are random. On a CPU-only machine the graph
 backend runs its stage bodies directly (--graphs on), which exercises the same host code.
 
@@ -302,8 +302,7 @@ class Variant:
 
     def apply(self) -> None:
         self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before,
-                                                  pinned_intake=self.staging is not None, split_intake=bool(self.split))
-        graphrt.engine.SPLIT_FIRST = self.split or 8
+                                                  pinned_intake=self.staging is not None, split_intake=self.split)
         self.engine.processor.staging = self.staging
         for (owner, attr), fn in self.patches.items():
             setattr(owner, attr, fn)
@@ -332,8 +331,8 @@ def main():
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--graphs", default="on")
     ap.add_argument("--out", default="host_gaps.json")
-    ap.add_argument("--variants", nargs="+", default=["pinned", "split"],
-                    choices=["before", "after", "pinned", "split", "split16"])
+    ap.add_argument("--variants", nargs="+", default=["pinned", "split4"],
+                    choices=["before", "after", "pinned", "split4", "split8", "split16"])
     ap.add_argument("--fp8", default=None, help="calibration file: FP8 linears (scope lm, the default)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
@@ -341,7 +340,7 @@ def main():
     if args.fp8:
         opts["fp8"] = args.fp8
     if args.graphs == "on":  # only the buckets this run uses: a short capture (the split's chunks: 8 and 16)
-        sizes = set(args.batch) | ({8, 16} if {"split", "split16"} & set(args.variants) else set())
+        sizes = set(args.batch) | ({4, 8, 16} if any(v.startswith("split") for v in args.variants) else set())
         opts["buckets"] = Buckets(batch_sizes=tuple(sorted(sizes)), patch_budgets=(1656,),
                                   prefill_lengths=(64, 464, 480, 576, 1280))
     if not cuda:
@@ -353,7 +352,8 @@ def main():
     instrument(spans)
     every = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False),
              "pinned": Variant(engine, spans, False, pinned=True),
-             "split": Variant(engine, spans, False, pinned=True, split=8),
+             "split4": Variant(engine, spans, False, pinned=True, split=4),
+             "split8": Variant(engine, spans, False, pinned=True, split=8),
              "split16": Variant(engine, spans, False, pinned=True, split=16)}
     variants = {name: every[name] for name in args.variants}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),

@@ -97,11 +97,12 @@ class EngineOptions:
     # MiB), copied out of PIL's memory by min(4, workers) threads (graphrt/host_staging.py); False:
     # one pageable copy per image on the calling thread (the A/B of the change).
     pinned_intake: bool = True
-    # A large batch on the graphs (more than SPLIT_FIRST images) is prepared in chunks (8, 8, 16
-    # for 32 images: graphrt.intake.split_sizes), each chunk's vision replay launched before the
-    # next chunk is prepared, so the intake overlaps the tower; the prefill runs once for the
-    # batch. GRAPHRT_SPLIT_INTAKE=on|off overrides it (A/B). False: one intake, then one vision.
-    split_intake: bool = False
+    # N > 0: a batch on the graphs of more than N images is prepared in chunks of N, N, 2N, ...
+    # images (4, 4, 8, 16 for 32 at N=4: graphrt.intake.split_sizes), each chunk's vision replay
+    # launched before its prompts are built and the next chunk is prepared, so the intake overlaps
+    # the tower; the prefill runs once for the batch. 0: one intake, then the vision (the A/B).
+    # GRAPHRT_SPLIT_INTAKE (off | 4 | 8 | 16) overrides it.
+    split_intake: int = 0
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # limits: see the table above
     max_query_chars: int | None = 16_384
@@ -123,11 +124,11 @@ class EngineOptions:
             raise OptionError(f"graphs {self.graphs!r}: choose auto, on or off")
         if self.first_round not in ("merged", "separate"):
             raise OptionError(f"first_round {self.first_round!r}: choose merged or separate")
-        for name, least in (("preprocess_workers", 0), ("eager_batch", 1)):
+        for name, least in (("preprocess_workers", 0), ("eager_batch", 1), ("split_intake", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise OptionError(f"{name} must be an integer >= {least}, found {value!r}")
-        for name in ("batch_intake", "pinned_intake", "split_intake"):
+        for name in ("batch_intake", "pinned_intake"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, found {getattr(self, name)!r}")
         for name in ("max_image_pixels", "max_query_chars", "max_rows"):
@@ -161,15 +162,13 @@ class EngineOptions:
         return self.preprocess_workers or min(8, os.cpu_count() or 1)
 
 
-# Images of the first chunk of a split intake (EngineOptions.split_intake); later chunks double.
-SPLIT_FIRST = 8
-
-
-def split_intake_on(configured: bool) -> bool:
-    """EngineOptions.split_intake, unless GRAPHRT_SPLIT_INTAKE (on | off) is set (A/B runs)."""
+def split_first(configured: int) -> int:
+    """Images in the first chunk of a split intake (0: no split): EngineOptions.split_intake,
+    unless GRAPHRT_SPLIT_INTAKE (off | 4 | 8 | 16) is set (A/B runs)."""
     if "GRAPHRT_SPLIT_INTAKE" not in os.environ:
         return configured
-    return env_choice("GRAPHRT_SPLIT_INTAKE", ("on", "off")) == "on"
+    value = env_choice("GRAPHRT_SPLIT_INTAKE", ("off", "4", "8", "16"))
+    return 0 if value == "off" else int(value)
 
 
 # Copy threads of the pinned intake: 4 measured fastest on the H100 host (32 frames of 640x480:
@@ -341,7 +340,7 @@ class Engine:
         GPU: all groups at once (Intake.prepare_many; files and bytes decode on the CPU threads,
         decoded images are loaded inline: one thread measured faster for them); else group by
         group on the threads (PIL's host resizes run in parallel there). With split_intake and a
-        backend `ahead` that can encode ahead (the graphs), more than SPLIT_FIRST groups are
+        backend `ahead` that can encode ahead (the graphs), more than split_intake groups are
         prepared in chunks, each chunk's vision launched on `ahead` before its rows are built and
         the next chunk is prepared."""
         batched = isinstance(self.processor, ImageProcessor) and self.processor.resize_device is not None
@@ -350,15 +349,15 @@ class Engine:
             return [prepare(groups[0])] if len(groups) == 1 else list(self._pool.map(prepare, groups))
         encoded = any(isinstance(pairs[g[0]][0], (str, Path, bytes, bytearray, memoryview)) for g in groups)
         pool = self._pool if encoded else None
-        split = getattr(ahead, "encode_ahead", None) is not None and len(groups) > SPLIT_FIRST \
-            and split_intake_on(self.options.split_intake)
+        first = split_first(self.options.split_intake) if getattr(ahead, "encode_ahead", None) is not None else 0
+        split = 0 < first < len(groups)
         staging = self.processor.staging
         if staging is not None:  # chunks after the first upload beside the tower's replays, not behind them
             staging.side_stream = split
         if not split:
             return intake.prepare_many(pairs, groups, temps, gen, errors, task, pool=pool)
         outcomes, at = [], 0
-        for k, size in enumerate(split_sizes(len(groups), SPLIT_FIRST)):
+        for k, size in enumerate(split_sizes(len(groups), first)):
             launch = lambda images, first=(k == 0): ahead.encode_ahead(images, first)  # noqa: E731
             outcomes += intake.prepare_many(pairs, groups[at:at + size], temps, gen, errors, task, pool=pool,
                                             on_images=launch)

@@ -103,7 +103,7 @@ def test_stale_ahead_features_are_not_read(tiny_engine):
     assert not runtime._ahead
 
 
-def split_engine(tiny_engine, split: bool):
+def split_engine(tiny_engine, split: int):
     engine = tiny_engine.with_options(graphs="on", buckets=BUCKETS, max_new_tokens=12, split_intake=split)
     engine.processor.resize_device = torch.device("cpu")  # the batched (device) intake, on CPU tensors
     return engine
@@ -113,12 +113,11 @@ def test_engine_split_equals_unsplit_and_eager(tiny_engine, monkeypatch):
     """locate_batch through the chunked intake (3 chunks, a bad image and a shared image among
     them) gives the results of the unsplit intake and of the eager path; the chunks' vision ran
     ahead of the admission."""
-    monkeypatch.setattr(engine_module, "SPLIT_FIRST", 2)
     shared = random_image(56, 56, seed=50)
     pairs = [(random_image(56, 56, seed=51), "cat"), (shared, "dog"), (random_image(112, 56, seed=52), "car"),
              (b"not an image", "x"), (shared, "person"), (random_image(56, 56, seed=53), "bus"),
              (random_image(56, 112, seed=54), "bird"), (random_image(56, 56, seed=55), "cup")]
-    split, whole = split_engine(tiny_engine, True), split_engine(tiny_engine, False)
+    split, whole = split_engine(tiny_engine, 2), split_engine(tiny_engine, 0)
     ahead, encode = [], GraphRuntime.encode_ahead
     monkeypatch.setattr(GraphRuntime, "encode_ahead",
                         lambda self, images, first: ahead.append(len(images)) or encode(self, images, first))
@@ -132,14 +131,19 @@ def test_engine_split_equals_unsplit_and_eager(tiny_engine, monkeypatch):
     for g, w, e in zip(got, want, eager):
         assert (g.tokens, g.error, g.image_size) == (w.tokens, w.error, w.image_size)
         assert g.tokens == e.tokens
-    monkeypatch.setenv("GRAPHRT_SPLIT_INTAKE", "on")
+    monkeypatch.setenv("GRAPHRT_SPLIT_INTAKE", "4")  # 7 groups: 4, 3 (one bad)
     assert [r.tokens for r in whole.locate_batch(pairs, errors="report")] == [r.tokens for r in want]
-    assert ahead == [2, 1, 3]
+    assert ahead == [3, 3]
+    ahead.clear()
+    monkeypatch.setenv("GRAPHRT_SPLIT_INTAKE", "off")
+    assert [r.tokens for r in split.locate_batch(pairs, errors="report")] == [r.tokens for r in want]
+    assert ahead == []
     monkeypatch.setenv("GRAPHRT_SPLIT_INTAKE", "maybe")
     with pytest.raises(OptionError, match="GRAPHRT_SPLIT_INTAKE"):
         whole.locate_batch(pairs, errors="report")
 
 
 def test_split_option_checked():
-    with pytest.raises(OptionError, match="split_intake"):
-        engine_module.EngineOptions(split_intake="yes")
+    for bad in ("yes", -1, True, 2.0):
+        with pytest.raises(OptionError, match="split_intake"):
+            engine_module.EngineOptions(split_intake=bad)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-import graphrt.engine as engine_module
 from capture import Buckets, GraphRuntime
 from graphrt import Engine, GenerationConfig
 
@@ -30,9 +29,8 @@ def test_split_graphs_equal_unsplit_and_eager(tmp_path, monkeypatch):
     pairs = [(random_image(w, h, seed=i), QUERIES[i % len(QUERIES)]) for i, (w, h) in enumerate(sizes)]
     buckets = Buckets(batch_sizes=(1, 2, 4, 8, 16), patch_budgets=(1024, 1656), prefill_lengths=(64, 512, 640),
                       max_new_tokens=40)
-    split = eager.with_options(graphs="on", strict=True, buckets=buckets, memory_gb=None, split_intake=True)
-    whole = split.with_options(split_intake=False)
-    monkeypatch.setattr(engine_module, "SPLIT_FIRST", 4)
+    split = eager.with_options(graphs="on", strict=True, buckets=buckets, memory_gb=None, split_intake=4)
+    whole = split.with_options(split_intake=0)
     ahead, encode = [], GraphRuntime.encode_ahead
     monkeypatch.setattr(GraphRuntime, "encode_ahead",
                         lambda self, images, first: ahead.append(len(images)) or encode(self, images, first))

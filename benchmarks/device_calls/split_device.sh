@@ -3,8 +3,8 @@
 #   PART=probe  the engine's vision graphs: 1 x 32 vs 2 x 16, 8+8+16, 4 x 8, 4+4+8+16 (interleaved),
 #               bit equality of the smaller buckets against B=32
 #               then the GPU tests of the change
-#   PART=bench  latency.py A/B (FP8 scope lm) and host_gaps (bf16: unsplit, split 8+8+16, split 16+16),
-#               B=1 and B=32
+#   PART=bench  latency.py A/B/C (FP8 scope lm: unsplit, split_intake=4, =8) and host_gaps (bf16:
+#               unsplit, split 4+4+8+16, 8+8+16, 16+16), B=1 and B=32, interleaved
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -26,9 +26,16 @@ fi
     --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1; echo "calib rc=$?" >> "$OUT/calib.log")
 CAL=$(ls "$OUT"/*_calib.json | head -1); el calib $CAL
 timeout ${AB_TIMEOUT:-200} python benchmarks/latency.py --checkpoint /tmp/ck3b \
-    --a "graphs=on,fp8=$CAL" --b "graphs=on,fp8=$CAL,split_intake=true" --batch 1 32 --iters ${ITERS:-14} \
+    --a "graphs=on,fp8=$CAL" --b "graphs=on,fp8=$CAL,split_intake=4" --c "graphs=on,fp8=$CAL,split_intake=8" \
+    --batch 1 32 --iters ${ITERS:-14} \
     --slow-iters 14 --out-dir "$OUT" --tag split-fp8-ab > "$OUT/ab_fp8.log" 2>&1
-echo "ab rc=$?" >> "$OUT/ab_fp8.log"; grep -E '^\| [AB] |rc=|Error' "$OUT/ab_fp8.log" | cut -c1-300; el ab_fp8
+echo "ab rc=$?" >> "$OUT/ab_fp8.log"; grep -E '^\| [ABC] |rc=|Error' "$OUT/ab_fp8.log" | cut -c1-300; el ab_fp8
 timeout ${HG_TIMEOUT:-130} python benchmarks/host_gaps.py --checkpoint /tmp/ck3b --batch 1 32 --iters ${HITERS:-10} \
-    --warmup 2 --variants pinned split split16 --out "$OUT/host_gaps_bf16.json" > "$OUT/host_gaps_bf16.log" 2>&1
+    --warmup 2 --variants pinned split4 split8 split16 --out "$OUT/host_gaps_bf16.json" > "$OUT/host_gaps_bf16.log" 2>&1
 echo "rc=$?" >> "$OUT/host_gaps_bf16.log"; grep -vE "timeline" "$OUT/host_gaps_bf16.log" | cut -c1-400; el host_gaps
+LEFT=$(( 560 - ($(date +%s) - T0) ))
+if [ $LEFT -gt 70 ]; then
+  timeout $LEFT python -m pytest -q -p no:cacheprovider -m gpu tests/test_split_intake_gpu.py > "$OUT/pytest_gpu2.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/pytest_gpu2.log"; grep -E "passed|failed|error|FAILED|ERROR|rc=" "$OUT/pytest_gpu2.log" | tail -6
+fi
+el end
