@@ -29,15 +29,9 @@ Variants (interleaved, rotating order, over the same images):
              (EngineOptions.pinned_intake=False)
     pinned   the code now: `after` with the host pixels copied by the CPU threads into the
              engine's pinned ring and uploaded one block at a time (graphrt/host_staging.py)
-    splitN   `pinned` with EngineOptions.split_intake=N (4, 8, 16): a batch of more than N images
-             prepared in chunks (N, N, 2N, ...: 4+4+8+16, 8+8+16, 16+16 for 32), each chunk's
-             vision replay launched before its prompts are built and the next chunk is prepared
-             (the ring's uploads on a side stream); the engine's vision lap then starts at the
-             first chunk's replay, and each job's preprocess_ms is its own chunk's intake, so
-             `stages` overlaps and `call` is the measure
 (2026-11-24's run also had `after` through a kept pinned block filled by ONE thread, measured no
 faster and removed: docs/notes.md, section "Host time around the GPU stages".)
-Default variants: pinned split4 (--variants before after pinned split4 split8 split16 for all).
+Default variants: after pinned (--variants before after pinned for all three).
 Random weights: fixed 2 MTP steps per row, tokens are random. On a CPU-only machine the graph
 backend runs its stage bodies directly (--graphs on), which exercises the same host code.
 
@@ -134,7 +128,6 @@ def instrument(spans: Spans) -> None:
     w(graphrt.backend.Backend, "run", "run")
     w(capture.runtime.GraphRuntime, "admit", "admit")
     w(capture.runtime.GraphRuntime, "_encode", "vision")
-    w(capture.runtime.GraphRuntime, "encode_ahead", "vision_ahead")
     w(capture.runtime.GraphRuntime, "_prefill", "prefill")
     w(capture.inputs.StageInputs, "fill_vision", "fill_vision")
     w(capture.readback.ReadBack, "enqueue", "read_back_enqueue")
@@ -293,8 +286,8 @@ def host_before():
 class Variant:
     """One configuration of the host side, applied by patching the engine's classes in place."""
 
-    def __init__(self, engine, spans: Spans, before: bool, pinned: bool = False, split: int = 0):
-        self.engine, self.before, self.split = engine, before, split  # split: the first chunk's images
+    def __init__(self, engine, spans: Spans, before: bool, pinned: bool = False):
+        self.engine, self.before = engine, before
         self.staging = engine.processor.staging if pinned else None  # the engine's ring (pinned_intake)
         patches = before_patches(spans.timed)
         now = {key: key[0].__dict__[key[1]] for key in patches}  # as instrument() wrapped them
@@ -302,7 +295,7 @@ class Variant:
 
     def apply(self) -> None:
         self.engine.options = dataclasses.replace(self.engine.options, batch_intake=not self.before,
-                                                  pinned_intake=self.staging is not None, split_intake=self.split)
+                                                  pinned_intake=self.staging is not None)
         self.engine.processor.staging = self.staging
         for (owner, attr), fn in self.patches.items():
             setattr(owner, attr, fn)
@@ -331,18 +324,13 @@ def main():
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--graphs", default="on")
     ap.add_argument("--out", default="host_gaps.json")
-    ap.add_argument("--variants", nargs="+", default=["pinned", "split4"],
-                    choices=["before", "after", "pinned", "split4", "split8", "split16"])
-    ap.add_argument("--fp8", default=None, help="calibration file: FP8 linears (scope lm, the default)")
+    ap.add_argument("--variants", nargs="+", default=["after", "pinned"], choices=["before", "after", "pinned"])
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     opts = dict(progress=False, fixed_steps=2, graphs=args.graphs)
-    if args.fp8:
-        opts["fp8"] = args.fp8
-    if args.graphs == "on":  # only the buckets this run uses: a short capture (the split's chunks: 8 and 16)
-        sizes = set(args.batch) | ({4, 8, 16} if any(v.startswith("split") for v in args.variants) else set())
-        opts["buckets"] = Buckets(batch_sizes=tuple(sorted(sizes)), patch_budgets=(1656,),
-                                  prefill_lengths=(64, 464, 480, 576, 1280))
+    if args.graphs == "on":  # only the buckets this run uses: a short capture
+        opts["buckets"] = Buckets(batch_sizes=tuple(sorted(set(args.batch))), patch_budgets=(1680,),
+                                  prefill_lengths=(64, 480, 576, 1280))
     if not cuda:
         opts.update(device="cpu", dtype="float32")
     t = time.perf_counter()
@@ -351,13 +339,9 @@ def main():
     spans = Spans()
     instrument(spans)
     every = {"before": Variant(engine, spans, True), "after": Variant(engine, spans, False),
-             "pinned": Variant(engine, spans, False, pinned=True),
-             "split4": Variant(engine, spans, False, pinned=True, split=4),
-             "split8": Variant(engine, spans, False, pinned=True, split=8),
-             "split16": Variant(engine, spans, False, pinned=True, split=16)}
+             "pinned": Variant(engine, spans, False, pinned=True)}
     variants = {name: every[name] for name in args.variants}
     report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "load_s": round(load_s, 1),
-              "fp8": args.fp8,
               "work": f"locate_batch of B distinct {args.width}x{args.height} PIL images, one query each "
                       f"({len(QUERIES)} distinct, cycled), 2 MTP steps per row, graphs {opts['graphs']}",
               "results": {}}

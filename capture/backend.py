@@ -79,11 +79,6 @@ class GraphBackend(Backend):
         self.runtime.restore(tensors, decode.targets)
         return decode
 
-    def encode_ahead(self, images, first: bool) -> None:
-        """Vision of a chunk of a batch's images now, read by the batch's admission (the split
-        intake: the host prepares the next chunk while the tower runs this one)."""
-        self.runtime.encode_ahead(images, first)
-
     def stream(self, feed, gen: GenerationConfig):
         yield from run_jobs(self.runtime, feed, gen, self.max_batch, self.share_prefix)
 

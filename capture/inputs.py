@@ -24,12 +24,7 @@ GRIDS_KEPT = 8
 class StageInputs:
     def __init__(self, model, pipe: StaticPipeline):
         self.model, self.pipe = model, pipe
-        # Two mirrors of the vision lengths, used in turn: a fill waits only for the send before
-        # the last one. A split intake sends new lengths while the tower still runs an earlier
-        # chunk (each chunk's fill is queued behind the replays before it); with one mirror its
-        # next fill waited for those replays (host_gaps, split_intake=4: 24 ms of fill_vision).
-        self._visions = [Staging({"merge_index": pipe.merge_index, "v_seqused": pipe.v_seqused}) for _ in range(2)]
-        self._vision_turn = 0
+        self._vision = Staging({"merge_index": pipe.merge_index, "v_seqused": pipe.v_seqused})
         self._prefill = Staging({"ids": pipe.p_ids, "is_image": pipe.p_is_image, "image_row": pipe.p_image_row,
                                  "positions": pipe.p_positions, "slots": pipe.p_slots, "seqused": pipe.p_seqused,
                                  "padding": pipe.p_padding_row, "target": pipe.p_target, "window": pipe.p_window})
@@ -96,9 +91,7 @@ class StageInputs:
         lengths = (bv, p, tuple(im.grid for im in images))
         if lengths == self._lengths_sent:
             return
-        mirror = self._visions[self._vision_turn]
-        self._vision_turn ^= 1
-        host = mirror.fill()
+        host = self._vision.fill()
         merge, used = host["merge_index"], host["v_seqused"]
         for i, im in enumerate(images):
             n, start = im.num_patches, i * p
@@ -108,7 +101,7 @@ class StageInputs:
         for i in range(len(images), bv):  # padding slots
             merge[i * p : (i + 1) * p] = i * p
             used[i] = p
-        mirror.send({"merge_index": bv * p, "v_seqused": bv})
+        self._vision.send({"merge_index": bv * p, "v_seqused": bv})
         self._lengths_sent = lengths
 
     def _fill_tables(self, images: list[ProcessedImage], geometry: list[tuple], p: int) -> None:

@@ -105,13 +105,6 @@ class GraphRuntime:
         self.pool_bytes = 0
         self.last_timings_ms: dict[str, float] = {}
         self.owner = None  # the capture.backend.GraphDecode (a batch in flight) holding the buffers
-        # Images whose vision ran ahead of their admission (encode_ahead: a large batch's intake
-        # overlapped with the tower), each with its first parked feature row in vision_out; the
-        # list holds the images themselves, so identity is a safe key. `_ahead_start`: an event
-        # before the first of those replays (the admission's vision lap starts there).
-        self._ahead: list[tuple[ProcessedImage, int]] = []
-        self._ahead_keys: list[tuple[int, int]] = []  # the vision key of each pass run ahead
-        self._ahead_start = None
 
     # ------------------------------------------------------------------ capture
 
@@ -283,44 +276,13 @@ class GraphRuntime:
             gen = dataclasses.replace(gen, seed=draw_seed() if self.pipe.sample else 0)
         total: dict = {}
         chunks = self._chunks(batch)
-        # Features run ahead are used only when they are all this admission's and it is one chunk
-        # (admission chunks park their own passes in the rows the ahead features hold).
-        if len(chunks) > 1 or any(not any(im is own for own in batch.images) for im, _ in self._ahead):
-            self.drop_ahead()
         for chunk in chunks:
             laps = self._admit_chunk(batch.part(chunk["images"], chunk["rows"]), [targets[i] for i in chunk["rows"]],
                                      gen, share_prefix)
             for name, value in laps.items():  # times and counts add up; the first chunk's buckets
                 total[name] = total.get(name, 0) + value if isinstance(value, (int, float)) else total.get(name, value)
         total["admission_chunks"] = len(chunks)
-        self.drop_ahead()
         return total
-
-    def encode_ahead(self, images: list[ProcessedImage], first: bool) -> None:
-        """Vision of these images now, before their admission: their features are parked in
-        vision_out's feature rows (past every replay's output) until the next admit(), whose
-        vision then runs only the images not encoded ahead. A large batch's intake calls this per
-        chunk of images, so the host prepares the next chunk while the tower runs this one
-        (Engine: EngineOptions.split_intake). `first`: the first chunk of an admission (earlier
-        ahead features are dropped). The images with their rows and exemplars must fit one
-        admission chunk (Buckets.vision_capacity); otherwise admit() drops them and encodes again."""
-        if first:
-            self.drop_ahead()
-        images = [im for im in images if not any(im is done for done, _ in self._ahead)]
-        if not images:
-            return
-        if self._ahead_start is None and self.model.device.type == "cuda":
-            self._ahead_start = torch.cuda.Event(enable_timing=True)
-            self._ahead_start.record()
-        parked = self.pipe.exemplar_base + sum(im.num_patches // 4 for im, _ in self._ahead)
-        if parked + sum(im.num_patches // 4 for im in images) > self.pipe.vision_out.shape[0]:
-            return  # beyond the parking rows: admit() encodes these itself
-        base, keys = self._encode_passes(images, park_all=True, parked=parked)
-        self._ahead += list(zip(images, base))
-        self._ahead_keys += keys
-
-    def drop_ahead(self) -> None:
-        self._ahead, self._ahead_keys, self._ahead_start = [], [], None
 
     def _chunks(self, batch: Batch) -> list[dict]:
         """Rows grouped by their query image (with every image their rows name), then the groups
@@ -349,8 +311,6 @@ class GraphRuntime:
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
-        if self._ahead_start is not None and not clock.sync:  # the vision lap holds the replays run ahead
-            clock._marks[0] = (None, self._ahead_start)
         base, (bv, p), passes = self._encode(batch.images)
         self._free_rows()  # begin()'s fill, behind the vision launch
         clock.lap("vision_ms")
@@ -392,28 +352,11 @@ class GraphRuntime:
     def _encode(self, images: list[ProcessedImage]):
         """Vision of all images -> (each image's first row in vision_out, the first pass's key, passes).
 
-        Images encoded ahead (encode_ahead) are read where they were parked; the rest run here.
         Images share a vision bucket's equal-size slots, so a small image next to a large one
         would cost a whole large slot. Images are grouped by the patch bucket they fit (largest
         first; a group larger than its key's batch is cut), one replay per group. Every pass but
         the last moves its features to the feature rows of vision_out, past every replay's output,
         where the prefill reads them; the last pass is read where the graph wrote it."""
-        ahead = {id(im): row for im, row in self._ahead}
-        todo = [i for i, im in enumerate(images) if id(im) not in ahead]
-        parked = self.pipe.exemplar_base + sum(im.num_patches // 4 for im, _ in self._ahead)
-        base = [ahead.get(id(im), 0) for im in images]
-        keys = list(self._ahead_keys)
-        if todo:
-            rows, own = self._encode_passes([images[i] for i in todo], park_all=False, parked=parked)
-            for i, row in zip(todo, rows):
-                base[i] = row
-            keys = own + keys
-        return base, keys[0], len(keys)
-
-    def _encode_passes(self, images: list[ProcessedImage], park_all: bool, parked: int):
-        """The vision replays of `images` (one per patch bucket group): (each image's first row in
-        vision_out, each pass's key). Passes are parked from row `parked` on, all of
-        them with `park_all`, else all but the last."""
         b, pipe = self.buckets, self.pipe
         order = sorted(range(len(images)), key=lambda i: -images[i].num_patches)
         passes: list[tuple[list[int], tuple[int, int]]] = []
@@ -424,16 +367,11 @@ class GraphRuntime:
             else:
                 passes.append(([i], b.fit_vision(1, p)))
         base = [0] * len(images)
+        parked = pipe.exemplar_base
         for n, (members, (bv, p)) in enumerate(passes):
             self.inputs.fill_vision([images[i] for i in members], bv, p)
             self._run(("vision", bv, p))
-            if (park_all or n < len(passes) - 1) and all(images[i].num_patches == p for i in members):
-                rows = len(members) * p // 4  # unpadded slots: the pass's features are one block of rows
-                pipe.vision_out[parked : parked + rows].copy_(pipe.vision_out[:rows])
-                for slot, i in enumerate(members):
-                    base[i] = parked + slot * p // 4
-                parked += rows
-            elif park_all or n < len(passes) - 1:
+            if n < len(passes) - 1:
                 for slot, i in enumerate(members):
                     rows = images[i].num_patches // 4
                     pipe.vision_out[parked : parked + rows].copy_(pipe.vision_out[slot * p // 4 : slot * p // 4 + rows])
@@ -441,7 +379,7 @@ class GraphRuntime:
             else:
                 for slot, i in enumerate(members):
                     base[i] = slot * p // 4
-        return base, [key for _, key in passes]
+        return base, passes[0][1], len(passes)
 
     def _prefill(self, segments: list[_Segment], base: list[int], gen: GenerationConfig) -> int:
         """Segments grouped by their length bucket (longest first; a group beyond its key's batch

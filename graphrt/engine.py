@@ -37,8 +37,7 @@ from .decode import GenerationConfig
 from .eager import EagerBackend, encode_images
 from .errors import CheckpointError, InputError, OptionError
 from .generation import Generation, GenerationState
-from .intake import PAIR_OPTIONS, Intake, group_by_image, query_text, split_sizes
-from .kernels import env_choice
+from .intake import PAIR_OPTIONS, Intake, group_by_image, query_text
 from .model import LocateAnything
 from .prefetch import Prefetcher
 from .host_staging import PinnedStaging
@@ -97,12 +96,6 @@ class EngineOptions:
     # MiB), copied out of PIL's memory by min(4, workers) threads (graphrt/host_staging.py); False:
     # one pageable copy per image on the calling thread (the A/B of the change).
     pinned_intake: bool = True
-    # N > 0: a batch on the graphs of more than N images is prepared in chunks of N, N, 2N, ...
-    # images (4, 4, 8, 16 for 32 at N=4: graphrt.intake.split_sizes), each chunk's vision replay
-    # launched before its prompts are built and the next chunk is prepared, so the intake overlaps
-    # the tower; the prefill runs once for the batch. 0: one intake, then the vision (the A/B).
-    # GRAPHRT_SPLIT_INTAKE (off | 4 | 8 | 16) overrides it.
-    split_intake: int = 0
     eager_batch: int = 8  # rows per batch of the eager path (CPU, or what the graphs cannot take)
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS  # limits: see the table above
     max_query_chars: int | None = 16_384
@@ -124,7 +117,7 @@ class EngineOptions:
             raise OptionError(f"graphs {self.graphs!r}: choose auto, on or off")
         if self.first_round not in ("merged", "separate"):
             raise OptionError(f"first_round {self.first_round!r}: choose merged or separate")
-        for name, least in (("preprocess_workers", 0), ("eager_batch", 1), ("split_intake", 0)):
+        for name, least in (("preprocess_workers", 0), ("eager_batch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise OptionError(f"{name} must be an integer >= {least}, found {value!r}")
@@ -160,15 +153,6 @@ class EngineOptions:
 
     def workers(self) -> int:
         return self.preprocess_workers or min(8, os.cpu_count() or 1)
-
-
-def split_first(configured: int) -> int:
-    """Images in the first chunk of a split intake (0: no split): EngineOptions.split_intake,
-    unless GRAPHRT_SPLIT_INTAKE (off | 4 | 8 | 16) is set (A/B runs)."""
-    if "GRAPHRT_SPLIT_INTAKE" not in os.environ:
-        return configured
-    value = env_choice("GRAPHRT_SPLIT_INTAKE", ("off", "4", "8", "16"))
-    return 0 if value == "off" else int(value)
 
 
 # Copy threads of the pinned intake: 4 measured fastest on the H100 host (32 frames of 640x480:
@@ -295,7 +279,7 @@ class Engine:
             # One batch: prepared inline (no thread hand-off on the latency path), equal-size
             # images resized together; encoded files decode on the CPU threads.
             jobs = []
-            outcomes = self._prepare_batch(intake, pairs, groups, temps, gen, errors, task, ahead=backend)
+            outcomes = self._prepare_batch(intake, pairs, groups, temps, gen, errors, task)
             for job, failures in outcomes:
                 yield from failures
                 if job is not None:
@@ -341,35 +325,17 @@ class Engine:
         return Intake(self.cfg, self.processor, self.prompts, self.options.max_image_pixels,
                       self.options.max_query_chars)
 
-    def _prepare_batch(self, intake: Intake, pairs, groups, temps, gen, errors: str, task: str,
-                       ahead: Backend | None = None) -> list[tuple]:
+    def _prepare_batch(self, intake: Intake, pairs, groups, temps, gen, errors: str, task: str) -> list[tuple]:
         """(job or None, failures) of each group of one batch. batch_intake with the resizes on the
         GPU: all groups at once (Intake.prepare_many; files and bytes decode on the CPU threads,
         decoded images are loaded inline: one thread measured faster for them); else group by
-        group on the threads (PIL's host resizes run in parallel there). With split_intake and a
-        backend `ahead` that can encode ahead (the graphs), more than split_intake groups are
-        prepared in chunks, each chunk's vision launched on `ahead` before its rows are built and
-        the next chunk is prepared."""
+        group on the threads (PIL's host resizes run in parallel there)."""
         batched = isinstance(self.processor, ImageProcessor) and self.processor.resize_device is not None
         if not self.options.batch_intake or not batched:
             prepare = lambda indices: intake.prepare(pairs, indices, temps, gen, errors, task)  # noqa: E731
             return [prepare(groups[0])] if len(groups) == 1 else list(self._pool.map(prepare, groups))
         encoded = any(isinstance(pairs[g[0]][0], (str, Path, bytes, bytearray, memoryview)) for g in groups)
-        pool = self._pool if encoded else None
-        first = split_first(self.options.split_intake) if getattr(ahead, "encode_ahead", None) is not None else 0
-        split = 0 < first < len(groups)
-        staging = self.processor.staging
-        if staging is not None:  # chunks after the first upload beside the tower's replays, not behind them
-            staging.side_stream = split
-        if not split:
-            return intake.prepare_many(pairs, groups, temps, gen, errors, task, pool=pool)
-        outcomes, at = [], 0
-        for k, size in enumerate(split_sizes(len(groups), first)):
-            launch = lambda images, first=(k == 0): ahead.encode_ahead(images, first)  # noqa: E731
-            outcomes += intake.prepare_many(pairs, groups[at:at + size], temps, gen, errors, task, pool=pool,
-                                            on_images=launch)
-            at += size
-        return outcomes
+        return intake.prepare_many(pairs, groups, temps, gen, errors, task, pool=self._pool if encoded else None)
 
     def _call_settings(self, n: int, temperatures, task: str | None, generation: dict) -> tuple:
         """(task, GenerationConfig, one temperature per pair) of a call on n pairs."""

@@ -17,7 +17,6 @@ are not staged (`wants`: the caller uploads them pageable).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
 from collections import deque
@@ -42,11 +41,6 @@ class PinnedStaging:
         self._events: list[torch.cuda.Event] = []  # the last upload read from each block
         self._next = 0  # the block the next chunk takes (round robin)
         self._pool: ThreadPoolExecutor | None = None
-        # True: the uploads go on a stream of their own and the current stream waits for them, so
-        # a batch's later chunk (EngineOptions.split_intake) is copied while the GPU still runs an
-        # earlier chunk's vision, not queued behind it. The engine sets it per call.
-        self.side_stream = False
-        self._stream = None
 
     @property
     def pinned_bytes(self) -> int:
@@ -71,27 +65,19 @@ class PinnedStaging:
         views = [v if v.is_contiguous() else v.contiguous() for v in views]
         if per > self.slot_bytes:
             raise ValueError(f"an image of {per:,} bytes does not fit a {self.slot_bytes:,}-byte staging block")
+        batch = torch.empty((len(views), *shape), dtype=torch.uint8, device=self.device)
+        flat = batch.view(len(views), per)
         per_slot = self.slot_bytes // per
         chunks = [range(i, min(i + per_slot, len(views))) for i in range(0, len(views), per_slot)]
         with self._lock:
             self._start()
-            side = self._stream if self.side_stream and self._stream is not None else None
-            consumer = torch.cuda.current_stream(self.device) if side is not None else None
-            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                # on the side stream, the batch comes from that stream's pool (freed blocks there
-                # are reused only after the consumer's recorded use: record_stream below)
-                batch = torch.empty((len(views), *shape), dtype=torch.uint8, device=self.device)
-                flat = batch.view(len(views), per)
-                pending: deque = deque()
-                for members in chunks:
-                    if len(pending) == self.slots:  # every block is in this call: upload the oldest first
-                        self._finish(pending.popleft(), flat)
-                    pending.append(self._fill(members, views, per))
-                while pending:
+            pending: deque = deque()
+            for members in chunks:
+                if len(pending) == self.slots:  # every block is in this call: upload the oldest first
                     self._finish(pending.popleft(), flat)
-            if side is not None:
-                consumer.wait_stream(side)
-                batch.record_stream(consumer)
+                pending.append(self._fill(members, views, per))
+            while pending:
+                self._finish(pending.popleft(), flat)
         return batch
 
     def _start(self) -> None:
@@ -101,7 +87,6 @@ class PinnedStaging:
             self._blocks = [torch.empty(self.slot_bytes, dtype=torch.uint8, pin_memory=cuda)
                             for _ in range(self.slots)]
             self._events = [torch.cuda.Event() if cuda else _Done() for _ in range(self.slots)]
-            self._stream = torch.cuda.Stream(self.device) if cuda else None
 
     def _fill(self, members: range, views: list[torch.Tensor], per: int) -> tuple:
         """Take the next block (waiting for its last upload), and start the threads copying the

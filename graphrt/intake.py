@@ -31,13 +31,11 @@ class Intake:
         return self.prepare_many(pairs, [indices], temps, gen, errors, task)[0]
 
     def prepare_many(self, pairs, groups: list[list[int]], temps, gen: GenerationConfig, errors: str, task: str,
-                     pool=None, on_images=None) -> list[tuple]:
+                     pool=None) -> list[tuple]:
         """`prepare` of every group at once, in order: images loaded (on `pool`'s threads when
         given: decoders release the GIL), then resized together (equal sizes share one upload
         buffer and one set of resize launches: graphrt.processor.process_loaded), then each
-        group's rows built. `on_images(images)`, when given, is called with the processed images
-        (each good group's, in order) before any row is built (the split intake launches their
-        vision there, so the prompts are built while the GPU runs it). Each job's preprocess_ms is the wall time of the whole preparation
+        group's rows built. Each job's preprocess_ms is the wall time of the whole preparation
         (no image of the batch is ready before the last one is). Errors as in `prepare`; with
         errors="raise" the first bad group (image before its rows) raises."""
         t0 = time.perf_counter()
@@ -45,11 +43,6 @@ class Intake:
         loaded = list(pool.map(load, groups)) if pool is not None and len(groups) > 1 else [load(g) for g in groups]
         todo = [k for k, (_, rgb, image) in enumerate(loaded) if image is None and not isinstance(rgb, InputError)]
         processed = dict(zip(todo, self.processor.process_loaded([loaded[k][1] for k in todo]))) if todo else {}
-        if on_images is not None:
-            ready = [processed.get(k, rgb if image is None else image) for k, (_, rgb, image) in enumerate(loaded)]
-            ready = [im for im in ready if isinstance(im, ProcessedImage)]
-            if ready:
-                on_images(ready)
         outcomes = []
         for k, (indices, (specs, rgb, image)) in enumerate(zip(groups, loaded)):
             image = processed.get(k, rgb if image is None else image)
@@ -145,19 +138,6 @@ def pair_options(pair, task: str) -> tuple:
     visual = VisualPrompt.of(opts.get("exemplar"), opts.get("exemplar_box"),
                              opts.get("box_format") or "normalized_1000")
     return pair[1], row_task, visual
-
-
-def split_sizes(n: int, first: int) -> list[int]:
-    """Chunk sizes of a batch of n images whose intake is split (EngineOptions.split_intake):
-    `first` images, then each next chunk as large as all before it (first, first, 2 first, ...),
-    the last cut to what is left; so each chunk's host work (~0.2 ms an image at 640x480) has the
-    tower's time on every earlier chunk (~3.7 ms an image) to hide under. One chunk when n <= first."""
-    if first < 1:
-        raise ValueError("split_sizes needs first >= 1")
-    sizes = [min(n, first)]
-    while sum(sizes) < n:
-        sizes.append(min(sum(sizes), n - sum(sizes)))
-    return sizes
 
 
 def image_key(src):
