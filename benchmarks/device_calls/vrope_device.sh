@@ -18,6 +18,10 @@ timeout ${TEST_TIMEOUT:-170} python -m pytest -q -p no:cacheprovider -m gpu test
 echo "pytest rc=$?" >> "$OUT/pytest.log"
 grep -E "passed|failed|error|FAILED|ERROR" "$OUT/pytest.log" | tail -12 | cut -c1-400; el tests
 fi
+if [ "${KERNELS:-1}" = 1 ]; then  # one layer's RoPE + attention, q-in-kernel over Triton tiles
+timeout ${KERNEL_TIMEOUT:-150} python benchmarks/vision_rope_fused.py --out "$OUT/vrope_kernels.json" > "$OUT/kernels.log" 2>&1
+echo "kernels rc=$?" >> "$OUT/kernels.log"; grep -E "^(1|32) |rc=|Error" "$OUT/kernels.log" | cut -c1-300; el kernels
+fi
 if [ "${TOWER:-1}" = 1 ]; then
 timeout ${TOWER_TIMEOUT:-160} python benchmarks/vision_stage.py --only rope1 rope32 --out "$OUT/vrope_tower.json" \
     > "$OUT/tower.log" 2>&1

@@ -39,20 +39,21 @@ except ImportError:  # CPU-only installs: never called there (vision_kernels.ava
 if triton is not None:
 
     @triton.jit
-    def _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, cols, ok, HALF: tl.constexpr):
-        # q columns `cols` of rows q_rows, turned by the 2D RoPE as vision_kernels.rope_2d_ turns
-        # them (pair (2i, 2i+1) by angle i of the row: the same fp32 products and sums, one round
-        # to the qkv dtype), so the logits are bit for bit those of the separate pass. The pair
-        # partner is a second load (col ^ 1) of the same cached lines; masked columns come out 0.
-        x = tl.load(q_ptr + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        xp = tl.load(q_ptr + (cols ^ 1)[None, :], mask=ok, other=0.0).to(tl.float32)
-        t = q_rows[:, None] * HALF + (cols // 2)[None, :]
-        c = tl.load(cos_ptr + t, mask=ok, other=0.0)
-        s = tl.load(sin_ptr + t, mask=ok, other=0.0)
-        even = (cols % 2 == 0)[None, :]
-        a = tl.where(even, x, xp)
-        b = tl.where(even, xp, x)
-        y = tl.where(even, a * c - b * s, a * s + b * c)
+    def _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, q_ok, COL0: tl.constexpr, W: tl.constexpr,
+                  BLOCK_M: tl.constexpr, D: tl.constexpr):
+        # q columns COL0..COL0+W of rows q_rows (0 past the head or where not q_ok), turned by the 2D
+        # RoPE with vision_kernels.rope_2d_'s very arithmetic (split into (even, odd) pairs, the same
+        # fp32 products and sums, joined, one round to the qkv dtype): logits bit for bit the pass's.
+        HALF: tl.constexpr = D // 2
+        cols = COL0 + tl.arange(0, W)
+        x = tl.load(q_ptr + cols[None, :], mask=q_ok[:, None] & (cols < D)[None, :], other=0.0).to(tl.float32)
+        pairs = COL0 // 2 + tl.arange(0, W // 2)
+        t = q_rows[:, None] * HALF + pairs[None, :]
+        p_ok = q_ok[:, None] & (pairs < HALF)[None, :]
+        c = tl.load(cos_ptr + t, mask=p_ok, other=0.0)
+        s = tl.load(sin_ptr + t, mask=p_ok, other=0.0)
+        a, b = tl.split(tl.reshape(x, (BLOCK_M, W // 2, 2)))
+        y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK_M, W))
         return y.to(q_ptr.dtype.element_ty)
 
     @triton.jit
@@ -132,8 +133,8 @@ if triton is not None:
         q_rows = start.to(tl.int64) + offs_m.to(tl.int64)
         q_ptr = qkv_ptr + q_rows[:, None] * row_stride + h * D
         if ROPE_Q:  # q arrives unturned (the RoPE pass turned k only)
-            q_lo = _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, d_lo, q_ok[:, None], D // 2)
-            q_hi = _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, d_hi, q_ok[:, None] & hi_ok[None, :], D // 2)
+            q_lo = _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, q_ok, 0, D_LO, BLOCK_M, D)
+            q_hi = _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, q_ok, D_LO, D_HI, BLOCK_M, D)
         else:
             q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
             q_hi = tl.load(q_ptr + d_hi[None, :], mask=q_ok[:, None] & hi_ok[None, :], other=0.0)

@@ -86,22 +86,24 @@ def _build():
     @gluon.jit
     def _q_tile(qkv_ptr, cos_ptr, sin_ptr, rows, cols, ok, h, ROW: gl.constexpr, D: gl.constexpr,
                 ROPE_Q: gl.constexpr):
-        """q columns `cols` of the absolute rows `rows` of head h (0 where not ok); ROPE_Q: turned by
-        the 2D RoPE as vision_kernels.rope_2d_ turns them (same fp32 products and sums, one round to
-        the qkv dtype), the pair partner a second load (col ^ 1) of the same cached lines."""
-        base = qkv_ptr + (rows * ROW + h * D)[:, None]
-        q = gl.load(base + cols[None, :], mask=ok, other=0.0)
+        """q columns `cols` (contiguous) of the absolute rows `rows` of head h (0 where not ok);
+        ROPE_Q: turned by the 2D RoPE with vision_kernels.rope_2d_'s very arithmetic (split into
+        (even, odd) pairs, the same fp32 products and sums, joined, one round to the qkv dtype)."""
+        q = gl.load(qkv_ptr + (rows * ROW + h * D)[:, None] + cols[None, :], mask=ok, other=0.0)
         if ROPE_Q:
             HALF: gl.constexpr = D // 2
-            x = q.to(gl.float32)
-            xp = gl.load(base + (cols ^ 1)[None, :], mask=ok, other=0.0).to(gl.float32)
-            t = rows[:, None] * HALF + (cols // 2)[None, :]
+            M: gl.constexpr = q.shape[0]
+            W: gl.constexpr = q.shape[1]
+            a, b = gl.split(gl.reshape(q.to(gl.float32), (M, W // 2, 2)))
+            t = rows[:, None] * HALF + (cols // 2)[None, :]  # each column's pair index; even columns kept
             c = gl.load(cos_ptr + t, mask=ok, other=0.0)
             s = gl.load(sin_ptr + t, mask=ok, other=0.0)
-            even = (cols % 2 == 0)[None, :]
-            a = gl.where(even, x, xp)
-            b = gl.where(even, xp, x)
-            q = gl.where(even, a * c - b * s, a * s + b * c).to(qkv_ptr.dtype.element_ty)
+            c, _ = gl.split(gl.reshape(c, (M, W // 2, 2)))
+            s, _ = gl.split(gl.reshape(s, (M, W // 2, 2)))
+            c = gl.convert_layout(c, a.type.layout)
+            s = gl.convert_layout(s, a.type.layout)
+            y = gl.reshape(gl.join(a * c - b * s, a * s + b * c), (M, W))
+            q = gl.convert_layout(y, q.type.layout).to(qkv_ptr.dtype.element_ty)
         return q
 
     @gluon.jit
