@@ -169,8 +169,8 @@ class MoonViTBlock(nn.Module):
             padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
-            # GRAPHRT_VISION_ROPE=q (kernels/vision_attention.py ROPE): the slot/packed kernels turn q
-            # as they load it, the pass turns k only
+            # GRAPHRT_VISION_ROPE=q (opt-in, kernels/vision_attention.py ROPE): the slot/packed kernels
+            # turn q as they load it, the pass turns k only
             rope_q = roped is None and mode in ("slot", "packed") and slot_kernels.ROPE == "q"
             if roped is None:
                 vk.rope_2d_(qkv, geo.cos, geo.sin, k_only=rope_q)

@@ -117,7 +117,7 @@ def test_interp_fused_tower_rope_q_equals_pass(tiny_engine, monkeypatch):
 def test_rope_tables_of_the_wrong_shape_are_refused():
     import graphrt.kernels.vision_attention as va
 
-    assert va.ROPES == ("q", "pass") and va.ROPE in va.ROPES
+    assert va.ROPES == ("pass", "q") and va.ROPE in va.ROPES
     qkv = torch.zeros(8, 3, 2, 72)
     cu = torch.tensor([0, 8], dtype=torch.int32)
     used = torch.tensor([8], dtype=torch.int32)

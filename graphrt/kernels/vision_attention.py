@@ -222,10 +222,12 @@ KERNELS = ("auto", "triton", "ws")  # the first is the default
 KERNEL = env_choice("GRAPHRT_VISION_ATTENTION_KERNEL", KERNELS)
 # Where the fused tower (modes slot / packed, cuBLAS wqkv) turns q by the 2D RoPE, read at load (A/B;
 # MoonViTBlock.forward_fused reads this attribute when it builds the call, so a benchmark may set it
-# between captures): "q" (default): the attention kernels (both) turn q as they load it, the RoPE
-# pass (vision_kernels.rope_2d_) turns k only: half its traffic, same output bits; "pass": the pass
-# turns q and k, the kernels read q as it is (the path before 2026-11-25).
-ROPES = ("q", "pass")
+# between captures): "pass" (default): vision_kernels.rope_2d_ turns q and k, the kernels read q as it
+# is; "q" (opt-in): the attention kernels (both) turn q as they load it, the pass turns k only (half its
+# traffic, same output bits). Measured slower on the H100 (2026-11-25, docs/notes.md "vrope"): the
+# turned q tile is a register operand of the Triton kernel's q.k wgmma (a loaded one comes from shared
+# memory), more registers and spills in the key loop: tower B=32 117.7 -> 139.4 ms, B=1 4.41 -> 4.71 ms.
+ROPES = ("pass", "q")
 ROPE = env_choice("GRAPHRT_VISION_ROPE", ROPES)
 _WS_FALLBACK_WARNED = False
 
