@@ -106,7 +106,9 @@ if triton is not None:
             base = qkv_ptr + row * row_stride + part * WIDTH
             x = tl.load(base + offs, mask=offs < WIDTH, other=0.0).to(tl.float32)
             a, b = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
-            y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK,))
+            # explicit FMAs (not left to the compiler's contraction): the attention kernels' q
+            # rotation (GRAPHRT_VISION_ROPE=q) repeats them and must give these bits
+            y = tl.reshape(tl.join(tl.fma(a, c, -(b * s)), tl.fma(a, s, b * c)), (BLOCK,))
             tl.store(base + offs, y.to(qkv_ptr.dtype.element_ty), mask=offs < WIDTH)
 
 

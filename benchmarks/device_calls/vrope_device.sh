@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > 
 if [ "${TESTS:-1}" = 1 ]; then
 timeout ${TEST_TIMEOUT:-170} python -m pytest -q -p no:cacheprovider -m gpu tests/test_vision_rope_fused.py \
     tests/test_vision_attention_ws.py tests/test_vision_attention.py tests/test_vision_kernels.py \
-    tests/test_vision_hopper_attention.py > "$OUT/pytest.log" 2>&1
+    tests/test_vision_hopper_attention.py tests/test_vision_cudnn.py tests/test_vision_gemm.py > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest.log"
 grep -E "passed|failed|error|FAILED|ERROR" "$OUT/pytest.log" | tail -12 | cut -c1-400; el tests
 fi

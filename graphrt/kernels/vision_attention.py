@@ -43,7 +43,7 @@ if triton is not None:
                   BLOCK_M: tl.constexpr, D: tl.constexpr):
         # q columns COL0..COL0+W of rows q_rows (0 past the head or where not q_ok), turned by the 2D
         # RoPE with vision_kernels.rope_2d_'s very arithmetic (split into (even, odd) pairs, the same
-        # fp32 products and sums, joined, one round to the qkv dtype): logits bit for bit the pass's.
+        # fp32 FMAs, joined, one round to the qkv dtype): logits bit for bit the pass's.
         HALF: tl.constexpr = D // 2
         cols = COL0 + tl.arange(0, W)
         x = tl.load(q_ptr + cols[None, :], mask=q_ok[:, None] & (cols < D)[None, :], other=0.0).to(tl.float32)
@@ -53,7 +53,7 @@ if triton is not None:
         c = tl.load(cos_ptr + t, mask=p_ok, other=0.0)
         s = tl.load(sin_ptr + t, mask=p_ok, other=0.0)
         a, b = tl.split(tl.reshape(x, (BLOCK_M, W // 2, 2)))
-        y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK_M, W))
+        y = tl.reshape(tl.join(tl.fma(a, c, -(b * s)), tl.fma(a, s, b * c)), (BLOCK_M, W))
         return y.to(q_ptr.dtype.element_ty)
 
     @triton.jit

@@ -88,7 +88,7 @@ def _build():
                 ROPE_Q: gl.constexpr):
         """q columns `cols` (contiguous) of the absolute rows `rows` of head h (0 where not ok);
         ROPE_Q: turned by the 2D RoPE with vision_kernels.rope_2d_'s very arithmetic (split into
-        (even, odd) pairs, the same fp32 products and sums, joined, one round to the qkv dtype)."""
+        (even, odd) pairs, the same fp32 FMAs, joined, one round to the qkv dtype)."""
         q = gl.load(qkv_ptr + (rows * ROW + h * D)[:, None] + cols[None, :], mask=ok, other=0.0)
         if ROPE_Q:
             HALF: gl.constexpr = D // 2
@@ -102,7 +102,7 @@ def _build():
             s, _ = gl.split(gl.reshape(s, (M, W // 2, 2)))
             c = gl.convert_layout(c, a.type.layout)
             s = gl.convert_layout(s, a.type.layout)
-            y = gl.reshape(gl.join(a * c - b * s, a * s + b * c), (M, W))
+            y = gl.reshape(gl.join(gl.fma(a, c, -(b * s)), gl.fma(a, s, b * c)), (M, W))
             q = gl.convert_layout(y, q.type.layout).to(qkv_ptr.dtype.element_ty)
         return q
 
