@@ -35,7 +35,6 @@ from capture.plan import plan_for_model
 from graphrt import Engine
 from graphrt.engine import EngineOptions
 from graphrt.timing import StageClock, stage_clock_syncs
-from graphrt.kernels import vision_attention as slot_kernels
 
 QUERIES = ["person", "car", "traffic light", "dog", "bicycle", "the red umbrella", "bus", "cat"]
 
@@ -58,7 +57,6 @@ def parse_config(text: str) -> dict:
     them on the buckets the default memory plan derives for the loaded model, so configs differ only
     in the ladders; such a config runs with memory_gb=None, its buckets unchecked);
     `vision_attention=varlen` the vision tower's attention in that config's graphs;
-    `vision_rope=pass` the tower's RoPE pass turning q too (GRAPHRT_VISION_ROPE), =q q in the attention kernel;
     `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch);
     `host=before` the host side as before the intake pass (benchmarks/host_gaps.py's patches,
     applied around that config's calls; pair it with batch_intake=false)."""
@@ -196,19 +194,15 @@ def main() -> None:
         configs["C " + args.c] = parse_config(args.c)
     engines, stage_sync, host_side = {}, {}, {}
     default_vision_attention = base.model.vision.attention
-    default_rope = slot_kernels.ROPE
     for name, over in configs.items():
         t = time.perf_counter()
         # vision_attention=MODE (graphrt.vision.VISION_ATTENTION_MODES): the tower's attention as
         # this config's graphs are captured (they keep it; the weights stay shared).
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
-        # vision_rope=pass|q (GRAPHRT_VISION_ROPE): where the tower turns q, as this config's graphs are captured
-        slot_kernels.ROPE = over.pop("vision_rope", default_rope)
         stage_sync[name] = stage_clock_syncs(over.pop("stage_clock", "events"))
         host_side[name] = over.pop("host", "now")
         engines[name] = base.with_options(**with_ladders(base.model, over))
         base.model.vision.attention = default_vision_attention
-        slot_kernels.ROPE = default_rope
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
               flush=True)
 

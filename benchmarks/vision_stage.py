@@ -17,8 +17,6 @@
    graphs, FA2 vs graphrt's Triton prefill attention interleaved; kernel split by class against
    the weight-read and compute floors; the attention call alone over tiles.
 7. A mixed batch (320x240, 640x480, 1024x768): slots of the largest vs packed, side by side.
-8. (rope1, rope32) The tower at B=1 and B=32 with the RoPE pass turning q and k vs the attention
-   kernel turning q as it loads it (GRAPHRT_VISION_ROPE=pass / q), interleaved, kernel tables.
 
     python benchmarks/vision_stage.py --out results.json
 Random weights: only timings and path equivalence mean anything here.
@@ -197,10 +195,6 @@ TOWER_VARIANTS = [("unfused", False, "varlen", False), ("fused+slot1 (before)", 
                   ("fused+slot, patch linear + add", True, "slot", False), ("fused+slot (now)", True, "slot", True)]
 
 
-ROPE_VARIANTS = [("fused+slot, rope pass (q and k)", True, "slot", True, "cublas", "auto", "pass"),
-                 ("fused+slot, q turned in attention", True, "slot", True, "cublas", "auto", "q")]
-
-
 def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profile: bool = True,
               variants=None, exact_sdpa: bool = False):
     """The tower as CUDA graphs, variants interleaved (P50/P90/P99, useful TFLOP/s), on B slots of
@@ -232,17 +226,15 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
     variants = variants or TOWER_VARIANTS
-    # optional 5th / 6th / 7th fields: the GEMM switch (default cuBLAS), the slot attention kernel
-    # (default triton), where q is turned by the RoPE (GRAPHRT_VISION_ROPE; default pass: the RoPE pass)
+    # optional 5th / 6th fields: the GEMM switch (default cuBLAS), the slot attention kernel (default triton)
     for name, fused, mode, patch, *more in variants:
-        more = list(more) + ["cublas", "triton", "pass"][len(more):]
+        more = list(more) + ["cublas", "triton"][len(more):]
 
-        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1],
-                 rope=more[2]):
+        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1]):
             from graphrt.kernels import vision_attention as slot_kernels
 
             model.fused, model.attention, model.fused_patch_embed, model.gemm = fused, mode, patch, gemm
-            slot_kernels.KERNEL, slot_kernels.ROPE = kernel, rope
+            slot_kernels.KERNEL = kernel
             outs[name] = model(pixels, pos, geo, attend)
 
         try:
@@ -673,10 +665,6 @@ def main():
              ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10)),
              ("vision25600", lambda: vision_ab(1, 26676, 25600, (160, 160), 6, variants=TOWER_VARIANTS[1:],
                                                exact_sdpa=True)),
-             # GRAPHRT_VISION_ROPE A/B: the RoPE pass over q and k vs q turned in the attention kernel
-             # (pass over k only); cuBLAS GEMMs, attention kernel auto (the defaults)
-             ("rope1", lambda: vision_ab(1, 1680, 1656, (36, 46), 100, profile="all", variants=ROPE_VARIANTS)),
-             ("rope32", lambda: vision_ab(32, 1680, 1656, (36, 46), 30, profile="all", variants=ROPE_VARIANTS)),
              ("mixed", mixed_batch),
              ("prefill", prefill_stage),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),

@@ -169,15 +169,12 @@ class MoonViTBlock(nn.Module):
             padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
         else:
-            # GRAPHRT_VISION_ROPE=q (opt-in, kernels/vision_attention.py ROPE): the slot/packed kernels
-            # turn q as they load it, the pass turns k only
-            rope_q = roped is None and mode in ("slot", "packed") and slot_kernels.ROPE == "q"
             if roped is None:
-                vk.rope_2d_(qkv, geo.cos, geo.sin, k_only=rope_q)
+                vk.rope_2d_(qkv, geo.cos, geo.sin)
             if mode in ("slot", "packed"):
                 slot = attend.patches if mode == "slot" else attend.longest
                 att = vision_attention_kernel(qkv, attend.cu, attend.seqused, slot, packed=mode == "packed",
-                                              fp8_for=fp8_wo, rope=(geo.cos, geo.sin) if rope_q else None)
+                                              fp8_for=fp8_wo)
             elif mode == "slot1":
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.patches)
             elif mode == "packed1":

@@ -93,7 +93,7 @@ if triton is not None:
 
     @triton.jit
     def _rope_2d_kernel(qkv_ptr, cos_ptr, sin_ptr, row_stride, WIDTH: tl.constexpr, HALF: tl.constexpr,
-                        BLOCK: tl.constexpr, FIRST: tl.constexpr):
+                        BLOCK: tl.constexpr):
         # One token per program. q (then k) is one contiguous row of H*D values: loaded whole
         # (wide, coalesced), split into (even, odd) pairs in registers; pair j of the row is pair
         # j % HALF of its head, turned by that angle.
@@ -102,13 +102,11 @@ if triton is not None:
         pair = tl.arange(0, BLOCK // 2)
         c = tl.load(cos_ptr + row * HALF + pair % HALF)
         s = tl.load(sin_ptr + row * HALF + pair % HALF)
-        for part in range(FIRST, 2):  # q (FIRST 0), then k
+        for part in range(2):  # q, then k
             base = qkv_ptr + row * row_stride + part * WIDTH
             x = tl.load(base + offs, mask=offs < WIDTH, other=0.0).to(tl.float32)
             a, b = tl.split(tl.reshape(x, (BLOCK // 2, 2)))
-            # explicit FMAs (not left to the compiler's contraction): the attention kernels' q
-            # rotation (GRAPHRT_VISION_ROPE=q) repeats them and must give these bits
-            y = tl.reshape(tl.join(tl.fma(a, c, -(b * s)), tl.fma(a, s, b * c)), (BLOCK,))
+            y = tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK,))
             tl.store(base + offs, y.to(qkv_ptr.dtype.element_ty), mask=offs < WIDTH)
 
 
@@ -292,14 +290,13 @@ def takes_static_fp8(linear) -> bool:
     return getattr(linear, "act", None) == "static"
 
 
-def rope_2d_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_only: bool = False) -> torch.Tensor:
-    """Rotate q and k of a contiguous [N, 3, H, D] qkv in place; cos/sin [N, D/2] fp32.
-    k_only: k alone (the attention kernel turns q as it loads it: kernels/vision_attention.py ROPE)."""
+def rope_2d_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate q and k of a contiguous [N, 3, H, D] qkv in place; cos/sin [N, D/2] fp32."""
     n, three, heads, d = qkv.shape
     if three != 3 or not qkv.is_contiguous():
         raise ValueError(f"rope_2d_ needs a contiguous [N, 3, H, D] tensor, got {tuple(qkv.shape)}")
     _rope_2d_kernel[(n,)](qkv, cos.contiguous(), sin.contiguous(), qkv.stride(0), WIDTH=heads * d, HALF=d // 2,
-                          BLOCK=triton.next_power_of_2(heads * d), FIRST=1 if k_only else 0, num_warps=4)
+                          BLOCK=triton.next_power_of_2(heads * d), num_warps=4)
     return qkv
 
 

@@ -1,8 +1,5 @@
 """Attention inside each image of the vision tower, K/V tiles loaded through Hopper's TMA (Triton).
 
-With `rope=(cos, sin)` it also turns q by the tower's 2D RoPE as it loads it (ROPE below), so the
-separate RoPE pass turns k only.
-
 The same function as `vision_kernels.slot_attention` (full attention over each image's real
 rows, read in place from the packed [N, 3, H, D] qkv; head 72 computed as a 64- and a 16-column
 block), with what the profile showed it wasting:
@@ -37,24 +34,6 @@ except ImportError:  # CPU-only installs: never called there (vision_kernels.ava
 
 
 if triton is not None:
-
-    @triton.jit
-    def _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, q_ok, COL0: tl.constexpr, W: tl.constexpr,
-                  BLOCK_M: tl.constexpr, D: tl.constexpr):
-        # q columns COL0..COL0+W of rows q_rows (0 past the head or where not q_ok), turned by the 2D
-        # RoPE with vision_kernels.rope_2d_'s very arithmetic (split into (even, odd) pairs, the same
-        # fp32 FMAs, joined, one round to the qkv dtype): logits bit for bit the pass's.
-        HALF: tl.constexpr = D // 2
-        cols = COL0 + tl.arange(0, W)
-        x = tl.load(q_ptr + cols[None, :], mask=q_ok[:, None] & (cols < D)[None, :], other=0.0).to(tl.float32)
-        pairs = COL0 // 2 + tl.arange(0, W // 2)
-        t = q_rows[:, None] * HALF + pairs[None, :]
-        p_ok = q_ok[:, None] & (pairs < HALF)[None, :]
-        c = tl.load(cos_ptr + t, mask=p_ok, other=0.0)
-        s = tl.load(sin_ptr + t, mask=p_ok, other=0.0)
-        a, b = tl.split(tl.reshape(x, (BLOCK_M, W // 2, 2)))
-        y = tl.reshape(tl.join(tl.fma(a, c, -(b * s)), tl.fma(a, s, b * c)), (BLOCK_M, W))
-        return y.to(q_ptr.dtype.element_ty)
 
     @triton.jit
     def _scores(q_lo, q_hi, k_ptr, desc_lo, desc_hi, key_row, k_col, n0, n_keys, offs_n, d_lo, d_hi, hi_ok,
@@ -109,10 +88,10 @@ if triton is not None:
 
     @triton.jit
     def _vision_attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
-                                 rs_ptr, inv_ptr, scale_ptr, cos_ptr, sin_ptr,
+                                 rs_ptr, inv_ptr, scale_ptr,
                                  HEADS: tl.constexpr, D: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
-                                 USE_TMA: tl.constexpr, QUANT: tl.constexpr, ROPE_Q: tl.constexpr):
+                                 USE_TMA: tl.constexpr, QUANT: tl.constexpr):
         # Program (query block, image * head). Image b starts at row cu[b]; its first used[b] rows
         # are real (keys and queries). Slots (PACKED false): every row of the image's `slot` rows
         # gets an output (pad rows in a block with real rows attend like the others; blocks of pad
@@ -132,12 +111,8 @@ if triton is not None:
         q_ok = offs_m < (n_keys if PACKED else slot)
         q_rows = start.to(tl.int64) + offs_m.to(tl.int64)
         q_ptr = qkv_ptr + q_rows[:, None] * row_stride + h * D
-        if ROPE_Q:  # q arrives unturned (the RoPE pass turned k only)
-            q_lo = _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, q_ok, 0, D_LO, BLOCK_M, D)
-            q_hi = _turned_q(q_ptr, cos_ptr, sin_ptr, q_rows, q_ok, D_LO, D_HI, BLOCK_M, D)
-        else:
-            q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
-            q_hi = tl.load(q_ptr + d_hi[None, :], mask=q_ok[:, None] & hi_ok[None, :], other=0.0)
+        q_lo = tl.load(q_ptr + d_lo[None, :], mask=q_ok[:, None], other=0.0)
+        q_hi = tl.load(q_ptr + d_hi[None, :], mask=q_ok[:, None] & hi_ok[None, :], other=0.0)
         k_ptr = qkv_ptr + start.to(tl.int64) * row_stride + HEADS * D + h * D
         v_ptr = k_ptr + HEADS * D
         k_col = HEADS * D + h * D
@@ -220,21 +195,12 @@ def launch_operands(qkv: torch.Tensor, scale: float | None, fp8_for):
 # Triton 3.6 only; where it cannot run, this kernel runs instead, with one warning naming the reason).
 KERNELS = ("auto", "triton", "ws")  # the first is the default
 KERNEL = env_choice("GRAPHRT_VISION_ATTENTION_KERNEL", KERNELS)
-# Where the fused tower (modes slot / packed, cuBLAS wqkv) turns q by the 2D RoPE, read at load (A/B;
-# MoonViTBlock.forward_fused reads this attribute when it builds the call, so a benchmark may set it
-# between captures): "pass" (default): vision_kernels.rope_2d_ turns q and k, the kernels read q as it
-# is; "q" (opt-in): the attention kernels (both) turn q as they load it, the pass turns k only (half its
-# traffic, same output bits). Measured slower on the H100 (2026-11-25, docs/notes.md "vrope"): the
-# turned q tile is a register operand of the Triton kernel's q.k wgmma (a loaded one comes from shared
-# memory), more registers and spills in the key loop: tower B=32 117.7 -> 139.4 ms, B=1 4.41 -> 4.71 ms.
-ROPES = ("pass", "q")
-ROPE = env_choice("GRAPHRT_VISION_ROPE", ROPES)
 _WS_FALLBACK_WARNED = False
 
 
 def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
                      scale: float | None = None, tiles=None, packed: bool = False, tma: bool | None = None,
-                     fp8_for=None, kernel: str | None = None, rope=None):
+                     fp8_for=None, kernel: str | None = None):
     """Full attention inside each image of a packed, RoPE-turned [N, 3, H, D] qkv -> [N, H, D].
 
     Image b starts at row cu[b] (cu [B+1] int32 on the device; may change between graph replays)
@@ -244,23 +210,14 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
     fp8_for: a static-scale W8A8 FP8Linear (the block's wo): the output is its e4m3 input, the
     qkv-dtype result quantized in the store, and the call returns (q [N, H, D], row scales [N, 1]);
     the row scales are written for the rows the output covers.
-    kernel: "triton", "ws" or "auto" (None: KERNEL, from GRAPHRT_VISION_ATTENTION_KERNEL).
-    rope: None (q already turned), or (cos, sin) fp32 [N, D/2] of every qkv row: q is read unturned
-    and turned in the kernel exactly as vision_kernels.rope_2d_ turns it (k must be turned already)."""
-    if rope is not None:
-        cos, sin = (t.contiguous() for t in rope)
-        if (cos.dim() != 2 or cos.shape[0] < qkv.shape[0] or cos.shape[1] != qkv.shape[3] // 2
-                or cos.dtype != torch.float32 or sin.shape != cos.shape or sin.dtype != cos.dtype):
-            raise ValueError(f"vision_attention rope needs fp32 cos/sin of [>= {qkv.shape[0]}, {qkv.shape[3] // 2}], "
-                             f"got {tuple(cos.shape)} {cos.dtype} / {tuple(sin.shape)} {sin.dtype}")
-        rope = (cos, sin)
+    kernel: "triton", "ws" or "auto" (None: KERNEL, from GRAPHRT_VISION_ATTENTION_KERNEL)."""
     which = kernel or KERNEL
     if which in ("ws", "auto") and tiles is None and tma is None:
         from . import vision_attention_ws as ws
 
         why = ws.usable(qkv)
         if why is None and (which == "ws" or ws.one_wave(qkv, cu, slot)):
-            return ws.vision_attention_ws(qkv, cu, used, slot, scale, packed=packed, fp8_for=fp8_for, rope=rope)
+            return ws.vision_attention_ws(qkv, cu, used, slot, scale, packed=packed, fp8_for=fp8_for)
         global _WS_FALLBACK_WARNED
         if why is not None and which == "ws" and not _WS_FALLBACK_WARNED:
             warnings.warn(f"vision attention kernel ws: {why}; the Triton kernel runs instead", stacklevel=2)
@@ -277,9 +234,8 @@ def vision_attention(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, sl
     else:
         desc_lo = desc_hi = qkv
     grid = (triton.cdiv(slot, block_m), (cu.numel() - 1) * heads)
-    cos, sin = rope if rope is not None else (out, out)  # dummies when q is turned already
-    _vision_attention_kernel[grid](qkv, desc_lo, desc_hi, out, cu, used, slot, qk_scale, rs, inv, s_in, cos, sin,
+    _vision_attention_kernel[grid](qkv, desc_lo, desc_hi, out, cu, used, slot, qk_scale, rs, inv, s_in,
                                    HEADS=heads, D=d, D_LO=d_lo, D_HI=d_hi, BLOCK_M=block_m, BLOCK_N=block_n,
-                                   PACKED=packed, USE_TMA=use_tma, QUANT=quant, ROPE_Q=rope is not None,
-                                   num_warps=warps, num_stages=stages)
+                                   PACKED=packed, USE_TMA=use_tma, QUANT=quant, num_warps=warps,
+                                   num_stages=stages)
     return (out, rs) if quant else out

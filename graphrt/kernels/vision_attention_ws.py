@@ -84,29 +84,6 @@ def _build():
         tma.async_copy_global_to_shared(desc_hi, [row, v_col + D_LO], v_bar.index(s), v_hi.index(s), pred=ok)
 
     @gluon.jit
-    def _q_tile(qkv_ptr, cos_ptr, sin_ptr, rows, cols, ok, h, ROW: gl.constexpr, D: gl.constexpr,
-                ROPE_Q: gl.constexpr):
-        """q columns `cols` (contiguous) of the absolute rows `rows` of head h (0 where not ok);
-        ROPE_Q: turned by the 2D RoPE with vision_kernels.rope_2d_'s very arithmetic (split into
-        (even, odd) pairs, the same fp32 FMAs, joined, one round to the qkv dtype)."""
-        q = gl.load(qkv_ptr + (rows * ROW + h * D)[:, None] + cols[None, :], mask=ok, other=0.0)
-        if ROPE_Q:
-            HALF: gl.constexpr = D // 2
-            M: gl.constexpr = q.shape[0]
-            W: gl.constexpr = q.shape[1]
-            a, b = gl.split(gl.reshape(q.to(gl.float32), (M, W // 2, 2)))
-            t = rows[:, None] * HALF + (cols // 2)[None, :]  # each column's pair index; even columns kept
-            c = gl.load(cos_ptr + t, mask=ok, other=0.0)
-            s = gl.load(sin_ptr + t, mask=ok, other=0.0)
-            c, _ = gl.split(gl.reshape(c, (M, W // 2, 2)))
-            s, _ = gl.split(gl.reshape(s, (M, W // 2, 2)))
-            c = gl.convert_layout(c, a.type.layout)
-            s = gl.convert_layout(s, a.type.layout)
-            y = gl.reshape(gl.join(gl.fma(a, c, -(b * s)), gl.fma(a, s, b * c)), (M, W))
-            q = gl.convert_layout(y, q.type.layout).to(qkv_ptr.dtype.element_ty)
-        return q
-
-    @gluon.jit
     def _softmax_block(s, m_i, l_i, qk_scale):
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         alpha = gl.exp2(m_i - m_new)
@@ -172,11 +149,10 @@ def _build():
 
     @gluon.jit
     def _attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
-                          rs_ptr, inv_ptr, scale_ptr, cos_ptr, sin_ptr,
+                          rs_ptr, inv_ptr, scale_ptr,
                           HEADS: gl.constexpr, D: gl.constexpr, D_LO: gl.constexpr, D_HI: gl.constexpr,
                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                          PACKED: gl.constexpr, QUANT: gl.constexpr, ROPE_Q: gl.constexpr,
-                          num_warps: gl.constexpr):
+                          PACKED: gl.constexpr, QUANT: gl.constexpr, num_warps: gl.constexpr):
         # Program (query block, image * head), as the Triton kernel: blocks of pad queries only get
         # zeros (no key loop); slots write every row of the slot, packed only real rows.
         pid_m = gl.program_id(0)
@@ -207,10 +183,11 @@ def _build():
         qd_lo = gl.arange(0, D_LO, layout=gl.SliceLayout(0, ld_lo))
         qm_hi = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld_hi))
         qd_hi = D_LO + gl.arange(0, D_HI, layout=gl.SliceLayout(0, ld_hi))
-        q_lo = _q_tile(qkv_ptr, cos_ptr, sin_ptr, start.to(gl.int64) + qm_lo.to(gl.int64), qd_lo,
-                       (qm_lo < q_lim)[:, None], h, ROW, D, ROPE_Q)
-        q_hi = _q_tile(qkv_ptr, cos_ptr, sin_ptr, start.to(gl.int64) + qm_hi.to(gl.int64), qd_hi,
-                       (qm_hi < q_lim)[:, None] & (qd_hi < D)[None, :], h, ROW, D, ROPE_Q)
+        q_row_lo = (start.to(gl.int64) + qm_lo.to(gl.int64)) * ROW + h * D
+        q_row_hi = (start.to(gl.int64) + qm_hi.to(gl.int64)) * ROW + h * D
+        q_lo = gl.load(qkv_ptr + q_row_lo[:, None] + qd_lo[None, :], mask=(qm_lo < q_lim)[:, None], other=0.0)
+        q_hi = gl.load(qkv_ptr + q_row_hi[:, None] + qd_hi[None, :],
+                       mask=(qm_hi < q_lim)[:, None] & (qd_hi < D)[None, :], other=0.0)
         q_lo_s = gl.allocate_shared_memory(dtype, [BLOCK_M, D_LO], desc_lo.layout, q_lo)
         q_hi_s = gl.allocate_shared_memory(dtype, [BLOCK_M, D_HI], desc_hi.layout, q_hi)
 
@@ -491,12 +468,11 @@ def _build():
 
     @gluon.jit
     def _ws_attention_kernel(qkv_ptr, desc_lo, desc_hi, out_ptr, cu_ptr, used_ptr, slot, qk_scale,
-                             rs_ptr, inv_ptr, scale_ptr, cos_ptr, sin_ptr,
+                             rs_ptr, inv_ptr, scale_ptr,
                              HEADS: gl.constexpr, D: gl.constexpr, D_LO: gl.constexpr, D_HI: gl.constexpr,
                              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                              PACKED: gl.constexpr, QUANT: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                             CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr, ROPE_Q: gl.constexpr,
-                             num_warps: gl.constexpr):
+                             CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr, num_warps: gl.constexpr):
         # Program (query block of BLOCK_M = 2 x QM rows, image * head). All warps load q and the last,
         # partial key block (masked) into shared memory; then one warp streams the full key blocks
         # through TMA while two warpgroups (this program's num_warps = 4 and one more) each attend QM rows.
@@ -525,10 +501,12 @@ def _build():
         for half in gl.static_range(CONSUMERS):
             m_lo = row0 + half * QM + gl.arange(0, QM, layout=gl.SliceLayout(1, ld_lo))
             m_hi = row0 + half * QM + gl.arange(0, QM, layout=gl.SliceLayout(1, ld_hi))
-            q_lo_s.index(half).store(_q_tile(qkv_ptr, cos_ptr, sin_ptr, start.to(gl.int64) + m_lo.to(gl.int64), d_lo,
-                                             (m_lo < q_lim)[:, None], h, ROW, D, ROPE_Q))
-            q_hi_s.index(half).store(_q_tile(qkv_ptr, cos_ptr, sin_ptr, start.to(gl.int64) + m_hi.to(gl.int64), d_hi,
-                                             (m_hi < q_lim)[:, None] & (d_hi < D)[None, :], h, ROW, D, ROPE_Q))
+            r_lo = (start.to(gl.int64) + m_lo.to(gl.int64)) * ROW + h * D
+            r_hi = (start.to(gl.int64) + m_hi.to(gl.int64)) * ROW + h * D
+            q_lo_s.index(half).store(gl.load(qkv_ptr + r_lo[:, None] + d_lo[None, :], mask=(m_lo < q_lim)[:, None],
+                                             other=0.0))
+            q_hi_s.index(half).store(gl.load(qkv_ptr + r_hi[:, None] + d_hi[None, :],
+                                             mask=(m_hi < q_lim)[:, None] & (d_hi < D)[None, :], other=0.0))
         kt_lo = gl.allocate_shared_memory(dtype, [BLOCK_N, D_LO], desc_lo.layout)
         kt_hi = gl.allocate_shared_memory(dtype, [BLOCK_N, D_HI], desc_hi.layout)
         vt_lo = gl.allocate_shared_memory(dtype, [BLOCK_N, D_LO], desc_lo.layout)
@@ -635,9 +613,8 @@ def one_wave(qkv: torch.Tensor, cu: torch.Tensor, slot: int) -> bool:
 
 
 def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor, slot: int,
-                        scale: float | None = None, tiles=None, packed: bool = False, fp8_for=None, rope=None):
-    """`vision_attention.vision_attention`'s contract on the Gluon kernel (call `usable` first);
-    rope: None, or checked contiguous fp32 (cos, sin) [N, D/2]: q turned in the kernel."""
+                        scale: float | None = None, tiles=None, packed: bool = False, fp8_for=None):
+    """`vision_attention.vision_attention`'s contract on the Gluon kernel (call `usable` first)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -659,10 +636,9 @@ def vision_attention_ws(qkv: torch.Tensor, cu: torch.Tensor, used: torch.Tensor,
     descs = [TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [block_n, w],
                               gl.NVMMASharedLayout.get_default_for([block_n, w], gdt)) for w in (d_lo, d_hi)]
     grid = ((slot + block_m - 1) // block_m, (cu.numel() - 1) * heads)
-    cos, sin = rope if rope is not None else (out, out)  # dummies when q is turned already
-    args = (qkv, descs[0], descs[1], out, cu, used, slot, qk_scale, rs, inv, s_in, cos, sin)
+    args = (qkv, descs[0], descs[1], out, cu, used, slot, qk_scale, rs, inv, s_in)
     meta = {"HEADS": heads, "D": d, "D_LO": d_lo, "D_HI": d_hi, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "STAGES": stages, "PACKED": packed, "QUANT": quant, "ROPE_Q": rope is not None, "num_warps": warps}
+            "STAGES": stages, "PACKED": packed, "QUANT": quant, "num_warps": warps}
     if consumers:  # the consumers' warps + a TMA warp's warpgroup share the register file
         compiled = kernel[1][grid](*args, **meta, CONSUMER_REGS=CONSUMER_REGS, CONSUMERS=consumers,
                                    PINGPONG=pingpong,
