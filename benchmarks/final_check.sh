@@ -65,9 +65,11 @@ if [ "${FP8:-1}" = 1 ]; then
       > "$OUT/ab_fp8.log" 2>&1
   echo "fp8 rc=$?" >> "$OUT/ab_fp8.log"; grep -E '^\| [ABC] |rc=' "$OUT/ab_fp8.log"; el fp8
 fi
-[ "${SIZES:-1}" = 1 ] && timeout ${SIZES_TIMEOUT:-200} python benchmarks/large_images.py --checkpoint /tmp/ck3b --memory-gb 24 --iters 6 \
+if [ "${SIZES:-1}" = 1 ]; then  # SIZES=0 skips it
+timeout ${SIZES_TIMEOUT:-200} python benchmarks/large_images.py --checkpoint /tmp/ck3b --memory-gb 24 --iters 6 \
     --eager-iters 2 --stream 2 --out-dir "$OUT" > "$OUT/sizes.log" 2>&1
-echo "sizes rc=$?" >> "$OUT/sizes.log"; tail -c 2500 "$OUT/sizes.log"; el sizes  # SIZES=0: skipped
+echo "sizes rc=$?" >> "$OUT/sizes.log"; tail -c 2500 "$OUT/sizes.log"; el sizes
+fi
 # Start-up with every bucket of the default plan: cold (empty Triton cache: every kernel compiles),
 # then warm (the same cache again).
 rm -rf /tmp/triton_cold
