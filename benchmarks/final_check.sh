@@ -7,12 +7,7 @@
 #               B=1 latency by image size (graphs vs eager, peak memory),
 #               start-up with every bucket of the default 24 GiB plan.
 # Logs and results under $OUT.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/device_calls/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 if [ -n "${PRE_TESTS:-}" ]; then  # a few gpu tests before the numbers (e.g. ones fixed after PART=tests)
   # eval: PRE_TESTS may hold a quoted -k expression ("-k 'a or b' tests/x.py"), kept as one word
   eval "timeout 120 python -m pytest -q -p no:cacheprovider -m gpu $PRE_TESTS" > "$OUT/pytest_pre.log" 2>&1

@@ -4,12 +4,7 @@
 #               (B=1, 32; before/after interleaved)
 #   PART=final  the GPU tests of the intake's paths, host_gaps.py, latency.py now vs the host side
 #               before this pass (B=1, 32, bf16), FP8 B=32 (FP8=1, when time is left)
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 TESTS=${TESTS:-tests/test_gpu_resize.py}
 timeout ${TEST_TIMEOUT:-300} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 $TESTS > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"; tail -4 "$OUT/pytest_gpu.log"; el tests

@@ -2,12 +2,7 @@
 # Issue 12 point 4 on the device, one call: the first-round GPU tests, the end-to-end A/B of the
 # merged first round against the separate one (3B random, 640x480, 2 MTP rounds per row, B=1 and 32,
 # interleaved), then the graph GPU tests in the time left. Logs and results under $OUT.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 timeout ${QUICK_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider -m gpu tests/test_first_round_gpu.py \
     tests/test_step_tail.py tests/test_prefill_attention.py > "$OUT/pytest_first_round.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_first_round.log"; tail -5 "$OUT/pytest_first_round.log"; el quick tests

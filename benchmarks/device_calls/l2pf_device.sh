@@ -4,12 +4,7 @@
 # GRAPHRT_STEP_L2PF mode (B=1 only prefetches; B=8/32 are the control), cache 461 and 2000.
 # And the chooser's PDL-chain margin (fused vs fused-plainchain). The prefetch (its test and the
 # fused-l2* variants) was removed after this call (measured slower; commit e5b5902 has it). Call 1 had the prefetch in rope_write / the first norm (12 programs): 1-2.5 ms slower (notes).
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 \
     tests/test_l2_prefetch.py ${TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_step_rope_attention.py} \
     > "$OUT/pytest_gpu.log" 2>&1

@@ -3,12 +3,7 @@
 #   A  old ladders (prefill 480, vision slot 1680), B  + a 464 prefill size, C  464 + a 1656 vision slot
 #   (the new default); B=1 and B=32, random 3B, 2 MTP rounds. Then start-up with the new default
 #   plan (warm: the Triton cache of the A/B run) and the GPU tests of what changed.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
 el checkpoint
 timeout 120 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \

@@ -4,12 +4,7 @@
 # (GRAPHRT_STEP_MERGE=last, the last-arriving program merges): its bit-equality test (eager and in a
 # replayed graph) and the GPU tests touching step attention, then one MTP step, interleaved: fused
 # against fused-mergelast at B=1/8/32, cache 461 and 2000 (--long), 10 rounds.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 \
     tests/test_step_merge_last.py ${TESTS:-tests/test_kernels_gpu.py tests/test_pdl_gpu.py tests/test_step_rope_attention.py} \
     > "$OUT/pytest_gpu.log" 2>&1

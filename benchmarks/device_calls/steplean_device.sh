@@ -4,12 +4,7 @@
 # seventh pass's torch prologue) vs fused-ropein (RoPE + K/V write inside the split kernel, opt-in).
 # First call (STEP_SETS=fused,fused-ropesep,fused-protorch,fused-prev, when RoPE-in-split was the default)
 # measured both levers; see docs/notes.md, section "Step prologue kernel".
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
 timeout ${TEST_TIMEOUT:-180} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 \
     tests/test_step_rope_attention.py tests/test_step_prologue.py tests/test_kernels_gpu.py tests/test_pdl_gpu.py \
     > "$OUT/pytest_gpu.log" 2>&1
