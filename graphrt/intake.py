@@ -163,6 +163,20 @@ def group_by_image(pairs, limit: int, indices=None) -> list[list[int]]:
     return order
 
 
+def batch_groups(groups: list[list[int]], rows: int) -> list[list[list[int]]]:
+    """Consecutive groups cut into batches of at most `rows` rows (a group is never split; one
+    larger than `rows` is a batch alone): what a stream prepares together."""
+    batches: list[list[list[int]]] = []
+    held = rows
+    for group in groups:
+        if held + len(group) > rows:
+            batches.append([])
+            held = 0
+        batches[-1].append(group)
+        held += len(group)
+    return batches
+
+
 def query_text(query) -> str:
     if query is None:
         return ""

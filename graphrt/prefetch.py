@@ -56,3 +56,38 @@ class Prefetcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Flattened:
+    """poll()/wait() over a Prefetcher whose results are lists (one batch's prepared items each):
+    the items one by one, in order. A batch becomes ready all at once, so a consumer that takes
+    what is ready takes whole batches."""
+
+    def __init__(self, batches: Prefetcher):
+        self.batches = batches
+        self.ready: deque = deque()
+
+    def poll(self):
+        """The next item if its batch is ready, NOT_READY if not, None when all were returned."""
+        return self._next(self.batches.poll)
+
+    def wait(self):
+        """The next item (blocking), None when all were returned."""
+        return self._next(self.batches.wait)
+
+    def _next(self, fetch):
+        while not self.ready:
+            batch = fetch()
+            if batch is None or batch is NOT_READY:
+                return batch
+            self.ready.extend(batch)
+        return self.ready.popleft()
+
+    def close(self) -> None:
+        self.batches.close()
+
+    def __enter__(self) -> "Flattened":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# A video scan's throughput: 256 640x480 frames through locate_batch (the continuous-batching stream:
+# the next batch prepared on a thread while the GPU runs the current rows) against one 32-image call,
+# FP8 `lm` with and without batch intake and bf16, interleaved in one process. Logs and results under $OUT.
+source "$(dirname "$0")/preamble.sh"
+python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
+el checkpoint
+timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
+    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
+CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+# A: FP8 `lm` (a stream's batches prepared whole, the default); B: the same, image by image
+# (batch_intake=false, the intake before); C: bf16.
+timeout ${SCAN_TIMEOUT:-400} python benchmarks/latency.py --checkpoint /tmp/ck3b --a "graphs=on,fp8=$CAL" \
+    --b "graphs=on,fp8=$CAL,batch_intake=false" --c graphs=on \
+    --batch ${BATCHES:-32 256} --iters ${ITERS:-10} --slow-iters ${SLOW_ITERS:-5} --out-dir "$OUT" --tag stream-scan \
+    > "$OUT/scan.log" 2>&1
+echo "scan rc=$?" >> "$OUT/scan.log"; grep -E '^\| [ABC] |rc=' "$OUT/scan.log"; el scan
