@@ -63,8 +63,9 @@ class Flattened:
     the items one by one, in order. A batch becomes ready all at once, so a consumer that takes
     what is ready takes whole batches."""
 
-    def __init__(self, batches: Prefetcher):
+    def __init__(self, batches: Prefetcher, take: Callable = list):
         self.batches = batches
+        self.take = take  # a batch's result -> its items, on the consumer's thread as the batch arrives
         self.ready: deque = deque()
 
     def poll(self):
@@ -80,7 +81,7 @@ class Flattened:
             batch = fetch()
             if batch is None or batch is NOT_READY:
                 return batch
-            self.ready.extend(batch)
+            self.ready.extend(self.take(batch))
         return self.ready.popleft()
 
     def close(self) -> None:

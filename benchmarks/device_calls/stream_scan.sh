@@ -3,6 +3,10 @@
 # the next batch prepared on a thread while the GPU runs the current rows) against one 32-image call,
 # FP8 `lm` with and without batch intake and bf16, interleaved in one process. Logs and results under $OUT.
 source "$(dirname "$0")/preamble.sh"
+if [ -n "${TESTS:-}" ]; then  # gpu tests first (e.g. TESTS=tests/test_engine_gpu.py)
+  timeout 200 python -m pytest -q -p no:cacheprovider -m gpu $TESTS > "$OUT/pytest_gpu.log" 2>&1
+  tail -3 "$OUT/pytest_gpu.log"; el tests
+fi
 python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
 el checkpoint
 timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
