@@ -53,11 +53,10 @@ class GraphDecode(Decode):
 class GraphBackend(Backend):
     name = "graphs"
 
-    def __init__(self, runtime: GraphRuntime, share_prefix: bool = True, vision_ahead: bool = True):
+    def __init__(self, runtime: GraphRuntime, share_prefix: bool = True):
         super().__init__(runtime.model.device, runtime.buckets.max_batch)
         self.runtime = runtime
         self.share_prefix = share_prefix
-        self.vision_ahead = vision_ahead  # streams: the next admission's vision behind each step
 
     def unsupported_config(self, gen: GenerationConfig, temperatures=()) -> str | None:
         return self.runtime.unsupported_config(gen, temperatures)
@@ -81,7 +80,7 @@ class GraphBackend(Backend):
         return decode
 
     def stream(self, feed, gen: GenerationConfig):
-        yield from run_jobs(self.runtime, feed, gen, self.max_batch, self.share_prefix, self.vision_ahead)
+        yield from run_jobs(self.runtime, feed, gen, self.max_batch, self.share_prefix)
 
     def status(self) -> dict:
         rt = self.runtime

@@ -100,7 +100,6 @@ class GraphRuntime:
         self.inputs = StageInputs(model, self.pipe)
         self.readback = ReadBack(self.pipe)  # finished rows' facts, copied behind each replay
         self._free_pending = False  # begin()'s "every row free", applied before the next prefill
-        self._ahead: dict = {}  # id(image) -> (image, its first vision_out row, vision key): encode()'s images
         self.graphs = GraphSet()
         self.capture_seconds = 0.0
         self.pool_bytes = 0
@@ -224,7 +223,6 @@ class GraphRuntime:
         self._free_pending = True
         self.readback.invalidate()
         self.owner = owner
-        self._ahead = {}
 
     def _free_rows(self) -> None:
         if self._free_pending:
@@ -286,23 +284,6 @@ class GraphRuntime:
         total["admission_chunks"] = len(chunks)
         return total
 
-    def encode(self, batch: Batch) -> StageClock:
-        """Vision of a batch's images ahead of their admission, queued behind what runs now (a
-        stream's next images during the last step of the rows decoding now; nothing it runs reads
-        the vision output). An admission whose images all ran here then queues only its prefill;
-        any other vision replay (an admission of other images, another encode, begin()) forgets
-        them. The batch must fit one admission chunk. Returns the lap clock, unread: reading its
-        laps waits for the vision replays."""
-        chunks = self._chunks(batch)
-        if len(chunks) != 1:
-            raise ValueError(f"encode takes one vision replay's worth of images, not {len(chunks)} chunks")
-        clock = StageClock(self.model.device)
-        base, key, passes = self._encode(batch.images)
-        clock.lap("vision_ms")
-        # keyed by identity; holding the image keeps its id from being reused while the entry lives
-        self._ahead = {id(image): (image, row, key) for image, row in zip(batch.images, base)}
-        return clock
-
     def _chunks(self, batch: Batch) -> list[dict]:
         """Rows grouped by their query image (with every image their rows name), then the groups
         packed greedily, in order, into chunks of at most the vision capacity in patches."""
@@ -330,12 +311,7 @@ class GraphRuntime:
         budgets = [context_budget(self.model.cfg, len(r.prompt.ids), r.max_new_tokens or gen.max_new_tokens)
                    for r in rows]
         clock = StageClock(self.model.device)
-        ahead = [self._ahead.pop(id(image), None) for image in batch.images]
-        if all(ahead):  # their vision ran ahead (encode) and is still in vision_out
-            base, (bv, p), passes = [a[1] for a in ahead], ahead[0][2], 0
-        else:
-            self._ahead = {}  # this vision replay overwrites theirs
-            base, (bv, p), passes = self._encode(batch.images)
+        base, (bv, p), passes = self._encode(batch.images)
         self._free_rows()  # begin()'s fill, behind the vision launch
         clock.lap("vision_ms")
 

@@ -11,10 +11,6 @@ Admission is bounded by tokens as well as rows: the jobs admitted between two st
 one vision replay's capacity in patches (Buckets.vision_capacity), so a 2240x2240 image is admitted
 alone while a handful of small frames go together, and the decoding rows wait for at most about
 one vision replay and its prefill.
-
-The next admission's vision runs ahead: queued right behind each step (when jobs are ready and
-none ran ahead yet), so between a batch's last step and the next batch's prefill the GPU runs
-that vision while the host collects and fills inputs (vision_ahead; the A/B of it is off).
 """
 
 from __future__ import annotations
@@ -31,33 +27,42 @@ from .runtime import GraphRuntime
 
 
 def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
-             share_prefix: bool = True, vision_ahead: bool = True) -> Iterator[ImageJob]:
+             share_prefix: bool = True) -> Iterator[ImageJob]:
     """Yields each job, its rows' results and `timings_ms` set, as soon as all its rows are done.
 
     `source`: an iterable of jobs or an object with poll()/wait() (graphrt.backend.JobFeed or
     JobSource). `batch` is the step bucket (a captured batch size); a job must have at most
-    `batch` rows. A row's sampling stream is its `index`.
-
-    vision_ahead: right after a step is queued, the vision of the next ready jobs is queued behind
-    it (runtime.encode), and those jobs are the next admitted, with only their prefill left. The
-    GPU then runs the vision while the host collects the step's rows and fills the prefill's
-    inputs, instead of waiting for the host between a batch's last step and the next batch."""
+    `batch` rows. A row's sampling stream is its `index`."""
     if batch not in runtime.buckets.batch_sizes:
         raise ValueError(f"batch {batch} is not a captured batch size {runtime.buckets.batch_sizes}")
     if not hasattr(source, "poll"):
         source = JobSource(source)
-    feed = _Admissions(source, batch, runtime.buckets)
+    waiting: ImageJob | None = None
     free = list(range(batch))
     live: dict[int, tuple[ImageJob, int]] = {}  # cache row -> (job, row of the job)
-    ahead: list[ImageJob] = []  # jobs whose vision ran during the last step: admitted first, in order
     runtime.begin()
+    exhausted = False
     while True:
-        if ahead:
-            admitted = []
-            while ahead and len(ahead[0].rows) <= len(free) - sum(len(j.rows) for j in admitted):
-                admitted.append(ahead.pop(0))
-        else:
-            admitted = feed.take(len(free), block=not live)
+        admitted: list[ImageJob] = []
+        while not exhausted:
+            if waiting is None:
+                waiting = source.wait() if not live and not admitted else source.poll()
+                if waiting is NOT_READY:
+                    waiting = None
+                    break
+                if waiting is None:
+                    exhausted = True
+                    break
+                if len(waiting.rows) > batch:
+                    raise ValueError(f"a job of {len(waiting.rows)} rows does not fit batch {batch}")
+            if len(waiting.rows) > len(free) - sum(len(j.rows) for j in admitted):
+                break
+            if admitted and waiting.image_count + sum(j.image_count for j in admitted) > runtime.buckets.max_batch:
+                break  # one vision pass takes at most max_batch images (exemplars count)
+            if admitted and patches(waiting) + sum(patches(j) for j in admitted) > runtime.buckets.vision_capacity:
+                break  # token budget: one admission is one vision replay's worth of patches
+            admitted.append(waiting)
+            waiting = None
         if admitted:
             _admit(runtime, admitted, free, live, gen, share_prefix)
             if runtime.pipe.merged:  # the prefill ran the first round: rows it finished leave before a step
@@ -66,50 +71,7 @@ def run_jobs(runtime: GraphRuntime, source, gen: GenerationConfig, batch: int,
         if not live:
             return
         runtime.step(batch)
-        if vision_ahead and not ahead:
-            ahead = feed.take(batch, block=False)  # every row may free at this step
-            if ahead:
-                clock = runtime.encode(Batch.of(ahead))
-                for job in ahead:
-                    job.timings_ms["_vision_clock"] = clock
         yield from _collect(runtime, batch, live, free)
-
-
-class _Admissions:
-    """The source's jobs in order, taken as admissions: each at most the rows given, max_batch
-    images (exemplars count) and one vision replay's patches (Buckets.vision_capacity). A job that
-    does not fit waits for the next admission."""
-
-    def __init__(self, source, batch: int, buckets):
-        self.source, self.batch, self.buckets = source, batch, buckets
-        self.waiting: ImageJob | None = None
-        self.exhausted = False
-
-    def take(self, rows: int, block: bool) -> list[ImageJob]:
-        """Ready jobs for one admission into `rows` free rows; `block`: wait for the first one
-        (nothing decodes, so the GPU has nothing else to do)."""
-        taken: list[ImageJob] = []
-        while not self.exhausted:
-            if self.waiting is None:
-                job = self.source.wait() if block and not taken else self.source.poll()
-                if job is NOT_READY:
-                    break
-                if job is None:
-                    self.exhausted = True
-                    break
-                if len(job.rows) > self.batch:
-                    raise ValueError(f"a job of {len(job.rows)} rows does not fit batch {self.batch}")
-                self.waiting = job
-            job = self.waiting
-            if len(job.rows) > rows - sum(len(j.rows) for j in taken):
-                break
-            if taken and job.image_count + sum(j.image_count for j in taken) > self.buckets.max_batch:
-                break  # one vision pass takes at most max_batch images (exemplars count)
-            if taken and patches(job) + sum(patches(j) for j in taken) > self.buckets.vision_capacity:
-                break  # token budget: one admission is one vision replay's worth of patches
-            taken.append(job)
-            self.waiting = None
-        return taken
 
 
 def _collect(runtime: GraphRuntime, batch: int, live: dict, free: list[int]) -> Iterator[ImageJob]:
@@ -146,6 +108,5 @@ def _admit(runtime, jobs: list[ImageJob], free: list[int], live: dict, gen: Gene
     laps = runtime.admit(Batch.of(jobs), targets, gen, share_prefix)
     now = time.perf_counter()
     for job in jobs:
-        ahead = job.timings_ms.pop("_vision_clock", None)  # read after the admission waited for its prefill
-        job.timings_ms.update(vision_ms=ahead.laps["vision_ms"] if ahead is not None else laps["vision_ms"],
-                              prefill_ms=laps["prefill_ms"], admitted_with=len(jobs), _admitted=now)
+        job.timings_ms.update(vision_ms=laps["vision_ms"], prefill_ms=laps["prefill_ms"], admitted_with=len(jobs),
+                              _admitted=now)

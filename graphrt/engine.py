@@ -88,9 +88,6 @@ class EngineOptions:
     # in one forward) or as the first step replay (separate). GRAPHRT_FIRST_ROUND overrides it (A/B).
     first_round: str = "merged"
     share_prefix: bool = True  # rows of one image prefill the shared prompt prefix once
-    # Streams on the graphs: the next ready images' vision is queued right behind each step, so the
-    # GPU runs it while the host collects the step's rows (capture/scheduler.py); False: the A/B.
-    vision_ahead: bool = True
     preprocess_workers: int = 0  # CPU threads preparing images for large batches; 0: min(8, cores)
     # One batch's equal-size images resized together on the GPU (one upload buffer, one set of
     # resize launches per size), and a stream's images prepared batch by batch (max_batch rows) on
@@ -125,7 +122,7 @@ class EngineOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise OptionError(f"{name} must be an integer >= {least}, found {value!r}")
-        for name in ("batch_intake", "pinned_intake", "vision_ahead"):
+        for name in ("batch_intake", "pinned_intake"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, found {getattr(self, name)!r}")
         for name in ("max_image_pixels", "max_query_chars", "max_rows"):
@@ -450,7 +447,7 @@ def _backends(model: LocateAnything, options: EngineOptions) -> tuple:
                            sampling_graphs=options.sampling_graphs, kernels=options.kernels,
                            first_round=options.first_round)
     runtime.warmup(progress=options.progress)
-    return eager, GraphBackend(runtime, options.share_prefix, options.vision_ahead), memory_plan
+    return eager, GraphBackend(runtime, options.share_prefix), memory_plan
 
 
 def _graphs_off(options: EngineOptions, model) -> str | None:
