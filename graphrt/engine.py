@@ -181,7 +181,6 @@ class Engine:
         self._pool = ThreadPoolExecutor(options.workers(), thread_name_prefix="graphrt-prep")
         # A stream's next batch is prepared here: its own thread, since that work uses _pool's threads
         self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="graphrt-batch")
-        self._intake_stream = None  # and its GPU work goes on this CUDA stream (made on first use)
         if isinstance(tokenizer, Future) and tokenizer.done():
             tokenizer = tokenizer.result()  # a broken tokenizer fails here, before the capture
         self.eager, self.backend, self.memory_plan = _backends(model, options)
@@ -301,8 +300,7 @@ class Engine:
             # one-batch call's 147, FP8).
             batches = batch_groups(groups, backend.max_batch)
             prepare_batch = lambda b: self._prepare_batch(intake, pairs, b, temps, gen, errors, task)  # noqa: E731
-            prepare_batch, take = self._off_stream(prepare_batch)
-            prepared = Flattened(Prefetcher(prepare_batch, batches, self._batch_thread, ahead=2), take)
+            prepared = Flattened(Prefetcher(prepare_batch, batches, self._batch_thread, ahead=2))
         else:
             prepared = Prefetcher(prepare, groups, self._pool, ahead=2 * backend.max_batch)
         with prepared:
@@ -352,32 +350,6 @@ class Engine:
             return [prepare(groups[0])] if len(groups) == 1 else list(self._pool.map(prepare, groups))
         encoded = any(isinstance(pairs[g[0]][0], (str, Path, bytes, bytearray, memoryview)) for g in groups)
         return intake.prepare_many(pairs, groups, temps, gen, errors, task, pool=self._pool if encoded else None)
-
-    def _off_stream(self, prepare):
-        """(prepare on a CUDA stream of its own, take): a stream's next batch uploads and resizes
-        beside the GPU work of the rows decoding now instead of queueing between their replays
-        (the copy engine and a few SMs, not the replays' stream). `take`, on the consumer's thread,
-        makes its stream wait for the batch's work before anything it enqueues uses the pixels.
-        Identity on the CPU."""
-        if self.model.device.type != "cuda":
-            return prepare, list
-        if self._intake_stream is None:
-            self._intake_stream = torch.cuda.Stream(self.model.device)
-        side = self._intake_stream
-
-        def on_side(batch):
-            with torch.cuda.stream(side):
-                outcomes = prepare(batch)
-                done = torch.cuda.Event()
-                done.record(side)
-            return outcomes, done
-
-        def take(got):
-            outcomes, done = got
-            torch.cuda.current_stream(self.model.device).wait_event(done)
-            return outcomes
-
-        return on_side, take
 
     def _call_settings(self, n: int, temperatures, task: str | None, generation: dict) -> tuple:
         """(task, GenerationConfig, one temperature per pair) of a call on n pairs."""

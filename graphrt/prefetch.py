@@ -63,9 +63,8 @@ class Flattened:
     the items one by one, in order. A batch becomes ready all at once, so a consumer that takes
     what is ready takes whole batches."""
 
-    def __init__(self, batches: Prefetcher, take: Callable = list):
+    def __init__(self, batches: Prefetcher):
         self.batches = batches
-        self.take = take  # a batch's result -> its items, on the consumer's thread as the batch arrives
         self.ready: deque = deque()
 
     def poll(self):
@@ -81,7 +80,7 @@ class Flattened:
             batch = fetch()
             if batch is None or batch is NOT_READY:
                 return batch
-            self.ready.extend(self.take(batch))
+            self.ready.extend(batch)
         return self.ready.popleft()
 
     def close(self) -> None:
