@@ -22,10 +22,12 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
                 torch ops (GRAPHRT_STEP_PROLOGUE=torch: the fused set of the seventh pass)
     fused-plainchain fused with the chooser's plain rule in PDL chains (GRAPHRT_STEP_GEMM_CHAIN=plain: cuBLAS
                 on any lead; default `margin` wants it 5% faster, since cuBLAS ends the chain)
+    fused-earlyoff fused without the swap-AB GEMM's early weight reads before its PDL wait (GRAPHRT_STEP_EARLY_W=off:
+                the set before; default l2-2 = fused-l2e2; B=1 only: larger steps launch without PDL)
     fused-early1/2/4 fused with each swap-AB program's first 1/2/4 weight tiles read into registers before its
-                PDL wait (GRAPHRT_STEP_EARLY_W=1/2/4; B=1 only: larger steps launch without PDL)
+                PDL wait (GRAPHRT_STEP_EARLY_W=1/2/4; measured slower)
     fused-l2e2/4 fused with an L2 prefetch of each swap-AB program's first 2/4 weight tiles before its PDL wait
-                (GRAPHRT_STEP_EARLY_W=l2-2/l2-4)
+                (GRAPHRT_STEP_EARLY_W=l2-2 (the default) / l2-4)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -71,7 +73,7 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-ropein": ("fused", {"GRAPHRT_STEP_ROPE": "attention"}),
             "fused-protorch": ("fused", {"GRAPHRT_STEP_PROLOGUE": "torch"}),
             "fused-plainchain": ("fused", {"GRAPHRT_STEP_GEMM_CHAIN": "plain"}),
-            **{f"fused-early{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": v}) for v in ("1", "2", "4")},
+            **{f"fused-early{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": v}) for v in ("off", "1", "2", "4")},
             **{f"fused-l2e{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": f"l2-{v}"}) for v in ("2", "4")},
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")

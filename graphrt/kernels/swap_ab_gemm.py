@@ -218,14 +218,16 @@ def tma_ok(t: torch.Tensor) -> bool:
     return TensorDescriptor is not None and t.data_ptr() % 16 == 0 and (t.stride(0) * es) % 16 == 0 and t.stride(1) == 1
 
 
-EARLY_W = ("off", "1", "2", "4", "l2-2", "l2-4")
+EARLY_W = ("l2-2", "off", "1", "2", "4", "l2-4")  # the first is the default
 
 
 def early_w() -> tuple[int, int]:
-    """GRAPHRT_STEP_EARLY_W (A/B, PDL launches only): what each program reads of its weights before
-    its grid-dependency wait. off (default): nothing; 1/2/4: its first 1/2/4 BLOCK_K weight tiles (gate
-    and up with SiLU) into registers, consumed after the wait; l2-2/l2-4: an L2 prefetch of its first
-    2/4 BLOCK_K tiles' bytes. -> (register tiles, prefetched tiles)."""
+    """GRAPHRT_STEP_EARLY_W (A/B, PDL launches only, i.e. the B=1 step): what each program reads of
+    its weights before its grid-dependency wait. l2-2 (default) / l2-4: an L2 prefetch of its first
+    2/4 BLOCK_K tiles' bytes (H100, B=1 step 3.049 -> 3.018-3.027 ms, two calls); off: nothing (the
+    kernel before); 1/2/4: its first 1/2/4 BLOCK_K weight tiles (gate and up with SiLU) into registers,
+    consumed first after the wait (same bits; measured slower: 3.117 / 3.196 / 3.270 ms, docs/notes.md).
+    -> (register tiles, prefetched tiles)."""
     v = env_choice("GRAPHRT_STEP_EARLY_W", EARLY_W)
     if v == "off":
         return 0, 0
