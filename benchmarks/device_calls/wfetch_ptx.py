@@ -1,3 +1,9 @@
+"""Offline compile of the swap-AB kernel at the B=1 picks (qkv, o, gate/up, down) for every
+GRAPHRT_STEP_EARLY_W form, with triton 3.6 (no GPU): where the weight loads / L2 prefetches sit
+against griddepcontrol.wait in the PTX, shared memory; writes .ptx and .cubin (for cuobjdump -sass).
+
+    PYTHONPATH=/work/tri36:$PWD python benchmarks/device_calls/wfetch_ptx.py /tmp/out
+"""
 import sys, re, subprocess, os
 import triton
 from triton.compiler import ASTSource
