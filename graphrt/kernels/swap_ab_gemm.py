@@ -70,17 +70,17 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
     # PRE > 0: this program's first PRE weight tiles (gate and up with SiLU) are read before the wait, so
     # their DRAM latency overlaps the previous kernel's tail; the host keeps PRE <= every split's tile count
     if PRE >= 1:
-        w0 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo, K, 0, TMA, BLOCK_W, BLOCK_K)
-        u0 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo, K, up_off, TMA, BLOCK_W, BLOCK_K) if SILU else w0
+        w0 = _w_tile(w_ptr, rn, live_n, k_lo, K, 0, BLOCK_K)
+        u0 = _w_tile(w_ptr, rn, live_n, k_lo, K, up_off, BLOCK_K) if SILU else w0
     if PRE >= 2:
-        w1 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo + BLOCK_K, K, 0, TMA, BLOCK_W, BLOCK_K)
-        u1 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo + BLOCK_K, K, up_off, TMA, BLOCK_W, BLOCK_K) if SILU else w1
+        w1 = _w_tile(w_ptr, rn, live_n, k_lo + BLOCK_K, K, 0, BLOCK_K)
+        u1 = _w_tile(w_ptr, rn, live_n, k_lo + BLOCK_K, K, up_off, BLOCK_K) if SILU else w1
     if PRE >= 3:
-        w2 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo + 2 * BLOCK_K, K, 0, TMA, BLOCK_W, BLOCK_K)
-        u2 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo + 2 * BLOCK_K, K, up_off, TMA, BLOCK_W, BLOCK_K) if SILU else w2
+        w2 = _w_tile(w_ptr, rn, live_n, k_lo + 2 * BLOCK_K, K, 0, BLOCK_K)
+        u2 = _w_tile(w_ptr, rn, live_n, k_lo + 2 * BLOCK_K, K, up_off, BLOCK_K) if SILU else w2
     if PRE >= 4:
-        w3 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo + 3 * BLOCK_K, K, 0, TMA, BLOCK_W, BLOCK_K)
-        u3 = _w_tile(w_ptr, w_desc, rn, live_n, k_lo + 3 * BLOCK_K, K, up_off, TMA, BLOCK_W, BLOCK_K) if SILU else w3
+        w3 = _w_tile(w_ptr, rn, live_n, k_lo + 3 * BLOCK_K, K, 0, BLOCK_K)
+        u3 = _w_tile(w_ptr, rn, live_n, k_lo + 3 * BLOCK_K, K, up_off, BLOCK_K) if SILU else w3
     if PDL:
         gdc_wait()  # x, workspace and counters only after the previous kernel completed
     acc = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
@@ -150,8 +150,7 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
 
 
 @triton.jit
-def _w_tile(w_ptr, w_desc, rn, live_n, k0, K, row_off, TMA: tl.constexpr, BLOCK_W: tl.constexpr,
-            BLOCK_K: tl.constexpr):
+def _w_tile(w_ptr, rn, live_n, k0, K, row_off, BLOCK_K: tl.constexpr):
     """Weight rows rn + row_off, columns [k0, k0 + BLOCK_K), zeros past N and K (the values the K
     loop's loads give). Pointer loads even in TMA configs: a lone descriptor load waits for its
     bytes before the next is issued (PTX: mbarrier wait after each), plain loads all fly at once."""
