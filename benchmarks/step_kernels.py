@@ -22,6 +22,12 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
                 torch ops (GRAPHRT_STEP_PROLOGUE=torch: the fused set of the seventh pass)
     fused-plainchain fused with the chooser's plain rule in PDL chains (GRAPHRT_STEP_GEMM_CHAIN=plain: cuBLAS
                 on any lead; default `margin` wants it 5% faster, since cuBLAS ends the chain)
+    fused-earlyoff fused without the swap-AB GEMM's early weight reads before its PDL wait (GRAPHRT_STEP_EARLY_W=off:
+                the set before; default l2-2 = fused-l2e2; B=1 only: larger steps launch without PDL)
+    fused-early1/2/4 fused with each swap-AB program's first 1/2/4 weight tiles read into registers before its
+                PDL wait (GRAPHRT_STEP_EARLY_W=1/2/4; measured slower)
+    fused-l2e2/4 fused with an L2 prefetch of each swap-AB program's first 2/4 weight tiles before its PDL wait
+                (GRAPHRT_STEP_EARLY_W=l2-2 (the default) / l2-4)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -67,6 +73,8 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-ropein": ("fused", {"GRAPHRT_STEP_ROPE": "attention"}),
             "fused-protorch": ("fused", {"GRAPHRT_STEP_PROLOGUE": "torch"}),
             "fused-plainchain": ("fused", {"GRAPHRT_STEP_GEMM_CHAIN": "plain"}),
+            **{f"fused-early{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": v}) for v in ("off", "1", "2", "4")},
+            **{f"fused-l2e{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": f"l2-{v}"}) for v in ("2", "4")},
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 
@@ -191,9 +199,9 @@ def main() -> None:
         print(f"{name}: {len(rt.graphs)} graphs in {capture_s[name]} s", flush=True)
     from graphrt.kernels import skinny_gemm
 
-    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]} margin={k[9]}": repr(v)
+    gemm_choice = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]} early={k[9]} margin={k[10]}": repr(v)
                    for k, v in skinny_gemm._choice.items() if k[6] in ("auto", "noswab")}
-    gemm_timing = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]}": {repr(c): round(t * 1e3, 2) for c, t in v.items()}
+    gemm_timing = {f"M={k[0]} N={k[1]} K={k[2]} silu={k[5]} {k[6]} pdl={k[7]} pf={k[8]} early={k[9]}": {repr(c): round(t * 1e3, 2) for c, t in v.items()}
                    for k, v in skinny_gemm.timings.items()}
     print("skinny GEMM choices:", json.dumps(gemm_choice), f"measured in {skinny_gemm.choose_seconds:.1f} s", flush=True)
 

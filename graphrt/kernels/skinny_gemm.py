@@ -43,7 +43,7 @@ from ..timing import graph_call_ms
 from . import env_choice, pdl
 from .layer_ops import silu_mul
 from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
-from .swap_ab_gemm import SwabConfig, swab_candidates, swab_matmul, tma_ok
+from .swap_ab_gemm import SwabConfig, early_w, swab_candidates, swab_matmul, tma_ok
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def time_candidates(m: int, n_w: int, k: int, dtype, device, bias: bool, silu: b
     return out
 
 
-_choice: dict[tuple, Config | SwabConfig | None] = {}  # (m, n_w, k, dtype, bias, silu, mode, pdl, prefetch, margin) -> config; None = cuBLAS
+_choice: dict[tuple, Config | SwabConfig | None] = {}  # (m, n_w, k, dtype, bias, silu, mode, pdl, prefetch, early, margin) -> config; None = cuBLAS
 timings: dict[tuple, dict] = {}  # what was measured (keyed as _choice, less the margin), for benchmarks
 choose_seconds = 0.0  # start-up time spent measuring (compiles included)
 
@@ -303,7 +303,9 @@ def choose(m: int, weight: torch.Tensor, bias: bool, silu: bool) -> Config | Swa
     # PDL changes what wins (Triton kernels chain, cuBLAS ends a chain): measured per setting
     chained = pdl.enabled(weight, m)
     margin = CHAIN_MARGIN if chained and chain_mode() == "margin" else 0.0
-    key = (m, n_w, k, weight.dtype, bias, silu, how, chained, prefetch_default(), margin)
+    # the swap-AB early weight reads (GRAPHRT_STEP_EARLY_W) act on PDL launches only: timed per setting there
+    early = early_w() if chained else (0, 0)
+    key = (m, n_w, k, weight.dtype, bias, silu, how, chained, prefetch_default(), early, margin)
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():  # never measured: the warm-up did not see it
             log.warning("skinny_gemm: shape %s first seen inside a capture; using cuBLAS", key[:3])

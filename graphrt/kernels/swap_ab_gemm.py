@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import pdl
-from .pdl_ops import gdc_launch_dependents, gdc_wait
+from . import env_choice, pdl
+from .pdl_ops import gdc_launch_dependents, gdc_wait, prefetch_l2
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -42,7 +42,8 @@ except ImportError:  # older triton: only TMA=False configs
 @triton.jit
 def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, up_off, stride_x, stride_y,
                  HAS_BIAS: tl.constexpr, SILU: tl.constexpr, SPLIT_K: tl.constexpr, TMA: tl.constexpr,
-                 BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                 PRE: tl.constexpr = 0, PF: tl.constexpr = 0, PF_CHUNKS: tl.constexpr = 1):
     pid_t = tl.program_id(0)
     pid_w = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -56,10 +57,56 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
     k_hi = tl.minimum(k_lo + k_per, K)
     if PDL:
         gdc_launch_dependents()
+    if PF > 0:  # hint: the first PF BLOCK_K tiles of this program's weight rows into L2 (weights: no kernel writes them)
+        piece = PF * BLOCK_K // PF_CHUNKS  # [BLOCK_W rows, PF_CHUNKS pieces]: one prefetch per thread, none twice
+        at = k_lo + tl.arange(0, PF_CHUNKS)[None, :] * piece
+        size = tl.minimum(piece, k_hi - at)
+        at = tl.where(size > 0, at, k_lo)
+        size = tl.where(size > 0, size, 8) * 2  # bytes (bf16/fp16); the host keeps K and k_lo 16-byte aligned
+        rows = tl.minimum(rn, N - 1).to(tl.int64)[:, None]
+        prefetch_l2(w_ptr + rows * K + at, size)
+        if SILU:
+            prefetch_l2(w_ptr + (rows + up_off) * K + at, size)
+    # PRE > 0: this program's first PRE weight tiles (gate and up with SiLU) are read before the wait, so
+    # their DRAM latency overlaps the previous kernel's tail; the host keeps PRE <= every split's tile count
+    if PRE >= 1:
+        w0 = _w_tile(w_ptr, rn, live_n, k_lo, K, 0, BLOCK_K)
+        u0 = _w_tile(w_ptr, rn, live_n, k_lo, K, up_off, BLOCK_K) if SILU else w0
+    if PRE >= 2:
+        w1 = _w_tile(w_ptr, rn, live_n, k_lo + BLOCK_K, K, 0, BLOCK_K)
+        u1 = _w_tile(w_ptr, rn, live_n, k_lo + BLOCK_K, K, up_off, BLOCK_K) if SILU else w1
+    if PRE >= 3:
+        w2 = _w_tile(w_ptr, rn, live_n, k_lo + 2 * BLOCK_K, K, 0, BLOCK_K)
+        u2 = _w_tile(w_ptr, rn, live_n, k_lo + 2 * BLOCK_K, K, up_off, BLOCK_K) if SILU else w2
+    if PRE >= 4:
+        w3 = _w_tile(w_ptr, rn, live_n, k_lo + 3 * BLOCK_K, K, 0, BLOCK_K)
+        u3 = _w_tile(w_ptr, rn, live_n, k_lo + 3 * BLOCK_K, K, up_off, BLOCK_K) if SILU else w3
+    if PDL:
         gdc_wait()  # x, workspace and counters only after the previous kernel completed
     acc = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_W, BLOCK_T), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
+    # the peeled tiles are the range's first, accumulated in order: the same sums as PRE = 0
+    if PRE >= 1:
+        x = _x_tile(x_ptr, x_desc, rt, live_t, pid_t, k_lo, K, stride_x, TMA, BLOCK_T, BLOCK_K)
+        acc = tl.dot(w0, tl.trans(x), acc)
+        if SILU:
+            acc_up = tl.dot(u0, tl.trans(x), acc_up)
+    if PRE >= 2:
+        x = _x_tile(x_ptr, x_desc, rt, live_t, pid_t, k_lo + BLOCK_K, K, stride_x, TMA, BLOCK_T, BLOCK_K)
+        acc = tl.dot(w1, tl.trans(x), acc)
+        if SILU:
+            acc_up = tl.dot(u1, tl.trans(x), acc_up)
+    if PRE >= 3:
+        x = _x_tile(x_ptr, x_desc, rt, live_t, pid_t, k_lo + 2 * BLOCK_K, K, stride_x, TMA, BLOCK_T, BLOCK_K)
+        acc = tl.dot(w2, tl.trans(x), acc)
+        if SILU:
+            acc_up = tl.dot(u2, tl.trans(x), acc_up)
+    if PRE >= 4:
+        x = _x_tile(x_ptr, x_desc, rt, live_t, pid_t, k_lo + 3 * BLOCK_K, K, stride_x, TMA, BLOCK_T, BLOCK_K)
+        acc = tl.dot(w3, tl.trans(x), acc)
+        if SILU:
+            acc_up = tl.dot(u3, tl.trans(x), acc_up)
+    for k0 in range(k_lo + PRE * BLOCK_K, k_hi, BLOCK_K):
         if TMA:
             w = w_desc.load([pid_w * BLOCK_W, k0])  # rows past N / columns past K arrive as zeros
             x = x_desc.load([pid_t * BLOCK_T, k0])
@@ -100,6 +147,25 @@ def _swab_kernel(w_ptr, x_ptr, w_desc, x_desc, b_ptr, y_ptr, part_ptr, lock_ptr,
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next replay
     else:
         _epilogue(acc, acc_up, b_ptr, y_ptr, rn, rt, live_n, live_t, stride_y, out_ty, HAS_BIAS, SILU)
+
+
+@triton.jit
+def _w_tile(w_ptr, rn, live_n, k0, K, row_off, BLOCK_K: tl.constexpr):
+    """Weight rows rn + row_off, columns [k0, k0 + BLOCK_K), zeros past N and K (the values the K
+    loop's loads give). Pointer loads even in TMA configs: a lone descriptor load waits for its
+    bytes before the next is issued (PTX: mbarrier wait after each), plain loads all fly at once."""
+    kk = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(w_ptr + (rn[:, None] + row_off) * K + kk[None, :], mask=live_n[:, None] & (kk < K)[None, :],
+                   other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
+def _x_tile(x_ptr, x_desc, rt, live_t, pid_t, k0, K, stride_x, TMA: tl.constexpr, BLOCK_T: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    if TMA:
+        return x_desc.load([pid_t * BLOCK_T, k0])
+    kk = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(x_ptr + rt[:, None] * stride_x + kk[None, :], mask=live_t[:, None] & (kk < K)[None, :], other=0.0)
 
 
 @triton.jit
@@ -151,10 +217,38 @@ def tma_ok(t: torch.Tensor) -> bool:
     return TensorDescriptor is not None and t.data_ptr() % 16 == 0 and (t.stride(0) * es) % 16 == 0 and t.stride(1) == 1
 
 
+EARLY_W = ("l2-2", "off", "1", "2", "4", "l2-4")  # the first is the default
+
+
+def early_w() -> tuple[int, int]:
+    """GRAPHRT_STEP_EARLY_W (A/B, PDL launches only, i.e. the B=1 step): what each program reads of
+    its weights before its grid-dependency wait. l2-2 (default) / l2-4: an L2 prefetch of its first
+    2/4 BLOCK_K tiles' bytes (H100, B=1 step 3.049 -> 3.018-3.027 ms, two calls); off: nothing (the
+    kernel before); 1/2/4: its first 1/2/4 BLOCK_K weight tiles (gate and up with SiLU) into registers,
+    consumed first after the wait (same bits; measured slower: 3.117 / 3.196 / 3.270 ms, docs/notes.md).
+    -> (register tiles, prefetched tiles)."""
+    v = env_choice("GRAPHRT_STEP_EARLY_W", EARLY_W)
+    if v == "off":
+        return 0, 0
+    if v.startswith("l2-"):
+        return 0, int(v[3:])
+    return int(v), 0
+
+
+def early_tiles(k: int, split: int, block_k: int, pre: int) -> int:
+    """pre clamped to the fewest BLOCK_K tiles any split owns (0 where a split is empty), so every
+    peeled tile lies inside its program's K range."""
+    k_per = -(-(-(-k // split)) // block_k) * block_k
+    last = k - (split - 1) * k_per
+    return 0 if last <= 0 else min(pre, -(-last // block_k))
+
+
 def swab_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu: bool = False,
-                config: SwabConfig = SwabConfig(128, 16, 128, 1, 4, 4, True)) -> torch.Tensor:
+                config: SwabConfig = SwabConfig(128, 16, 128, 1, 4, 4, True), pre: int | None = None) -> torch.Tensor:
     """x [M, K] (rows contiguous) @ weight[N', K]^T (+ bias) -> [M, N'], or with silu: weight is
-    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I]."""
+    [2I, K] (gate rows, then up rows) and the result is silu(x @ gate^T) * (x @ up^T) [M, I].
+    pre: weight tiles per program loaded before the PDL wait (None: GRAPHRT_STEP_EARLY_W on PDL
+    launches, else 0); the same bits at any value."""
     m, k = x.shape
     n_w, k_w = weight.shape
     if k != k_w or x.stride(1) != 1 or not weight.is_contiguous():
@@ -179,10 +273,19 @@ def swab_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x_desc = TensorDescriptor.from_tensor(x, [block_t, block_k])
     else:
         w_desc = x_desc = y  # unused
+    launch = pdl.launch(x)
+    pf = 0
+    if pre is None:
+        pre, pf = early_w() if launch["PDL"] else (0, 0)
+    if pre not in (0, 1, 2, 3, 4):
+        raise ValueError(f"swab_matmul: pre must be 0..4 weight tiles, not {pre!r}")
+    pre = early_tiles(k, split, block_k, pre)
+    # the L2 prefetch: 16-byte-aligned pieces, only where no split is empty
+    pf = pf if k % 8 == 0 and weight.data_ptr() % 16 == 0 and early_tiles(k, split, block_k, 1) else 0
     _swab_kernel[grid](weight, x, w_desc, x_desc, bias if bias is not None else y, y, part, lock, m, n, k, n,
                        x.stride(0), y.stride(0), HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split, TMA=tma,
-                       BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-                       **pdl.launch(x))
+                       BLOCK_W=block_w, BLOCK_T=block_t, BLOCK_K=block_k, PRE=pre, PF=pf,
+                       PF_CHUNKS=max(1, 32 * warps // block_w), num_warps=warps, num_stages=stages, **launch)
     return y
 
 
