@@ -2,7 +2,7 @@
 continuous-batching stream) under torch.profiler, the GPU's busy time (union of kernel and copy
 intervals) against the wall time, and the idle gaps with the kernels around them.
 
-    python benchmarks/stream_gaps.py --checkpoint DIR --frames 256 --a graphs=on --b graphs=on,vision_ahead=false
+    python benchmarks/stream_gaps.py --checkpoint DIR --frames 256 --a graphs=on --b graphs=on,batch_intake=false
 
 Each config is an engine on the same weights (Engine.with_options); every row runs exactly 2 MTP
 steps (random weights, end tokens ignored). Reported per config: wall ms of the profiled call,
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--a", default="graphs=on")
-    ap.add_argument("--b", default="graphs=on,vision_ahead=false")
+    ap.add_argument("--b", default="graphs=on,batch_intake=false")
     ap.add_argument("--out", default="stream_gaps.json")
     args = ap.parse_args()
     base = Engine.from_pretrained(args.checkpoint, progress=False, fixed_steps=2, graphs="off")

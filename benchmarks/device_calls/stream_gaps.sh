@@ -4,5 +4,5 @@ source "$(dirname "$0")/preamble.sh"
 python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
 el checkpoint
 timeout 300 python benchmarks/stream_gaps.py --checkpoint /tmp/ck3b --frames 256 --a graphs=on \
-    --b "graphs=on,${STREAM_B:-vision_ahead=false}" --out "$OUT/stream_gaps.json" > "$OUT/gaps.log" 2>&1
+    --b "graphs=on,${STREAM_B:-batch_intake=false}" --out "$OUT/stream_gaps.json" > "$OUT/gaps.log" 2>&1
 echo "gaps rc=$?" >> "$OUT/gaps.log"; tail -60 "$OUT/gaps.log"; el gaps
