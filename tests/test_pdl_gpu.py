@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graph_capture import capture_after_warmup
 
 pytestmark = pytest.mark.gpu
 
@@ -91,16 +92,7 @@ def test_pdl_chain_in_graph_equals_plain_launches(batch, prefetch, monkeypatch):
     monkeypatch.setenv("GRAPHRT_PDL", "on")
     monkeypatch.setenv("GRAPHRT_STEP_PREFETCH", prefetch)
     assert pdl.enabled(state["x"], m)
-    fill(0)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        _chain(state, layers, att)  # compiles the PDL variants outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    fill(0)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = _chain(state, layers, att)
+    graph, out = capture_after_warmup(lambda: _chain(state, layers, att), fill)
     for seed, ref in zip((1, 2, 3, 1), want + want[:1]):
         fill(seed)
         graph.replay()

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from graph_capture import capture_after_warmup
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
@@ -142,16 +143,7 @@ def test_pdl_chain_early_same_bits_gpu(early, monkeypatch):
     monkeypatch.setenv("GRAPHRT_PDL", "on")
     monkeypatch.setenv("GRAPHRT_STEP_EARLY_W", early)
     assert pdl.enabled(state["x"], m)
-    fill(0)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        _chain(state, layers)  # compiles the PDL variants outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    fill(0)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = _chain(state, layers)
+    graph, out = capture_after_warmup(lambda: _chain(state, layers), fill)
     for seed, ref in zip((1, 2, 3, 1), want + want[:1]):
         fill(seed)
         graph.replay()
