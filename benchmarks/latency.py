@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -59,10 +61,15 @@ def parse_config(text: str) -> dict:
     `vision_attention=varlen` the vision tower's attention in that config's graphs;
     `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch);
     `host=before` the host side as before the intake pass (benchmarks/host_gaps.py's patches,
-    applied around that config's calls; pair it with batch_intake=false)."""
+    applied around that config's calls; pair it with batch_intake=false);
+    `env.NAME=VALUE` an environment switch (e.g. env.GRAPHRT_FP8_O_INPUT=quantizer) set while that
+    config's engine is made (its graphs captured) and around each of its calls."""
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
+        if key.strip().startswith("env."):
+            out.setdefault("env", {})[key.strip()[4:]] = value
+            continue
         if key.strip() in LADDERS:
             out.setdefault("ladders", {})[LADDERS[key.strip()]] = tuple(int(v) for v in value.split(":"))
             continue
@@ -91,6 +98,26 @@ def with_host(host: str, fn, *args):
 
     with host_before():
         return fn(*args)
+
+
+def with_environment(values: dict, fn, *args):
+    with environment(values):
+        return fn(*args)
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+    """os.environ with `values` set, restored afterwards (a config's env.NAME=VALUE switches)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def percentile(xs, q):
@@ -192,7 +219,7 @@ def main() -> None:
         configs["B " + args.b] = parse_config(args.b)
     if args.c != "none":
         configs["C " + args.c] = parse_config(args.c)
-    engines, stage_sync, host_side = {}, {}, {}
+    engines, stage_sync, host_side, env = {}, {}, {}, {}
     default_vision_attention = base.model.vision.attention
     for name, over in configs.items():
         t = time.perf_counter()
@@ -201,7 +228,9 @@ def main() -> None:
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
         stage_sync[name] = stage_clock_syncs(over.pop("stage_clock", "events"))
         host_side[name] = over.pop("host", "now")
-        engines[name] = base.with_options(**with_ladders(base.model, over))
+        env[name] = over.pop("env", {})
+        with environment(env[name]):
+            engines[name] = base.with_options(**with_ladders(base.model, over))
         base.model.vision.attention = default_vision_attention
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
               flush=True)
@@ -210,8 +239,8 @@ def main() -> None:
     for batch in args.batch:
         pool = images(batch, args.width, args.height, seed=batch)
         pairs = [(im, QUERIES[i % len(QUERIES)]) for i, im in enumerate(pool)]
-        calls = {name: (lambda e=e, s=stage_sync[name], h=host_side[name]: with_host(h, clocked, s, e.locate_batch,
-                                                                                   pairs))
+        calls = {name: (lambda e=e, s=stage_sync[name], h=host_side[name], v=env[name]:
+                        with_environment(v, with_host, h, clocked, s, e.locate_batch, pairs))
                  for name, e in engines.items()}
         probe = max(timed(fn)[0] for fn in calls.values())
         iters = args.iters if probe < 1000 else args.slow_iters
