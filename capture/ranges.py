@@ -90,14 +90,9 @@ class PrefillRanges:
         out.view(-1, t, *out.shape[1:])[:, t - w :] = ow.view(-1, w, *ow.shape[1:])
         return out
 
-    # fused() takes fp8_for (fp8_ops.fp8_layer_forward asks by this flag)
-    quantizes_output = True
-
-    def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads, fp8_for=None):
+    def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
         """Fused path: one kernel ropes q/k and writes K/V into the cache, then the attention call
-        (graphrt/kernels/prefill_attention.py's kernel where it runs: faster than FA2 here).
-        fp8_for (a static W8A8 o_proj): where that kernel runs, it returns o_proj's e4m3 input and
-        row scales instead of the bf16 output; elsewhere the bf16 output, for o_proj to quantize."""
+        (graphrt/kernels/prefill_attention.py's kernel where it runs: faster than FA2 here)."""
         # lazy: triton is optional (fused kernel set only)
         from graphrt.kernels.layer_ops import rope_write
         from graphrt.kernels.prefill_attention import kernel_for
@@ -106,11 +101,9 @@ class PrefillRanges:
                        num_heads, num_kv_heads)
         kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
         kernel = kernel_for(q, self.kernel)
-        if kernel is not self.kernel:  # the Triton kernel applies the window rule itself
+        if self.window and kernel is not self.kernel:  # the Triton kernel applies the window rule itself
             out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True,
-                         window=self.window, fp8_for=fp8_for)
-            if fp8_for is not None:
-                return out[0].reshape(qkv.shape[0], -1), out[1]
+                         window=self.window)
         else:
             out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True)
             if self.window:

@@ -20,7 +20,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import env_choice
 from .layer_ops import add_rms_norm, residual_rms_norm_row, silu_mul, silu_mul_block
 
 FP8 = torch.float8_e4m3fn
@@ -115,23 +114,10 @@ def has_fp8_inputs(layer) -> bool:
     return any(takes_fp8_input(m) for m in (layer.qkv_proj, layer.gate_up_proj, layer.down_proj))
 
 
-def quantizes_in_attention(o_proj, attend, rows: int) -> bool:
-    """Whether the prefill attention kernel writes o_proj's e4m3 input (GRAPHRT_FP8_O_INPUT=attention,
-    the default): a static W8A8 o_proj that would otherwise run its quantizer pass before _scaled_mm
-    (above the skinny kernel's rows, which quantizes inside its own GEMM) and an attention that
-    offers it (capture.ranges.PrefillRanges). `quantizer` keeps the pass (A/B)."""
-    offered = getattr(o_proj, "act", "none") == "static" and getattr(attend, "quantizes_output", False)
-    return offered and not o_proj._skinny(rows) and env_choice("GRAPHRT_FP8_O_INPUT", O_INPUT) == "attention"
-
-
-O_INPUT = ("attention", "quantizer")  # who writes a prefill's o_proj input; the first is the default
-
-
 def fp8_layer_forward(layer, x, delta, cos, sin, layer_idx: int, cache, attend):
     """Qwen2Layer.forward_fused for a layer with W8A8 FP8 linears: the norms and SiLU·mul write
-    the e4m3 inputs of qkv / gate_up / down; o_proj's is written by the prefill attention kernel
-    (quantizes_in_attention) or, elsewhere (steps), o_proj quantizes its own input (in its skinny
-    GEMM at B=1, a quantizer pass above 64 rows). Linears that are not W8A8 get the bf16 value."""
+    the e4m3 inputs of qkv / gate_up / down; o_proj (whose input is the attention kernel's bf16
+    output) quantizes its own input. Linears that are not W8A8 get the bf16 value as usual."""
 
     def norm_then(linear, x, delta, norm):
         if takes_fp8_input(linear):
@@ -142,13 +128,9 @@ def fp8_layer_forward(layer, x, delta, cos, sin, layer_idx: int, cache, attend):
 
     t = x.shape[0]
     x, qkv = norm_then(layer.qkv_proj, x, delta, layer.input_layernorm)
-    o = layer.o_proj
-    if quantizes_in_attention(o, attend, t):
-        attn = attend.fused(layer_idx, qkv, cos, sin, cache, layer.num_heads, layer.num_kv_heads, fp8_for=o)
-    else:
-        attn = attend.fused(layer_idx, qkv, cos, sin, cache, layer.num_heads, layer.num_kv_heads)
-    out = o.forward_fp8(*attn) if isinstance(attn, tuple) else o(attn.view(t, layer.q_size))
-    x, gate_up = norm_then(layer.gate_up_proj, x, out, layer.post_attention_layernorm)
+    attn = attend.fused(layer_idx, qkv, cos, sin, cache, layer.num_heads, layer.num_kv_heads)
+    x, gate_up = norm_then(layer.gate_up_proj, x, layer.o_proj(attn.view(t, layer.q_size)),
+                           layer.post_attention_layernorm)
     if takes_fp8_input(layer.down_proj):
         return x, layer.down_proj.forward_fp8(*silu_mul_fp8(gate_up, layer.down_proj))
     return x, layer.down_proj(silu_mul(gate_up))

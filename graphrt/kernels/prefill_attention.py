@@ -64,10 +64,8 @@ if triton is not None:
     @triton.jit
     def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, used_ptr, qk_scale,
                         q_stride_t, q_stride_h, k_stride_t, k_stride_h, o_stride_t, o_stride_h,
-                        rs_ptr, inv_ptr, scale_ptr,
                         HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
-                        WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        QUANT: tl.constexpr):
+                        WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # Program (query tile, segment * query head). Segment b: queries cu_q[b] .. cu_q[b+1],
         # keys cu_k[b] .. cu_k[b] + used[b]; causal: query i sees keys j <= used - nq + i.
         # WINDOW > 0 (causal, a merged first round): the last WINDOW queries of each segment are
@@ -114,11 +112,6 @@ if triton is not None:
             acc, m_i, l_i = _key_block(acc, m_i, l_i, q, k_ptr, v_ptr, n0, offs_m, offs_n, d, shift, n_keys,
                                        k_stride_t, qk_scale, True, CAUSAL, WINDOW)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # no key seen: zeros
-        if QUANT:  # o_proj's e4m3 input: the bf16 output quantized by calib/quantize.py's static rule
-            out = out.to(q_ptr.dtype.element_ty).to(tl.float32) * tl.load(inv_ptr)
-            out = tl.minimum(tl.maximum(out, -448.0), 448.0)
-            if h == 0:
-                tl.store(rs_ptr + q0 + offs_m, tl.zeros([BLOCK_M], tl.float32) + tl.load(scale_ptr), mask=m_ok)
         tl.store(o_ptr + (q0 + offs_m)[:, None] * o_stride_t + h * o_stride_h + d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
 
@@ -132,14 +125,11 @@ def runs(q: torch.Tensor) -> bool:
 
 
 def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False, tiles=None,
-                      window: int = 0, fp8_for=None):
+                      window: int = 0):
     """The varlen contract (capture/varlen.py) without the log-sum-exp output. `window` > 0 (with
     causal): the first MTP round inside a prefill, the last `window` queries and keys of each
     segment are its window; those queries see every key of the segment but key used - window - 1
-    (the last prompt token, which the window's first query repeats), the others are causal.
-    fp8_for: a static-scale W8A8 FP8Linear (the layer's o_proj): the output is its input quantized
-    (e4m3 [T, Hq, D], row scales [T, 1]), the bytes its quantizer writes from the bf16 output, so
-    no quantizer pass runs. Rows the segments of cu_q do not cover are left unwritten."""
+    (the last prompt token, which the window's first query repeats), the others are causal."""
     if return_lse:
         raise NotImplementedError("prefill_attention returns no log-sum-exp")
     if window and not causal:
@@ -149,17 +139,13 @@ def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scal
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride() != v.stride():
         raise ValueError("prefill_attention needs unit-stride head dims and K/V of the same layout")
     block_m, block_n, warps, stages = tiles or TILES
-    quant = fp8_for is not None
-    out = torch.empty(total_q, hq, d, device=q.device, dtype=torch.float8_e4m3fn if quant else q.dtype)
-    rs = torch.empty((total_q, 1), device=q.device, dtype=torch.float32) if quant else out
-    inv, s_in = (fp8_for.inv_input_scale, fp8_for.input_scale) if quant else (out, out)
+    out = torch.empty(total_q, hq, d, device=q.device, dtype=q.dtype)
     qk_scale = (scale if scale is not None else d ** -0.5) * 1.4426950408889634  # log2(e)
     grid = (triton.cdiv(max_q, block_m), (cu_q.numel() - 1) * hq)
     _prefill_kernel[grid](q, k, v, out, cu_q, cu_k, seqused_k, qk_scale, q.stride(0), q.stride(1), k.stride(0),
-                          k.stride(1), out.stride(0), out.stride(1), rs, inv, s_in, HQ=hq, GROUP=hq // hkv, D=d,
-                          CAUSAL=causal, WINDOW=window, BLOCK_M=block_m, BLOCK_N=block_n, QUANT=quant,
-                          num_warps=warps, num_stages=stages)
-    return (out, rs) if quant else out
+                          k.stride(1), out.stride(0), out.stride(1), HQ=hq, GROUP=hq // hkv, D=d, CAUSAL=causal,
+                          WINDOW=window, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    return out
 
 
 def kernel_for(q: torch.Tensor, fallback):
