@@ -95,10 +95,11 @@ def _big_head(device, v=152681, d=2048, seed=0):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("rows", [6, 48])
+@pytest.mark.parametrize("rows", [6, 48])  # B=1, B=8 (B=32's 192 rows keep the transposed product)
 def test_swab_head_vs_transposed_gpu(monkeypatch, rows):
     """The 3B head: swap-AB (chosen by the step GEMM chooser) against cuBLAS's transposed product.
-    Same argmax on every row; every logit at most one bf16 rounding step from it."""
+    Same argmax on every row; every logit at most one bf16 rounding step from it; the exact fp32
+    product's winner within one rounding step of the row's max."""
     from graphrt.kernels.skinny_gemm import choose
     from graphrt.kernels.swap_ab_gemm import SwabConfig
 
@@ -117,7 +118,9 @@ def test_swab_head_vs_transposed_gpu(monkeypatch, rows):
     step = want.float().abs().clamp_min(2.0**-126) * 2.0**-7
     assert ((got.float() - want.float()).abs() <= step).all()
     assert torch.equal(got.float().argmax(1), want.float().argmax(1))
-    assert torch.equal(got.float().argmax(1), exact.argmax(1))
+    # the exact winner is among the rounded maxima (rounding to bf16 may tie it with another index)
+    top = got.float().gather(1, exact.argmax(1, keepdim=True))[:, 0]
+    assert (got.float().amax(1) - top <= step.amax(1)).all()
 
 
 @gpu
