@@ -28,6 +28,11 @@ Variants (--sets, comma-separated; the first is profiled at every batch size):
                 PDL wait (GRAPHRT_STEP_EARLY_W=1/2/4; measured slower)
     fused-l2e2/4 fused with an L2 prefetch of each swap-AB program's first 2/4 weight tiles before its PDL wait
                 (GRAPHRT_STEP_EARLY_W=l2-2 (the default) / l2-4)
+    fused-lmcublas fused with the LM head on cuBLAS as head @ hidden^T + a transposing copy
+                (GRAPHRT_STEP_LMHEAD=transposed: the set before; default swab = the swap-AB GEMM where chosen)
+    fused-endnopdl fused with the step's end kernels (softmax, top-k, tail) launched without PDL
+                (GRAPHRT_STEP_END_PDL=off: the set before; B=1 only: larger steps launch without PDL)
+    fused-lmold both of the above (the set before the lmhead pass)
     torch       the plain-torch kernel set
 
 Both graph runtimes share one loaded model (random weights: tokens are random, so rows run a
@@ -75,6 +80,9 @@ VARIANTS = {"fused": ("fused", {}), "fused-gemm": ("fused", {"GRAPHRT_STEP_TAIL"
             "fused-plainchain": ("fused", {"GRAPHRT_STEP_GEMM_CHAIN": "plain"}),
             **{f"fused-early{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": v}) for v in ("off", "1", "2", "4")},
             **{f"fused-l2e{v}": ("fused", {"GRAPHRT_STEP_EARLY_W": f"l2-{v}"}) for v in ("2", "4")},
+            "fused-lmcublas": ("fused", {"GRAPHRT_STEP_LMHEAD": "transposed"}),
+            "fused-endnopdl": ("fused", {"GRAPHRT_STEP_END_PDL": "off"}),
+            "fused-lmold": ("fused", {"GRAPHRT_STEP_LMHEAD": "transposed", "GRAPHRT_STEP_END_PDL": "off"}),
             "torch": ("torch", {})}
 GEMM_MARKS = ("skinny_kernel", "swab_kernel", "gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "splitkreduce")
 

@@ -80,6 +80,13 @@ class Qwen2Layer(nn.Module):
         return x, linear(gate_up_silu(h, self.gate_up_proj), self.down_proj)
 
 
+# Most LM-head rows for the swap-AB GEMM (Qwen2.logits_step): the chooser times it against F.linear, whose
+# unaligned-row kernels are slower than the transposed product used instead, so the row count is capped
+# by the step's own A/B (H100, 3B, benchmarks/step_kernels.py, 2026-11-25): B=1 (8 rows) 3.051 -> 3.040 ms,
+# B=8 (48) 3.956 -> 3.931 ms, but B=32 (192) 5.651 -> 5.822 ms at c=461.
+LMHEAD_SWAB_MAX_ROWS = 48
+
+
 class Qwen2(nn.Module):
     def __init__(self, cfg: TextConfig, dtype, device=None):
         super().__init__()
@@ -141,7 +148,28 @@ class Qwen2(nn.Module):
         if pad:  # rows to a multiple of 8: the transposed product's output rows stay 16-byte aligned
             logits_index = torch.cat([logits_index, logits_index[-1:].expand(pad)])
         hidden = add_rms_norm(x, delta, self.norm.weight, self.norm.eps, index=logits_index)[1]
-        return self.logits_transposed(hidden, m)
+        return self.logits_step(hidden, m)
+
+    def logits_step(self, hidden: torch.Tensor, rows: int) -> torch.Tensor:
+        """The fused path's LM head on `hidden` [8k, D] -> logits of the first `rows` rows [rows, V].
+        GRAPHRT_STEP_LMHEAD (A/B): `swab` (default) runs the swap-AB GEMM where the step GEMMs' chooser
+        picks it for this row count (it stores y [M, V] row-major itself, so no transposing copy, and
+        it joins the PDL chain of the layer GEMMs at B=1); `transposed` is cuBLAS's head @ hidden^T and
+        a transposing copy (the path before; also above LMHEAD_SWAB_MAX_ROWS rows). Either way each
+        logit is its fp32 dot product rounded once to the model dtype; the summation order differs, so
+        the bits may differ by an ulp (tokens agreed on every row at B=1/8/32 in the A/B run)."""
+        from .kernels import env_choice
+
+        swab = env_choice("GRAPHRT_STEP_LMHEAD", ("swab", "transposed")) == "swab"
+        if swab and hidden.is_cuda and hidden.shape[0] <= LMHEAD_SWAB_MAX_ROWS:
+            from .kernels.skinny_gemm import choose, run_choice
+            from .kernels.swap_ab_gemm import SwabConfig
+
+            head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            cfg = choose(hidden.shape[0], head, False, False)
+            if isinstance(cfg, SwabConfig):
+                return run_choice(hidden, head, None, False, cfg)[:rows]
+        return self.logits_transposed(hidden, rows)
 
     def logits_transposed(self, hidden: torch.Tensor, rows: int) -> torch.Tensor:
         """The LM head as head [V, D] @ hidden^T, then one transposing copy of the first `rows`

@@ -41,7 +41,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from . import env_choice
+from . import env_choice, pdl
+from .pdl_ops import gdc_launch_dependents, gdc_wait
 
 log = logging.getLogger("graphrt")
 
@@ -115,8 +116,18 @@ def _warp_tree(x):
 
 
 @triton.jit
-def _max_part(x_ptr, part_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS: tl.constexpr):
+def _pdl_enter(PDL: tl.constexpr):
+    """PDL launches (see end_launch): let the next kernel launch now, then wait until the previous
+    kernel completed; every kernel here reads what the one before wrote, so nothing comes before the wait."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+
+
+@triton.jit
+def _max_part(x_ptr, part_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS: tl.constexpr, PDL: tl.constexpr):
     """The max of elements [c*CHUNK, (c+1)*CHUNK) of a row (exact in any order)."""
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V
@@ -129,8 +140,9 @@ def _max_part(x_ptr, part_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS
 
 @triton.jit
 def _sum_part(x_ptr, part_ptr, sum_ptr, V, SHIFT0, T: tl.constexpr, CTAS: tl.constexpr, NT: tl.constexpr,
-              REVERSED: tl.constexpr, INTERP: tl.constexpr):
+              REVERSED: tl.constexpr, INTERP: tl.constexpr, PDL: tl.constexpr):
     """torch's per-thread sums of exp(x - max) for threads [c*T, (c+1)*T) of a row (see the module doc)."""
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V
@@ -171,8 +183,9 @@ def _sum_part(x_ptr, part_ptr, sum_ptr, V, SHIFT0, T: tl.constexpr, CTAS: tl.con
 
 
 @triton.jit
-def _total(sum_ptr, total_ptr, NT: tl.constexpr):
+def _total(sum_ptr, total_ptr, NT: tl.constexpr, PDL: tl.constexpr):
     """A row's sum from torch's 1024 thread sums by its block-reduce tree (one CTA per row)."""
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     w = tl.arange(0, NT // 32)
     lane = tl.arange(0, 32)
@@ -184,8 +197,9 @@ def _total(sum_ptr, total_ptr, NT: tl.constexpr):
 
 @triton.jit
 def _write(x_ptr, part_ptr, total_ptr, y_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS: tl.constexpr,
-           INTERP: tl.constexpr):
+           INTERP: tl.constexpr, PDL: tl.constexpr):
     """exp(x - max) / sum for elements [c*CHUNK, (c+1)*CHUNK) of a row."""
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V
@@ -197,6 +211,16 @@ def _write(x_ptr, part_ptr, total_ptr, y_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.
         ok = idx < V
         v = tl.load(base + idx, mask=ok, other=0.0).to(tl.float32)
         tl.store(out + idx, _cast(_div(_exp(v - mx, INTERP), total, INTERP), y_ptr.dtype.element_ty, INTERP), mask=ok)
+
+
+def end_launch(x: torch.Tensor, rows: int) -> dict:
+    """Launch keywords of the step's end kernels (this softmax, step_topk's, step_tail's) on `rows`
+    logits rows: PDL where graphrt/kernels/pdl.py's rule allows it (at most AUTO_MAX_ROWS rows under
+    `auto`: the B=1 step's 6), so each launches while the kernel before it ends and waits for it
+    before its first read. GRAPHRT_STEP_END_PDL=off (A/B): plain launches (the kernels before)."""
+    if env_choice("GRAPHRT_STEP_END_PDL", ("auto", "off")) == "off":
+        return {"PDL": False}
+    return pdl.launch(x, rows)
 
 
 def supported(x: torch.Tensor) -> bool:
@@ -228,13 +252,14 @@ def triton_softmax(x: torch.Tensor, ctas: int | None = None, reversed_order: boo
     shift0 = x.data_ptr() % 16 // x.element_size()
     # enable_reflect_ftz=False: libdevice's expf / division keep denormals, as nvcc builds torch's
     opts = {} if interp else {"enable_reflect_ftz": False}
-    _max_part[(rows, ctas)](x, part, v, CHUNK=chunk, BLOCK=block, CTAS=ctas, num_warps=4, **opts)
+    launch = end_launch(x, rows)
+    _max_part[(rows, ctas)](x, part, v, CHUNK=chunk, BLOCK=block, CTAS=ctas, num_warps=4, **opts, **launch)
     _sum_part[(rows, ctas)](x, part, sums, v, shift0, T=per, CTAS=ctas, NT=THREADS, REVERSED=reversed_order,
-                            INTERP=interp, num_warps=max(1, per // 32), **opts)
-    _total[(rows,)](sums, totals, NT=THREADS, num_warps=4)
+                            INTERP=interp, num_warps=max(1, per // 32), **opts, **launch)
+    _total[(rows,)](sums, totals, NT=THREADS, num_warps=4, **launch)
     # the output pass is exp + IEEE division per value: many small CTAs
     _write[(rows, triton.cdiv(v, WRITE_CHUNK))](x, part, totals, y, v, CHUNK=WRITE_CHUNK, BLOCK=block, CTAS=ctas,
-                                                INTERP=interp, num_warps=4, **opts)
+                                                INTERP=interp, num_warps=4, **opts, **launch)
     if internals is not None:
         internals.update(max=part.amax(1), thread_sums=sums, totals=totals)
     return y

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from graphrt.kernels import env_choice
+from graphrt.kernels.step_softmax import _pdl_enter, end_launch
 from graphrt.mtp import MTPConfig, StepKind, candidates
 
 
@@ -74,7 +75,8 @@ def _step_tail_kernel(probs_ptr, x0_ptr, top_ptr, ref_ptr,
                       BOX_START, BOX_END, REF_START, REF_END, COORD_START, COORD_END, NONE, NULL, IM_END,
                       TH_BOX, TH_NONE, TH_END, TH_NULL, TH_LEGAL, TH_REF,
                       W: tl.constexpr, KK: tl.constexpr, KR: tl.constexpr, MAPPED: tl.constexpr,
-                      BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr):
+                      BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr):
+    _pdl_enter(PDL)  # PDL launches: every read below comes after the previous kernel completed
     # Lane r1 updates state row r1. Unmapped (a step): its logits are row r1's. MAPPED (the first
     # round inside a prefill): its logits are segment src[r1]'s, and only rows with hit[r1] move.
     r1 = tl.arange(0, BLOCK_B)
@@ -215,4 +217,4 @@ def step_tail(state, b: int, probs: torch.Tensor, x0: torch.Tensor, ids, cfg: MT
         round_(cfg.box_start_thresh), round_(cfg.empty_none_thresh), round_(cfg.empty_end_thresh),
         round_(cfg.empty_null_thresh), round_(cfg.legal_end_thresh), round_(cfg.ref_start_thresh),
         W=width, KK=cfg.keep_k, KR=cfg.ref_keep_k, MAPPED=mapped, BLOCK_B=max(2, triton.next_power_of_2(rows)),
-        BLOCK_W=triton.next_power_of_2(width), num_warps=1)
+        BLOCK_W=triton.next_power_of_2(width), num_warps=1, **end_launch(probs, probs.shape[0] * width))

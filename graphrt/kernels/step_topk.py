@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from graphrt.kernels import env_choice
+from graphrt.kernels.step_softmax import _pdl_enter, end_launch
 from graphrt.mtp import MTPConfig, candidates
 
 log = logging.getLogger("graphrt")
@@ -132,7 +133,7 @@ def _radix(bits, NAN_ABOVE: tl.constexpr):
 
 @triton.jit
 def _chunk_top(x_ptr, part_ptr, V, NCH, CHUNK: tl.constexpr, LOCAL_BITS: tl.constexpr, GROUP: tl.constexpr,
-               KEEP: tl.constexpr, NAN_ABOVE: tl.constexpr):
+               KEEP: tl.constexpr, NAN_ABOVE: tl.constexpr, PDL: tl.constexpr):
     """The first KEEP of elements [c*CHUNK, (c+1)*CHUNK) of a row under (value desc, index asc), as
     int64 keys radix << 32 | (2**31 - 1 - index), largest first (-1: none).
 
@@ -140,6 +141,7 @@ def _chunk_top(x_ptr, part_ptr, V, NCH, CHUNK: tl.constexpr, LOCAL_BITS: tl.cons
     values; the first KEEP lie in the KEEP groups of largest maxima (any other group has KEEP
     larger values above its own maximum), which are read again and searched. Inside the chunk the
     keys are int32 (radix << LOCAL_BITS | reversed local index)."""
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V + c * CHUNK
@@ -196,8 +198,9 @@ def _network_order(key, p, k: tl.constexpr, lut_ptr):
 
 @triton.jit
 def _merge(part_ptr, amax_ptr, top_ptr, ref_ptr, lut4_ptr, lut5_ptr, NCH, W: tl.constexpr, KK: tl.constexpr,
-           KR: tl.constexpr, KEEP: tl.constexpr, BLOCK: tl.constexpr):
+           KR: tl.constexpr, KEEP: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Row (request b, slot s): argmax; slots 1-4 the KK list, slots 1-5 the KR list."""
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     b = row // W
     s = row % W
@@ -241,10 +244,11 @@ def fused_lists(probs: torch.Tensor, tables: _Tables, cfg: MTPConfig = MTPConfig
     top_i = torch.empty(b, 4, cfg.keep_k, dtype=torch.int64, device=probs.device)
     ref_i = torch.empty(b, 5, cfg.ref_keep_k, dtype=torch.int64, device=probs.device)
     nan_above = _nan_above(probs.dtype)
+    launch = end_launch(probs, rows)  # PDL at B=1 (GRAPHRT_STEP_END_PDL)
     _chunk_top[(rows, nch)](probs.view(torch.int16), part, v, nch, CHUNK=CHUNK, LOCAL_BITS=CHUNK.bit_length() - 1,
-                            GROUP=GROUP, KEEP=KEEP, NAN_ABOVE=nan_above, num_warps=4)
+                            GROUP=GROUP, KEEP=KEEP, NAN_ABOVE=nan_above, num_warps=4, **launch)
     _merge[(rows,)](part, amax, top_i, ref_i, tables.kk, tables.kr, nch, W=w, KK=cfg.keep_k, KR=cfg.ref_keep_k,
-                    KEEP=KEEP, BLOCK=triton.next_power_of_2(nch * KEEP), num_warps=1)
+                    KEEP=KEEP, BLOCK=triton.next_power_of_2(nch * KEEP), num_warps=1, **launch)
     return amax, top_i, ref_i
 
 
