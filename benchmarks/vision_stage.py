@@ -48,7 +48,7 @@ from capture.varlen import torch_fa2  # noqa: E402
 from graphrt.config import PreprocessorConfig, VisionConfig  # noqa: E402
 from graphrt.gpu_resize import resize_bicubic  # noqa: E402
 from graphrt.processor import ImageProcessor, host_pixels, load_image  # noqa: E402
-from graphrt.vision import MoonViT, vision_geometry  # noqa: E402
+from graphrt.vision import VISION_RESIDUAL_MODES, MoonViT, vision_geometry  # noqa: E402
 import graphrt.vision_kernels as vk  # noqa: E402
 
 REPORT: dict = {}
@@ -235,9 +235,9 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     outs, graphs = {}, {}
     variants = variants or TOWER_VARIANTS
     # optional 5th / 6th / 7th fields: the GEMM switch (default cuBLAS), the slot attention kernel
-    # (default triton), where the residual is added (GRAPHRT_VISION_RESIDUAL; default kernel)
+    # (default triton), where the residual is added (GRAPHRT_VISION_RESIDUAL; default its default)
     for name, fused, mode, patch, *more in variants:
-        more = list(more) + ["cublas", "triton", "kernel"][len(more):]
+        more = list(more) + ["cublas", "triton", VISION_RESIDUAL_MODES[0]][len(more):]
 
         def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1],
                  residual=more[2]):

@@ -190,3 +190,22 @@ def test_residual_in_gemm_tower_bf16_within_bf16_noise_of_fp32():
     torch.cuda.synchronize()
     assert torch.equal(out, want)
     assert not torch.equal(out, eager)
+
+
+def test_hooked_linears_keep_the_kernel_add(tiny_engine):
+    """A forward hook on wo or fc1 (calib/report.py's taps) must see the call: such a tower keeps
+    the kernel add, where addmm_ would run past the module."""
+    vision = tiny_engine.model.vision
+    saved = vision.residual, vision.gemm
+    handle = vision.blocks[-1].fc1.register_forward_hook(lambda *a: None)
+    try:
+        vision.residual, vision.gemm = "gemm", "cublas"
+        assert not vision._residual_in_gemm()
+    finally:
+        handle.remove()
+        vision.residual, vision.gemm = saved
+    vision.residual, vision.gemm = "gemm", "cublas"
+    try:
+        assert vision._residual_in_gemm()
+    finally:
+        vision.residual, vision.gemm = saved
