@@ -209,3 +209,20 @@ def test_hooked_linears_keep_the_kernel_add(tiny_engine):
         assert vision._residual_in_gemm()
     finally:
         vision.residual, vision.gemm = saved
+
+
+@interpreted
+@pytest.mark.parametrize("tile", [(1, 4), (4, 8)])
+def test_interp_offset_layernorm_tiles_agree(tile, monkeypatch):
+    """Both forms of offset_layernorm (one row a program; several rows, last block partial)."""
+    import graphrt.vision_kernels as vk
+
+    monkeypatch.setattr(vk, "OFFSET_LAYERNORM_TILE", tile)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(10, 40, generator=g)
+    off = torch.randn(40, generator=g)
+    w, b = torch.randn(40, generator=g), torch.randn(40, generator=g)
+    torch.testing.assert_close(vk.offset_layernorm(x, off, w, b, 1e-5), F.layer_norm(x + off, (40,), w, b, 1e-5),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vk.offset_layernorm(x, None, w, b, 1e-5), F.layer_norm(x, (40,), w, b, 1e-5),
+                               rtol=1e-5, atol=1e-5)
