@@ -59,6 +59,8 @@ def parse_config(text: str) -> dict:
     them on the buckets the default memory plan derives for the loaded model, so configs differ only
     in the ladders; such a config runs with memory_gb=None, its buckets unchecked);
     `vision_attention=varlen` the vision tower's attention in that config's graphs;
+    `vision_residual=gemm|kernel` where that config's graphs of the tower add the residual
+    (GRAPHRT_VISION_RESIDUAL's values);
     `stage_clock=sync` every stage lap synchronizing (graphrt.timing's A/B switch);
     `host=before` the host side as before the intake pass (benchmarks/host_gaps.py's patches,
     applied around that config's calls; pair it with batch_intake=false);
@@ -221,17 +223,20 @@ def main() -> None:
         configs["C " + args.c] = parse_config(args.c)
     engines, stage_sync, host_side, env = {}, {}, {}, {}
     default_vision_attention = base.model.vision.attention
+    default_vision_residual = base.model.vision.residual
     for name, over in configs.items():
         t = time.perf_counter()
         # vision_attention=MODE (graphrt.vision.VISION_ATTENTION_MODES): the tower's attention as
         # this config's graphs are captured (they keep it; the weights stay shared).
         base.model.vision.attention = over.pop("vision_attention", default_vision_attention)
+        base.model.vision.residual = over.pop("vision_residual", default_vision_residual)
         stage_sync[name] = stage_clock_syncs(over.pop("stage_clock", "events"))
         host_side[name] = over.pop("host", "now")
         env[name] = over.pop("env", {})
         with environment(env[name]):
             engines[name] = base.with_options(**with_ladders(base.model, over))
         base.model.vision.attention = default_vision_attention
+        base.model.vision.residual = default_vision_residual
         print(f"{name}: ready in {time.perf_counter() - t:.1f} s; {engines[name].status()['graph_runtime']}",
               flush=True)
 

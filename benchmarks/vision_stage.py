@@ -9,6 +9,8 @@
    interleaved A/B, at B=1 and B=32, and one 2240x2240 image (25,600 patches in a 26,676 slot, also
    on exactly its rows with the eager path's SDPA), P50/P90/P99 with TFLOP/s; output differences;
    the kernel table of the fastest variant's graph replay (profiler: kernel, count, µs, TFLOP/s).
+   Steps resid1 / resid32 / resid25600: the residual A/B (GRAPHRT_VISION_RESIDUAL kernel vs gemm)
+   the same way, a kernel table per variant.
 4. Attention with head dim 72: the varlen FA2 call vs padding the head to 80/96/128, the dense
    SDPA backends (cuDNN, flash, efficient), and graphrt's own slot kernel (vision_kernels.
    slot_attention: head split 64 + 16) over a sweep of tiles, last-block-only masking vs every block.
@@ -46,7 +48,7 @@ from capture.varlen import torch_fa2  # noqa: E402
 from graphrt.config import PreprocessorConfig, VisionConfig  # noqa: E402
 from graphrt.gpu_resize import resize_bicubic  # noqa: E402
 from graphrt.processor import ImageProcessor, host_pixels, load_image  # noqa: E402
-from graphrt.vision import MoonViT, vision_geometry  # noqa: E402
+from graphrt.vision import VISION_RESIDUAL_MODES, MoonViT, vision_geometry  # noqa: E402
 import graphrt.vision_kernels as vk  # noqa: E402
 
 REPORT: dict = {}
@@ -190,6 +192,12 @@ def vision_flops(cfg: VisionConfig, n: int) -> float:
     return cfg.num_hidden_layers * (per_token * n + attn) + 2 * n * 3 * cfg.patch_size ** 2 * h
 
 
+# The residual A/B (GRAPHRT_VISION_RESIDUAL): the fused tower (cuBLAS, default slot kernel) with the
+# add in add_layernorm vs inside wo's / fc1's GEMMs (beta = 1, biases deferred to the norms).
+RESIDUAL_VARIANTS = [("unfused", False, "varlen", False),
+                     ("fused, residual kernel", True, "slot", True, "cublas", "auto", "kernel"),
+                     ("fused, residual gemm", True, "slot", True, "cublas", "auto", "gemm")]
+
 # Tower variants of the A/B: (name, fused kernels, attention mode of the slots, one-GEMM patch embedding).
 TOWER_VARIANTS = [("unfused", False, "varlen", False), ("fused+slot1 (before)", True, "slot1", False),
                   ("fused+slot, patch linear + add", True, "slot", False), ("fused+slot (now)", True, "slot", True)]
@@ -226,14 +234,17 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     attend = VisionRanges(torch_fa2, p, cu, used)
     outs, graphs = {}, {}
     variants = variants or TOWER_VARIANTS
-    # optional 5th / 6th fields: the GEMM switch (default cuBLAS), the slot attention kernel (default triton)
+    # optional 5th / 6th / 7th fields: the GEMM switch (default cuBLAS), the slot attention kernel
+    # (default triton), where the residual is added (GRAPHRT_VISION_RESIDUAL; default its default)
     for name, fused, mode, patch, *more in variants:
-        more = list(more) + ["cublas", "triton"][len(more):]
+        more = list(more) + ["cublas", "triton", VISION_RESIDUAL_MODES[0]][len(more):]
 
-        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1]):
+        def body(name=name, model=m, fused=fused, mode=mode, patch=patch, gemm=more[0], kernel=more[1],
+                 residual=more[2]):
             from graphrt.kernels import vision_attention as slot_kernels
 
             model.fused, model.attention, model.fused_patch_embed, model.gemm = fused, mode, patch, gemm
+            model.residual = residual
             slot_kernels.KERNEL = kernel
             outs[name] = model(pixels, pos, geo, attend)
 
@@ -252,7 +263,7 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
         px, pz = pixels[:real].contiguous(), pos[:real].contiguous()
 
         def exact_body(model=m):
-            model.fused, model.fused_patch_embed, model.gemm = True, True, "cublas"
+            model.fused, model.fused_patch_embed, model.gemm, model.residual = True, True, "cublas", "kernel"
             outs["exact rows + SDPA (eager's attention)"] = model(px, pz, ex, vision_attention)
 
         graphs["exact rows + SDPA (eager's attention)"] = capture(exact_body)
@@ -288,6 +299,33 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
         log(f"kernel table B={b} {real}:", json.dumps(REPORT[f"kernel_table_B{b}_{real}"], indent=1))
     del graphs, m
     torch.cuda.empty_cache()
+
+
+def offset_layernorm_sweep(n: int = 32 * 1680, reps: int = 50):
+    """vision_kernels.offset_layernorm (the residual-in-GEMM norm: read x, write h) over its tiles at
+    the B=32 shape, in GB/s of its 2 passes, beside add_layernorm's 4; the fastest tile is kept in
+    vk.OFFSET_LAYERNORM_TILE for the steps that follow."""
+    c = 1152
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(n, c, device="cuda", generator=g).bfloat16()
+    d = torch.randn(n, c, device="cuda", generator=g).bfloat16()
+    off = torch.randn(c, device="cuda", generator=g)
+    w, b = torch.ones(c, device="cuda", dtype=torch.bfloat16), torch.zeros(c, device="cuda", dtype=torch.bfloat16)
+    tensor = n * c * 2
+    res, ref = {}, vk.offset_layernorm(x, off, w, b, 1e-5)
+    for tile in [(1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8), (8, 16)]:
+        vk.OFFSET_LAYERNORM_TILE = tile
+        same = torch.equal(vk.offset_layernorm(x, off, w, b, 1e-5), ref)
+        us = statistics.median(events_ms(lambda: vk.offset_layernorm(x, off, w, b, 1e-5), reps)) * 1e3
+        res[f"rows{tile[0]}_warps{tile[1]}"] = {"us": round(us, 1), "gb_s": round(2 * tensor / us / 1e3), "equal": same}
+    us = statistics.median(events_ms(lambda: vk.add_layernorm(x, d, w, b, 1e-5), reps)) * 1e3
+    res["add_layernorm (4 passes)"] = {"us": round(us, 1), "gb_s": round(4 * tensor / us / 1e3)}
+    best = min((k for k in res if k.startswith("rows")), key=lambda k: res[k]["us"])
+    vk.OFFSET_LAYERNORM_TILE = tuple(int(v) for v in best[4:].split("_warps"))
+    res["best"] = best
+    res["work"] = f"{n} x {c} bf16 rows ({tensor / 1e6:.1f} MB a tensor), {reps} reps, P50"
+    REPORT["offset_layernorm"] = res
+    log("offset_layernorm:", json.dumps(res))
 
 
 def kernel_table(graph, cfg: VisionConfig, b: int, n: int, real: int, replays: int = 3) -> dict:
@@ -665,6 +703,11 @@ def main():
              ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10)),
              ("vision25600", lambda: vision_ab(1, 26676, 25600, (160, 160), 6, variants=TOWER_VARIANTS[1:],
                                                exact_sdpa=True)),
+             ("offset_ln", offset_layernorm_sweep),
+             ("resid1", lambda: vision_ab(1, 1680, 1656, (36, 46), 60, profile="all", variants=RESIDUAL_VARIANTS)),
+             ("resid32", lambda: vision_ab(32, 1680, 1656, (36, 46), 16, profile="all", variants=RESIDUAL_VARIANTS)),
+             ("resid25600", lambda: vision_ab(1, 26676, 25600, (160, 160), 6, profile="all",
+                                              variants=RESIDUAL_VARIANTS[1:])),
              ("mixed", mixed_batch),
              ("prefill", prefill_stage),
              ("attn1", lambda: attention_variants(1, 1680, 1656, 30)),

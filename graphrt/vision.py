@@ -65,6 +65,9 @@ class PackedImages:
 # real lengths ("packed"; "packed1" under "slot1"); other attend callables always take "varlen".
 VISION_ATTENTION_MODES = ("slot", "slot1", "cudnn", "varlen")
 
+# GRAPHRT_VISION_RESIDUAL's values, the default first (MoonViT.residual; docs/notes.md, 2026-11-25).
+VISION_RESIDUAL_MODES = ("gemm", "kernel")
+
 
 @dataclass
 class VisionGeometry:
@@ -144,27 +147,16 @@ class MoonViTBlock(nn.Module):
         cos, sin = (geo.cos, geo.sin) if epilogue == "bias_rope" else (None, None)
         return vision_gemm.vision_linear(x, linear.weight, linear.bias, epilogue, cos, sin, self.head_dim, tile)
 
-    def forward_fused(self, x: torch.Tensor, h, geo, attend: VisionAttention, mode: str = "varlen",
-                      fp8_producers: bool = True, fc0_epilogue: bool = False, gemm: str = "cublas"):
-        """The same block on fused kernels. Takes x and h = norm0(x) (bf16, or (e4m3, row scales)
-        when wqkv is a static W8A8 FP8Linear: MoonViT._norm writes it so); returns x after the
-        attention branch and the MLP branch output, which the caller adds with the next norm.
-        Static FP8 linears take e4m3 inputs written by the kernels that produce them: wo's by the
-        attention kernel's store (modes slot / packed), fc0's by the add+LayerNorm, fc1's by one
-        GELU + quantize pass over fc0's output (bias in _scaled_mm's epilogue). fp8_producers=False
-        (A/B only): every FP8 linear quantizes its own bf16 input (one quantizer pass each).
-        fc0_epilogue: fc0 + bias + GELU + fc1's quantization in one Triton FP8 GEMM
-        (calib/fp8_gemm_gelu.py) instead of _scaled_mm and the GELU pass.
-        gemm: GRAPHRT_VISION_GEMM's value: where it picks the Triton GEMM (kernels/vision_gemm.py),
-        wqkv's epilogue also applies the 2D RoPE (no rope pass), fc0's the GELU."""
-        n = x.shape[0]
+    def _attention_fused(self, h, geo, attend: VisionAttention, mode: str, fp8_wo, gemm: str):
+        """qkv = wqkv(h), RoPE and attention on the fused kernels (forward_fused's modes) -> [N, H, D]
+        (or wo's (e4m3 input, row scales) where fp8_wo is a static FP8 wo)."""
+        n = h[0].shape[0] if isinstance(h, tuple) else h.shape[0]
         roped = None if isinstance(h, tuple) or mode == "cudnn" else self._gemm(self.wqkv, h, "bias_rope", gemm, geo)
         if roped is not None:
             qkv = roped.view(n, 3, self.num_heads, self.head_dim)
         else:
             qkv = (self.wqkv.forward_fp8(*h) if isinstance(h, tuple) else self.wqkv(h)).view(
                 n, 3, self.num_heads, self.head_dim)
-        fp8_wo = self.wo if fp8_producers and vk.takes_static_fp8(self.wo) else None
         if mode == "cudnn":  # RoPE and the padded mask-column layout in one pass
             padded = vk.rope_2d_pad(qkv, geo.cos, geo.sin, attend.seqused, attend.patches)
             att = vk.cudnn_slot_attention(padded, attend.patches, self.head_dim)
@@ -181,6 +173,24 @@ class MoonViTBlock(nn.Module):
                 att = vk.slot_attention(qkv, attend.cu, attend.seqused, attend.longest, packed=True)
             else:
                 att = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2], geo)
+        return att
+
+    def forward_fused(self, x: torch.Tensor, h, geo, attend: VisionAttention, mode: str = "varlen",
+                      fp8_producers: bool = True, fc0_epilogue: bool = False, gemm: str = "cublas"):
+        """The same block on fused kernels. Takes x and h = norm0(x) (bf16, or (e4m3, row scales)
+        when wqkv is a static W8A8 FP8Linear: MoonViT._norm writes it so); returns x after the
+        attention branch and the MLP branch output, which the caller adds with the next norm.
+        Static FP8 linears take e4m3 inputs written by the kernels that produce them: wo's by the
+        attention kernel's store (modes slot / packed), fc0's by the add+LayerNorm, fc1's by one
+        GELU + quantize pass over fc0's output (bias in _scaled_mm's epilogue). fp8_producers=False
+        (A/B only): every FP8 linear quantizes its own bf16 input (one quantizer pass each).
+        fc0_epilogue: fc0 + bias + GELU + fc1's quantization in one Triton FP8 GEMM
+        (calib/fp8_gemm_gelu.py) instead of _scaled_mm and the GELU pass.
+        gemm: GRAPHRT_VISION_GEMM's value: where it picks the Triton GEMM (kernels/vision_gemm.py),
+        wqkv's epilogue also applies the 2D RoPE (no rope pass), fc0's the GELU."""
+        n = x.shape[0]
+        fp8_wo = self.wo if fp8_producers and vk.takes_static_fp8(self.wo) else None
+        att = self._attention_fused(h, geo, attend, mode, fp8_wo, gemm)
         if isinstance(att, tuple):
             out = self.wo.forward_fp8(att[0].view(n, -1), att[1])
         else:
@@ -208,6 +218,19 @@ class MoonViTBlock(nn.Module):
             out = self._gemm(self.fc1, y, "bias", gemm)
             return x, self.fc1(y) if out is None else out
         return x, self.fc1(F.gelu(self.fc0(h), approximate="tanh"))  # another replaced linear keeps its own GEMM
+
+    def forward_in_place(self, x: torch.Tensor, h: torch.Tensor, geo, attend: VisionAttention, mode: str,
+                         norm1_offset: torch.Tensor) -> None:
+        """The block with its residual adds inside the GEMMs (GRAPHRT_VISION_RESIDUAL=gemm; bf16 and
+        plain Linears only): wo and fc1 accumulate into x in place (cuBLAS with beta = 1 and C = x,
+        no bias), so x leaves without their biases. h = norm0(x + its offset); norm1_offset [C]
+        fp32 is the running sum of the deferred biases up to and including wo's, which norm1 adds
+        before its statistics. x must be a tensor nobody else reads."""
+        n = x.shape[0]
+        att = self._attention_fused(h, geo, attend, mode, None, "cublas").reshape(n, -1)
+        x.addmm_(att, self.wo.weight.t())
+        h = vk.offset_layernorm(x, norm1_offset, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        x.addmm_(vk.linear_gelu(h, self.fc0.weight, self.fc0.bias), self.fc1.weight.t())
 
 
 class MoonViT(nn.Module):
@@ -242,6 +265,13 @@ class MoonViT(nn.Module):
         # auto (per shape the faster of the two, measured at warm-up).
         self.gemm = vision_gemm.mode()
         self.attention = env_choice("GRAPHRT_VISION_ATTENTION", VISION_ATTENTION_MODES)
+        # Where the fused bf16 tower on cuBLAS adds its residual (A/B: GRAPHRT_VISION_RESIDUAL):
+        # "gemm" (default): wo and fc1 accumulate into x in place (beta = 1), their biases deferred to
+        # the norms as fp32 offsets (forward_in_place): tower 119.2 -> 117.1 ms at B=32, 4.37 -> 4.32
+        # ms at B=1 (H100, docs/notes.md 2026-11-25); "kernel": each GEMM writes its output (bias in
+        # the epilogue) and add_layernorm adds it to x. FP8 vision and the Triton GEMM keep "kernel".
+        self.residual = env_choice("GRAPHRT_VISION_RESIDUAL", VISION_RESIDUAL_MODES)
+        self._offsets_key, self._offsets = None, None
 
     def attention_status(self) -> str:
         """The attention of the fused tower over graph slots (`graphrt status`)."""
@@ -276,6 +306,8 @@ class MoonViT(nn.Module):
                 mode = self.attention
             elif layout == "packed":
                 mode = "packed1" if self.attention == "slot1" else "packed"
+        if self._residual_in_gemm():
+            return self._blocks_in_place(x, geo, attend, mode)
         x, h = self._norm(x, None, first, self.blocks[0].wqkv)
         for i, block in enumerate(self.blocks):
             x, branch = block.forward_fused(x, h, geo, attend, mode, self.fp8_producers, self.fp8_fc0_epilogue,
@@ -283,6 +315,44 @@ class MoonViT(nn.Module):
             last = i + 1 == len(self.blocks)
             norm = self.final_layernorm if last else self.blocks[i + 1].norm0
             x, h = self._norm(x, branch, norm, None if last else self.blocks[i + 1].wqkv)
+        return h
+
+    def _residual_in_gemm(self) -> bool:
+        """Whether the tower adds its residual inside the GEMMs: asked for, cuBLAS GEMMs, and every
+        linear a plain bf16/fp32 Linear with a bias (the FP8 and Triton-GEMM paths keep the kernel add),
+        wo and fc1 without module hooks (addmm_ runs past them; calib/report.py taps linears so)."""
+        return self.residual == "gemm" and self.gemm == "cublas" and all(
+            type(lin) is Linear and lin.bias is not None for b in self.blocks for lin in (b.wqkv, b.wo, b.fc0, b.fc1)
+        ) and not any(lin._forward_hooks or lin._forward_pre_hooks for b in self.blocks for lin in (b.wo, b.fc1))
+
+    def deferred_bias_offsets(self) -> torch.Tensor:
+        """[2L, C] fp32: row 2i the sum of the wo and fc1 biases of blocks < i plus wo's of block i
+        (what block i's norm1 adds back), row 2i+1 that plus fc1's of block i (the next norm0's; the
+        last row is the final norm's). Computed once per set of weights (kept while the biases'
+        storage and version stay); during a CUDA-graph capture a stale set is recomputed inside
+        the graph, not kept."""
+        biases = [lin.bias for b in self.blocks for lin in (b.wo, b.fc1)]
+        key = tuple((t.data_ptr(), t._version) for t in biases)
+        if key == self._offsets_key:
+            return self._offsets
+        offsets = torch.stack(biases).float().cumsum(0)
+        capturing = offsets.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing:
+            self._offsets_key, self._offsets = key, offsets
+        return offsets
+
+    def _blocks_in_place(self, x: torch.Tensor, geo, attend: VisionAttention, mode: str) -> torch.Tensor:
+        """_blocks_fused with the residual added inside wo's and fc1's GEMMs (forward_in_place): x
+        (the patch embedding's fresh output) is updated in place and carries the deferred biases as
+        offsets that each norm adds back."""
+        offsets = self.deferred_bias_offsets()
+        first = self.blocks[0].norm0
+        h = vk.offset_layernorm(x, None, first.weight, first.bias, first.eps)
+        for i, block in enumerate(self.blocks):
+            block.forward_in_place(x, h, geo, attend, mode, offsets[2 * i])
+            last = i + 1 == len(self.blocks)
+            norm = self.final_layernorm if last else self.blocks[i + 1].norm0
+            h = vk.offset_layernorm(x, offsets[2 * i + 1], norm.weight, norm.bias, norm.eps)
         return h
 
     def _norm(self, x, delta, norm, feeds):

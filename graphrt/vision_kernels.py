@@ -2,6 +2,8 @@
 
 - `add_layernorm`: residual add + LayerNorm in one read of x and the branch output (fp32
   statistics, like F.layer_norm), writing the new residual and the normalized row;
+  `offset_layernorm`: the LayerNorm of a residual the GEMMs accumulate into in place, plus the
+  fp32 offset of the biases they defer (GRAPHRT_VISION_RESIDUAL=gemm);
 - `rope_2d_`: 2D RoPE of q and k in place inside the packed qkv (fp32 complex multiply, as
   `vision.apply_rope_2d`), instead of ~10 elementwise kernels per tensor;
 - `patch_embed`: the patch linear, its bias and the position embedding as one aligned GEMM;
@@ -43,10 +45,13 @@ if triton is not None:
 
     @triton.jit
     def _add_layernorm_kernel(x_ptr, d_ptr, w_ptr, b_ptr, xo_ptr, h_ptr, cols, eps, rs_ptr, inv_ptr, scale_ptr,
-                              HAS_DELTA: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
+                              off_ptr, HAS_DELTA: tl.constexpr, QUANT: tl.constexpr, HAS_OFFSET: tl.constexpr,
+                              BLOCK: tl.constexpr):
         # QUANT: h_ptr is the e4m3 input of the linear this norm feeds; the row is rounded to the
         # model dtype first and then quantized by calib/quantize.py's static rule, so the bytes
         # are those of the unfused norm followed by the quantizer, and rs_ptr gets the row scale.
+        # HAS_OFFSET: the stored residual lacks a per-column constant (the deferred biases of
+        # offset_layernorm), added in fp32 before the statistics.
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         mask = offs < cols
@@ -56,6 +61,8 @@ if triton is not None:
             x = x + tl.load(d_ptr + row * cols + offs, mask=mask, other=0.0)
             tl.store(xo_ptr + row * cols + offs, x, mask=mask)
         xf = x.to(tl.float32)
+        if HAS_OFFSET:
+            xf = xf + tl.load(off_ptr + offs, mask=mask, other=0.0)
         mean = tl.sum(xf, axis=0) / cols
         diff = tl.where(mask, xf - mean, 0.0)
         var = tl.sum(diff * diff, axis=0) / cols
@@ -70,6 +77,28 @@ if triton is not None:
             tl.store(rs_ptr + row, tl.load(scale_ptr))
         else:
             tl.store(h_ptr + row * cols + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _offset_layernorm_kernel(x_ptr, off_ptr, w_ptr, b_ptr, h_ptr, rows, cols, eps, HAS_OFFSET: tl.constexpr,
+                                 ROWS: tl.constexpr, BLOCK: tl.constexpr):
+        # ROWS rows per program (more loads in flight than one row: this kernel only reads x and
+        # writes h); fp32 statistics per row as _add_layernorm_kernel, the offset added before them.
+        r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        offs = tl.arange(0, BLOCK)
+        col_ok = offs < cols
+        ok = (r < rows)[:, None] & col_ok[None, :]
+        at = r[:, None] * cols + offs[None, :]
+        xf = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        if HAS_OFFSET:
+            xf = xf + tl.load(off_ptr + offs, mask=col_ok, other=0.0)[None, :]
+        mean = tl.sum(xf, axis=1) / cols
+        diff = tl.where(ok, xf - mean[:, None], 0.0)
+        var = tl.sum(diff * diff, axis=1) / cols
+        rstd = 1.0 / tl.sqrt(var + eps)
+        w = tl.load(w_ptr + offs, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + offs, mask=col_ok, other=0.0).to(tl.float32)
+        h = diff * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(h_ptr + at, h.to(h_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
     def _gelu_quant_kernel(y_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, total, rows, BLOCK: tl.constexpr,
@@ -239,10 +268,34 @@ def add_layernorm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Ten
     h = torch.empty_like(x)
     xo = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(cols)
-    _add_layernorm_kernel[(n,)](x, delta if delta is not None else x, weight, bias, xo, h, cols, eps, x, x, x,
-                                HAS_DELTA=delta is not None, QUANT=False, BLOCK=block,
+    _add_layernorm_kernel[(n,)](x, delta if delta is not None else x, weight, bias, xo, h, cols, eps, x, x, x, x,
+                                HAS_DELTA=delta is not None, QUANT=False, HAS_OFFSET=False, BLOCK=block,
                                 num_warps=4 if block <= 2048 else 8)
     return xo, h
+
+
+def offset_layernorm(x: torch.Tensor, offset: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+    """LayerNorm(x + offset) for [N, C] rows, offset [C] fp32 (None: LayerNorm(x)), added in fp32
+    before the statistics; x is only read (one read, one write: the in-place residual's norm,
+    MoonViT._blocks_in_place)."""
+    n, cols = x.shape
+    h = torch.empty_like(x)
+    block = triton.next_power_of_2(cols)
+    rows, warps = OFFSET_LAYERNORM_TILE
+    if rows == 1:  # the add_layernorm kernel's form (one row a program)
+        _add_layernorm_kernel[(n,)](x, x, weight, bias, x, h, cols, eps, x, x, x, offset if offset is not None else x,
+                                    HAS_DELTA=False, QUANT=False, HAS_OFFSET=offset is not None, BLOCK=block,
+                                    num_warps=warps)
+    else:
+        _offset_layernorm_kernel[(triton.cdiv(n, rows),)](x, offset if offset is not None else x, weight, bias, h, n,
+                                                          cols, eps, HAS_OFFSET=offset is not None, ROWS=rows,
+                                                          BLOCK=block, num_warps=warps)
+    return h
+
+
+# offset_layernorm's (rows per program, warps); rows 1 runs _add_layernorm_kernel's one-row form.
+OFFSET_LAYERNORM_TILE = (1, 4)
 
 
 def add_layernorm_fp8(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
@@ -257,8 +310,8 @@ def add_layernorm_fp8(x: torch.Tensor, delta: torch.Tensor | None, weight: torch
     xo = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(cols)
     _add_layernorm_kernel[(n,)](x, delta if delta is not None else x, weight, bias, xo, q, cols, eps, rs,
-                                linear.inv_input_scale, linear.input_scale, HAS_DELTA=delta is not None,
-                                QUANT=True, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+                                linear.inv_input_scale, linear.input_scale, x, HAS_DELTA=delta is not None,
+                                QUANT=True, HAS_OFFSET=False, BLOCK=block, num_warps=4 if block <= 2048 else 8)
     return xo, q, rs
 
 
