@@ -338,6 +338,10 @@ class MoonViT(nn.Module):
         offsets = torch.stack(biases).float().cumsum(0)
         capturing = offsets.is_cuda and torch.cuda.is_current_stream_capturing()
         if not capturing:
+            if self._offsets is not None and self._offsets.shape == offsets.shape and \
+                    self._offsets.device == offsets.device:
+                # in place: graphs captured earlier read this tensor, so new biases reach them too
+                offsets = self._offsets.copy_(offsets)
             self._offsets_key, self._offsets = key, offsets
         return offsets
 

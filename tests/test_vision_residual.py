@@ -52,13 +52,16 @@ def test_deferred_bias_offsets_are_the_running_sums(tiny_engine):
 
 def test_deferred_bias_offsets_follow_new_weights(tiny_engine):
     vision = tiny_engine.model.vision
-    first = vision.deferred_bias_offsets().clone()
+    kept = vision.deferred_bias_offsets()
+    first = kept.clone()
     bias = vision.blocks[0].wo.bias
     saved = bias.detach().clone()
     try:
         with torch.no_grad():
             bias.add_(1.0)  # a weight load copies in place: the kept offsets must not be reused
         torch.testing.assert_close(vision.deferred_bias_offsets(), first + 1.0)
+        # ... and are updated in place: a graph captured before reads the same tensor
+        assert vision.deferred_bias_offsets() is kept and torch.allclose(kept, first + 1.0)
     finally:
         with torch.no_grad():
             bias.copy_(saved)
