@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .pdl_ops import gdc_launch_dependents, gdc_wait
+from .pdl_ops import pdl_enter
 
 
 @triton.jit
@@ -44,9 +44,7 @@ def residual_rms_norm_row(x_ptr, d_ptr, w_ptr, res_ptr, src, row, n_cols, eps,
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, index_ptr, res_ptr, out_ptr, n_cols, eps,
                          HAS_DELTA: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     row = tl.program_id(0)
     src = row
     if HAS_INDEX:
@@ -79,9 +77,7 @@ def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc
                        qkv_stride, cos_stride, row_stride, slot_stride, rows_step, slots_step,
                        HQ: tl.constexpr, HKV: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr,
                        PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     t = tl.program_id(0)
     half: tl.constexpr = D // 2
     h = tl.arange(0, BLOCK_H)[:, None]
@@ -146,9 +142,7 @@ def silu_mul_block(gu_ptr, n_cols, BLOCK: tl.constexpr):
 
 @triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     h, cols, live = silu_mul_block(gu_ptr, n_cols, BLOCK)
     tl.store(out_ptr + tl.program_id(0) * n_cols + cols, h, mask=live)
 
@@ -167,9 +161,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def _transpose_kernel(src_ptr, dst_ptr, n_rows, n_cols, src_stride, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                       PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     live_r = r < n_rows
     for c0 in range(0, n_cols, BLOCK_C):

@@ -11,7 +11,7 @@ try:
 except ImportError:  # older triton: pdl.enabled() is False, so no kernel reaches these
     gdc_launch_dependents = gdc_wait = None
 
-__all__ = ["gdc_launch_dependents", "gdc_wait", "prefetch_l2"]
+__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enter", "prefetch_l2"]
 
 
 @triton.jit
@@ -21,3 +21,13 @@ def prefetch_l2(ptrs, nbytes):
     sizes = tl.zeros(ptrs.shape, tl.int32) + nbytes
     tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;", "=r,l,r",
                               [ptrs, sizes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def pdl_enter(PDL: tl.constexpr):
+    """The start of a kernel that reads what the kernel before it wrote, on a PDL launch: let the
+    next kernel launch now, then wait until the previous one completed (pdl.py's rule: nothing
+    before the wait). A plain launch (PDL False) does nothing here."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import env_choice, pdl
-from .pdl_ops import gdc_launch_dependents, gdc_wait
+from .pdl_ops import pdl_enter
 
 _LOG2E = 1.4426950408889634
 
@@ -95,9 +95,7 @@ def _step_split_kernel(q_ptr, k_ptr, v_ptr, clen_ptr, count_ptr, po_ptr, plse_pt
     instead of the cache, and program (split 0, tile 0) of each (row, KV head) writes the step's
     rotated K and V to the cache at (wrow, wslot), as rope_write would; no other program of the
     grid reads those slots from the cache, so the write needs no ordering inside the kernel."""
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // HKV
@@ -189,9 +187,7 @@ def _step_merge_kernel(po_ptr, plse_ptr, clen_ptr, count_ptr, out_ptr, n_split, 
                        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TILE_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        SPLITS: tl.constexpr, ALL_AT_ONCE: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     b = pid // HKV
     g = pid % HKV

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from . import env_choice, pdl
-from .pdl_ops import gdc_launch_dependents, gdc_wait
+from .pdl_ops import pdl_enter
 
 
 def mode() -> str:
@@ -32,9 +32,7 @@ def mode() -> str:
 def _step_prologue_kernel(pend_ptr, count_ptr, clen_ptr, mask_ptr, emb_ptr, cos_tab_ptr, sin_tab_ptr,
                           embeds_ptr, cos_ptr, sin_ptr, slots_ptr, dead, pend_stride, mask_stride, hidden,
                           W: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_enter(PDL)
     t = tl.program_id(0)
     r = t // (2 * W)
     i = t % (2 * W)

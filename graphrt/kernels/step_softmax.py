@@ -42,7 +42,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import env_choice, pdl
-from .pdl_ops import gdc_launch_dependents, gdc_wait
+from .pdl_ops import pdl_enter
 
 log = logging.getLogger("graphrt")
 
@@ -116,18 +116,9 @@ def _warp_tree(x):
 
 
 @triton.jit
-def _pdl_enter(PDL: tl.constexpr):
-    """PDL launches (see end_launch): let the next kernel launch now, then wait until the previous
-    kernel completed; every kernel here reads what the one before wrote, so nothing comes before the wait."""
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
-
-
-@triton.jit
 def _max_part(x_ptr, part_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS: tl.constexpr, PDL: tl.constexpr):
     """The max of elements [c*CHUNK, (c+1)*CHUNK) of a row (exact in any order)."""
-    _pdl_enter(PDL)
+    pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V
@@ -142,7 +133,7 @@ def _max_part(x_ptr, part_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS
 def _sum_part(x_ptr, part_ptr, sum_ptr, V, SHIFT0, T: tl.constexpr, CTAS: tl.constexpr, NT: tl.constexpr,
               REVERSED: tl.constexpr, INTERP: tl.constexpr, PDL: tl.constexpr):
     """torch's per-thread sums of exp(x - max) for threads [c*T, (c+1)*T) of a row (see the module doc)."""
-    _pdl_enter(PDL)
+    pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V
@@ -185,7 +176,7 @@ def _sum_part(x_ptr, part_ptr, sum_ptr, V, SHIFT0, T: tl.constexpr, CTAS: tl.con
 @triton.jit
 def _total(sum_ptr, total_ptr, NT: tl.constexpr, PDL: tl.constexpr):
     """A row's sum from torch's 1024 thread sums by its block-reduce tree (one CTA per row)."""
-    _pdl_enter(PDL)
+    pdl_enter(PDL)
     row = tl.program_id(0)
     w = tl.arange(0, NT // 32)
     lane = tl.arange(0, 32)
@@ -199,7 +190,7 @@ def _total(sum_ptr, total_ptr, NT: tl.constexpr, PDL: tl.constexpr):
 def _write(x_ptr, part_ptr, total_ptr, y_ptr, V, CHUNK: tl.constexpr, BLOCK: tl.constexpr, CTAS: tl.constexpr,
            INTERP: tl.constexpr, PDL: tl.constexpr):
     """exp(x - max) / sum for elements [c*CHUNK, (c+1)*CHUNK) of a row."""
-    _pdl_enter(PDL)
+    pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V

@@ -30,7 +30,8 @@ import triton
 import triton.language as tl
 
 from graphrt.kernels import env_choice
-from graphrt.kernels.step_softmax import _pdl_enter, end_launch
+from graphrt.kernels.pdl_ops import pdl_enter
+from graphrt.kernels.step_softmax import end_launch
 from graphrt.mtp import MTPConfig, StepKind, candidates
 
 
@@ -76,7 +77,7 @@ def _step_tail_kernel(probs_ptr, x0_ptr, top_ptr, ref_ptr,
                       TH_BOX, TH_NONE, TH_END, TH_NULL, TH_LEGAL, TH_REF,
                       W: tl.constexpr, KK: tl.constexpr, KR: tl.constexpr, MAPPED: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr):
-    _pdl_enter(PDL)  # PDL launches: every read below comes after the previous kernel completed
+    pdl_enter(PDL)  # PDL launches: every read below comes after the previous kernel completed
     # Lane r1 updates state row r1. Unmapped (a step): its logits are row r1's. MAPPED (the first
     # round inside a prefill): its logits are segment src[r1]'s, and only rows with hit[r1] move.
     r1 = tl.arange(0, BLOCK_B)

@@ -40,7 +40,8 @@ import triton
 import triton.language as tl
 
 from graphrt.kernels import env_choice
-from graphrt.kernels.step_softmax import _pdl_enter, end_launch
+from graphrt.kernels.pdl_ops import pdl_enter
+from graphrt.kernels.step_softmax import end_launch
 from graphrt.mtp import MTPConfig, candidates
 
 log = logging.getLogger("graphrt")
@@ -141,7 +142,7 @@ def _chunk_top(x_ptr, part_ptr, V, NCH, CHUNK: tl.constexpr, LOCAL_BITS: tl.cons
     values; the first KEEP lie in the KEEP groups of largest maxima (any other group has KEEP
     larger values above its own maximum), which are read again and searched. Inside the chunk the
     keys are int32 (radix << LOCAL_BITS | reversed local index)."""
-    _pdl_enter(PDL)
+    pdl_enter(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     base = x_ptr + row.to(tl.int64) * V + c * CHUNK
@@ -200,7 +201,7 @@ def _network_order(key, p, k: tl.constexpr, lut_ptr):
 def _merge(part_ptr, amax_ptr, top_ptr, ref_ptr, lut4_ptr, lut5_ptr, NCH, W: tl.constexpr, KK: tl.constexpr,
            KR: tl.constexpr, KEEP: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Row (request b, slot s): argmax; slots 1-4 the KK list, slots 1-5 the KR list."""
-    _pdl_enter(PDL)
+    pdl_enter(PDL)
     row = tl.program_id(0)
     b = row // W
     s = row % W
