@@ -301,33 +301,6 @@ def vision_ab(b: int, p: int, real: int, grid: tuple[int, int], reps: int, profi
     torch.cuda.empty_cache()
 
 
-def offset_layernorm_sweep(n: int = 32 * 1680, reps: int = 50):
-    """vision_kernels.offset_layernorm (the residual-in-GEMM norm: read x, write h) over its tiles at
-    the B=32 shape, in GB/s of its 2 passes, beside add_layernorm's 4; the fastest tile is kept in
-    vk.OFFSET_LAYERNORM_TILE for the steps that follow."""
-    c = 1152
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(n, c, device="cuda", generator=g).bfloat16()
-    d = torch.randn(n, c, device="cuda", generator=g).bfloat16()
-    off = torch.randn(c, device="cuda", generator=g)
-    w, b = torch.ones(c, device="cuda", dtype=torch.bfloat16), torch.zeros(c, device="cuda", dtype=torch.bfloat16)
-    tensor = n * c * 2
-    res, ref = {}, vk.offset_layernorm(x, off, w, b, 1e-5)
-    for tile in [(1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8), (8, 16)]:
-        vk.OFFSET_LAYERNORM_TILE = tile
-        same = torch.equal(vk.offset_layernorm(x, off, w, b, 1e-5), ref)
-        us = statistics.median(events_ms(lambda: vk.offset_layernorm(x, off, w, b, 1e-5), reps)) * 1e3
-        res[f"rows{tile[0]}_warps{tile[1]}"] = {"us": round(us, 1), "gb_s": round(2 * tensor / us / 1e3), "equal": same}
-    us = statistics.median(events_ms(lambda: vk.add_layernorm(x, d, w, b, 1e-5), reps)) * 1e3
-    res["add_layernorm (4 passes)"] = {"us": round(us, 1), "gb_s": round(4 * tensor / us / 1e3)}
-    best = min((k for k in res if k.startswith("rows")), key=lambda k: res[k]["us"])
-    vk.OFFSET_LAYERNORM_TILE = tuple(int(v) for v in best[4:].split("_warps"))
-    res["best"] = best
-    res["work"] = f"{n} x {c} bf16 rows ({tensor / 1e6:.1f} MB a tensor), {reps} reps, P50"
-    REPORT["offset_layernorm"] = res
-    log("offset_layernorm:", json.dumps(res))
-
-
 def kernel_table(graph, cfg: VisionConfig, b: int, n: int, real: int, replays: int = 3) -> dict:
     """Kernels of a tower graph's replay (profiler): per kernel count, µs per replay, and the
     achieved TFLOP/s of the two matrix classes (GEMMs over all n rows, attention over real rows)."""
@@ -703,7 +676,6 @@ def main():
              ("vision32", lambda: vision_ab(32, 1680, 1656, (36, 46), 10)),
              ("vision25600", lambda: vision_ab(1, 26676, 25600, (160, 160), 6, variants=TOWER_VARIANTS[1:],
                                                exact_sdpa=True)),
-             ("offset_ln", offset_layernorm_sweep),
              ("resid1", lambda: vision_ab(1, 1680, 1656, (36, 46), 60, profile="all", variants=RESIDUAL_VARIANTS)),
              ("resid32", lambda: vision_ab(32, 1680, 1656, (36, 46), 16, profile="all", variants=RESIDUAL_VARIANTS)),
              ("resid25600", lambda: vision_ab(1, 26676, 25600, (160, 160), 6, profile="all",

@@ -79,28 +79,6 @@ if triton is not None:
             tl.store(h_ptr + row * cols + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _offset_layernorm_kernel(x_ptr, off_ptr, w_ptr, b_ptr, h_ptr, rows, cols, eps, HAS_OFFSET: tl.constexpr,
-                                 ROWS: tl.constexpr, BLOCK: tl.constexpr):
-        # ROWS rows per program (more loads in flight than one row: this kernel only reads x and
-        # writes h); fp32 statistics per row as _add_layernorm_kernel, the offset added before them.
-        r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-        offs = tl.arange(0, BLOCK)
-        col_ok = offs < cols
-        ok = (r < rows)[:, None] & col_ok[None, :]
-        at = r[:, None] * cols + offs[None, :]
-        xf = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
-        if HAS_OFFSET:
-            xf = xf + tl.load(off_ptr + offs, mask=col_ok, other=0.0)[None, :]
-        mean = tl.sum(xf, axis=1) / cols
-        diff = tl.where(ok, xf - mean[:, None], 0.0)
-        var = tl.sum(diff * diff, axis=1) / cols
-        rstd = 1.0 / tl.sqrt(var + eps)
-        w = tl.load(w_ptr + offs, mask=col_ok, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + offs, mask=col_ok, other=0.0).to(tl.float32)
-        h = diff * rstd[:, None] * w[None, :] + b[None, :]
-        tl.store(h_ptr + at, h.to(h_ptr.dtype.element_ty), mask=ok)
-
-    @triton.jit
     def _gelu_quant_kernel(y_ptr, q_ptr, rs_ptr, inv_ptr, scale_ptr, total, rows, BLOCK: tl.constexpr,
                            RS_BLOCK: tl.constexpr):
         # tanh-GELU of a contiguous [rows, cols] GEMM output (bias already added) seen as one flat
@@ -282,20 +260,12 @@ def offset_layernorm(x: torch.Tensor, offset: torch.Tensor | None, weight: torch
     n, cols = x.shape
     h = torch.empty_like(x)
     block = triton.next_power_of_2(cols)
-    rows, warps = OFFSET_LAYERNORM_TILE
-    if rows == 1:  # the add_layernorm kernel's form (one row a program)
-        _add_layernorm_kernel[(n,)](x, x, weight, bias, x, h, cols, eps, x, x, x, offset if offset is not None else x,
-                                    HAS_DELTA=False, QUANT=False, HAS_OFFSET=offset is not None, BLOCK=block,
-                                    num_warps=warps)
-    else:
-        _offset_layernorm_kernel[(triton.cdiv(n, rows),)](x, offset if offset is not None else x, weight, bias, h, n,
-                                                          cols, eps, HAS_OFFSET=offset is not None, ROWS=rows,
-                                                          BLOCK=block, num_warps=warps)
+    # one row a program, add_layernorm's warps (several rows a program measured slower on the H100:
+    # 149-192 vs 139 us at B=32, docs/notes.md 2026-11-25)
+    _add_layernorm_kernel[(n,)](x, x, weight, bias, x, h, cols, eps, x, x, x, offset if offset is not None else x,
+                                HAS_DELTA=False, QUANT=False, HAS_OFFSET=offset is not None, BLOCK=block,
+                                num_warps=4 if block <= 2048 else 8)
     return h
-
-
-# offset_layernorm's (rows per program, warps); rows 1 runs _add_layernorm_kernel's one-row form.
-OFFSET_LAYERNORM_TILE = (1, 4)
 
 
 def add_layernorm_fp8(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
