@@ -138,7 +138,7 @@ def test_fused_merged_equals_fused_separate(tiny_engine):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton's CPU interpreter (TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 16, 4, 1), (16, 64, 4, 3)])
+@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 16, 4, 1), (16, 64, 4, 3), (16, 16, 4, 1, 2, True)])
 @pytest.mark.parametrize("t", [40, 50])
 def test_prefill_kernel_window_rows_equal_dense_rule(tiles, t):
     """Segments of t query slots: pads, then m prompt tokens after a cached prefix of c keys, then

@@ -34,7 +34,8 @@ def case(device, dtype, t=40, slots=64, hq=4, hkv=2, d=32, seed=0):
 
 @interpreted
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 16, 4, 1)])
+@pytest.mark.parametrize("tiles", [(16, 16, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1, 2, True), (32, 16, 4, 1, 2, False),
+                                   None])
 def test_interp_prefill_attention_equals_emulated(causal, tiles):
     from graphrt.kernels.prefill_attention import prefill_attention, runs
 
@@ -63,6 +64,27 @@ def test_prefill_attention_bf16_on_gpu_matches_fa2():
     assert not got[~live].any()
     err = ((got[live].float() - ref[live].float()).norm() / ref[live].float().norm()).item()
     assert err < 1e-2, err
+    for tiles in ((64, 64, 4, 3, 2, True), (32, 64, 4, 3, 4, True), (16, 64, 4, 3, 8, False)):  # packed heads
+        packed = prefill_attention(q, k, v, cu_q, cu_k, t, slots, used, True, tiles=tiles)
+        assert not packed[~live].any()
+        err = ((packed[live].float() - ref[live].float()).norm() / ref[live].float().norm()).item()
+        assert err < 1e-2, (tiles, err)
+
+
+def test_default_tiles_pack_the_gqa_group_in_64_rows(monkeypatch):
+    from graphrt.errors import OptionError
+    from graphrt.kernels.prefill_attention import HEAD_TILES, TILES, Tiles, tiles_for
+
+    assert tiles_for(8) == TILES and TILES.pack * TILES.block_m == 64
+    assert tiles_for(2) == TILES._replace(pack=2, block_m=32)
+    assert tiles_for(6) == TILES._replace(pack=2, block_m=32)  # powers of two only
+    assert tiles_for(1) == TILES._replace(pack=1, block_m=64)
+    assert tiles_for(8, (64, 64, 4, 3)) == Tiles(64, 64, 4, 3, 1, False)
+    monkeypatch.setenv("GRAPHRT_PREFILL_ATTENTION_TILES", "head")  # the A/B switch, read per call
+    assert tiles_for(8) == HEAD_TILES
+    monkeypatch.setenv("GRAPHRT_PREFILL_ATTENTION_TILES", "heads")
+    with pytest.raises(OptionError, match="GRAPHRT_PREFILL_ATTENTION_TILES"):
+        tiles_for(8)
 
 
 def guarded(n: int, gen: torch.Generator, pad: int = 2048) -> torch.Tensor:
@@ -93,6 +115,7 @@ def test_interp_prefill_attention_reads_only_its_ranges():
         cu_q = (torch.arange(b + 1) * t).to(torch.int32)
         cu_k = torch.cat([torch.randperm(b, generator=gen) * slots, torch.tensor([b * slots])]).to(torch.int32)
         used = torch.tensor([rnd.randint(0, slots) for _ in range(b)], dtype=torch.int32)
-        got = prefill_attention(q, k, v, cu_q, cu_k, t, slots, used, True, tiles=(16, 16, 4, 1))
         ref = emulated(q, k, v, cu_q, cu_k, t, slots, used, True)
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        for tiles in ((16, 16, 4, 1), (16, 16, 4, 1, 2, True)):  # one head a program; two, heavy tiles first
+            got = prefill_attention(q, k, v, cu_q, cu_k, t, slots, used, True, tiles=tiles)
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
