@@ -119,3 +119,70 @@ def test_interp_prefill_attention_reads_only_its_ranges():
         for tiles in ((16, 16, 4, 1), (16, 16, 4, 1, 2, True)):  # one head a program; two, heavy tiles first
             got = prefill_attention(q, k, v, cu_q, cu_k, t, slots, used, True, tiles=tiles)
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def rope_case(device, dtype, hq=4, hkv=2, d=32, t=40, slots=64, window=0, seed=5):
+    """A fused prefill's layer inputs: two right-aligned segments (30 prompt tokens on an empty row,
+    20 after a 25-token cached prefix) of t query slots, each + `window` window rows."""
+    from capture.ranges import PrefillRanges
+    from capture.varlen import emulated
+    from graphrt.kv_cache import KVCache
+    from graphrt.llm import RotaryEmbedding
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    qkv = torch.randn(2 * t, (hq + 2 * hkv) * d, generator=g, device=device).to(dtype)
+    cache = KVCache(1, 2, slots, hkv, d, dtype, device)
+    cache.k.normal_(generator=g)
+    cache.v.normal_(generator=g)
+    real = [30 + window, 20 + window]
+    prefix = [0, 25]
+    col = torch.arange(t, device=device)
+    positions = torch.cat([(col - (t - n) + c).clamp(min=0) for n, c in zip(real, prefix)])
+    write = torch.cat([torch.where(col >= t - n, col - (t - n) + c, torch.full_like(col, slots - 1))
+                       for n, c in zip(real, prefix)])
+    rows = torch.arange(2, device=device).repeat_interleave(t)
+    cu_q = (torch.arange(3, device=device) * t).int()
+    cu_k = (torch.arange(3, device=device) * slots).int()
+    used = torch.tensor([n + c for n, c in zip(real, prefix)], dtype=torch.int32, device=device)
+    ranges = PrefillRanges(emulated, t, slots, positions, rows, write, cu_q, cu_k, used, window=window)
+    cos, sin = RotaryEmbedding(d, 1e6)(positions, dtype)
+    return qkv, cos, sin, cache, ranges
+
+
+def fused_both_ways(monkeypatch, qkv, cos, sin, cache, ranges, hq, hkv):
+    """PrefillRanges.fused with q turned inside the attention kernel (default) and by rope_write (A/B)."""
+    outs = {}
+    for mode in ("attention", "kernel"):
+        monkeypatch.setenv("GRAPHRT_PREFILL_ROPE", mode)
+        c = type(cache)(1, cache.rows, cache.slots, hkv, cache.k.shape[-1], cache.k.dtype, cache.k.device)
+        c.k.copy_(cache.k)
+        c.v.copy_(cache.v)
+        outs[mode] = (ranges.fused(0, qkv, cos, sin, c, hq, hkv), c.k.clone(), c.v.clone())
+    return outs
+
+
+@interpreted
+@pytest.mark.parametrize("window", [0, 6])
+def test_interp_rope_inside_the_kernel_equals_rope_write_then_attention(monkeypatch, window):
+    """The fused prefill layer's attention with q turned as the kernel loads it: the same output and cache
+    bits as rope_write storing the turned q first (and the same as the dense reference on turned q)."""
+    hq, hkv, d = 4, 2, 32
+    qkv, cos, sin, cache, ranges = rope_case("cpu", torch.float32, hq, hkv, d, window=window)
+    outs = fused_both_ways(monkeypatch, qkv, cos, sin, cache, ranges, hq, hkv)
+    (a, ka, va), (b, kb, vb) = outs["attention"], outs["kernel"]
+    assert torch.equal(ka, kb) and torch.equal(va, vb)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+@pytest.mark.parametrize("window", [0, 6])
+def test_rope_inside_the_kernel_is_bit_equal_on_gpu(monkeypatch, window):
+    """3B shape, bf16: q turned inside the prefill attention kernel gives rope_write's bits (rope_pair is
+    the one formula of both), so the attention output and the cache are bit-equal between the two."""
+    hq, hkv, d = 16, 2, 128
+    qkv, cos, sin, cache, ranges = rope_case("cuda", torch.bfloat16, hq, hkv, d, t=480, slots=1024, window=window)
+    outs = fused_both_ways(monkeypatch, qkv, cos, sin, cache, ranges, hq, hkv)
+    (a, ka, va), (b, kb, vb) = outs["attention"], outs["kernel"]
+    assert torch.equal(ka, kb) and torch.equal(va, vb)
+    assert torch.equal(a, b)
