@@ -91,24 +91,15 @@ class PrefillRanges:
         return out
 
     def fused(self, layer, qkv, cos, sin, cache, num_heads, num_kv_heads):
-        """Fused path: rope_write turns k and writes K/V into the cache, then the attention call
-        (graphrt/kernels/prefill_attention.py's kernel where it runs: faster than FA2 here), which turns
-        q itself as it loads it from the QKV output (no turned copy of q written and read back);
-        GRAPHRT_PREFILL_ROPE=kernel, or the varlen kernel, has rope_write store the turned q first."""
+        """Fused path: one kernel ropes q/k and writes K/V into the cache, then the attention call
+        (graphrt/kernels/prefill_attention.py's kernel where it runs: faster than FA2 here)."""
         # lazy: triton is optional (fused kernel set only)
         from graphrt.kernels.layer_ops import rope_write
-        from graphrt.kernels.prefill_attention import kernel_for, prefill_attention, rope_here
+        from graphrt.kernels.prefill_attention import kernel_for
 
-        kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
-        raw_q = qkv.view(qkv.shape[0], -1, kf.shape[-1])[:, :num_heads]  # q as the GEMM wrote it (a view)
-        if rope_here(raw_q):  # only K/V are turned and written; the attention kernel turns q as it loads it
-            rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
-                       num_heads, num_kv_heads, write_q=False)
-            out = prefill_attention(raw_q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True,
-                                    window=self.window, rope=(cos, sin))
-            return out.reshape(qkv.shape[0], -1)
         q = rope_write(qkv, cos, sin, self.rows, self.write_slots, cache.k[layer], cache.v[layer],
                        num_heads, num_kv_heads)
+        kf, vf = _flat(cache.k[layer], cache.rows), _flat(cache.v[layer], cache.rows)
         kernel = kernel_for(q, self.kernel)
         if self.window and kernel is not self.kernel:  # the Triton kernel applies the window rule itself
             out = kernel(q, kf, vf, self.cu_q, self.cu_k, self.length, self.slots, self.seqused, True,

@@ -73,19 +73,10 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
 
 
 @triton.jit
-def rope_pair(x1, x2, cos, sin):
-    """Rotate-half RoPE of one head's two halves (x1 = [:D/2], x2 = [D/2:]) with fp32 cos/sin of the
-    first half: (x1 cos - x2 sin, x2 cos + x1 sin), each rounded once to x's dtype. The one formula
-    of rope_write and the prefill attention's q, so both give the same bits."""
-    a, b = x1.to(tl.float32), x2.to(tl.float32)
-    return (a * cos - b * sin).to(x1.dtype), (b * cos + a * sin).to(x1.dtype)
-
-
-@triton.jit
 def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc_ptr, vc_ptr,
                        qkv_stride, cos_stride, row_stride, slot_stride, rows_step, slots_step,
                        HQ: tl.constexpr, HKV: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr,
-                       WRITE_Q: tl.constexpr, PDL: tl.constexpr):
+                       PDL: tl.constexpr):
     pdl_enter(PDL)
     t = tl.program_id(0)
     half: tl.constexpr = D // 2
@@ -95,14 +86,13 @@ def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc
     sin = tl.load(sin_ptr + t * cos_stride + d).to(tl.float32)
     base = qkv_ptr + t * qkv_stride
     # q heads [0, HQ), then k heads, then v heads, each D wide
-    if WRITE_Q:  # (not when the attention kernel turns q as it loads it: prefill_attention's cos/sin)
-        qm = h < HQ
-        x1 = tl.load(base + h * D + d, mask=qm, other=0.0)
-        x2 = tl.load(base + h * D + half + d, mask=qm, other=0.0)
-        lo, hi = rope_pair(x1, x2, cos, sin)
-        dst = q_ptr + t * (HQ * D) + h * D + d
-        tl.store(dst, lo, mask=qm)
-        tl.store(dst + half, hi, mask=qm)
+    qm = h < HQ
+    x1 = tl.load(base + h * D + d, mask=qm, other=0.0)
+    x2 = tl.load(base + h * D + half + d, mask=qm, other=0.0)
+    a, b = x1.to(tl.float32), x2.to(tl.float32)
+    dst = q_ptr + t * (HQ * D) + h * D + d
+    tl.store(dst, (a * cos - b * sin).to(x1.dtype), mask=qm)
+    tl.store(dst + half, (b * cos + a * sin).to(x1.dtype), mask=qm)
 
     row = tl.load(rows_ptr + t * rows_step)  # rows/slots may be broadcast views (step 0)
     slot = tl.load(slots_ptr + t * slots_step)
@@ -110,9 +100,9 @@ def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc
     cache_off = row * row_stride + slot * slot_stride + h * D + d
     k1 = tl.load(base + (HQ + h) * D + d, mask=km, other=0.0)
     k2 = tl.load(base + (HQ + h) * D + half + d, mask=km, other=0.0)
-    lo, hi = rope_pair(k1, k2, cos, sin)
-    tl.store(kc_ptr + cache_off, lo, mask=km)
-    tl.store(kc_ptr + cache_off + half, hi, mask=km)
+    a, b = k1.to(tl.float32), k2.to(tl.float32)
+    tl.store(kc_ptr + cache_off, (a * cos - b * sin).to(k1.dtype), mask=km)
+    tl.store(kc_ptr + cache_off + half, (b * cos + a * sin).to(k1.dtype), mask=km)
     v1 = tl.load(base + (HQ + HKV + h) * D + d, mask=km, other=0.0)
     v2 = tl.load(base + (HQ + HKV + h) * D + half + d, mask=km, other=0.0)
     tl.store(vc_ptr + cache_off, v1, mask=km)
@@ -120,23 +110,20 @@ def _rope_write_kernel(qkv_ptr, cos_ptr, sin_ptr, rows_ptr, slots_ptr, q_ptr, kc
 
 
 def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor,
-               k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, num_kv_heads: int,
-               write_q: bool = True) -> torch.Tensor | None:
+               k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
     """qkv [T, (Hq + 2 Hkv) * D] (the fused projection's output); cos/sin [T, D] (rotate-half
     tables); rows/slots [T] where token t's K/V goes in k_cache/v_cache [rows, slots, Hkv, D]
-    (one layer's cache). Returns the rotated queries [T, Hq, D]; with write_q=False only the cache
-    is written (the consumer turns q itself by rope_pair) and None is returned."""
+    (one layer's cache). Returns the rotated queries [T, Hq, D]."""
     t = qkv.shape[0]
     d = k_cache.shape[-1]
     assert qkv.stride(1) == 1 and cos.stride(1) == 1 and sin.stride(1) == 1 and k_cache.is_contiguous()
-    q = torch.empty((t, num_heads, d), dtype=qkv.dtype, device=qkv.device) if write_q else k_cache
-    heads = max(num_heads, num_kv_heads) if write_q else num_kv_heads
+    q = torch.empty((t, num_heads, d), dtype=qkv.dtype, device=qkv.device)
     _rope_write_kernel[(t,)](
         qkv, cos, sin, rows, slots, q, k_cache, v_cache,
         qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), rows.stride(0), slots.stride(0),
-        HQ=num_heads, HKV=num_kv_heads, BLOCK_H=triton.next_power_of_2(heads), D=d, WRITE_Q=write_q,
+        HQ=num_heads, HKV=num_kv_heads, BLOCK_H=triton.next_power_of_2(max(num_heads, num_kv_heads)), D=d,
         num_warps=4, **pdl.launch(qkv))
-    return q if write_q else None
+    return q
 
 
 @triton.jit

@@ -5,10 +5,8 @@ Why: at B=1 the 3B prefill (480-token bucket, 16 query heads of 128) spent 1.30 
 torch's FA2 (36 us a layer, ~26 TFLOP/s: 128-row query tiles give 4 x 16 = 64 programs on 132
 SMs). Here a program is a 64-row tile of the query heads that share one KV head (GQA packing:
 each K/V block is loaded once for the group), key blocks below the causal diagonal run unmasked,
-and rows that see no key return zeros, as the contract says. Given the RoPE tables, it turns q as it
-loads it straight from the QKV GEMM's output (rope_write then writes only K/V): at B=32 that is
-~8 KB a token less to write and read back per layer. Used by PrefillRanges.fused (the fused kernel
-set); GRAPHRT_PREFILL_ATTENTION=varlen keeps the selected varlen kernel (A/B).
+and rows that see no key return zeros, as the contract says. Used by PrefillRanges.fused (the
+fused kernel set); GRAPHRT_PREFILL_ATTENTION=varlen keeps the selected varlen kernel (A/B).
 """
 
 from __future__ import annotations
@@ -92,32 +90,12 @@ if triton is not None:
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         return acc, m_new, l_i
 
-    from .layer_ops import rope_pair
-
     @triton.jit
-    def _load_q(q_ptr, cos_ptr, sin_ptr, rows, heads, m_ok, q_stride_t, q_stride_h, cos_stride, D: tl.constexpr,
-                ROPE: tl.constexpr):
-        """The tile's queries [rows, D]; ROPE: q as the QKV GEMM wrote it, turned here by rope_pair with
-        each row's cos/sin (the bits rope_write would have stored), so no rotated copy of q is written."""
-        at = q_ptr + rows.to(tl.int64)[:, None] * q_stride_t + heads[:, None] * q_stride_h
-        if ROPE:
-            dh = tl.arange(0, D // 2)
-            x1 = tl.load(at + dh[None, :], mask=m_ok[:, None], other=0.0)
-            x2 = tl.load(at + D // 2 + dh[None, :], mask=m_ok[:, None], other=0.0)
-            tab = rows.to(tl.int64)[:, None] * cos_stride + dh[None, :]
-            cos = tl.load(cos_ptr + tab, mask=m_ok[:, None], other=0.0).to(tl.float32)
-            sin = tl.load(sin_ptr + tab, mask=m_ok[:, None], other=0.0).to(tl.float32)
-            lo, hi = rope_pair(x1, x2, cos, sin)
-            return tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (lo.shape[0], D))  # [lo | hi] per row
-        else:
-            return tl.load(at + tl.arange(0, D)[None, :], mask=m_ok[:, None], other=0.0)
-
-    @triton.jit
-    def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, used_ptr, cos_ptr, sin_ptr, qk_scale,
-                        q_stride_t, q_stride_h, k_stride_t, k_stride_h, o_stride_t, o_stride_h, cos_stride,
+    def _prefill_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, used_ptr, qk_scale,
+                        q_stride_t, q_stride_h, k_stride_t, k_stride_h, o_stride_t, o_stride_h,
                         HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
                         WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr,
-                        HEAVY_FIRST: tl.constexpr, ROPE: tl.constexpr):
+                        HEAVY_FIRST: tl.constexpr):
         # Program (query tile, segment * head pack). Segment b: queries cu_q[b] .. cu_q[b+1],
         # keys cu_k[b] .. cu_k[b] + used[b]; causal: query i sees keys j <= used - nq + i.
         # WINDOW > 0 (causal, a merged first round): the last WINDOW queries of each segment are
@@ -160,7 +138,8 @@ if triton is not None:
         # must not round down to a negative block start.
         hi = tl.where(first < nq, tl.maximum(hi, 0), 0)  # a tile past the segment: no keys, no writes
         full = tl.minimum(tl.maximum(full, 0), hi) // BLOCK_N * BLOCK_N
-        q = _load_q(q_ptr, cos_ptr, sin_ptr, q0 + offs_m, heads, m_ok, q_stride_t, q_stride_h, cos_stride, D, ROPE)
+        q = tl.load(q_ptr + (q0 + offs_m)[:, None] * q_stride_t + heads[:, None] * q_stride_h + d[None, :],
+                    mask=m_ok[:, None], other=0.0)
         k_ptr = k_ptr + k0 * k_stride_t + (h0 // GROUP) * k_stride_h
         v_ptr = v_ptr + k0 * k_stride_t + (h0 // GROUP) * k_stride_h
         m_i = tl.full([PACK * BLOCK_M], float("-inf"), tl.float32)
@@ -186,13 +165,11 @@ def runs(q: torch.Tensor) -> bool:
 
 
 def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scale=None, return_lse=False, tiles=None,
-                      window: int = 0, rope=None):
+                      window: int = 0):
     """The varlen contract (capture/varlen.py) without the log-sum-exp output. `window` > 0 (with
     causal): the first MTP round inside a prefill, the last `window` queries and keys of each
     segment are its window; those queries see every key of the segment but key used - window - 1
-    (the last prompt token, which the window's first query repeats), the others are causal.
-    `rope` = (cos, sin) [total_q, D] rotate-half tables: q is not yet turned (e.g. a strided view of
-    the QKV GEMM's output) and the kernel turns it as it loads it, by rope_write's formula."""
+    (the last prompt token, which the window's first query repeats), the others are causal."""
     if return_lse:
         raise NotImplementedError("prefill_attention returns no log-sum-exp")
     if window and not causal:
@@ -209,22 +186,11 @@ def prefill_attention(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, causal, scal
     grid = (triton.cdiv(max_q, t.block_m), (cu_q.numel() - 1) * hq // t.pack)
     if t.heavy_first:
         grid = grid[::-1]
-    cos, sin = rope if rope is not None else (q, q)  # (unused without rope)
-    if rope is not None and (cos.stride(-1) != 1 or cos.stride() != sin.stride() or cos.shape[0] < total_q):
-        raise ValueError("prefill_attention's rope tables must be [total_q, D] rows of one layout")
-    _prefill_kernel[grid](q, k, v, out, cu_q, cu_k, seqused_k, cos, sin, qk_scale, q.stride(0), q.stride(1),
-                          k.stride(0), k.stride(1), out.stride(0), out.stride(1), cos.stride(0), HQ=hq,
-                          GROUP=hq // hkv, D=d, CAUSAL=causal, WINDOW=window, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-                          PACK=t.pack, HEAVY_FIRST=t.heavy_first, ROPE=rope is not None, num_warps=t.warps,
-                          num_stages=t.stages)
+    _prefill_kernel[grid](q, k, v, out, cu_q, cu_k, seqused_k, qk_scale, q.stride(0), q.stride(1), k.stride(0),
+                          k.stride(1), out.stride(0), out.stride(1), HQ=hq, GROUP=hq // hkv, D=d, CAUSAL=causal,
+                          WINDOW=window, BLOCK_M=t.block_m, BLOCK_N=t.block_n, PACK=t.pack,
+                          HEAVY_FIRST=t.heavy_first, num_warps=t.warps, num_stages=t.stages)
     return out
-
-
-def rope_here(q: torch.Tensor) -> bool:
-    """Whether the prefill turns q inside this kernel (GRAPHRT_PREFILL_ROPE=attention, the default, where the
-    kernel runs) rather than rope_write storing a turned copy (=kernel, A/B). Read per call."""
-    return (env_choice("GRAPHRT_PREFILL_ROPE", ("attention", "kernel")) == "attention" and MODE == "triton"
-            and runs(q))
 
 
 def kernel_for(q: torch.Tensor, fallback):
