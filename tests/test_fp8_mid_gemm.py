@@ -111,11 +111,19 @@ def test_gpu_matches_scaled_mm_on_3b_shapes(name, n, k, with_bias):
     bias = torch.randn(n, device="cuda", generator=g).to(torch.bfloat16) if with_bias else None
     want = torch._scaled_mm(x, w.t(), scale_a=rs, scale_b=ws, bias=bias, out_dtype=torch.bfloat16,
                             use_fast_accum=True).float()
-    for cfg in shortlist(m, n, k)[:6]:
+    exact = (x.double() * rs.double()) @ (w.double() * ws.double().t()).t()
+    exact = exact if bias is None else exact + bias.double()
+
+    def rel(y):
+        return float((y.double() - exact).norm() / exact.norm())
+    # both use Hopper's fast FP8 accumulation (_scaled_mm: use_fast_accum=True, the runtime's default;
+    # Triton's default on sm90), whose error (~0.1-0.3% at K=11008) exceeds the bf16 output rounding:
+    # the kernel must be as close to the exact product as _scaled_mm is
+    bound = 2 * rel(want) + 2**-9
+    for cfg in shortlist(m, n, k)[:6] + [(128, 64, 128, 2, 4, 4)]:
         got = mid_fp8_linear(x, w, rs, ws, bias, cfg).float()
-        # two fp32 sums in different orders, each rounded to bf16 once: within ~2 bf16 ulps
-        err = (got - want).abs()
-        assert bool((err <= 2**-7 * want.abs() + 1e-3 * want.abs().max()).all()), (cfg, float(err.max()))
+        print(name, cfg, f"rel err {rel(got):.2e} (_scaled_mm {rel(want):.2e})")
+        assert rel(got) <= bound, (cfg, rel(got), rel(want))
         assert torch.equal(got, mid_fp8_linear(x, w, rs, ws, bias, cfg).float())
 
 

@@ -4,9 +4,9 @@
 # FP8 scope `lm`, interleaved in one process. Logs under $OUT. TESTS=0 / GEMM=0 skip those parts.
 source "$(dirname "$0")/preamble.sh"
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/test_fp8_mid_gemm.py tests/test_fp8_skinny.py \
+  timeout 150 python -m pytest -q -s -p no:cacheprovider -m gpu tests/test_fp8_mid_gemm.py tests/test_fp8_skinny.py \
       > "$OUT/pytest_gpu.log" 2>&1
-  echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"; grep -E "passed|failed|FAILED|Error|rc=" "$OUT/pytest_gpu.log" | tail -8
+  echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"; grep -E "passed|failed|FAILED|Error|rc=|rel err" "$OUT/pytest_gpu.log" | tail -40
   el tests
 fi
 if [ "${GEMM:-1}" = 1 ]; then
