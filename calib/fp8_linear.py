@@ -31,7 +31,7 @@ from torch import nn
 
 from graphrt.kernels import env_choice
 
-from . import triton_gemm
+from . import fp8_mid_gemm, triton_gemm
 from .quantize import (FP8, dequantize, quantize_input, quantize_input_dynamic_torch, quantize_input_torch,
                        quantize_weight, quantize_weight_int8)
 from .triton_gemm import SKINNY_MAX_ROWS, choose_skinny, skinny_fp8_linear, w8a16_choice, w8a16_linear
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _GEMM_MODE: dict[str, str] = {}
 _SKINNY_BROKEN: list[str] = []
 _W8A16_BROKEN: list[str] = []
+_MID_BROKEN: list[str] = []
 
 
 def _fallback(device_type: str, mode: str, exc: Exception) -> str:
@@ -78,6 +79,8 @@ def gemm_mode(device_type: str) -> str:
         return big
     small = (f"Triton skinny GEMM failed ({_SKINNY_BROKEN[0]})" if _SKINNY_BROKEN
              else f"Triton skinny GEMM (split-K, tiles per shape: {triton_gemm.tune_mode()})")
+    if fp8_mid_gemm.mid_switch() == "auto":
+        big = f"Triton mid GEMM or {big} (per row bucket and shape, timed at warm-up) for 65-1024 rows, {big}"
     return f"{small} for <= {SKINNY_MAX_ROWS} rows, {big} above"
 
 
@@ -119,6 +122,11 @@ class FP8Linear(nn.Module):
         # Rows <= 64 (decode steps): the Triton skinny GEMM (calib/triton_gemm.py), bf16 models on CUDA.
         self.use_skinny = (skinny_switch_on() and dev.type == "cuda" and weight.dtype == torch.bfloat16
                            and triton_gemm.triton is not None)
+        # 65-1024 rows (steps at B >= 8, the B=1 prefill): the Triton FP8 GEMM of calib/fp8_mid_gemm.py where
+        # the warm-up timing found it faster than _scaled_mm; GRAPHRT_FP8_MID (read per call, refused here if bad)
+        fp8_mid_gemm.mid_switch()
+        self.mid_capable = (dev.type == "cuda" and weight.dtype == torch.bfloat16 and weight_format == "e4m3"
+                            and fp8_mid_gemm.triton is not None)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, input_scale: float, name: str = "", act: str = "static",
@@ -178,6 +186,10 @@ class FP8Linear(nn.Module):
                                          config=self.skinny_config())
             except Exception as exc:  # compile/launch failure on this install: _scaled_mm, said once
                 _skinny_broken(exc)
+        if self.mid_capable and q.shape[0] >= fp8_mid_gemm.MID_MIN_ROWS and not _MID_BROKEN:
+            y = self._mid(q, row_scale)
+            if y is not None:
+                return y
         mode = _GEMM_MODE.get(q.device.type, "rowwise+bias")
         if mode == "rowwise+bias":
             try:
@@ -193,6 +205,23 @@ class FP8Linear(nn.Module):
         # per-tensor GEMM: both scales after it (row scales differ per row in the dynamic mode)
         y = self._mm(q, self.one, self.one, None).float() * row_scale * self.weight_scale
         return (y if self.bias is None else y + self.bias.float()).to(self.out_dtype)
+
+    def _mid(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor | None:
+        """The mid-rows Triton GEMM where chosen for this row bucket and shape, else None (_scaled_mm)."""
+        if fp8_mid_gemm.mid_switch() != "auto" or q.dtype != FP8:
+            return None
+        m = q.shape[0]
+        cfg = fp8_mid_gemm.choose_mid(m, self.out_features, self.in_features, self.bias is not None, q.device,
+                                      self.fast_accum)
+        if cfg == "cublas":
+            return None
+        try:
+            return fp8_mid_gemm.mid_fp8_linear(q, self.weight_fp8, row_scale, self.weight_scale, self.bias, cfg,
+                                               reserve_rows=fp8_mid_gemm.mid_bucket(m))
+        except Exception as exc:  # compile/launch failure on this install: _scaled_mm, said once
+            _MID_BROKEN.append(f"{type(exc).__name__}: {exc}"[:300])
+            log.warning("Triton FP8 mid GEMM unavailable, using _scaled_mm: %s", _MID_BROKEN[0])
+            return None
 
     def _skinny(self, rows: int) -> bool:
         return self.use_skinny and rows <= SKINNY_MAX_ROWS and not _SKINNY_BROKEN
