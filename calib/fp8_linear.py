@@ -208,7 +208,8 @@ class FP8Linear(nn.Module):
 
     def _mid(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor | None:
         """The mid-rows Triton GEMM where chosen for this row bucket and shape, else None (_scaled_mm)."""
-        if fp8_mid_gemm.mid_switch() != "auto" or q.dtype != FP8:
+        # fp32 accumulation asked for (GRAPHRT_FP8_FAST_ACCUM=0): _scaled_mm gives it, the Triton FP8 dot does not
+        if fp8_mid_gemm.mid_switch() != "auto" or q.dtype != FP8 or not self.fast_accum:
             return None
         m = q.shape[0]
         cfg = fp8_mid_gemm.choose_mid(m, self.out_features, self.in_features, self.bias is not None, q.device,
