@@ -42,6 +42,7 @@ MID_ROW_BUCKETS = (128, 256, 384, 512, 768, 1024)
 TUNE_MIN_WEIGHT = 2**20  # smaller weights (test models) keep _scaled_mm, untimed
 
 if triton is not None:
+    from .triton_gemm import split_k_sum
 
     @triton.jit
     def _mid_fp8(x_ptr, w_ptr, rs_ptr, ws_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, stride_x, stride_rs,
@@ -75,20 +76,9 @@ if triton is not None:
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         last = True
-        if SPLIT_K > 1:
-            m_pad = tl.num_programs(1) * BLOCK_M
-            tile = pid_m * num_n + pid_n
-            part = part_ptr + (pid_k * m_pad + rm[:, None]) * N + rn[None, :]
-            tl.store(part, acc, mask=(rn < N)[None, :])
-            tl.debug_barrier()  # every thread's partial is written before the counter says so
-            arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
-            last = arrived == SPLIT_K - 1
-            if last:  # the last split of this tile sums the partials in split order
-                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for s in range(SPLIT_K):
-                    acc += tl.load(part_ptr + (s * m_pad + rm[:, None]) * N + rn[None, :], mask=(rn < N)[None, :],
-                                   other=0.0, cache_modifier=".cg")
-                tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next call / replay
+        if SPLIT_K > 1:  # the skinny kernel's reduction, over this launch's M tiles
+            acc, last = split_k_sum(acc, part_ptr, lock_ptr, pid_m * num_n + pid_n, pid_k, rm, rn, N,
+                                    tl.num_programs(1) * BLOCK_M, SPLIT_K)
         if last:
             rs = tl.load(rs_ptr + rm * stride_rs, mask=rm < M, other=0.0)
             ws = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)

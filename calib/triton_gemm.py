@@ -50,6 +50,25 @@ log = logging.getLogger(__name__)
 if triton is not None:
 
     @triton.jit
+    def split_k_sum(acc, part_ptr, lock_ptr, tile, pid_k, rm, rn, N, rows, SPLIT_K: tl.constexpr):
+        """Deterministic split-K: this split's fp32 partial of output tile `tile` (rows rm of a workspace of
+        `rows` rows per split, channels rn) goes to the workspace, and the split that arrives last sums all
+        of them in split order (the same bits on every call) and resets the tile's counter for the next call
+        or replay. Returns (the sum, or this split's partial, and whether this program holds the sum)."""
+        live_n = (rn < N)[None, :]
+        tl.store(part_ptr + (pid_k * rows + rm[:, None]) * N + rn[None, :], acc, mask=live_n)
+        tl.debug_barrier()  # every thread's partial is written before the counter says so
+        arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        last = arrived == SPLIT_K - 1
+        if last:
+            acc = tl.zeros(acc.shape, dtype=tl.float32)
+            for s in range(SPLIT_K):
+                acc += tl.load(part_ptr + (s * rows + rm[:, None]) * N + rn[None, :], mask=live_n, other=0.0,
+                               cache_modifier=".cg")
+            tl.atomic_xchg(lock_ptr + tile, 0)
+        return acc, last
+
+    @triton.jit
     def _skinny_fp8(x_ptr, w_ptr, rs_ptr, ws_ptr, b_ptr, y_ptr, part_ptr, lock_ptr, inv_ptr, M, N, K, stride_x,
                     X_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -78,17 +97,7 @@ if triton is not None:
             acc += tl.dot(a.to(tl.float16), tl.trans(b.to(tl.float16)))
         last = True
         if SPLIT_K > 1:
-            part = part_ptr + (pid_k * BLOCK_M + rm[:, None]) * N + rn[None, :]
-            tl.store(part, acc, mask=live_n[None, :])
-            tl.debug_barrier()  # every thread's partial is written before the counter says so
-            arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-            last = arrived == SPLIT_K - 1
-            if last:  # the last split of this tile sums the partials in split order
-                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for s in range(SPLIT_K):
-                    acc += tl.load(part_ptr + (s * BLOCK_M + rm[:, None]) * N + rn[None, :], mask=live_n[None, :],
-                                   other=0.0, cache_modifier=".cg")
-                tl.atomic_xchg(lock_ptr + pid_n, 0)  # ready for the next call / replay
+            acc, last = split_k_sum(acc, part_ptr, lock_ptr, pid_n, pid_k, rm, rn, N, BLOCK_M, SPLIT_K)
         if last:
             if X_FP8:
                 rs = tl.load(rs_ptr + rm, mask=live_m, other=0.0)
