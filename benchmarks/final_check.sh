@@ -23,8 +23,7 @@ if [ "${PART:-tests}" = tests ]; then
   grep -E "passed|failed|error|FAILED|ERROR" "$OUT/pytest_gpu.log" | tail -15
   exit 0
 fi
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
+checkpoint_3b
 if [ "${E2E:-1}" = 1 ]; then  # (E2E=0: the FP8 A/B below still times bf16 end to end as its config A)
 timeout ${E2E_TIMEOUT:-170} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on,kernels=fused \
     --b graphs=on,kernels=torch --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag e2e-final \
@@ -52,9 +51,7 @@ fi
 # FP8 (w8a8, static scales from 64 calibration pairs) vs bf16 end to end, interleaved: scope lm (the
 # default) and lm,vision (opt-in).
 if [ "${FP8:-1}" = 1 ]; then
-  timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-      --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-  CAL=$(ls "$OUT"/*_calib.json 2>/dev/null | head -1)
+  calibrate_3b
   [ -n "$CAL" ] && timeout ${FP8_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on \
       --b "graphs=on,fp8=$CAL" --c "graphs=on,fp8=$CAL,fp8_scope=lm+vision" --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" --tag fp8-ab \
       > "$OUT/ab_fp8.log" 2>&1

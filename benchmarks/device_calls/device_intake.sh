@@ -8,8 +8,7 @@ source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU cl
 TESTS=${TESTS:-tests/test_gpu_resize.py}
 timeout ${TEST_TIMEOUT:-300} python -m pytest -q -p no:cacheprovider -m gpu --durations=8 $TESTS > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"; tail -4 "$OUT/pytest_gpu.log"; el tests
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
+checkpoint_3b
 timeout ${HG_TIMEOUT:-200} python benchmarks/host_gaps.py --checkpoint /tmp/ck3b --batch 1 32 --iters ${ITERS:-12} \
     --warmup 3 --out "$OUT/host_gaps.json" > "$OUT/host_gaps.log" 2>&1
 echo "host_gaps rc=$?" >> "$OUT/host_gaps.log"; cat "$OUT/host_gaps.log" | tail -c 6000; el host_gaps
@@ -22,9 +21,7 @@ timeout ${AB_TIMEOUT:-200} python benchmarks/latency.py --checkpoint /tmp/ck3b -
 echo "ab rc=$?" >> "$OUT/ab_intake.log"; grep -E '^\| [AB] |rc=' "$OUT/ab_intake.log"; el ab
 grep -o '"config": "[^"]*", "batch": [0-9]*\|"host_outside_gpu_p50_ms": [0-9.]*, "exposed_p50_ms": [-0-9.]*' "$OUT/ab_intake.log"
 if [ "${FP8:-0}" = 1 ] && [ $(( $(date +%s) - T0 )) -lt ${FP8_IF_BEFORE:-330} ]; then
-  timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-      --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-  CAL=$(ls "$OUT"/*_calib.json 2>/dev/null | head -1)
+  calibrate_3b
   [ -n "$CAL" ] && timeout ${FP8_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b \
       --a "graphs=on,fp8=$CAL" --b "graphs=on,fp8=$CAL,batch_intake=false,host=before" --batch 32 --iters ${LAT_ITERS:-15} \
       --slow-iters 4 --out-dir "$OUT" --tag fp8-intake-ab > "$OUT/ab_fp8.log" 2>&1

@@ -3,11 +3,8 @@
 # (FP8 scope `lm`, 640x480, interleaved), then the FP8 engine's warm start-up (every bucket, the mid GEMM chooser's
 # seconds). Run after `PART=tests SHARD=2/2 bash benchmarks/final_check.sh` in the same call. Logs under $OUT.
 source "$(dirname "$0")/preamble.sh"
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
-timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b
 timeout ${LAT_TIMEOUT:-150} python benchmarks/latency.py --checkpoint /tmp/ck3b --a "graphs=on,fp8=$CAL" \
     --b "graphs=on,fp8=$CAL,env.GRAPHRT_FP8_MID=off" \
     --batch ${BATCHES:-32 1} --iters ${ITERS:-8} --out-dir "$OUT" --tag final13 > "$OUT/latency.log" 2>&1

@@ -6,8 +6,7 @@ source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU cl
 timeout ${QUICK_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider -m gpu tests/test_first_round_gpu.py \
     tests/test_step_tail.py tests/test_prefill_attention.py > "$OUT/pytest_first_round.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_first_round.log"; tail -5 "$OUT/pytest_first_round.log"; el quick tests
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
+checkpoint_3b
 timeout ${E2E_TIMEOUT:-200} python benchmarks/latency.py --checkpoint /tmp/ck3b --a graphs=on,first_round=merged \
     --b graphs=on,first_round=separate --batch 1 32 --iters ${ITERS:-15} --slow-iters 4 --out-dir "$OUT" \
     --tag first-round-ab > "$OUT/e2e.log" 2>&1

@@ -14,11 +14,8 @@ if [ "${GEMM:-1}" = 1 ]; then
       --tag fp8mid > "$OUT/gemm.log" 2>&1
   echo "gemm rc=$?" >> "$OUT/gemm.log"; grep -E "M=|rc=" "$OUT/gemm.log"; el gemm
 fi
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
-timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b
 timeout ${LAT_TIMEOUT:-230} python benchmarks/latency.py --checkpoint /tmp/ck3b --a "graphs=on,fp8=$CAL" \
     --b "graphs=on,fp8=$CAL,env.GRAPHRT_FP8_MID=off" \
     --batch ${BATCHES:-32 8 1} --iters ${ITERS:-8} --out-dir "$OUT" --tag fp8mid > "$OUT/latency.log" 2>&1

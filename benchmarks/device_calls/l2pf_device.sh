@@ -10,8 +10,7 @@ timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider -m gpu --du
     > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
 grep -E "passed|failed|error|FAILED|ERROR|rc=" "$OUT/pytest_gpu.log" | tail -12; el tests
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
+checkpoint_3b
 timeout ${STEP_TIMEOUT:-330} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch 1 8 32 \
     --sets ${STEP_SETS:-fused,fused-plainchain,fused-l2o,fused-l2ogu1,fused-l2ogu4,fused-l2omgu1,fused-l2omgu4} \
     --rounds ${ROUNDS:-10} --out-dir "$OUT" --tag l2pf > "$OUT/step.log" 2>&1

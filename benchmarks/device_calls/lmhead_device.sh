@@ -11,8 +11,7 @@ if [ "${TESTS:-}" != none ]; then
     echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
     grep -E "passed|failed|error|FAILED|ERROR|rc=" "$OUT/pytest_gpu.log" | tail -12; el tests
 fi
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
+checkpoint_3b
 timeout ${STEP_TIMEOUT:-360} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch ${BATCHES:-1 8 32} \
     --sets ${STEP_SETS:-fused,fused-lmcublas,fused-endnopdl,fused-lmold} \
     --rounds ${ROUNDS:-8} --out-dir "$OUT" --tag lmhead > "$OUT/step.log" 2>&1

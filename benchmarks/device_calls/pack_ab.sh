@@ -4,11 +4,8 @@
 #   (the new default); B=1 and B=32, random 3B, 2 MTP rounds. Then start-up with the new default
 #   plan (warm: the Triton cache of the A/B run) and the GPU tests of what changed.
 source "$(dirname "$0")/preamble.sh"  # set -u, PYTHONPATH, $OUT, el, the GPU clocks
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
-timeout 120 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b 120
 OLD_P=64:256:480:576:896:1280:2816:6944; NEW_P=64:256:464:480:576:896:1280:2816:6944
 OLD_V=1024:1680:4144:4800:10816:26676; NEW_V=1024:1656:4144:4800:10816:26676
 timeout ${AB_TIMEOUT:-260} python benchmarks/latency.py --checkpoint /tmp/ck3b \

@@ -5,9 +5,7 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-timeout 120 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b 120
 timeout 400 python benchmarks/pack_tokens.py --checkpoint /tmp/ck3b --fp8 "$CAL" > "$OUT/tokens.log" 2>&1
 echo "tokens rc=$?" >> "$OUT/tokens.log"; grep -E '^\{|rc=|Error' "$OUT/tokens.log" | cut -c1-600; el tokens

@@ -9,11 +9,8 @@ if [ "${TESTS:-1}" = 1 ]; then
   echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"; grep -E "passed|failed|FAILED|ERROR|rc=" "$OUT/pytest_gpu.log" | tail -8
   el tests
 fi
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
-timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b
 timeout ${LAT_TIMEOUT:-170} python benchmarks/latency.py --checkpoint /tmp/ck3b --a "graphs=on,fp8=$CAL" \
     --b "graphs=on,fp8=$CAL,env.GRAPHRT_PREFILL_ATTENTION_TILES=head" \
     --batch ${BATCHES:-32 1} --iters ${ITERS:-8} --out-dir "$OUT" --tag pfa13 > "$OUT/latency.log" 2>&1

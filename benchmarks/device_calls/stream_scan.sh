@@ -7,11 +7,8 @@ if [ -n "${TESTS:-}" ]; then  # gpu tests first (e.g. TESTS=tests/test_engine_gp
   timeout 200 python -m pytest -q -p no:cacheprovider -m gpu $TESTS > "$OUT/pytest_gpu.log" 2>&1
   tail -3 "$OUT/pytest_gpu.log"; el tests
 fi
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
-timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b
 # A: FP8 `lm` (the defaults: a stream's batches prepared whole); B: the same with B_OPTS (default
 # batch_intake=false: image by image, the intake before); C: bf16 (defaults).
 timeout ${SCAN_TIMEOUT:-400} python benchmarks/latency.py --checkpoint /tmp/ck3b --a "graphs=on,fp8=$CAL" \

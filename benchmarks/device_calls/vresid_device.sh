@@ -16,11 +16,8 @@ timeout 170 python benchmarks/vision_stage.py --only ${STEPS:-resid1 resid32 res
 echo "tower rc=$?" >> "$OUT/tower.log"
 grep -E '^vision|^kernel table|^offset_layernorm|rc=|Error' "$OUT/tower.log" | cut -c1-900 | head -30; el "tower A/B"
 [ -n "${NO_E2E:-}" ] && exit 0
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
-timeout 90 python benchmarks/fp8_fused.py --checkpoint /tmp/ck3b --skip fidelity,step,e2e,prefill,tokens \
-    --out-dir "$OUT" --tag calib > "$OUT/calib.log" 2>&1
-CAL=$(ls "$OUT"/*_calib.json | head -1); el calib
+checkpoint_3b
+calibrate_3b
 timeout $(( 585 - ($(date +%s) - T0) )) python benchmarks/latency.py --checkpoint /tmp/ck3b \
     --a "graphs=on,fp8=$CAL,vision_residual=kernel" --b "graphs=on,fp8=$CAL,vision_residual=gemm" \
     --batch 32 --iters ${ITERS:-12} --out-dir "$OUT" --tag vresid-e2e > "$OUT/e2e.log" 2>&1

@@ -11,8 +11,7 @@ if [ "${TESTS:-}" != none ]; then
     echo "pytest rc=$?" >> "$OUT/pytest_gpu.log"
     grep -E "passed|failed|error|FAILED|ERROR|rc=" "$OUT/pytest_gpu.log" | tail -12; el tests
 fi
-python -c "from weights.synth import write_preset; write_preset('3b','/tmp/ck3b',device='cuda',progress=False)"
-el checkpoint
+checkpoint_3b
 timeout ${STEP_TIMEOUT:-330} python benchmarks/step_kernels.py --checkpoint /tmp/ck3b --batch 1 8 32 \
     --sets ${STEP_SETS:-fused,fused-early1,fused-early2,fused-early4,fused-l2e2,fused-l2e4} \
     --rounds ${ROUNDS:-10} --out-dir "$OUT" --tag wfetch > "$OUT/step.log" 2>&1
