@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_util import capture, event_ms
 from calib.fp8_mid_gemm import mid_fp8_linear, shortlist
 
 SHAPES = {"qkv": (2560, 2048, True), "o": (2048, 2048, False), "gate_up": (22016, 2048, False),
@@ -27,28 +28,12 @@ CALLS = 36
 
 
 def graph_of(fn) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(CALLS):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(CALLS):
-            fn(i)
-    g.replay()
-    torch.cuda.synchronize()
-    return g
+    """fn(0) .. fn(CALLS - 1) in one CUDA graph (one call per distinct weight copy)."""
+    return capture(lambda: [fn(i) for i in range(CALLS)], warmups=1)
 
 
 def replay_us(g: torch.cuda.CUDAGraph) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    g.replay()
-    end.record()
-    end.synchronize()
-    return 1e3 * start.elapsed_time(end) / CALLS
+    return 1e3 * event_ms(g.replay) / CALLS
 
 
 def main() -> None:
